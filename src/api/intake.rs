@@ -1,0 +1,292 @@
+//! Intake: one batch from the wire to the buffer. Decodes and validates each
+//! row, resolves the dimensions the rows name, encodes the accepted rows into
+//! one piece, takes buffer space for it and submits it. What comes back is
+//! an [`Accepted`] batch whose ack resolves after commit.
+
+use std::{sync::Arc, time::SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use tokio::{sync::oneshot, time::Instant};
+use uuid::Uuid;
+
+use crate::{
+    ack::{FlushFailure, PieceOutcome, batch_ack},
+    buffer::{AdmitError, Piece, TableBuffer},
+    config::{Limits, PipelineConfig},
+    copy::{Table, encode},
+    db::dims::{Dimensions, DimsError},
+    metrics, pb,
+    validate::{self, Rejection, TimeWindow},
+};
+
+/// A batch refused as a whole (none of its rows is stored).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("batch {sequence}: {rows} rows, more than the limit of {max} per batch; split it")]
+    TooManyRows {
+        sequence: u64,
+        rows: usize,
+        max: usize,
+    },
+    #[error("batch {sequence}: {source}")]
+    Admit { sequence: u64, source: AdmitError },
+    #[error("batch {sequence}: {source}")]
+    Dimensions { sequence: u64, source: DimsError },
+}
+
+/// What intake needs, shared by every stream and call.
+pub struct Intake {
+    pub events: TableBuffer,
+    pub messages: TableBuffer,
+    pub dims: Arc<Dimensions>,
+    pub limits: Limits,
+    pub pipeline: PipelineConfig,
+}
+
+/// A batch whose accepted rows are in the buffer.
+pub struct Accepted {
+    sequence: u64,
+    received: usize,
+    rejected: Vec<Rejection>,
+    outcome: Option<oneshot::Receiver<PieceOutcome>>,
+    table: Table,
+    /// Refused chat sessions of a ChatMessageBatch (kind "session").
+    session_rejections: Vec<pb::RowRejection>,
+}
+
+impl Accepted {
+    /// Waits for the commit of the batch's rows and builds its ack.
+    pub async fn ack(self) -> pb::BatchAck {
+        let outcome = match self.outcome {
+            None => None,
+            Some(rx) => Some(rx.await.unwrap_or_else(|_| PieceOutcome {
+                failure: Some(FlushFailure {
+                    message: "internal error: the batch's outcome was lost; resend it".into(),
+                    retryable: true,
+                }),
+                ..Default::default()
+            })),
+        };
+        let mut ack = batch_ack(self.sequence, self.received, self.rejected, outcome);
+        ack.rejected.extend(self.session_rejections);
+        metrics::ack_sent(self.table, ack.error.is_empty());
+        ack
+    }
+}
+
+impl Intake {
+    pub async fn events(&self, batch: pb::wire::AgentEventBatch) -> Result<Accepted, IngestError> {
+        let (sequence, received) = (batch.sequence, batch.events.len());
+        let table = Table::AgentEvents;
+        self.check_rows(table, sequence, received)?;
+        let window = TimeWindow::around(SystemTime::now(), &self.limits);
+        let mut rejected = Vec::new();
+        let decoded: Vec<(u32, pb::AgentEvent)> = decode_rows(&batch.events, &mut rejected);
+        let mut rows = Vec::with_capacity(decoded.len());
+        for (i, ev) in &decoded {
+            match validate::validate_event(ev, *i, &self.limits, window) {
+                Ok(r) => rows.push(r),
+                Err(r) => rejected.push(r),
+            }
+        }
+        // Resolve each distinct project once (usually one per batch).
+        let mut projects: Vec<(&str, Result<i32, String>)> = Vec::new();
+        for r in &rows {
+            let name = r.src.project.as_str();
+            if projects.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            let id = match self.dims.project_id(name).await {
+                Ok(id) => Ok(id),
+                Err(DimsError::Invalid { reason, .. }) => Err(reason),
+                Err(source) => return Err(IngestError::Dimensions { sequence, source }),
+            };
+            projects.push((name, id));
+        }
+        let raw: usize = batch.events.iter().map(Bytes::len).sum();
+        let mut piece = PieceBuilder::new(raw, rows.len());
+        for r in &rows {
+            match &projects
+                .iter()
+                .find(|(n, _)| *n == r.src.project)
+                .expect("resolved above")
+                .1
+            {
+                Ok(id) => piece.row(r.index, |buf| encode::encode_event(buf, r, *id)),
+                Err(reason) => rejected.push(Rejection::new(r.index, "project", reason.clone())),
+            }
+        }
+        self.submit(&self.events, sequence, received, rejected, piece)
+            .await
+    }
+
+    pub async fn messages(
+        &self,
+        batch: pb::wire::ChatMessageBatch,
+    ) -> Result<Accepted, IngestError> {
+        let (sequence, received) = (batch.sequence, batch.messages.len());
+        let table = Table::ChatMessages;
+        self.check_rows(table, sequence, received + batch.sessions.len())?;
+        let window = TimeWindow::around(SystemTime::now(), &self.limits);
+        let mut session_rejections = Vec::new();
+        // Sessions first, so the messages below can name them.
+        for (i, s) in batch.sessions.iter().enumerate() {
+            let reject = |r: Rejection| pb::RowRejection {
+                kind: "session".into(),
+                ..r.into()
+            };
+            match validate::validate_chat_session(s, i as u32, &self.limits, window) {
+                Ok(row) => match self.dims.upsert_chat_session(&row).await {
+                    Ok(_) => {}
+                    Err(DimsError::Invalid { field, reason }) => {
+                        session_rejections.push(reject(Rejection::new(i as u32, field, reason)))
+                    }
+                    Err(source) => return Err(IngestError::Dimensions { sequence, source }),
+                },
+                Err(r) => session_rejections.push(reject(r)),
+            }
+        }
+        let mut row_rejections = Vec::new();
+        let decoded: Vec<(u32, pb::ChatMessage)> =
+            decode_rows(&batch.messages, &mut row_rejections);
+        let mut rows = Vec::with_capacity(decoded.len());
+        for (i, m) in &decoded {
+            match validate::validate_message(m, *i, &self.limits, window) {
+                Ok(r) => rows.push(r),
+                Err(r) => row_rejections.push(r),
+            }
+        }
+        let mut missing: Vec<Uuid> = rows
+            .iter()
+            .map(|r| r.session_id)
+            .filter(|id| self.dims.cached_session(id).is_none())
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if let Err(source) = self.dims.load_sessions(&missing).await {
+            return Err(IngestError::Dimensions { sequence, source });
+        }
+        let raw: usize = batch.messages.iter().map(Bytes::len).sum();
+        let mut piece = PieceBuilder::new(raw, rows.len());
+        for r in &rows {
+            match self.dims.cached_session(&r.session_id) {
+                Some(s) => piece.row(r.index, |buf| encode::encode_message(buf, r, s.project_id, &s.agent_type)),
+                None => row_rejections.push(Rejection::new(
+                    r.index,
+                    "session_id",
+                    format!("unknown chat session {}: send it in this batch's `sessions` or through ReportSessions first", r.session_id),
+                )),
+            }
+        }
+        let mut accepted = self
+            .submit(&self.messages, sequence, received, row_rejections, piece)
+            .await?;
+        accepted.session_rejections = session_rejections;
+        Ok(accepted)
+    }
+
+    fn check_rows(&self, table: Table, sequence: u64, rows: usize) -> Result<(), IngestError> {
+        if rows > self.limits.max_batch_rows {
+            metrics::batch_refused(table, "too_many_rows");
+            return Err(IngestError::TooManyRows {
+                sequence,
+                rows,
+                max: self.limits.max_batch_rows,
+            });
+        }
+        metrics::rows_received(table, rows);
+        Ok(())
+    }
+
+    async fn submit(
+        &self,
+        buffer: &TableBuffer,
+        sequence: u64,
+        received: usize,
+        rejected: Vec<Rejection>,
+        piece: PieceBuilder,
+    ) -> Result<Accepted, IngestError> {
+        let table = buffer.table();
+        for r in &rejected {
+            metrics::rows_rejected(table, &r.field, 1);
+        }
+        let mut accepted = Accepted {
+            sequence,
+            received,
+            rejected,
+            outcome: None,
+            table,
+            session_rejections: Vec::new(),
+        };
+        if piece.row_ends.is_empty() {
+            return Ok(accepted);
+        }
+        let permit = buffer
+            .admit(piece.data.len(), self.pipeline.admission_timeout)
+            .await
+            .map_err(|source| {
+                metrics::batch_refused(table, admit_reason(&source));
+                IngestError::Admit { sequence, source }
+            })?;
+        let (done, outcome) = oneshot::channel();
+        buffer
+            .submit(Piece {
+                data: piece.data.freeze(),
+                row_ends: piece.row_ends,
+                row_index: piece.row_index,
+                enqueued: Instant::now(),
+                done,
+                permit,
+            })
+            .map_err(|source| IngestError::Admit { sequence, source })?;
+        accepted.outcome = Some(outcome);
+        Ok(accepted)
+    }
+}
+
+fn admit_reason(e: &AdmitError) -> &'static str {
+    match e {
+        AdmitError::Full { .. } => "buffer_full",
+        AdmitError::TooLarge { .. } => "too_large",
+        AdmitError::ShuttingDown => "shutdown",
+    }
+}
+
+fn decode_rows<M: prost::Message + Default>(
+    rows: &[Bytes],
+    rejected: &mut Vec<Rejection>,
+) -> Vec<(u32, M)> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, bytes) in rows.iter().enumerate() {
+        match validate::decode_row::<M>(bytes, i as u32) {
+            Ok(m) => out.push((i as u32, m)),
+            Err(r) => rejected.push(r),
+        }
+    }
+    out
+}
+
+/// Accumulates encoded rows and their boundaries.
+struct PieceBuilder {
+    data: BytesMut,
+    row_ends: Vec<u32>,
+    row_index: Vec<u32>,
+}
+
+impl PieceBuilder {
+    /// The binary form is a little larger than protobuf's (fixed-width
+    /// lengths per field), so reserve with some headroom.
+    fn new(raw_bytes: usize, rows: usize) -> Self {
+        Self {
+            data: BytesMut::with_capacity(raw_bytes + raw_bytes / 2 + rows * 64),
+            row_ends: Vec::with_capacity(rows),
+            row_index: Vec::with_capacity(rows),
+        }
+    }
+
+    fn row(&mut self, index: u32, encode: impl FnOnce(&mut BytesMut)) {
+        encode(&mut self.data);
+        self.row_ends.push(self.data.len() as u32);
+        self.row_index.push(index);
+    }
+}

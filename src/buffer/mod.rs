@@ -1,0 +1,161 @@
+//! Stage 5: **buffer**. Bounded admission and batching, per table.
+//!
+//! In: a [`Piece`] — the encoded, accepted rows of one client batch, with
+//! the channel its outcome goes to. Admission takes a byte-weighted permit
+//! from the table's semaphore first; the permit travels inside the piece and
+//! is released only when the piece is resolved, so the bytes held between a
+//! client's request and its commit never exceed `--buffer-bytes`. When no
+//! permit frees up within `--admission-timeout` the batch is refused
+//! (RESOURCE_EXHAUSTED) instead of queueing without bound.
+//!
+//! Out: the [`batcher`] hands flushes (lists of pieces) to
+//! [`crate::copy::writer`].
+
+pub mod batcher;
+
+use std::{ops::Range, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
+    time::Instant,
+};
+
+use crate::{ack::PieceOutcome, copy::Table, metrics};
+
+/// The accepted rows of one batch, encoded, on their way to a COPY.
+#[derive(Debug)]
+pub struct Piece {
+    /// Rows in binary COPY format, back to back (no header or trailer).
+    pub data: Bytes,
+    /// End offset in `data` of each row, so a flush can be split by row.
+    pub row_ends: Vec<u32>,
+    /// The client's index of each row in its batch (rejected rows leave gaps).
+    pub row_index: Vec<u32>,
+    pub enqueued: Instant,
+    /// Where the outcome goes; resolved only after commit.
+    pub done: oneshot::Sender<PieceOutcome>,
+    /// Buffer space held until the piece is resolved (dropped with it).
+    pub permit: OwnedSemaphorePermit,
+}
+
+impl Piece {
+    pub fn rows(&self) -> usize {
+        self.row_ends.len()
+    }
+
+    /// Bytes of rows `rows` (a range of row positions in this piece).
+    pub fn slice(&self, rows: Range<usize>) -> Bytes {
+        let start = if rows.start == 0 {
+            0
+        } else {
+            self.row_ends[rows.start - 1] as usize
+        };
+        let end = if rows.end == 0 {
+            0
+        } else {
+            self.row_ends[rows.end - 1] as usize
+        };
+        self.data.slice(start..end)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    #[error(
+        "the {table} buffer is full ({capacity} bytes) and did not drain within {waited:?}; resend later"
+    )]
+    Full {
+        table: Table,
+        capacity: usize,
+        waited: Duration,
+    },
+    #[error(
+        "a batch of {bytes} encoded bytes is larger than the whole {table} buffer ({capacity} bytes); send smaller batches"
+    )]
+    TooLarge {
+        table: Table,
+        bytes: usize,
+        capacity: usize,
+    },
+    #[error("the service is shutting down; resend to another instance or later")]
+    ShuttingDown,
+}
+
+/// One table's bounded buffer: admission, then the queue to its batcher.
+#[derive(Debug, Clone)]
+pub struct TableBuffer {
+    table: Table,
+    capacity: usize,
+    space: Arc<Semaphore>,
+    queue: mpsc::UnboundedSender<Piece>,
+}
+
+impl TableBuffer {
+    /// A buffer and the receiving end its batcher reads. The queue itself is
+    /// unbounded because admission already bounds what can be in it.
+    pub fn new(table: Table, capacity: usize) -> (Self, mpsc::UnboundedReceiver<Piece>) {
+        let (queue, rx) = mpsc::unbounded_channel();
+        // Permits are taken in u32 units; a larger buffer would not be admissible.
+        let capacity = capacity.min(u32::MAX as usize);
+        let space = Arc::new(Semaphore::new(capacity));
+        (
+            Self {
+                table,
+                capacity,
+                space,
+                queue,
+            },
+            rx,
+        )
+    }
+
+    pub fn table(&self) -> Table {
+        self.table
+    }
+
+    /// Waits up to `timeout` for `bytes` of buffer space.
+    pub async fn admit(
+        &self,
+        bytes: usize,
+        timeout: Duration,
+    ) -> Result<OwnedSemaphorePermit, AdmitError> {
+        if bytes > self.capacity {
+            return Err(AdmitError::TooLarge {
+                table: self.table,
+                bytes,
+                capacity: self.capacity,
+            });
+        }
+        let started = Instant::now();
+        let acquire = self.space.clone().acquire_many_owned(bytes.max(1) as u32);
+        let permit = match tokio::time::timeout(timeout, acquire).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_closed)) => return Err(AdmitError::ShuttingDown),
+            Err(_) => {
+                return Err(AdmitError::Full {
+                    table: self.table,
+                    capacity: self.capacity,
+                    waited: started.elapsed(),
+                });
+            }
+        };
+        metrics::buffer_fill(self.table, self.capacity - self.space.available_permits());
+        Ok(permit)
+    }
+
+    /// Hands an admitted piece to the batcher.
+    pub fn submit(&self, piece: Piece) -> Result<(), AdmitError> {
+        self.queue.send(piece).map_err(|_| AdmitError::ShuttingDown)
+    }
+
+    /// Bytes currently held (admitted and not yet resolved).
+    pub fn used(&self) -> usize {
+        self.capacity - self.space.available_permits()
+    }
+
+    /// Refuses all further admissions (shutdown).
+    pub fn close(&self) {
+        self.space.close();
+    }
+}

@@ -1,0 +1,444 @@
+//! The COPY writer: runs one flush (a list of pieces) as
+//! `COPY <table> (<columns>) FROM STDIN (FORMAT binary)` on a pooled
+//! connection and resolves every piece's outcome — only after commit.
+//!
+//! - **Fast path:** one COPY straight into the table. In autocommit mode the
+//!   COPY is its own transaction: when `finish()` returns, the rows are
+//!   committed.
+//! - **Resends:** a row already stored (same id and timestamp) makes the
+//!   COPY fail with unique_violation. The flush is then copied into a
+//!   temporary staging table and moved with `INSERT … ON CONFLICT DO
+//!   NOTHING`, in one transaction; rows that were there already are counted
+//!   as duplicates. Only flushes that contain a resend pay for this.
+//! - **Connection trouble** (unreachable, restarting, closed): retried with
+//!   exponential backoff until `--copy-retry-timeout`, then the pieces are
+//!   resolved with a retryable failure — never as stored.
+//! - **A row the database refuses** although validation passed it: the flush
+//!   is split in halves until the row is alone; it alone is rejected, with
+//!   the database's message, and the other rows are stored.
+//!
+//! Decisions are made on SQLSTATE codes and connection state, never on
+//! message text.
+
+use std::{collections::HashMap, ops::Range, time::Duration};
+
+use bytes::Bytes;
+use deadpool_postgres::{Object, Pool, PoolError};
+use futures_util::SinkExt;
+use tokio::time::Instant;
+use tokio_postgres::error::SqlState;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{
+    Table,
+    encode::{HEADER, TRAILER},
+};
+use crate::{
+    ack::{FlushFailure, PieceOutcome},
+    buffer::Piece,
+    metrics,
+    validate::{Rejection, system_time_to_pg_us},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("no database connection: {0}")]
+    Pool(#[from] PoolError),
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+impl CopyError {
+    fn code(&self) -> Option<&SqlState> {
+        match self {
+            CopyError::Db(e) => e.code(),
+            CopyError::Pool(PoolError::Backend(e)) => e.code(),
+            CopyError::Pool(_) => None,
+        }
+    }
+
+    /// Worth trying again on another (or a new) connection: the database was
+    /// unreachable, restarting, overloaded, or the connection broke.
+    pub fn is_retriable(&self) -> bool {
+        match self.code() {
+            // No SQLSTATE: IO error, closed connection, pool timeout.
+            None => true,
+            Some(code) => {
+                let c = code.code();
+                c.starts_with("08") // connection exception
+                    || c.starts_with("53") // insufficient resources
+                    || c.starts_with("57P") // admin/crash shutdown, cannot connect now
+                    || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *code == SqlState::T_R_DEADLOCK_DETECTED
+                    || *code == SqlState::LOCK_NOT_AVAILABLE
+            }
+        }
+    }
+
+    /// The rows themselves are at fault (a value the database will not take).
+    pub fn is_row_error(&self) -> bool {
+        match self.code() {
+            Some(code) => {
+                let c = code.code();
+                (c.starts_with("22") || c.starts_with("23") || c.starts_with("54"))
+                    && *code != SqlState::UNIQUE_VIOLATION
+            }
+            None => false,
+        }
+    }
+
+    fn is_unique_violation(&self) -> bool {
+        self.code() == Some(&SqlState::UNIQUE_VIOLATION)
+    }
+
+    /// The column the database complained about, where it says.
+    fn column(&self) -> Option<String> {
+        let CopyError::Db(e) = self else { return None };
+        let db = e.as_db_error()?;
+        if let Some(c) = db.column() {
+            return Some(c.to_owned());
+        }
+        // COPY reports "COPY agent_events, line 1, column data: ...".
+        let w = db.where_()?;
+        let rest = &w[w.find("column ")? + 7..];
+        Some(rest.split([':', ' ', ',']).next()?.to_owned())
+    }
+
+    fn db_message(&self) -> String {
+        match self {
+            CopyError::Db(e) => e
+                .as_db_error()
+                .map(|d| d.message().to_owned())
+                .unwrap_or_else(|| e.to_string()),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// A run of rows of one piece.
+#[derive(Debug, Clone)]
+struct Segment {
+    piece: usize,
+    rows: Range<usize>,
+}
+
+/// What one successful COPY attempt did with the rows of its segments.
+enum Copied {
+    /// Every row was new.
+    All,
+    /// Per row, in segment order: newly stored (true) or already there.
+    PerRow(Vec<bool>),
+}
+
+pub struct CopyWriter {
+    pool: Pool,
+    retry_timeout: Duration,
+    /// Cancelled when the shutdown deadline has passed: stop retrying.
+    give_up: CancellationToken,
+}
+
+impl CopyWriter {
+    pub fn new(pool: Pool, retry_timeout: Duration, give_up: CancellationToken) -> Self {
+        Self {
+            pool,
+            retry_timeout,
+            give_up,
+        }
+    }
+
+    /// Copies the pieces' rows and resolves each piece. Never fails: every
+    /// problem ends up in the outcomes.
+    pub async fn flush(&self, table: Table, pieces: Vec<Piece>) {
+        let started = Instant::now();
+        let rows: usize = pieces.iter().map(Piece::rows).sum();
+        let mut outcomes = vec![PieceOutcome::default(); pieces.len()];
+        let all: Vec<Segment> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Segment {
+                piece: i,
+                rows: 0..p.rows(),
+            })
+            .collect();
+        // Work list instead of recursion: sets of rows still to copy.
+        let mut work = vec![all];
+        while let Some(set) = work.pop() {
+            match self.copy_with_retry(table, &pieces, &set).await {
+                Ok(copied) => record(&set, copied, &mut outcomes),
+                Err(e) if e.is_row_error() => {
+                    let n: usize = set.iter().map(|s| s.rows.len()).sum();
+                    if n == 1 {
+                        let seg = &set[0];
+                        let index = pieces[seg.piece].row_index[seg.rows.start];
+                        let field = e.column().unwrap_or_default();
+                        tracing::warn!(%table, index, field, error = %e, "database refused a row that passed validation");
+                        metrics::rows_rejected(table, "database", 1);
+                        outcomes[seg.piece].rejected.push(Rejection::new(
+                            index,
+                            field,
+                            format!("refused by the database: {}", e.db_message()),
+                        ));
+                    } else {
+                        let (a, b) = split(set, n / 2);
+                        work.push(b);
+                        work.push(a);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(%table, error = %e, "COPY failed; batches are acked with a retryable error");
+                    metrics::copy_failed(table);
+                    for seg in &set {
+                        outcomes[seg.piece].failure = Some(FlushFailure {
+                            message: format!("not stored: {e}; resend the batch"),
+                            retryable: true,
+                        });
+                    }
+                }
+            }
+        }
+        metrics::flush_done(table, rows, started.elapsed());
+        for (piece, outcome) in pieces.into_iter().zip(outcomes) {
+            metrics::rows_stored(table, outcome.stored as u64, outcome.duplicates as u64);
+            metrics::ack_latency(table, piece.enqueued.elapsed());
+            // The client may have gone away; its rows are stored regardless.
+            let _ = piece.done.send(outcome);
+        }
+    }
+
+    async fn copy_with_retry(
+        &self,
+        table: Table,
+        pieces: &[Piece],
+        set: &[Segment],
+    ) -> Result<Copied, CopyError> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.attempt(table, pieces, set).await {
+                Ok(c) => return Ok(c),
+                Err(e)
+                    if e.is_retriable()
+                        && started.elapsed() < self.retry_timeout
+                        && !self.give_up.is_cancelled() =>
+                {
+                    tracing::warn!(%table, error = %e, retry_in = ?backoff, "COPY failed; retrying");
+                    metrics::copy_retried(table);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.give_up.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        table: Table,
+        pieces: &[Piece],
+        set: &[Segment],
+    ) -> Result<Copied, CopyError> {
+        let client = self.pool.get().await?;
+        let copy = format!(
+            "COPY {} ({}) FROM STDIN (FORMAT binary)",
+            table.name(),
+            table.columns()
+        );
+        match send_copy(&client, &copy, pieces, set).await {
+            Ok(_) => Ok(Copied::All),
+            Err(e) if e.is_unique_violation() => {
+                copy_deduplicated(&client, table, pieces, set).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+async fn send_copy(
+    client: &Object,
+    statement: &str,
+    pieces: &[Piece],
+    set: &[Segment],
+) -> Result<u64, CopyError> {
+    let sink = client.copy_in::<_, Bytes>(statement).await?;
+    futures_util::pin_mut!(sink);
+    sink.feed(Bytes::from_static(HEADER)).await?;
+    for seg in set {
+        sink.feed(pieces[seg.piece].slice(seg.rows.clone())).await?;
+    }
+    sink.feed(Bytes::from_static(TRAILER)).await?;
+    Ok(sink.finish().await?)
+}
+
+/// The resend path: COPY into a session-local staging table, then move the
+/// rows that are not there yet, all in one transaction.
+async fn copy_deduplicated(
+    client: &Object,
+    table: Table,
+    pieces: &[Piece],
+    set: &[Segment],
+) -> Result<Copied, CopyError> {
+    let name = table.name();
+    let cols = table.columns();
+    client.batch_execute("BEGIN").await?;
+    let result = async {
+        client
+            .batch_execute(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS {name}_staging (LIKE {name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            ))
+            .await?;
+        send_copy(client, &format!("COPY {name}_staging ({cols}) FROM STDIN (FORMAT binary)"), pieces, set).await?;
+        let inserted = client
+            .query(
+                &format!(
+                    "INSERT INTO {name} ({cols}) SELECT {cols} FROM {name}_staging ON CONFLICT DO NOTHING \
+                     RETURNING id, \"timestamp\""
+                ),
+                &[],
+            )
+            .await?;
+        Ok::<_, CopyError>(inserted)
+    }
+    .await;
+    let inserted = match result {
+        Ok(rows) => {
+            client.batch_execute("COMMIT").await?;
+            rows
+        }
+        Err(e) => {
+            // Leave the pooled connection clean; if even that fails, the pool
+            // drops the connection on recycle.
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    };
+    // Which rows were new: the first occurrence of each inserted key.
+    let mut new: HashMap<(Uuid, i64), u32> = HashMap::with_capacity(inserted.len());
+    for row in &inserted {
+        let ts: std::time::SystemTime = row.get(1);
+        *new.entry((row.get(0), system_time_to_pg_us(ts)))
+            .or_default() += 1;
+    }
+    let mut flags = Vec::new();
+    for seg in set {
+        let piece = &pieces[seg.piece];
+        for r in seg.rows.clone() {
+            let key = row_key(table, &piece.slice(r..r + 1));
+            let fresh = match new.get_mut(&key) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            };
+            flags.push(fresh);
+        }
+    }
+    Ok(Copied::PerRow(flags))
+}
+
+/// (id, timestamp in µs since 2000-01-01) of one encoded row: the table's key.
+fn row_key(table: Table, row: &[u8]) -> (Uuid, i64) {
+    let ts_field = match table {
+        Table::AgentEvents => 1,
+        Table::ChatMessages => 4,
+    };
+    // Skip the field count, then walk length-prefixed fields.
+    let mut at = 2;
+    let mut id = Uuid::nil();
+    let mut ts = 0;
+    for field in 0..=ts_field {
+        let len = i32::from_be_bytes(row[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let value = &row[at + 4..at + 4 + len];
+        if field == 0 {
+            id = Uuid::from_slice(value).expect("uuid field");
+        } else if field == ts_field {
+            ts = i64::from_be_bytes(value.try_into().expect("timestamptz field"));
+        }
+        at += 4 + len;
+    }
+    (id, ts)
+}
+
+fn record(set: &[Segment], copied: Copied, outcomes: &mut [PieceOutcome]) {
+    match copied {
+        Copied::All => {
+            for seg in set {
+                outcomes[seg.piece].stored += seg.rows.len() as u32;
+            }
+        }
+        Copied::PerRow(flags) => {
+            let mut flags = flags.into_iter();
+            for seg in set {
+                for _ in seg.rows.clone() {
+                    if flags.next().unwrap_or(false) {
+                        outcomes[seg.piece].stored += 1;
+                    } else {
+                        outcomes[seg.piece].duplicates += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Splits a set of segments after `at` rows.
+fn split(set: Vec<Segment>, mut at: usize) -> (Vec<Segment>, Vec<Segment>) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for seg in set {
+        let n = seg.rows.len();
+        if at >= n {
+            at -= n;
+            a.push(seg);
+        } else if at == 0 {
+            b.push(seg);
+        } else {
+            let mid = seg.rows.start + at;
+            a.push(Segment {
+                piece: seg.piece,
+                rows: seg.rows.start..mid,
+            });
+            b.push(Segment {
+                piece: seg.piece,
+                rows: mid..seg.rows.end,
+            });
+            at = 0;
+        }
+    }
+    (a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_cuts_at_row_boundaries() {
+        let set = vec![
+            Segment {
+                piece: 0,
+                rows: 0..3,
+            },
+            Segment {
+                piece: 1,
+                rows: 0..2,
+            },
+        ];
+        let (a, b) = split(set, 4);
+        assert_eq!(
+            a.iter()
+                .map(|s| (s.piece, s.rows.clone()))
+                .collect::<Vec<_>>(),
+            vec![(0, 0..3), (1, 0..1)]
+        );
+        assert_eq!(
+            b.iter()
+                .map(|s| (s.piece, s.rows.clone()))
+                .collect::<Vec<_>>(),
+            vec![(1, 1..2)]
+        );
+    }
+}

@@ -1,0 +1,355 @@
+//! Dimension rows — projects, machines, workspaces, chat sessions, agent
+//! sessions — and the cache that keeps them off the hot path.
+//!
+//! Clients name dimensions by natural keys (a repository name or URL, a
+//! machine id, a workspace id, a session UUID). The event tables store the
+//! integer ids (and, for chat messages, the session's project and agent
+//! type). A name is upserted once, on a cache miss; after that, resolving it
+//! is a hash-map lookup. Upserts are `INSERT … ON CONFLICT`, so instances
+//! racing on the same name end with one row.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use deadpool_postgres::Pool;
+use uuid::Uuid;
+
+use crate::{
+    metrics, pb,
+    validate::{AgentSessionRow, ChatSessionRow, pg_us_to_system_time},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DimsError {
+    /// The client's value cannot name a dimension.
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("database unavailable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+/// The project a client's name denotes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectName {
+    pub full_name: String,
+    pub owner: String,
+    pub name: String,
+    pub repo_url: Option<String>,
+}
+
+impl ProjectName {
+    /// "owner/repo", "https://host/owner/repo(.git)", "git@host:owner/repo(.git)",
+    /// or a bare name. URLs keep their text as `repo_url`; nested groups
+    /// (GitLab) stay in the owner part.
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let s = input.trim();
+        let (path, repo_url) = if let Some(rest) = s.strip_prefix("git@") {
+            let (_, path) = rest
+                .split_once(':')
+                .ok_or("an scp-style URL needs host:owner/repo")?;
+            (path, Some(s.to_owned()))
+        } else if let Some((_, rest)) = s.split_once("://") {
+            let path = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
+            (path, Some(s.to_owned()))
+        } else {
+            (s, None)
+        };
+        let path = path.trim_matches('/');
+        let path = path.strip_suffix(".git").unwrap_or(path);
+        if path.is_empty() {
+            return Err(format!("{input:?} names no repository"));
+        }
+        let (owner, name) = match path.rsplit_once('/') {
+            Some((o, n)) => (o.to_owned(), n.to_owned()),
+            None => (String::new(), path.to_owned()),
+        };
+        Ok(Self {
+            full_name: path.to_owned(),
+            owner,
+            name,
+            repo_url,
+        })
+    }
+}
+
+/// What chat messages need from their session.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub project_id: i32,
+    pub agent_type: Arc<str>,
+}
+
+pub struct Dimensions {
+    pool: Pool,
+    /// Client's project string → id. Never invalidated: project ids do not change.
+    projects: RwLock<HashMap<String, i32>>,
+    /// Chat session → what its messages carry. Updated on every session upsert.
+    chat_sessions: RwLock<HashMap<Uuid, SessionInfo>>,
+}
+
+impl Dimensions {
+    pub fn new(pool: Pool) -> Self {
+        Self {
+            pool,
+            projects: RwLock::default(),
+            chat_sessions: RwLock::default(),
+        }
+    }
+
+    pub fn cached_project(&self, name: &str) -> Option<i32> {
+        self.projects.read().expect("cache lock").get(name).copied()
+    }
+
+    /// Resolves a project name to its id, creating the project on first sight.
+    pub async fn project_id(&self, name: &str) -> Result<i32, DimsError> {
+        if let Some(id) = self.cached_project(name) {
+            return Ok(id);
+        }
+        let id = self.upsert_project(name, None, None).await?;
+        self.projects
+            .write()
+            .expect("cache lock")
+            .insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    async fn upsert_project(
+        &self,
+        name: &str,
+        repo_url: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<i32, DimsError> {
+        let p = ProjectName::parse(name).map_err(|reason| DimsError::Invalid {
+            field: "project",
+            reason,
+        })?;
+        let repo_url = repo_url.map(str::to_owned).or(p.repo_url);
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "INSERT INTO projects (name, full_name, repo_url, repo_owner, repo_name, description)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (full_name) DO UPDATE SET
+                    repo_url = COALESCE(projects.repo_url, EXCLUDED.repo_url),
+                    description = COALESCE(EXCLUDED.description, projects.description),
+                    updated_at = now()
+                 RETURNING id",
+                &[&p.name, &p.full_name, &repo_url, &p.owner, &p.name, &description],
+            )
+            .await
+            .inspect_err(|_| metrics::db_error("upsert_project"))?;
+        Ok(row.get(0))
+    }
+
+    pub fn cached_session(&self, id: &Uuid) -> Option<SessionInfo> {
+        self.chat_sessions
+            .read()
+            .expect("cache lock")
+            .get(id)
+            .cloned()
+    }
+
+    /// Looks up chat sessions missing from the cache (one query for all).
+    pub async fn load_sessions(&self, ids: &[Uuid]) -> Result<(), DimsError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let client = self.pool.get().await?;
+        let rows = client
+            .query("SELECT session_id, project_id, agent_type FROM chat_sessions WHERE session_id = ANY($1)", &[&ids])
+            .await
+            .inspect_err(|_| metrics::db_error("load_sessions"))?;
+        let mut cache = self.chat_sessions.write().expect("cache lock");
+        for r in rows {
+            let agent_type: String = r.get(2);
+            cache.insert(
+                r.get(0),
+                SessionInfo {
+                    project_id: r.get(1),
+                    agent_type: agent_type.into(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates or updates a chat session with its workspace, machine and project.
+    pub async fn upsert_chat_session(
+        &self,
+        s: &ChatSessionRow<'_>,
+    ) -> Result<SessionInfo, DimsError> {
+        let project_id = self
+            .upsert_project(
+                &s.project.name,
+                s.project.repo_url.as_deref(),
+                s.project.description.as_deref(),
+            )
+            .await?;
+        let m = s.machine;
+        let w = s.workspace;
+        let metadata = if m.metadata_json.is_empty() {
+            "{}"
+        } else {
+            &m.metadata_json
+        };
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let machine_id: i32 = tx
+            .query_one(
+                "INSERT INTO machines (machine_id, hostname, username, os_type, os_version, machine_type, ip_address, metadata)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb)
+                 ON CONFLICT (machine_id) DO UPDATE SET
+                    hostname = EXCLUDED.hostname, username = EXCLUDED.username, os_type = EXCLUDED.os_type,
+                    os_version = COALESCE(EXCLUDED.os_version, machines.os_version), machine_type = EXCLUDED.machine_type,
+                    ip_address = COALESCE(EXCLUDED.ip_address, machines.ip_address),
+                    metadata = machines.metadata || EXCLUDED.metadata, last_seen_at = now()
+                 RETURNING id",
+                &[&m.machine_id, &m.hostname, &m.username, &m.os_type, &m.os_version, &m.machine_type, &m.ip_address, &metadata],
+            )
+            .await?
+            .get(0);
+        tx.execute(
+            "INSERT INTO machine_projects (machine_id, project_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&machine_id, &project_id],
+        )
+        .await?;
+        let workspace_id: i32 = tx
+            .query_one(
+                "INSERT INTO workspaces (project_id, machine_id, workspace_id, workspace_path, workspace_type, branch, \"commit\")
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (workspace_id) DO UPDATE SET
+                    project_id = EXCLUDED.project_id, machine_id = EXCLUDED.machine_id,
+                    workspace_path = EXCLUDED.workspace_path, workspace_type = EXCLUDED.workspace_type,
+                    branch = COALESCE(EXCLUDED.branch, workspaces.branch), \"commit\" = COALESCE(EXCLUDED.\"commit\", workspaces.\"commit\"),
+                    last_seen_at = now()
+                 RETURNING id",
+                &[&project_id, &machine_id, &w.workspace_id, &w.workspace_path, &w.workspace_type, &w.branch, &w.commit],
+            )
+            .await?
+            .get(0);
+        let src = s.src;
+        tx.execute(
+            "INSERT INTO chat_sessions (session_id, workspace_id, project_id, agent_type, model_id, started_at, ended_at, message_count, total_tokens)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8::int4, 0), COALESCE($9::int8, 0))
+             ON CONFLICT (session_id) DO UPDATE SET
+                workspace_id = EXCLUDED.workspace_id, project_id = EXCLUDED.project_id, agent_type = EXCLUDED.agent_type,
+                model_id = COALESCE(EXCLUDED.model_id, chat_sessions.model_id),
+                started_at = LEAST(chat_sessions.started_at, EXCLUDED.started_at),
+                ended_at = COALESCE(EXCLUDED.ended_at, chat_sessions.ended_at),
+                message_count = CASE WHEN $8::int4 IS NULL THEN chat_sessions.message_count ELSE EXCLUDED.message_count END,
+                total_tokens = CASE WHEN $9::int8 IS NULL THEN chat_sessions.total_tokens ELSE EXCLUDED.total_tokens END",
+            &[
+                &s.session_id,
+                &workspace_id,
+                &project_id,
+                &src.agent_type,
+                &src.model_id,
+                &pg_us_to_system_time(s.started_us),
+                &s.ended_us.map(pg_us_to_system_time),
+                &src.message_count,
+                &src.total_tokens,
+            ],
+        )
+        .await?;
+        tx.commit()
+            .await
+            .inspect_err(|_| metrics::db_error("upsert_chat_session"))?;
+        let info = SessionInfo {
+            project_id,
+            agent_type: src.agent_type.as_str().into(),
+        };
+        self.chat_sessions
+            .write()
+            .expect("cache lock")
+            .insert(s.session_id, info.clone());
+        Ok(info)
+    }
+
+    /// Creates or updates an agent session: start, end, outcome. Fields the
+    /// client leaves empty keep their stored value, so a session can be
+    /// reported at its start and again at its end.
+    pub async fn upsert_agent_session(&self, s: &AgentSessionRow<'_>) -> Result<(), DimsError> {
+        let project_id = self.project_id(&s.src.project).await?;
+        let src: &pb::AgentSession = s.src;
+        let context = if src.context_json.is_empty() {
+            "{}"
+        } else {
+            &src.context_json
+        };
+        let metrics_json = if src.metrics_json.is_empty() {
+            "{}"
+        } else {
+            &src.metrics_json
+        };
+        let outcome = (!src.outcome.is_empty()).then_some(src.outcome.as_str());
+        let quality = src.quality_score.map(|q| format!("{q:.2}"));
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO agent_sessions (id, agent_id, agent_version, project_id, start_time, end_time, duration, context, metrics, outcome, quality_score)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9::text::jsonb, $10, $11::text::numeric)
+                 ON CONFLICT (id) DO UPDATE SET
+                    agent_version = EXCLUDED.agent_version, project_id = EXCLUDED.project_id,
+                    start_time = LEAST(agent_sessions.start_time, EXCLUDED.start_time),
+                    end_time = COALESCE(EXCLUDED.end_time, agent_sessions.end_time),
+                    duration = COALESCE(EXCLUDED.duration, agent_sessions.duration),
+                    context = agent_sessions.context || EXCLUDED.context,
+                    metrics = agent_sessions.metrics || EXCLUDED.metrics,
+                    outcome = COALESCE(EXCLUDED.outcome, agent_sessions.outcome),
+                    quality_score = COALESCE(EXCLUDED.quality_score, agent_sessions.quality_score),
+                    updated_at = now()",
+                &[
+                    &s.id,
+                    &src.agent_id,
+                    &src.agent_version,
+                    &project_id,
+                    &pg_us_to_system_time(s.start_us),
+                    &s.end_us.map(pg_us_to_system_time),
+                    &src.duration_s,
+                    &context,
+                    &metrics_json,
+                    &outcome,
+                    &quality,
+                ],
+            )
+            .await
+            .inspect_err(|_| metrics::db_error("upsert_agent_session"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_names_from_names_and_urls() {
+        let p = ProjectName::parse("codervisor/devlog").unwrap();
+        assert_eq!(
+            (
+                p.full_name.as_str(),
+                p.owner.as_str(),
+                p.name.as_str(),
+                p.repo_url
+            ),
+            ("codervisor/devlog", "codervisor", "devlog", None)
+        );
+        let p = ProjectName::parse("git@github.com:codervisor/devlog.git").unwrap();
+        assert_eq!(p.full_name, "codervisor/devlog");
+        assert_eq!(
+            p.repo_url.as_deref(),
+            Some("git@github.com:codervisor/devlog.git")
+        );
+        let p = ProjectName::parse("https://gitlab.com/group/sub/repo/").unwrap();
+        assert_eq!(
+            (p.full_name.as_str(), p.owner.as_str(), p.name.as_str()),
+            ("group/sub/repo", "group/sub", "repo")
+        );
+        assert_eq!(ProjectName::parse("scratch").unwrap().owner, "");
+        assert!(ProjectName::parse("https://github.com/").is_err());
+    }
+}

@@ -1,0 +1,359 @@
+//! `agent-telemetry loadgen`: streams realistic synthetic events ([`gen`])
+//! and chat messages to a running service over N concurrent bidirectional
+//! streams, at a target rate or as fast as acks allow, and reports
+//! throughput and ack latency percentiles. What users try first, and what
+//! the benchmarks drive the service with.
+
+pub mod r#gen;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use clap::Args;
+use hdrhistogram::Histogram;
+use tokio::{sync::Semaphore, time::Instant};
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tonic::{codec::CompressionEncoding, transport::Channel};
+
+use crate::pb::{self, telemetry_ingest_client::TelemetryIngestClient};
+
+#[derive(Debug, Clone, Args)]
+pub struct LoadgenConfig {
+    /// The service's gRPC endpoint.
+    #[arg(
+        long,
+        env = "AGENT_TELEMETRY_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub endpoint: String,
+    /// Agent events to send in all.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// Chat messages to send in all (over their own stream).
+    #[arg(long, default_value_t = 20_000)]
+    pub messages: u64,
+    /// Concurrent event streams.
+    #[arg(long, default_value_t = 4)]
+    pub streams: usize,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Target events per second over all streams; 0 sends as fast as acks allow.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Unacknowledged batches each stream may have out.
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
+    /// Seed of the generator (same seed, same data).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Distinct projects the sessions spread over.
+    #[arg(long, default_value_t = 20)]
+    pub projects: u32,
+    /// Compress requests with gzip.
+    #[arg(long)]
+    pub gzip: bool,
+    /// No progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Default for LoadgenConfig {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct P {
+            #[command(flatten)]
+            c: LoadgenConfig,
+        }
+        P::parse_from(["loadgen"]).c
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadgenError {
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: tonic::transport::Error,
+    },
+    #[error("stream failed: {0}")]
+    Stream(#[from] tonic::Status),
+}
+
+/// What a run did.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub rows_sent: u64,
+    pub rows_stored: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    /// Batches acked with an error (not stored).
+    pub failed_batches: u64,
+    pub batches: u64,
+    pub elapsed: Duration,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+}
+
+impl Summary {
+    pub fn rows_per_second(&self) -> f64 {
+        self.rows_stored as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "rows sent      {}", self.rows_sent)?;
+        writeln!(
+            f,
+            "rows stored    {} (+{} duplicates, {} rejected)",
+            self.rows_stored, self.duplicates, self.rejected
+        )?;
+        writeln!(
+            f,
+            "batches        {} ({} failed)",
+            self.batches, self.failed_batches
+        )?;
+        writeln!(f, "elapsed        {:.2} s", self.elapsed.as_secs_f64())?;
+        writeln!(f, "throughput     {:.0} rows/s", self.rows_per_second())?;
+        write!(
+            f,
+            "ack latency    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.latency_p50_ms, self.latency_p99_ms, self.latency_max_ms
+        )
+    }
+}
+
+/// Shared tallies of all streams.
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    stored: AtomicU64,
+    duplicates: AtomicU64,
+    rejected: AtomicU64,
+    failed: AtomicU64,
+    batches: AtomicU64,
+    latency_us: Mutex<Option<Histogram<u64>>>,
+}
+
+impl Tally {
+    fn record(&self, ack: &pb::BatchAck, latency: Duration) {
+        self.stored
+            .fetch_add(u64::from(ack.stored), Ordering::Relaxed);
+        self.duplicates
+            .fetch_add(u64::from(ack.duplicates), Ordering::Relaxed);
+        self.rejected
+            .fetch_add(ack.rejected.len() as u64, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        if !ack.error.is_empty() {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut h = self.latency_us.lock().expect("histogram lock");
+        let h = h.get_or_insert_with(|| {
+            Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
+        });
+        h.saturating_record(latency.as_micros() as u64);
+    }
+}
+
+pub async fn run(cfg: &LoadgenConfig) -> Result<Summary, LoadgenError> {
+    let channel = Channel::from_shared(cfg.endpoint.clone())
+        .map_err(|e| LoadgenError::Stream(tonic::Status::invalid_argument(e.to_string())))?
+        .connect()
+        .await
+        .map_err(|source| LoadgenError::Connect {
+            endpoint: cfg.endpoint.clone(),
+            source,
+        })?;
+    let tally = Arc::new(Tally::default());
+    let started = Instant::now();
+    let streams = cfg.streams.max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..streams {
+        let share =
+            cfg.events / streams as u64 + u64::from((i as u64) < cfg.events % streams as u64);
+        let (cfg, tally, channel) = (cfg.clone(), tally.clone(), channel.clone());
+        tasks.spawn(async move { event_stream(&cfg, channel, i as u64, share, tally).await });
+    }
+    if cfg.messages > 0 {
+        let (cfg, tally, channel) = (cfg.clone(), tally.clone(), channel.clone());
+        tasks.spawn(async move { message_stream(&cfg, channel, cfg.messages, tally).await });
+    }
+    let progress = (!cfg.quiet).then(|| {
+        let tally = tally.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let stored = tally.stored.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "[{secs:6.1} s] {stored} rows stored, {:.0} rows/s",
+                    stored as f64 / secs
+                );
+            }
+        })
+    });
+    let mut result = Ok(());
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(Err(e)) = r {
+            result = Err(e);
+        }
+    }
+    if let Some(p) = progress {
+        p.abort();
+    }
+    result?;
+    let elapsed = started.elapsed();
+    let h = tally.latency_us.lock().expect("histogram lock").take();
+    let q = |p: f64| {
+        h.as_ref()
+            .map_or(0.0, |h| h.value_at_quantile(p) as f64 / 1000.0)
+    };
+    Ok(Summary {
+        rows_sent: tally.sent.load(Ordering::Relaxed),
+        rows_stored: tally.stored.load(Ordering::Relaxed),
+        duplicates: tally.duplicates.load(Ordering::Relaxed),
+        rejected: tally.rejected.load(Ordering::Relaxed),
+        failed_batches: tally.failed.load(Ordering::Relaxed),
+        batches: tally.batches.load(Ordering::Relaxed),
+        elapsed,
+        latency_p50_ms: q(0.5),
+        latency_p99_ms: q(0.99),
+        latency_max_ms: h.as_ref().map_or(0.0, |h| h.max() as f64 / 1000.0),
+    })
+}
+
+fn client(cfg: &LoadgenConfig, channel: Channel) -> TelemetryIngestClient<Channel> {
+    let c = TelemetryIngestClient::new(channel).max_decoding_message_size(64 << 20);
+    if cfg.gzip {
+        c.send_compressed(CompressionEncoding::Gzip)
+    } else {
+        c
+    }
+}
+
+/// Time between batches of one stream for the target rate (None: no pacing).
+fn pacing(cfg: &LoadgenConfig, streams: usize) -> Option<Duration> {
+    (cfg.rate > 0.0)
+        .then(|| Duration::from_secs_f64(cfg.batch_size as f64 * streams as f64 / cfg.rate))
+}
+
+/// Sends batches made by `make` over one stream, `window` unacked at most,
+/// and records each ack.
+async fn drive<B: Send + 'static>(
+    cfg: &LoadgenConfig,
+    total: u64,
+    pace: Option<Duration>,
+    tally: Arc<Tally>,
+    mut make: impl FnMut(u64, usize) -> B + Send + 'static,
+    open: impl AsyncFnOnce(ReceiverStream<B>) -> Result<tonic::Streaming<pb::BatchAck>, tonic::Status>,
+) -> Result<(), LoadgenError> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<B>(cfg.window.max(1));
+    let window = Arc::new(Semaphore::new(cfg.window.max(1)));
+    let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let batch_size = cfg.batch_size.max(1);
+    let producer = {
+        let (window, sent_at, tally) = (window.clone(), sent_at.clone(), tally.clone());
+        tokio::spawn(async move {
+            let mut left = total;
+            let mut seq = 0u64;
+            let mut next = Instant::now();
+            while left > 0 {
+                let n = left.min(batch_size as u64) as usize;
+                window.acquire().await.expect("window open").forget();
+                if let Some(p) = pace {
+                    tokio::time::sleep_until(next).await;
+                    next += p;
+                }
+                let batch = make(seq, n);
+                sent_at.lock().expect("lock").insert(seq, Instant::now());
+                tally.sent.fetch_add(n as u64, Ordering::Relaxed);
+                if tx.send(batch).await.is_err() {
+                    break;
+                }
+                seq += 1;
+                left -= n as u64;
+            }
+        })
+    };
+    let mut acks = open(ReceiverStream::new(rx)).await?;
+    while let Some(ack) = acks.next().await {
+        let ack = ack?;
+        let sent = sent_at.lock().expect("lock").remove(&ack.sequence);
+        tally.record(&ack, sent.map_or(Duration::ZERO, |t| t.elapsed()));
+        window.add_permits(1);
+        if producer.is_finished() && sent_at.lock().expect("lock").is_empty() {
+            break;
+        }
+    }
+    producer.abort();
+    Ok(())
+}
+
+async fn event_stream(
+    cfg: &LoadgenConfig,
+    channel: Channel,
+    index: u64,
+    total: u64,
+    tally: Arc<Tally>,
+) -> Result<(), LoadgenError> {
+    let mut generator = r#gen::Generator::new(
+        cfg.seed.wrapping_mul(1000).wrapping_add(index),
+        cfg.projects,
+    );
+    let mut c = client(cfg, channel);
+    let make = move |sequence, n| pb::AgentEventBatch {
+        sequence,
+        events: generator.events(n),
+    };
+    drive(
+        cfg,
+        total,
+        pacing(cfg, cfg.streams.max(1)),
+        tally,
+        make,
+        async |rx| Ok(c.stream_agent_events(rx).await?.into_inner()),
+    )
+    .await
+}
+
+async fn message_stream(
+    cfg: &LoadgenConfig,
+    channel: Channel,
+    total: u64,
+    tally: Arc<Tally>,
+) -> Result<(), LoadgenError> {
+    let mut generator =
+        r#gen::Generator::new(cfg.seed.wrapping_mul(1000).wrapping_add(999), cfg.projects);
+    let mut c = client(cfg, channel);
+    let make = move |sequence, n| {
+        let mut batch = pb::ChatMessageBatch {
+            sequence,
+            ..Default::default()
+        };
+        for _ in 0..n {
+            let (m, opened) = generator.message();
+            batch.sessions.extend(opened);
+            batch.messages.push(m);
+        }
+        batch
+    };
+    let pace = (cfg.rate > 0.0 && cfg.events > 0).then(|| {
+        let share = cfg.messages as f64 / cfg.events as f64;
+        Duration::from_secs_f64(cfg.batch_size as f64 / (cfg.rate * share))
+    });
+    drive(cfg, total, pace, tally, make, async |rx| {
+        Ok(c.stream_chat_messages(rx).await?.into_inner())
+    })
+    .await
+}

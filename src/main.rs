@@ -1,0 +1,63 @@
+//! The `agent-telemetry` binary: parses the command line, sets up logging,
+//! and calls the library.
+
+use std::process::ExitCode;
+
+use agent_telemetry::{
+    config::{Cli, Command},
+    loadgen, server, shutdown,
+};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        Command::Serve(cfg) => serve(*cfg).await,
+        Command::Migrate(cfg) => migrate(cfg).await,
+        Command::Loadgen(cfg) => loadgen::run(&cfg)
+            .await
+            .map(|s| println!("{s}"))
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(
+    cfg: agent_telemetry::config::ServeConfig,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let drain = CancellationToken::new();
+    shutdown::on_signals(drain.clone())?;
+    let running = server::start(cfg, drain).await?;
+    running.wait().await?;
+    Ok(())
+}
+
+async fn migrate(
+    cfg: agent_telemetry::config::MigrateConfig,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let db = server::open_database(&cfg.database).await?;
+    let report = server::run_migrations(&db.conn).await?;
+    println!(
+        "applied {} migration(s), {} already applied",
+        report.applied.len(),
+        report.already
+    );
+    if let Some(cluster) = db.embedded {
+        tokio::task::spawn_blocking(move || cluster.stop()).await??;
+    }
+    Ok(())
+}

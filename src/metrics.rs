@@ -1,0 +1,125 @@
+//! Metric names, their descriptions, and the one function per event that
+//! records them (so names and labels are written once). Labels are low
+//! cardinality: `table` (two values) and `reason` (a field name or a fixed
+//! word). The Prometheus exporter is installed by [`crate::server`].
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+
+use crate::copy::Table;
+
+pub const ROWS_RECEIVED: &str = "agent_telemetry_rows_received_total";
+pub const ROWS_STORED: &str = "agent_telemetry_rows_stored_total";
+pub const ROWS_DUPLICATE: &str = "agent_telemetry_rows_duplicate_total";
+pub const ROWS_REJECTED: &str = "agent_telemetry_rows_rejected_total";
+pub const BATCHES: &str = "agent_telemetry_batches_total";
+pub const BATCHES_REFUSED: &str = "agent_telemetry_batches_refused_total";
+pub const BATCH_ROWS: &str = "agent_telemetry_batch_rows";
+pub const BUFFER_BYTES: &str = "agent_telemetry_buffer_bytes";
+pub const FLUSH_ROWS: &str = "agent_telemetry_flush_rows";
+pub const FLUSH_SECONDS: &str = "agent_telemetry_flush_duration_seconds";
+pub const ACK_SECONDS: &str = "agent_telemetry_ack_latency_seconds";
+pub const ACKS: &str = "agent_telemetry_acks_total";
+pub const COPY_RETRIES: &str = "agent_telemetry_copy_retries_total";
+pub const COPY_FAILURES: &str = "agent_telemetry_copy_failures_total";
+pub const DB_ERRORS: &str = "agent_telemetry_db_errors_total";
+
+pub fn describe() {
+    describe_counter!(ROWS_RECEIVED, "Rows received in batches, per table");
+    describe_counter!(
+        ROWS_STORED,
+        "Rows newly committed to the database, per table"
+    );
+    describe_counter!(
+        ROWS_DUPLICATE,
+        "Rows received again that were already stored (resends), per table"
+    );
+    describe_counter!(
+        ROWS_REJECTED,
+        "Rows refused, per table and reason (the offending field, or 'database')"
+    );
+    describe_counter!(BATCHES, "Batches received, per table");
+    describe_counter!(
+        BATCHES_REFUSED,
+        "Batches refused whole, per table and reason (buffer_full, too_large, shutdown, ...)"
+    );
+    describe_histogram!(BATCH_ROWS, "Rows per received batch");
+    describe_gauge!(
+        BUFFER_BYTES,
+        "Bytes of encoded rows held in the buffer, per table"
+    );
+    describe_histogram!(FLUSH_ROWS, "Rows per COPY flush");
+    describe_histogram!(
+        FLUSH_SECONDS,
+        "Duration of a flush (COPY and commit, retries included)"
+    );
+    describe_histogram!(
+        ACK_SECONDS,
+        "Time from a batch entering the buffer to its commit"
+    );
+    describe_counter!(ACKS, "Acks sent, per table and result (ok, error)");
+    describe_counter!(
+        COPY_RETRIES,
+        "COPY attempts retried after a connection-level error"
+    );
+    describe_counter!(
+        COPY_FAILURES,
+        "Flushes given up after retries (their batches were acked with an error)"
+    );
+    describe_counter!(
+        DB_ERRORS,
+        "Database errors outside COPY (dimension upserts, lookups)"
+    );
+}
+
+pub fn rows_received(table: Table, n: usize) {
+    counter!(BATCHES, "table" => table.name()).increment(1);
+    counter!(ROWS_RECEIVED, "table" => table.name()).increment(n as u64);
+    histogram!(BATCH_ROWS, "table" => table.name()).record(n as f64);
+}
+
+pub fn rows_rejected(table: Table, reason: &str, n: u64) {
+    counter!(ROWS_REJECTED, "table" => table.name(), "reason" => reason.to_owned()).increment(n);
+}
+
+pub fn batch_refused(table: Table, reason: &'static str) {
+    counter!(BATCHES_REFUSED, "table" => table.name(), "reason" => reason).increment(1);
+}
+
+pub fn rows_stored(table: Table, stored: u64, duplicates: u64) {
+    counter!(ROWS_STORED, "table" => table.name()).increment(stored);
+    if duplicates > 0 {
+        counter!(ROWS_DUPLICATE, "table" => table.name()).increment(duplicates);
+    }
+}
+
+pub fn buffer_fill(table: Table, bytes: usize) {
+    gauge!(BUFFER_BYTES, "table" => table.name()).set(bytes as f64);
+}
+
+pub fn flush_done(table: Table, rows: usize, took: Duration) {
+    histogram!(FLUSH_ROWS, "table" => table.name()).record(rows as f64);
+    histogram!(FLUSH_SECONDS, "table" => table.name()).record(took.as_secs_f64());
+}
+
+pub fn ack_latency(table: Table, took: Duration) {
+    histogram!(ACK_SECONDS, "table" => table.name()).record(took.as_secs_f64());
+}
+
+pub fn ack_sent(table: Table, ok: bool) {
+    counter!(ACKS, "table" => table.name(), "result" => if ok { "ok" } else { "error" })
+        .increment(1);
+}
+
+pub fn copy_retried(table: Table) {
+    counter!(COPY_RETRIES, "table" => table.name()).increment(1);
+}
+
+pub fn copy_failed(table: Table) {
+    counter!(COPY_FAILURES, "table" => table.name()).increment(1);
+}
+
+pub fn db_error(operation: &'static str) {
+    counter!(DB_ERRORS, "operation" => operation).increment(1);
+}

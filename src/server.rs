@@ -1,0 +1,292 @@
+//! Wiring: database (given or embedded) → migrations → pool → buffers,
+//! batchers and writer → gRPC service; and the shutdown order:
+//!
+//! 1. drain starts (signal or [`Running::shutdown`]): health turns
+//!    NOT_SERVING, no new connections, streams stop reading new batches and
+//!    batchers flush at once;
+//! 2. every batch already read is committed and acked, streams end with OK;
+//! 3. batchers finish their last flushes; the embedded database stops.
+//!
+//! If that takes longer than `--shutdown-timeout`, the writer stops retrying
+//! (the acks still waiting say "not stored, resend") and the service exits.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+
+use crate::{
+    api::{Api, intake::Intake},
+    buffer::{TableBuffer, batcher},
+    config::{DatabaseConfig, ServeConfig},
+    copy::{Table, writer::CopyWriter},
+    db::{
+        self, DbError,
+        dims::Dimensions,
+        embedded::{Cluster, ClusterOptions, EmbeddedError},
+        migrate::{self, MigrateError},
+    },
+    metrics,
+    pb::wire::telemetry_ingest_server::TelemetryIngestServer,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("embedded PostgreSQL: {0}")]
+    Embedded(#[from] EmbeddedError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the metrics endpoint on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: metrics_exporter_prometheus::BuildError,
+    },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The database the service writes to.
+pub struct Database {
+    pub conn: String,
+    /// The embedded cluster, when we started one (stopped at shutdown).
+    pub embedded: Option<Cluster>,
+}
+
+const EMBEDDED_DB: &str = "agent_telemetry";
+
+/// The embedded default's directory when none is configured.
+pub fn default_data_dir() -> PathBuf {
+    if nix::unistd::Uid::effective().is_root() {
+        return PathBuf::from("/var/lib/agent-telemetry");
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("agent-telemetry")
+}
+
+/// `DATABASE_URL` if given, else the embedded cluster (initialised on first
+/// use, started if not running).
+pub async fn open_database(cfg: &DatabaseConfig) -> Result<Database, ServerError> {
+    if let Some(url) = &cfg.database_url {
+        return Ok(Database {
+            conn: url.clone(),
+            embedded: None,
+        });
+    }
+    let dir = cfg.data_dir.clone().unwrap_or_else(default_data_dir);
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir).map_err(EmbeddedError::from)?;
+        // The server's user must be able to pass through it (see embedded.rs).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(EmbeddedError::from)?;
+    }
+    let opts = ClusterOptions {
+        data_dir: dir.join("postgres"),
+        bindir: cfg.pg_bindir.clone(),
+        durable: true,
+        port: 5432,
+        tcp: false,
+    };
+    let cluster = tokio::task::spawn_blocking(move || {
+        let c = Cluster::open(opts)?;
+        c.start()?;
+        Ok::<_, EmbeddedError>(c)
+    })
+    .await
+    .expect("embedded start panicked")?;
+    tracing::info!(data_dir = %cluster.data_dir().display(), bindir = %cluster.bindir().display(), "embedded PostgreSQL running");
+    db::ensure_database(&cluster.conn_string("postgres"), EMBEDDED_DB).await?;
+    Ok(Database {
+        conn: cluster.conn_string(EMBEDDED_DB),
+        embedded: Some(cluster),
+    })
+}
+
+pub async fn run_migrations(conn: &str) -> Result<migrate::Report, ServerError> {
+    let mut client = db::connect(conn).await?;
+    Ok(migrate::run(&mut client).await?)
+}
+
+/// A started service.
+pub struct Running {
+    pub addr: SocketAddr,
+    drain: CancellationToken,
+    done: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Running {
+    /// Starts the drain and waits until the service has stopped.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.drain.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the service has stopped (after a signal cancelled `drain`).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.done.await.expect("server task panicked")
+    }
+}
+
+/// Opens the database, migrates, and starts serving. `drain` starts the
+/// shutdown when cancelled.
+pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running, ServerError> {
+    if let Some(addr) = cfg.metrics_addr() {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|source| ServerError::Metrics { addr, source })?;
+        metrics::describe();
+        tracing::info!(%addr, "Prometheus metrics at /metrics");
+    }
+    let database = open_database(&cfg.database).await?;
+    let report = run_migrations(&database.conn).await?;
+    tracing::info!(
+        applied = report.applied.len(),
+        already = report.already,
+        "migrations done"
+    );
+    log_mode(&database.conn).await;
+
+    let pool = db::pool(&database.conn, cfg.database.pool_size)?;
+    let give_up = CancellationToken::new();
+    let writer = Arc::new(CopyWriter::new(
+        pool.clone(),
+        cfg.pipeline.copy_retry_timeout,
+        give_up.clone(),
+    ));
+    let mut batchers = Vec::new();
+    let mut buffers = Vec::new();
+    for table in Table::ALL {
+        let (buffer, queue) = TableBuffer::new(table, cfg.pipeline.buffer_bytes);
+        batchers.push(tokio::spawn(batcher::run(
+            table,
+            queue,
+            writer.clone(),
+            cfg.pipeline.clone(),
+            drain.clone(),
+        )));
+        buffers.push(buffer);
+    }
+    spawn_buffer_gauges(buffers.clone(), drain.clone());
+    let intake = Arc::new(Intake {
+        events: buffers[0].clone(),
+        messages: buffers[1].clone(),
+        dims: Arc::new(Dimensions::new(pool)),
+        limits: cfg.limits.clone(),
+        pipeline: cfg.pipeline.clone(),
+    });
+    drop(buffers);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<TelemetryIngestServer<Api>>().await;
+    let ingest = TelemetryIngestServer::new(Api::new(intake, drain.clone()))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(cfg.limits.max_message_bytes);
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    tracing::info!(%addr, "gRPC ingest service listening");
+
+    let stop = drain.clone();
+    let serve = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(ingest)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            stop.cancelled().await;
+            health.set_not_serving::<TelemetryIngestServer<Api>>().await;
+        });
+    let deadline = cfg.shutdown_timeout;
+    let drain_started = drain.clone();
+    let done = tokio::spawn(async move {
+        let serve = tokio::spawn(serve);
+        drain_started.cancelled().await;
+        let drained = tokio::time::timeout(deadline, async {
+            let served = serve.await.expect("gRPC server panicked");
+            for b in batchers {
+                let _ = b.await;
+            }
+            served
+        })
+        .await;
+        let result = match drained {
+            Ok(r) => r.map_err(ServerError::from),
+            Err(_) => {
+                tracing::error!(
+                    ?deadline,
+                    "shutdown deadline passed: exiting with unacknowledged batches left to their clients"
+                );
+                give_up.cancel();
+                Ok(())
+            }
+        };
+        if let Some(cluster) = database.embedded {
+            let stopped = tokio::task::spawn_blocking(move || cluster.stop())
+                .await
+                .expect("embedded stop panicked");
+            if let Err(e) = stopped {
+                tracing::error!(error = %e, "stopping the embedded PostgreSQL failed");
+            }
+        }
+        tracing::info!("stopped");
+        result
+    });
+    Ok(Running { addr, drain, done })
+}
+
+/// One line saying which storage mode the database gives.
+async fn log_mode(conn: &str) {
+    let Ok(client) = db::connect(conn).await else {
+        return;
+    };
+    let version: Option<String> = client
+        .query_opt(
+            "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
+            &[],
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get(0));
+    match version {
+        Some(v) => tracing::info!(timescaledb = %v, "storage mode: TimescaleDB"),
+        None => tracing::info!(
+            "storage mode: plain PostgreSQL (the timescaledb extension is not installed in this database)"
+        ),
+    }
+}
+
+fn spawn_buffer_gauges(buffers: Vec<TableBuffer>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        while !stop.is_cancelled() {
+            tick.tick().await;
+            for b in &buffers {
+                metrics::buffer_fill(b.table(), b.used());
+            }
+        }
+    });
+}

@@ -1,0 +1,692 @@
+//! Stage 2: **validate**. Every row is checked before it may be encoded,
+//! because one row the database refuses would abort the whole COPY it is in.
+//!
+//! In: one row's bytes (decoded here, so that a row with invalid UTF-8 is one
+//! rejected row, not an undecodable batch) or a decoded message. Out: a typed,
+//! checked row ([`EventRow`], [`MessageRow`]) that borrows the message, or a
+//! [`Rejection`] that names the row's index, the field and what is wrong.
+//! Pure functions: no IO, no clock reads (the caller passes `now`).
+
+use std::borrow::Cow;
+
+use prost::Message;
+use uuid::Uuid;
+
+use crate::{config::Limits, pb};
+
+/// Why one row was not accepted. Resending it unchanged will not help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Position of the row in its batch, from 0.
+    pub index: u32,
+    pub field: Cow<'static, str>,
+    pub reason: String,
+}
+
+impl Rejection {
+    pub fn new(index: u32, field: impl Into<Cow<'static, str>>, reason: impl Into<String>) -> Self {
+        Self {
+            index,
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<Rejection> for pb::RowRejection {
+    fn from(r: Rejection) -> Self {
+        pb::RowRejection {
+            index: r.index,
+            field: r.field.into_owned(),
+            reason: r.reason,
+            kind: String::new(),
+        }
+    }
+}
+
+/// Seconds from the Unix epoch to PostgreSQL's epoch (2000-01-01 UTC).
+const PG_EPOCH_OFFSET_S: i64 = 946_684_800;
+/// The protobuf Timestamp range: 0001-01-01T00:00:00Z ..= 9999-12-31T23:59:59Z.
+const PROTO_MIN_S: i64 = -62_135_596_800;
+const PROTO_MAX_S: i64 = 253_402_300_799;
+
+/// The accepted time window, in microseconds since the PostgreSQL epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeWindow {
+    pub min_us: i64,
+    pub max_us: i64,
+}
+
+impl TimeWindow {
+    pub fn around(now: std::time::SystemTime, limits: &Limits) -> Self {
+        let now_us = system_time_to_pg_us(now);
+        Self {
+            min_us: now_us.saturating_sub(limits.max_past.as_micros() as i64),
+            max_us: now_us.saturating_add(limits.max_future.as_micros() as i64),
+        }
+    }
+}
+
+pub fn system_time_to_pg_us(t: std::time::SystemTime) -> i64 {
+    let unix_us = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_micros() as i64,
+        Err(e) => -(e.duration().as_micros() as i64),
+    };
+    unix_us - PG_EPOCH_OFFSET_S * 1_000_000
+}
+
+pub fn pg_us_to_system_time(us: i64) -> std::time::SystemTime {
+    let unix_us = us + PG_EPOCH_OFFSET_S * 1_000_000;
+    if unix_us >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::from_micros(unix_us as u64)
+    } else {
+        std::time::UNIX_EPOCH - std::time::Duration::from_micros(unix_us.unsigned_abs())
+    }
+}
+
+/// Converts a protobuf timestamp to microseconds since the PostgreSQL epoch
+/// (nanoseconds are truncated: PostgreSQL keeps microseconds).
+pub fn timestamp_to_pg_us(ts: &prost_types::Timestamp) -> Result<i64, String> {
+    if !(PROTO_MIN_S..=PROTO_MAX_S).contains(&ts.seconds) {
+        return Err(format!(
+            "seconds {} outside the protobuf Timestamp range",
+            ts.seconds
+        ));
+    }
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(format!("nanos {} outside 0..999999999", ts.nanos));
+    }
+    Ok((ts.seconds - PG_EPOCH_OFFSET_S) * 1_000_000 + i64::from(ts.nanos / 1000))
+}
+
+/// Decodes one row of a batch. prost's error names the message and field it
+/// failed in ("AgentEvent.agent_id: invalid string value: data is not UTF-8
+/// encoded"); the rejection keeps the row's field and the description.
+pub fn decode_row<M: Message + Default>(bytes: &[u8], index: u32) -> Result<M, Rejection> {
+    M::decode(bytes).map_err(|e| {
+        let text = e.to_string();
+        let text = text
+            .strip_prefix("failed to decode Protobuf message: ")
+            .unwrap_or(&text);
+        // Stack entries look like "Message.field: "; the first is the row's field.
+        let mut parts = text.split(": ");
+        let first = parts.next().unwrap_or_default();
+        match first.split_once('.') {
+            Some((_, field)) if !first.contains(' ') => {
+                let rest: Vec<&str> = parts
+                    .filter(|p| p.contains(' ') || !p.contains('.'))
+                    .collect();
+                Rejection::new(
+                    index,
+                    field.to_owned(),
+                    format!("cannot decode: {}", rest.join(": ")),
+                )
+            }
+            _ => Rejection::new(index, "", format!("cannot decode row: {text}")),
+        }
+    })
+}
+
+/// A checked AgentEvent, borrowing its message. `project` is still the
+/// client's name for it; [`crate::db::dims`] resolves it to an id.
+#[derive(Debug)]
+pub struct EventRow<'a> {
+    pub index: u32,
+    pub src: &'a pb::AgentEvent,
+    pub id: Uuid,
+    pub ts_us: i64,
+    pub session_id: Uuid,
+    pub parent_event_id: Option<Uuid>,
+    pub related_event_ids: Vec<Uuid>,
+    pub severity: Option<&'static str>,
+    pub cost_nanos: Option<i64>,
+}
+
+/// A checked ChatMessage, borrowing its message.
+#[derive(Debug)]
+pub struct MessageRow<'a> {
+    pub index: u32,
+    pub src: &'a pb::ChatMessage,
+    pub id: Uuid,
+    pub session_id: Uuid,
+    pub ts_us: i64,
+}
+
+/// Most a cost may be for one event (guards against unit mistakes such as
+/// sending micro-dollars).
+const MAX_COST_USD: f64 = 1_000_000.0;
+
+pub fn validate_event<'a>(
+    ev: &'a pb::AgentEvent,
+    index: u32,
+    limits: &Limits,
+    window: TimeWindow,
+) -> Result<EventRow<'a>, Rejection> {
+    let rej = |field: &'static str, reason: String| Rejection::new(index, field, reason);
+    let id = optional_uuid(&ev.id)
+        .map_err(|r| rej("id", r))?
+        .unwrap_or_else(Uuid::new_v4);
+    let ts_us = check_time(ev.timestamp.as_ref(), window).map_err(|r| rej("timestamp", r))?;
+    required_text(&ev.event_type, limits.max_text_bytes).map_err(|r| rej("event_type", r))?;
+    required_text(&ev.agent_id, limits.max_text_bytes).map_err(|r| rej("agent_id", r))?;
+    text(&ev.agent_version, limits.max_text_bytes).map_err(|r| rej("agent_version", r))?;
+    let session_id = required_uuid(&ev.session_id).map_err(|r| rej("session_id", r))?;
+    required_text(&ev.project, limits.max_text_bytes).map_err(|r| rej("project", r))?;
+    json_object(&ev.context_json, limits.max_json_bytes).map_err(|r| rej("context_json", r))?;
+    json_object(&ev.data_json, limits.max_json_bytes).map_err(|r| rej("data_json", r))?;
+    json_object(&ev.metrics_json, limits.max_json_bytes).map_err(|r| rej("metrics_json", r))?;
+    let parent_event_id =
+        optional_uuid(&ev.parent_event_id).map_err(|r| rej("parent_event_id", r))?;
+    if ev.related_event_ids.len() > limits.max_list_items {
+        return Err(rej(
+            "related_event_ids",
+            too_many(ev.related_event_ids.len(), limits.max_list_items),
+        ));
+    }
+    let related_event_ids = ev
+        .related_event_ids
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            required_uuid(s)
+                .map_err(|r| Rejection::new(index, format!("related_event_ids[{i}]"), r))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if ev.tags.len() > limits.max_list_items {
+        return Err(rej("tags", too_many(ev.tags.len(), limits.max_list_items)));
+    }
+    for (i, tag) in ev.tags.iter().enumerate() {
+        required_text(tag, limits.max_text_bytes)
+            .map_err(|r| Rejection::new(index, format!("tags[{i}]"), r))?;
+    }
+    let severity = match pb::Severity::try_from(ev.severity) {
+        Ok(pb::Severity::Unspecified) => None,
+        Ok(pb::Severity::Info) => Some("info"),
+        Ok(pb::Severity::Warning) => Some("warning"),
+        Ok(pb::Severity::Error) => Some("error"),
+        Err(_) => {
+            return Err(rej(
+                "severity",
+                format!("unknown Severity value {}", ev.severity),
+            ));
+        }
+    };
+    non_negative(ev.duration_ms).map_err(|r| rej("duration_ms", r))?;
+    non_negative(ev.input_tokens).map_err(|r| rej("input_tokens", r))?;
+    non_negative(ev.output_tokens).map_err(|r| rej("output_tokens", r))?;
+    non_negative(ev.cached_tokens).map_err(|r| rej("cached_tokens", r))?;
+    if let (Some(cached), Some(input)) = (ev.cached_tokens, ev.input_tokens)
+        && cached > input
+    {
+        return Err(rej(
+            "cached_tokens",
+            format!("{cached} cached tokens exceed the {input} input tokens they are part of"),
+        ));
+    }
+    let cost_nanos = ev
+        .cost_usd
+        .map(cost_to_nanos)
+        .transpose()
+        .map_err(|r| rej("cost_usd", r))?;
+    if let Some(model) = &ev.model {
+        required_text(model, limits.max_text_bytes).map_err(|r| rej("model", r))?;
+    }
+    Ok(EventRow {
+        index,
+        src: ev,
+        id,
+        ts_us,
+        session_id,
+        parent_event_id,
+        related_event_ids,
+        severity,
+        cost_nanos,
+    })
+}
+
+pub fn validate_message<'a>(
+    m: &'a pb::ChatMessage,
+    index: u32,
+    limits: &Limits,
+    window: TimeWindow,
+) -> Result<MessageRow<'a>, Rejection> {
+    let rej = |field: &'static str, reason: String| Rejection::new(index, field, reason);
+    let id = optional_uuid(&m.id)
+        .map_err(|r| rej("id", r))?
+        .unwrap_or_else(Uuid::new_v4);
+    let session_id = required_uuid(&m.session_id).map_err(|r| rej("session_id", r))?;
+    required_text(&m.role, limits.max_text_bytes).map_err(|r| rej("role", r))?;
+    text(&m.content, limits.max_content_bytes).map_err(|r| rej("content", r))?;
+    let ts_us = check_time(m.timestamp.as_ref(), window).map_err(|r| rej("timestamp", r))?;
+    if m.sequence < 0 {
+        return Err(rej(
+            "sequence",
+            format!("must not be negative, got {}", m.sequence),
+        ));
+    }
+    json_object(&m.metadata_json, limits.max_json_bytes).map_err(|r| rej("metadata_json", r))?;
+    if let Some(s) = &m.search_content {
+        text(s, limits.max_content_bytes).map_err(|r| rej("search_content", r))?;
+    }
+    Ok(MessageRow {
+        index,
+        src: m,
+        id,
+        session_id,
+        ts_us,
+    })
+}
+
+/// A checked ChatSession (with its workspace, machine and project).
+#[derive(Debug)]
+pub struct ChatSessionRow<'a> {
+    pub src: &'a pb::ChatSession,
+    pub session_id: Uuid,
+    pub workspace: &'a pb::Workspace,
+    pub project: &'a pb::Project,
+    pub machine: &'a pb::Machine,
+    pub started_us: i64,
+    pub ended_us: Option<i64>,
+}
+
+pub fn validate_chat_session<'a>(
+    s: &'a pb::ChatSession,
+    index: u32,
+    limits: &Limits,
+    window: TimeWindow,
+) -> Result<ChatSessionRow<'a>, Rejection> {
+    let rej = |field: &'static str, reason: String| Rejection::new(index, field, reason);
+    let t = limits.max_text_bytes;
+    let session_id = required_uuid(&s.session_id).map_err(|r| rej("session_id", r))?;
+    let workspace = s
+        .workspace
+        .as_ref()
+        .ok_or_else(|| rej("workspace", "is required".into()))?;
+    required_text(&workspace.workspace_id, t).map_err(|r| rej("workspace.workspace_id", r))?;
+    text(&workspace.workspace_path, t).map_err(|r| rej("workspace.workspace_path", r))?;
+    text(&workspace.workspace_type, t).map_err(|r| rej("workspace.workspace_type", r))?;
+    for (field, v) in [
+        ("workspace.branch", &workspace.branch),
+        ("workspace.commit", &workspace.commit),
+    ] {
+        if let Some(v) = v {
+            text(v, t).map_err(|r| rej(field, r))?;
+        }
+    }
+    let project = workspace
+        .project
+        .as_ref()
+        .ok_or_else(|| rej("workspace.project", "is required".into()))?;
+    validate_project(project, t).map_err(|(f, r)| rej(f, r))?;
+    let machine = workspace
+        .machine
+        .as_ref()
+        .ok_or_else(|| rej("workspace.machine", "is required".into()))?;
+    required_text(&machine.machine_id, t).map_err(|r| rej("workspace.machine.machine_id", r))?;
+    for (field, v) in [
+        ("workspace.machine.hostname", &machine.hostname),
+        ("workspace.machine.username", &machine.username),
+        ("workspace.machine.os_type", &machine.os_type),
+        ("workspace.machine.machine_type", &machine.machine_type),
+    ] {
+        text(v, t).map_err(|r| rej(field, r))?;
+    }
+    for (field, v) in [
+        ("workspace.machine.os_version", &machine.os_version),
+        ("workspace.machine.ip_address", &machine.ip_address),
+    ] {
+        if let Some(v) = v {
+            text(v, t).map_err(|r| rej(field, r))?;
+        }
+    }
+    json_object(&machine.metadata_json, limits.max_json_bytes)
+        .map_err(|r| rej("workspace.machine.metadata_json", r))?;
+    required_text(&s.agent_type, t).map_err(|r| rej("agent_type", r))?;
+    if let Some(m) = &s.model_id {
+        text(m, t).map_err(|r| rej("model_id", r))?;
+    }
+    let started_us = check_time(s.started_at.as_ref(), window).map_err(|r| rej("started_at", r))?;
+    let ended_us = s
+        .ended_at
+        .as_ref()
+        .map(|e| check_time(Some(e), window))
+        .transpose()
+        .map_err(|r| rej("ended_at", r))?;
+    if matches!(s.message_count, Some(n) if n < 0) {
+        return Err(rej("message_count", "must not be negative".into()));
+    }
+    non_negative(s.total_tokens).map_err(|r| rej("total_tokens", r))?;
+    Ok(ChatSessionRow {
+        src: s,
+        session_id,
+        workspace,
+        project,
+        machine,
+        started_us,
+        ended_us,
+    })
+}
+
+fn validate_project(p: &pb::Project, max: usize) -> Result<(), (&'static str, String)> {
+    required_text(&p.name, max).map_err(|r| ("workspace.project.name", r))?;
+    if let Some(u) = &p.repo_url {
+        text(u, max).map_err(|r| ("workspace.project.repo_url", r))?;
+    }
+    if let Some(d) = &p.description {
+        text(d, max).map_err(|r| ("workspace.project.description", r))?;
+    }
+    Ok(())
+}
+
+/// A checked AgentSession.
+#[derive(Debug)]
+pub struct AgentSessionRow<'a> {
+    pub src: &'a pb::AgentSession,
+    pub id: Uuid,
+    pub start_us: i64,
+    pub end_us: Option<i64>,
+}
+
+pub const OUTCOMES: [&str; 4] = ["success", "failure", "partial", "cancelled"];
+
+pub fn validate_agent_session<'a>(
+    s: &'a pb::AgentSession,
+    index: u32,
+    limits: &Limits,
+    window: TimeWindow,
+) -> Result<AgentSessionRow<'a>, Rejection> {
+    let rej = |field: &'static str, reason: String| Rejection::new(index, field, reason);
+    let t = limits.max_text_bytes;
+    let id = required_uuid(&s.id).map_err(|r| rej("id", r))?;
+    required_text(&s.agent_id, t).map_err(|r| rej("agent_id", r))?;
+    text(&s.agent_version, t).map_err(|r| rej("agent_version", r))?;
+    required_text(&s.project, t).map_err(|r| rej("project", r))?;
+    let start_us = check_time(s.start_time.as_ref(), window).map_err(|r| rej("start_time", r))?;
+    let end_us = s
+        .end_time
+        .as_ref()
+        .map(|e| check_time(Some(e), window))
+        .transpose()
+        .map_err(|r| rej("end_time", r))?;
+    if matches!(end_us, Some(e) if e < start_us) {
+        return Err(rej("end_time", "is before start_time".into()));
+    }
+    if matches!(s.duration_s, Some(d) if d < 0) {
+        return Err(rej("duration_s", "must not be negative".into()));
+    }
+    json_object(&s.context_json, limits.max_json_bytes).map_err(|r| rej("context_json", r))?;
+    json_object(&s.metrics_json, limits.max_json_bytes).map_err(|r| rej("metrics_json", r))?;
+    if !s.outcome.is_empty() && !OUTCOMES.contains(&s.outcome.as_str()) {
+        return Err(rej(
+            "outcome",
+            format!(
+                "{:?} is not one of {OUTCOMES:?} (or empty while running)",
+                s.outcome
+            ),
+        ));
+    }
+    if let Some(q) = s.quality_score
+        && !(0.0..=100.0).contains(&q)
+    {
+        return Err(rej("quality_score", format!("{q} is outside 0..100")));
+    }
+    Ok(AgentSessionRow {
+        src: s,
+        id,
+        start_us,
+        end_us,
+    })
+}
+
+fn too_many(n: usize, max: usize) -> String {
+    format!("{n} items, more than the limit of {max}")
+}
+
+/// Text PostgreSQL will take: no NUL character, at most `max` bytes.
+pub fn text(s: &str, max: usize) -> Result<(), String> {
+    if s.len() > max {
+        return Err(format!("{} bytes, more than the limit of {max}", s.len()));
+    }
+    if let Some(pos) = s.bytes().position(|b| b == 0) {
+        return Err(format!(
+            "contains a NUL character at byte {pos}; PostgreSQL text cannot hold NUL"
+        ));
+    }
+    Ok(())
+}
+
+pub fn required_text(s: &str, max: usize) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("is required".into());
+    }
+    text(s, max)
+}
+
+pub fn required_uuid(s: &str) -> Result<Uuid, String> {
+    if s.is_empty() {
+        return Err("is required (a UUID)".into());
+    }
+    parse_uuid(s)
+}
+
+pub fn optional_uuid(s: &str) -> Result<Option<Uuid>, String> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        parse_uuid(s).map(Some)
+    }
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid, String> {
+    if s.len() > 45 {
+        return Err(format!("not a UUID ({} bytes)", s.len()));
+    }
+    Uuid::try_parse(s).map_err(|e| format!("not a UUID: {e}"))
+}
+
+pub fn check_time(ts: Option<&prost_types::Timestamp>, window: TimeWindow) -> Result<i64, String> {
+    let ts = ts.ok_or_else(|| "is required".to_string())?;
+    let us = timestamp_to_pg_us(ts)?;
+    if us < window.min_us {
+        return Err(format!(
+            "{} is older than the accepted window (see --max-past)",
+            display_time(ts)
+        ));
+    }
+    if us > window.max_us {
+        return Err(format!(
+            "{} is too far in the future (see --max-future)",
+            display_time(ts)
+        ));
+    }
+    Ok(us)
+}
+
+fn display_time(ts: &prost_types::Timestamp) -> String {
+    ts.to_string()
+}
+
+fn non_negative(v: Option<i64>) -> Result<(), String> {
+    match v {
+        Some(n) if n < 0 => Err(format!("must not be negative, got {n}")),
+        _ => Ok(()),
+    }
+}
+
+/// Cost in USD → whole nano-dollars, the scale of `cost_usd numeric(18,9)`,
+/// so that sums in the database are exact.
+pub fn cost_to_nanos(usd: f64) -> Result<i64, String> {
+    if !usd.is_finite() {
+        return Err(format!("must be a finite number, got {usd}"));
+    }
+    if usd < 0.0 {
+        return Err(format!("must not be negative, got {usd}"));
+    }
+    if usd > MAX_COST_USD {
+        return Err(format!(
+            "{usd} USD is more than the limit of {MAX_COST_USD} for one event"
+        ));
+    }
+    Ok((usd * 1e9).round() as i64)
+}
+
+/// Deepest nesting of JSON objects and arrays accepted. PostgreSQL's jsonb
+/// parser recurses per level and fails with "stack depth limit exceeded"
+/// somewhere in the thousands; real telemetry stays far below this.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// JSON text that jsonb will take and that is an object (or empty, meaning
+/// the column's default). Validated without building a tree: a byte scan
+/// checks nesting depth and `\u0000` escapes, then serde's `IgnoredAny`
+/// checks the syntax.
+pub fn json_object(s: &str, max: usize) -> Result<(), String> {
+    if s.is_empty() {
+        return Ok(());
+    }
+    if s.len() > max {
+        return Err(format!(
+            "{} bytes of JSON, more than the limit of {max}",
+            s.len()
+        ));
+    }
+    match s.trim_start().as_bytes().first() {
+        Some(b'{') => {}
+        _ => return Err("must be a JSON object ({...})".into()),
+    }
+    scan_json(s)?;
+    serde_json::from_str::<serde::de::IgnoredAny>(s).map_err(|e| format!("invalid JSON: {e}"))?;
+    Ok(())
+}
+
+/// One pass over the bytes, aware of strings and escapes: refuses nesting
+/// deeper than [`MAX_JSON_DEPTH`] and `\u0000` (jsonb cannot hold NUL).
+fn scan_json(s: &str) -> Result<(), String> {
+    let b = s.as_bytes();
+    let (mut depth, mut in_string, mut i) = (0usize, false, 0);
+    while i < b.len() {
+        match b[i] {
+            b'\\' if in_string => {
+                if b.get(i + 1) == Some(&b'u') && b.get(i + 2..i + 6) == Some(b"0000") {
+                    return Err(format!(
+                        "contains \\u0000 at byte {i}; PostgreSQL jsonb cannot hold NUL"
+                    ));
+                }
+                i += 1; // skip the escaped character
+            }
+            b'"' => in_string = !in_string,
+            b'{' | b'[' if !in_string => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(format!(
+                        "nested deeper than {MAX_JSON_DEPTH} levels (at byte {i})"
+                    ));
+                }
+            }
+            b'}' | b']' if !in_string => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_checks_name_the_problem() {
+        assert!(json_object("", 100).is_ok());
+        assert!(json_object(r#"{"a":[1,2,{"b":null}]}"#, 100).is_ok());
+        assert!(json_object("[1]", 100).unwrap_err().contains("object"));
+        assert!(json_object("{", 100).unwrap_err().contains("invalid JSON"));
+        assert!(
+            json_object(r#"{"a":"x\u0000"}"#, 100)
+                .unwrap_err()
+                .contains("\\u0000")
+        );
+        assert!(
+            json_object(r#"{"a":"x\\u0000"}"#, 100).is_ok(),
+            "an escaped backslash is not a NUL escape"
+        );
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(
+            json_object(&deep, 1 << 20)
+                .unwrap_err()
+                .contains("nested deeper than 64")
+        );
+        assert!(json_object(r#"{"a":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}"#, 1000).is_ok(), "brackets inside strings do not nest");
+        assert!(
+            json_object(&"x".repeat(101), 100)
+                .unwrap_err()
+                .contains("limit of 100")
+        );
+    }
+
+    #[test]
+    fn text_refuses_nul_and_oversize() {
+        assert!(text("abc", 3).is_ok());
+        assert!(text("abcd", 3).unwrap_err().contains("limit of 3"));
+        assert!(
+            text("a\0b", 10)
+                .unwrap_err()
+                .contains("NUL character at byte 1")
+        );
+    }
+
+    #[test]
+    fn timestamps_convert_and_respect_limits() {
+        let ts = prost_types::Timestamp {
+            seconds: PG_EPOCH_OFFSET_S + 1,
+            nanos: 2_500,
+        };
+        assert_eq!(timestamp_to_pg_us(&ts).unwrap(), 1_000_002);
+        assert!(
+            timestamp_to_pg_us(&prost_types::Timestamp {
+                seconds: PROTO_MAX_S + 1,
+                nanos: 0
+            })
+            .is_err()
+        );
+        assert!(
+            timestamp_to_pg_us(&prost_types::Timestamp {
+                seconds: 0,
+                nanos: -1
+            })
+            .is_err()
+        );
+        let w = TimeWindow {
+            min_us: 0,
+            max_us: 10,
+        };
+        assert!(check_time(None, w).unwrap_err().contains("required"));
+        assert!(
+            check_time(
+                Some(&prost_types::Timestamp {
+                    seconds: PG_EPOCH_OFFSET_S - 1,
+                    nanos: 0
+                }),
+                w
+            )
+            .unwrap_err()
+            .contains("older")
+        );
+    }
+
+    #[test]
+    fn cost_is_exact_in_nanodollars() {
+        assert_eq!(cost_to_nanos(0.000_003).unwrap(), 3_000);
+        assert_eq!(cost_to_nanos(1.5).unwrap(), 1_500_000_000);
+        assert!(cost_to_nanos(-0.1).is_err());
+        assert!(cost_to_nanos(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn decode_errors_name_the_field() {
+        // Field 4 (agent_id), length 2, bytes 0xff 0xfe: not UTF-8.
+        let r = decode_row::<pb::AgentEvent>(&[0x22, 2, 0xff, 0xfe], 7).unwrap_err();
+        assert_eq!(r.index, 7);
+        assert_eq!(r.field, "agent_id");
+        assert!(r.reason.contains("UTF-8"), "{}", r.reason);
+    }
+}
