@@ -1,0 +1,189 @@
+//! Test harness: a throwaway PostgreSQL cluster per test (initdb into a temp
+//! dir, Unix socket only, removed on drop), a fresh database in it, and the
+//! real service started on 127.0.0.1:0 against that database.
+#![allow(dead_code)]
+
+use std::{os::unix::fs::PermissionsExt, time::Duration};
+
+use agent_telemetry::{
+    config::{OptionalAddr, ServeConfig},
+    db::embedded::{Cluster, ClusterOptions},
+    pb::{self, telemetry_ingest_client::TelemetryIngestClient},
+    server::{self, Running},
+};
+use tempfile::TempDir;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// A PostgreSQL cluster that lives as long as this value.
+pub struct TestCluster {
+    pub cluster: Cluster,
+    _dir: TempDir,
+}
+
+const PREFIX: &str = "agent-telemetry-test-";
+
+/// Stops and removes clusters left behind by test processes that were
+/// killed before they could clean up (their `owner.pid` is not alive).
+fn reap_stale_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if !e.file_name().to_string_lossy().starts_with(PREFIX) {
+            continue;
+        }
+        let Some(pid) = std::fs::read_to_string(path.join("owner.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+            continue; // its test process still runs
+        }
+        if let Ok(pm) = std::fs::read_to_string(path.join("pg/postmaster.pid"))
+            && let Some(Ok(pg)) = pm.lines().next().map(|l| l.trim().parse::<i32>())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pg),
+                nix::sys::signal::Signal::SIGQUIT,
+            );
+        }
+        let _ = std::fs::remove_dir_all(&path);
+    }
+}
+
+impl TestCluster {
+    pub fn start() -> Self {
+        reap_stale_clusters();
+        let dir = tempfile::Builder::new()
+            .prefix(PREFIX)
+            .tempdir()
+            .expect("temp dir");
+        std::fs::write(dir.path().join("owner.pid"), std::process::id().to_string())
+            .expect("write owner.pid");
+        // The server may run as the `postgres` user (when tests run as
+        // root): it must be able to enter the temp dir.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp dir");
+        let cluster = Cluster::open(ClusterOptions {
+            data_dir: dir.path().join("pg"),
+            bindir: None,
+            durable: false,
+            port: 5432,
+            tcp: false,
+        })
+        .expect("initdb");
+        cluster.start().expect("start PostgreSQL");
+        Self { cluster, _dir: dir }
+    }
+
+    pub fn conn(&self, db: &str) -> String {
+        self.cluster.conn_string(db)
+    }
+
+    /// Creates a database and returns its connection string.
+    pub async fn database(&self, name: &str) -> String {
+        agent_telemetry::db::ensure_database(&self.conn("postgres"), name)
+            .await
+            .expect("create database");
+        self.conn(name)
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let _ = self.cluster.stop();
+    }
+}
+
+/// Settings for a test service: loopback, ephemeral port, no metrics
+/// endpoint (the recorder is process-global), short shutdown deadline.
+pub fn serve_config(conn: &str) -> ServeConfig {
+    let mut cfg = ServeConfig::defaults();
+    cfg.database.database_url = Some(conn.to_owned());
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.metrics_listen = OptionalAddr(None);
+    cfg.shutdown_timeout = Duration::from_secs(30);
+    cfg
+}
+
+pub struct TestService {
+    pub running: Running,
+    pub endpoint: String,
+}
+
+pub async fn start_service(cfg: ServeConfig) -> TestService {
+    // RUST_LOG=agent_telemetry=debug shows the service's logs in a failing test.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let running = server::start(cfg, CancellationToken::new())
+        .await
+        .expect("start service");
+    let endpoint = format!("http://{}", running.addr);
+    TestService { running, endpoint }
+}
+
+pub async fn client(endpoint: &str) -> TelemetryIngestClient<Channel> {
+    TelemetryIngestClient::connect(endpoint.to_owned())
+        .await
+        .expect("connect")
+        .max_decoding_message_size(64 << 20)
+}
+
+pub async fn db(conn: &str) -> Client {
+    agent_telemetry::db::connect(conn)
+        .await
+        .expect("connect to test database")
+}
+
+pub async fn count(db: &Client, sql: &str) -> i64 {
+    db.query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// A unique, valid event for `project` at "now minus `age_s`".
+pub fn event(project: &str, age_s: i64) -> pb::AgentEvent {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    pb::AgentEvent {
+        id: uuid::Uuid::new_v4().to_string(),
+        timestamp: Some(prost_types::Timestamp {
+            seconds: now.as_secs() as i64 - age_s,
+            nanos: 123_456_000,
+        }),
+        event_type: "tool_use".into(),
+        agent_id: "claude-code".into(),
+        agent_version: "2.0.14".into(),
+        session_id: uuid::Uuid::new_v4().to_string(),
+        project: project.into(),
+        context_json: r#"{"file_path":"src/main.rs"}"#.into(),
+        data_json: r#"{"tool_name":"read_file"}"#.into(),
+        ..Default::default()
+    }
+}
+
+/// Sends `batches` over one stream and returns the acks, in order.
+pub async fn stream_events(
+    client: &mut TelemetryIngestClient<Channel>,
+    batches: Vec<pb::AgentEventBatch>,
+) -> Vec<pb::BatchAck> {
+    let n = batches.len();
+    let acks = client
+        .stream_agent_events(tokio_stream::iter(batches))
+        .await
+        .expect("open stream")
+        .into_inner();
+    use tokio_stream::StreamExt;
+    let acks: Vec<pb::BatchAck> = acks.map(|a| a.expect("ack")).collect().await;
+    assert_eq!(acks.len(), n, "one ack per batch");
+    acks
+}

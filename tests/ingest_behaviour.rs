@@ -1,0 +1,590 @@
+//! How the ingest path behaves at its edges: bad rows, acks and commits,
+//! resends, rows the database refuses, backpressure, shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use agent_telemetry::pb;
+use prost::Message;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+/// The wire view of a batch, so a test can send rows that are not valid
+/// protobuf for `AgentEvent` (e.g. invalid UTF-8 in a string field).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawEventBatch {
+    #[prost(uint64, tag = "1")]
+    sequence: u64,
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    events: Vec<Vec<u8>>,
+}
+
+async fn ingest_raw(endpoint: &str, batch: RawEventBatch) -> Result<pb::BatchAck, tonic::Status> {
+    let channel = tonic::transport::Channel::from_shared(endpoint.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec: tonic_prost::ProstCodec<RawEventBatch, pb::BatchAck> =
+        tonic_prost::ProstCodec::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/agent_telemetry.v1.TelemetryIngest/IngestAgentEvents",
+    );
+    grpc.unary(tonic::Request::new(batch), path, codec)
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// (row, expected rejected field); None = a good row.
+fn mixed_batch() -> Vec<(Vec<u8>, Option<&'static str>)> {
+    let good = || common::event("acme/widgets", 60);
+    let bad = |f: &dyn Fn(&mut pb::AgentEvent)| {
+        let mut e = good();
+        f(&mut e);
+        e.encode_to_vec()
+    };
+    let mut invalid_utf8 = good().encode_to_vec();
+    invalid_utf8.extend_from_slice(&[0x22, 2, 0xff, 0xfe]); // agent_id (field 4) := bytes that are not UTF-8
+    vec![
+        (good().encode_to_vec(), None),
+        (bad(&|e| e.event_type.clear()), Some("event_type")),
+        (bad(&|e| e.id = "not-a-uuid".into()), Some("id")),
+        (good().encode_to_vec(), None),
+        (bad(&|e| e.session_id = "1234".into()), Some("session_id")),
+        (bad(&|e| e.timestamp = None), Some("timestamp")),
+        (
+            bad(&|e| e.timestamp.as_mut().unwrap().seconds -= 200 * 86_400),
+            Some("timestamp"),
+        ),
+        (
+            bad(&|e| e.timestamp.as_mut().unwrap().seconds += 86_400),
+            Some("timestamp"),
+        ),
+        (
+            bad(&|e| e.timestamp.as_mut().unwrap().seconds = i64::MAX),
+            Some("timestamp"),
+        ),
+        (bad(&|e| e.data_json = "{\"a\":".into()), Some("data_json")),
+        (
+            bad(&|e| e.context_json = "[1,2]".into()),
+            Some("context_json"),
+        ),
+        (
+            bad(&|e| e.metrics_json = r#"{"x":"a\u0000b"}"#.into()),
+            Some("metrics_json"),
+        ),
+        (
+            bad(&|e| e.agent_id = "claude\0code".into()),
+            Some("agent_id"),
+        ),
+        (
+            bad(&|e| e.agent_version = "v".repeat(5000)),
+            Some("agent_version"),
+        ),
+        (bad(&|e| e.tags = vec!["t".into(); 65]), Some("tags")),
+        (
+            bad(&|e| e.tags = vec!["ok".into(), "".into()]),
+            Some("tags[1]"),
+        ),
+        (bad(&|e| e.input_tokens = Some(-5)), Some("input_tokens")),
+        (bad(&|e| e.cost_usd = Some(f64::NAN)), Some("cost_usd")),
+        (bad(&|e| e.cost_usd = Some(-0.01)), Some("cost_usd")),
+        (bad(&|e| e.severity = 42), Some("severity")),
+        (
+            bad(&|e| e.related_event_ids = vec!["x".into()]),
+            Some("related_event_ids[0]"),
+        ),
+        (bad(&|e| e.project.clear()), Some("project")),
+        (
+            bad(&|e| e.project = "https://github.com/".into()),
+            Some("project"),
+        ),
+        (invalid_utf8, Some("agent_id")),
+        (
+            bad(&|e| e.data_json = "x".repeat(300 << 10)),
+            Some("data_json"),
+        ),
+        (
+            bad(&|e| e.event_type = "'; DROP TABLE agent_events; --".into()),
+            None,
+        ),
+        (good().encode_to_vec(), None),
+    ]
+}
+
+#[tokio::test]
+async fn bad_rows_are_reported_and_the_good_rows_beside_them_stored() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("bad_rows").await;
+    let svc = common::start_service(common::serve_config(&conn)).await;
+    let rows = mixed_batch();
+    let good = rows.iter().filter(|(_, f)| f.is_none()).count();
+    let ack = ingest_raw(
+        &svc.endpoint,
+        RawEventBatch {
+            sequence: 42,
+            events: rows.iter().map(|(r, _)| r.clone()).collect(),
+        },
+    )
+    .await
+    .expect("the batch is answered with an ack, not an error");
+    assert_eq!(ack.sequence, 42);
+    assert_eq!(ack.received as usize, rows.len());
+    assert_eq!(ack.stored as usize, good, "{ack:#?}");
+    let expected: Vec<(u32, &str)> = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, f))| f.map(|f| (i as u32, f)))
+        .collect();
+    let got: Vec<(u32, &str)> = ack
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.field.as_str()))
+        .collect();
+    assert_eq!(got, expected);
+    for r in &ack.rejected {
+        assert!(!r.reason.is_empty(), "every rejection says why: {r:?}");
+    }
+    let reason = |i: u32| {
+        ack.rejected
+            .iter()
+            .find(|r| r.index == i)
+            .unwrap()
+            .reason
+            .clone()
+    };
+    assert!(reason(23).contains("UTF-8"), "{}", reason(23));
+    assert!(reason(12).contains("NUL"), "{}", reason(12));
+    assert!(reason(11).contains("\\u0000"), "{}", reason(11));
+    assert!(reason(6).contains("older"), "{}", reason(6));
+
+    let db = common::db(&conn).await;
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_events").await,
+        good as i64
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM agent_events WHERE event_type = '''; DROP TABLE agent_events; --'"
+        )
+        .await,
+        1,
+        "SQL-looking text is stored verbatim"
+    );
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_ack_arrives_only_after_its_rows_are_visible_to_other_connections() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("ack_visible").await;
+    let svc = common::start_service(common::serve_config(&conn)).await;
+    let batches: Vec<pb::AgentEventBatch> = (0..30)
+        .map(|s| pb::AgentEventBatch {
+            sequence: s,
+            events: (0..200)
+                .map(|_| common::event("acme/widgets", 10))
+                .collect(),
+        })
+        .collect();
+    let ids: Vec<Vec<uuid::Uuid>> = batches
+        .iter()
+        .map(|b| b.events.iter().map(|e| e.id.parse().unwrap()).collect())
+        .collect();
+    let observer = common::db(&conn).await;
+    let mut client = common::client(&svc.endpoint).await;
+    let mut acks = client
+        .stream_agent_events(tokio_stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = 0;
+    while let Some(ack) = acks.next().await {
+        let ack = ack.unwrap();
+        let visible: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM agent_events WHERE id = ANY($1)",
+                &[&ids[ack.sequence as usize]],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            (ack.stored, visible),
+            (200, 200),
+            "batch {} acked before its rows were committed",
+            ack.sequence
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 30);
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_resent_batch_stores_nothing_twice() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("resend").await;
+    let svc = common::start_service(common::serve_config(&conn)).await;
+    let mut client = common::client(&svc.endpoint).await;
+    let first: Vec<pb::AgentEvent> = (0..100)
+        .map(|_| common::event("acme/widgets", 30))
+        .collect();
+    let ack = client
+        .ingest_agent_events(pb::AgentEventBatch {
+            sequence: 1,
+            events: first.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ack.stored, ack.duplicates), (100, 0));
+    let ack = client
+        .ingest_agent_events(pb::AgentEventBatch {
+            sequence: 1,
+            events: first.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (ack.stored, ack.duplicates),
+        (0, 100),
+        "a resend is recognised: {ack:?}"
+    );
+    // Half old, half new, plus a row repeated within the batch.
+    let mut mixed: Vec<pb::AgentEvent> = first[..50].to_vec();
+    mixed.extend((0..50).map(|_| common::event("acme/widgets", 30)));
+    mixed.push(mixed[60].clone());
+    let ack = client
+        .ingest_agent_events(pb::AgentEventBatch {
+            sequence: 2,
+            events: mixed,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ack.stored, ack.duplicates), (50, 51), "{ack:?}");
+    let db = common::db(&conn).await;
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_events").await,
+        150
+    );
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_row_the_database_refuses_costs_only_itself() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("refused").await;
+    let svc = common::start_service(common::serve_config(&conn)).await;
+    let db = common::db(&conn).await;
+    // A constraint validation does not know about, standing for any value
+    // the database refuses although it passed validation.
+    db.batch_execute(
+        "ALTER TABLE agent_events ADD CONSTRAINT no_poison CHECK (event_type <> 'poison')",
+    )
+    .await
+    .unwrap();
+    let mut events: Vec<pb::AgentEvent> = (0..100)
+        .map(|_| common::event("acme/widgets", 30))
+        .collect();
+    events[37].event_type = "poison".into();
+    events[81].event_type = "poison".into();
+    let mut client = common::client(&svc.endpoint).await;
+    let ack = client
+        .ingest_agent_events(pb::AgentEventBatch {
+            sequence: 9,
+            events,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.stored, 98, "{ack:?}");
+    let rejected: Vec<u32> = ack.rejected.iter().map(|r| r.index).collect();
+    assert_eq!(rejected, vec![37, 81]);
+    assert!(
+        ack.rejected[0].reason.contains("no_poison"),
+        "{:?}",
+        ack.rejected[0]
+    );
+    assert!(ack.error.is_empty());
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_events").await,
+        98
+    );
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_refused_whole_does_not_end_its_stream() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("refused_whole").await;
+    let mut cfg = common::serve_config(&conn);
+    cfg.limits.max_batch_rows = 50;
+    let svc = common::start_service(cfg).await;
+    let mut client = common::client(&svc.endpoint).await;
+    let too_big = pb::AgentEventBatch {
+        sequence: 1,
+        events: (0..51).map(|_| common::event("acme/widgets", 5)).collect(),
+    };
+    let fine = pb::AgentEventBatch {
+        sequence: 2,
+        events: (0..50).map(|_| common::event("acme/widgets", 5)).collect(),
+    };
+    let acks = common::stream_events(&mut client, vec![too_big.clone(), fine]).await;
+    assert_eq!(acks[0].sequence, 1);
+    assert!(
+        acks[0].error.contains("51 rows, more than the limit of 50"),
+        "{:?}",
+        acks[0]
+    );
+    assert!(!acks[0].retryable);
+    assert_eq!((acks[1].sequence, acks[1].stored), (2, 50));
+    let status = client.ingest_agent_events(too_big).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_buffer_answers_resource_exhausted_instead_of_growing() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("full").await;
+    let mut cfg = common::serve_config(&conn);
+    // Nothing flushes on its own: the first batch fills the buffer.
+    // One 100-event batch (about 23 KiB encoded) fits, two do not.
+    cfg.pipeline.buffer_bytes = 32 << 10;
+    cfg.pipeline.flush_age = Duration::from_secs(3600);
+    cfg.pipeline.admission_timeout = Duration::from_millis(200);
+    let svc = common::start_service(cfg).await;
+    let batch = |s| pb::AgentEventBatch {
+        sequence: s,
+        events: (0..100).map(|_| common::event("acme/widgets", 5)).collect(),
+    };
+    let mut first = common::client(&svc.endpoint).await;
+    let pending = tokio::spawn(async move { first.ingest_agent_events(batch(1)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut second = common::client(&svc.endpoint).await;
+    let status = second.ingest_agent_events(batch(2)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("buffer is full"), "{status:?}");
+    let huge = pb::AgentEventBatch {
+        sequence: 3,
+        events: (0..1000)
+            .map(|_| common::event("acme/widgets", 5))
+            .collect(),
+    };
+    let status = second.ingest_agent_events(huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    // Shutdown flushes the buffered batch and answers its caller.
+    svc.running.shutdown().await.unwrap();
+    let ack = pending.await.unwrap().unwrap().into_inner();
+    assert_eq!(ack.stored, 100);
+}
+
+#[tokio::test]
+async fn shutdown_stores_and_acks_everything_buffered() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("shutdown").await;
+    let mut cfg = common::serve_config(&conn);
+    cfg.pipeline.flush_age = Duration::from_secs(3600);
+    let svc = common::start_service(cfg).await;
+    let mut client = common::client(&svc.endpoint).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut acks = client
+        .stream_agent_events(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for s in 0..5 {
+        tx.send(pb::AgentEventBatch {
+            sequence: s,
+            events: (0..300).map(|_| common::event("acme/widgets", 5)).collect(),
+        })
+        .await
+        .unwrap();
+    }
+    // Let the service read them; with a one-hour flush age nothing is
+    // written until shutdown.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let db = common::db(&conn).await;
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_events").await,
+        0
+    );
+    let started = std::time::Instant::now();
+    let shutdown = tokio::spawn(svc.running.shutdown());
+    let mut got = Vec::new();
+    while let Some(ack) = acks.next().await {
+        got.push(ack.expect("the stream ends with OK after its acks"));
+    }
+    shutdown.await.unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(
+        got.iter()
+            .map(|a| (a.sequence, a.stored))
+            .collect::<Vec<_>>(),
+        (0..5).map(|s| (s, 300)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_events").await,
+        1500
+    );
+    drop(tx);
+}
+
+#[tokio::test]
+async fn sessions_are_reported_and_name_their_messages() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("sessions").await;
+    let svc = common::start_service(common::serve_config(&conn)).await;
+    let mut client = common::client(&svc.endpoint).await;
+    let mut generator = agent_telemetry::loadgen::r#gen::Generator::new(5, 3);
+    let chat = generator.chat_session();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let agent_session_id = uuid::Uuid::new_v4().to_string();
+    let start = pb::AgentSession {
+        id: agent_session_id.clone(),
+        agent_id: "claude-code".into(),
+        agent_version: "2.0.14".into(),
+        project: "git@github.com:acme/widgets.git".into(),
+        start_time: Some(prost_types::Timestamp {
+            seconds: now - 600,
+            nanos: 0,
+        }),
+        context_json: r#"{"branch":"main"}"#.into(),
+        ..Default::default()
+    };
+    let bad = pb::AgentSession {
+        outcome: "exploded".into(),
+        ..start.clone()
+    };
+    let ack = client
+        .report_sessions(pb::SessionReport {
+            chat_sessions: vec![chat.clone()],
+            agent_sessions: vec![start.clone(), bad],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (ack.chat_sessions_stored, ack.agent_sessions_stored),
+        (1, 1)
+    );
+    assert_eq!(ack.rejected.len(), 1);
+    assert_eq!(
+        (
+            ack.rejected[0].kind.as_str(),
+            ack.rejected[0].index,
+            ack.rejected[0].field.as_str()
+        ),
+        ("agent_session", 1, "outcome")
+    );
+    // The end of the session, reported later.
+    let end = pb::AgentSession {
+        end_time: Some(prost_types::Timestamp {
+            seconds: now,
+            nanos: 0,
+        }),
+        duration_s: Some(600),
+        outcome: "success".into(),
+        quality_score: Some(87.5),
+        context_json: String::new(),
+        ..start
+    };
+    client
+        .report_sessions(pb::SessionReport {
+            agent_sessions: vec![end],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let db = common::db(&conn).await;
+    let row = db
+        .query_one(
+            "SELECT s.outcome, s.duration, s.quality_score::text, s.context->>'branch', p.full_name, p.repo_url
+             FROM agent_sessions s JOIN projects p ON p.id = s.project_id WHERE s.id = $1::text::uuid",
+            &[&agent_session_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, &str>(0), "success");
+    assert_eq!(row.get::<_, i32>(1), 600);
+    assert_eq!(row.get::<_, &str>(2), "87.50");
+    assert_eq!(
+        row.get::<_, &str>(3),
+        "main",
+        "context kept from the start report"
+    );
+    assert_eq!(row.get::<_, &str>(4), "acme/widgets");
+    assert_eq!(row.get::<_, &str>(5), "git@github.com:acme/widgets.git");
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM workspaces").await,
+        1
+    );
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM machine_projects").await,
+        1
+    );
+
+    // Messages of the reported session are stored with its project and
+    // agent; a message of an unknown session is rejected.
+    let (mut known, _) = generator.message();
+    known.session_id = chat.session_id.clone();
+    let (mut unknown, _) = generator.message();
+    unknown.session_id = uuid::Uuid::new_v4().to_string();
+    let ack = client
+        .ingest_chat_messages(pb::ChatMessageBatch {
+            sequence: 1,
+            sessions: vec![],
+            messages: vec![known, unknown],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.stored, 1);
+    assert_eq!(
+        (ack.rejected[0].index, ack.rejected[0].field.as_str()),
+        (1, "session_id")
+    );
+    assert!(ack.rejected[0].reason.contains("unknown chat session"));
+    let agent: String = db
+        .query_one("SELECT agent_type FROM chat_messages", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(agent, chat.agent_type);
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_service_reports_serving() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("health").await;
+    let svc = common::start_service(common::serve_config(&conn)).await;
+    let channel = tonic::transport::Channel::from_shared(svc.endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let resp = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "agent_telemetry.v1.TelemetryIngest".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    svc.running.shutdown().await.unwrap();
+}
