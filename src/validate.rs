@@ -127,6 +127,21 @@ pub fn decode_row<M: Message + Default>(bytes: &[u8], index: u32) -> Result<M, R
     })
 }
 
+/// Decodes every row of a batch; rows that do not decode become rejections.
+pub fn decode_rows<M: Message + Default>(
+    rows: &[bytes::Bytes],
+    rejected: &mut Vec<Rejection>,
+) -> Vec<(u32, M)> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, bytes) in rows.iter().enumerate() {
+        match decode_row::<M>(bytes, i as u32) {
+            Ok(m) => out.push((i as u32, m)),
+            Err(r) => rejected.push(r),
+        }
+    }
+    out
+}
+
 /// A checked AgentEvent, borrowing its message. `project` is still the
 /// client's name for it; [`crate::db::dims`] resolves it to an id.
 #[derive(Debug)]

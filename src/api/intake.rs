@@ -81,7 +81,8 @@ impl Intake {
         self.check_rows(table, sequence, received)?;
         let window = TimeWindow::around(SystemTime::now(), &self.limits);
         let mut rejected = Vec::new();
-        let decoded: Vec<(u32, pb::AgentEvent)> = decode_rows(&batch.events, &mut rejected);
+        let decoded: Vec<(u32, pb::AgentEvent)> =
+            validate::decode_rows(&batch.events, &mut rejected);
         let mut rows = Vec::with_capacity(decoded.len());
         for (i, ev) in &decoded {
             match validate::validate_event(ev, *i, &self.limits, window) {
@@ -148,7 +149,7 @@ impl Intake {
         }
         let mut row_rejections = Vec::new();
         let decoded: Vec<(u32, pb::ChatMessage)> =
-            decode_rows(&batch.messages, &mut row_rejections);
+            validate::decode_rows(&batch.messages, &mut row_rejections);
         let mut rows = Vec::with_capacity(decoded.len());
         for (i, m) in &decoded {
             match validate::validate_message(m, *i, &self.limits, window) {
@@ -250,20 +251,6 @@ fn admit_reason(e: &AdmitError) -> &'static str {
         AdmitError::TooLarge { .. } => "too_large",
         AdmitError::ShuttingDown => "shutdown",
     }
-}
-
-fn decode_rows<M: prost::Message + Default>(
-    rows: &[Bytes],
-    rejected: &mut Vec<Rejection>,
-) -> Vec<(u32, M)> {
-    let mut out = Vec::with_capacity(rows.len());
-    for (i, bytes) in rows.iter().enumerate() {
-        match validate::decode_row::<M>(bytes, i as u32) {
-            Ok(m) => out.push((i as u32, m)),
-            Err(r) => rejected.push(r),
-        }
-    }
-    out
 }
 
 /// Accumulates encoded rows and their boundaries.

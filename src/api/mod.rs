@@ -29,6 +29,12 @@ use crate::{
 };
 
 type AckFuture = Pin<Box<dyn Future<Output = pb::BatchAck> + Send>>;
+
+/// A batch after admission: in the buffer awaiting commit, or refused whole.
+enum Admitted {
+    Accepted(Accepted),
+    Refused(pb::BatchAck),
+}
 type AckStream = ReceiverStream<Result<pb::BatchAck, Status>>;
 
 #[derive(Clone)]
@@ -61,7 +67,7 @@ impl Api {
         let drain = self.drain.clone();
         tokio::spawn(async move {
             let mut pending: FuturesOrdered<AckFuture> = FuturesOrdered::new();
-            let mut admitting: Option<Pin<Box<dyn Future<Output = AckFuture> + Send>>> = None;
+            let mut admitting: Option<Pin<Box<dyn Future<Output = Admitted> + Send>>> = None;
             let mut reading = true;
             loop {
                 if !reading && admitting.is_none() && pending.is_empty() {
@@ -78,9 +84,12 @@ impl Api {
                             return; // client gone; stored rows stay stored
                         }
                     }
-                    fut = async { admitting.as_mut().expect("guarded").await }, if admitting.is_some() => {
+                    admitted = async { admitting.as_mut().expect("guarded").await }, if admitting.is_some() => {
                         admitting = None;
-                        pending.push_back(fut);
+                        pending.push_back(match admitted {
+                            Admitted::Accepted(a) => Box::pin(a.ack()),
+                            Admitted::Refused(ack) => Box::pin(std::future::ready(ack)),
+                        });
                     }
                     msg = inbound.message(), if can_read => match msg {
                         Ok(Some(batch)) => {
@@ -88,11 +97,10 @@ impl Api {
                             let fut = accept(intake.clone(), batch);
                             admitting = Some(Box::pin(async move {
                                 match fut.await {
-                                    Ok(accepted) => Box::pin(accepted.ack()) as AckFuture,
+                                    Ok(accepted) => Admitted::Accepted(accepted),
                                     Err(e) => {
                                         tracing::warn!(error = %e, "batch refused");
-                                        let ack = status::to_ack(&e, sequence, received);
-                                        Box::pin(async move { ack }) as AckFuture
+                                        Admitted::Refused(status::to_ack(&e, sequence, received))
                                     }
                                 }
                             }));
