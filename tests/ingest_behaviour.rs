@@ -117,9 +117,7 @@ fn mixed_batch() -> Vec<(Vec<u8>, Option<&'static str>)> {
 
 #[tokio::test]
 async fn bad_rows_are_reported_and_the_good_rows_beside_them_stored() {
-    let pg = common::TestCluster::start();
-    let conn = pg.database("bad_rows").await;
-    let svc = common::start_service(common::serve_config(&conn)).await;
+    let (_pg, conn, svc) = common::service("bad_rows").await;
     let rows = mixed_batch();
     let good = rows.iter().filter(|(_, f)| f.is_none()).count();
     let ack = ingest_raw(
@@ -180,9 +178,7 @@ async fn bad_rows_are_reported_and_the_good_rows_beside_them_stored() {
 
 #[tokio::test]
 async fn an_ack_arrives_only_after_its_rows_are_visible_to_other_connections() {
-    let pg = common::TestCluster::start();
-    let conn = pg.database("ack_visible").await;
-    let svc = common::start_service(common::serve_config(&conn)).await;
+    let (_pg, conn, svc) = common::service("ack_visible").await;
     let batches: Vec<pb::AgentEventBatch> = (0..30)
         .map(|s| pb::AgentEventBatch {
             sequence: s,
@@ -227,9 +223,7 @@ async fn an_ack_arrives_only_after_its_rows_are_visible_to_other_connections() {
 
 #[tokio::test]
 async fn a_resent_batch_stores_nothing_twice() {
-    let pg = common::TestCluster::start();
-    let conn = pg.database("resend").await;
-    let svc = common::start_service(common::serve_config(&conn)).await;
+    let (_pg, conn, svc) = common::service("resend").await;
     let mut client = common::client(&svc.endpoint).await;
     let first: Vec<pb::AgentEvent> = (0..100)
         .map(|_| common::event("acme/widgets", 30))
@@ -279,9 +273,7 @@ async fn a_resent_batch_stores_nothing_twice() {
 
 #[tokio::test]
 async fn a_row_the_database_refuses_costs_only_itself() {
-    let pg = common::TestCluster::start();
-    let conn = pg.database("refused").await;
-    let svc = common::start_service(common::serve_config(&conn)).await;
+    let (_pg, conn, svc) = common::service("refused").await;
     let db = common::db(&conn).await;
     // A constraint validation does not know about, standing for any value
     // the database refuses although it passed validation.
@@ -322,11 +314,10 @@ async fn a_row_the_database_refuses_costs_only_itself() {
 
 #[tokio::test]
 async fn a_batch_refused_whole_does_not_end_its_stream() {
-    let pg = common::TestCluster::start();
-    let conn = pg.database("refused_whole").await;
-    let mut cfg = common::serve_config(&conn);
-    cfg.limits.max_batch_rows = 50;
-    let svc = common::start_service(cfg).await;
+    let (_pg, _conn, svc) = common::service_with("refused_whole", |cfg| {
+        cfg.limits.max_batch_rows = 50;
+    })
+    .await;
     let mut client = common::client(&svc.endpoint).await;
     let too_big = pb::AgentEventBatch {
         sequence: 1,
@@ -352,15 +343,14 @@ async fn a_batch_refused_whole_does_not_end_its_stream() {
 
 #[tokio::test]
 async fn a_full_buffer_answers_resource_exhausted_instead_of_growing() {
-    let pg = common::TestCluster::start();
-    let conn = pg.database("full").await;
-    let mut cfg = common::serve_config(&conn);
-    // Nothing flushes on its own: the first batch fills the buffer.
-    // One 100-event batch (about 23 KiB encoded) fits, two do not.
-    cfg.pipeline.buffer_bytes = 32 << 10;
-    cfg.pipeline.flush_age = Duration::from_secs(3600);
-    cfg.pipeline.admission_timeout = Duration::from_millis(200);
-    let svc = common::start_service(cfg).await;
+    let (_pg, _conn, svc) = common::service_with("full", |cfg| {
+        // Nothing flushes on its own: the first batch fills the buffer.
+        // One 100-event batch (about 23 KiB encoded) fits, two do not.
+        cfg.pipeline.buffer_bytes = 32 << 10;
+        cfg.pipeline.flush_age = Duration::from_secs(3600);
+        cfg.pipeline.admission_timeout = Duration::from_millis(200);
+    })
+    .await;
     let batch = |s| pb::AgentEventBatch {
         sequence: s,
         events: (0..100).map(|_| common::event("acme/widgets", 5)).collect(),
@@ -388,11 +378,10 @@ async fn a_full_buffer_answers_resource_exhausted_instead_of_growing() {
 
 #[tokio::test]
 async fn shutdown_stores_and_acks_everything_buffered() {
-    let pg = common::TestCluster::start();
-    let conn = pg.database("shutdown").await;
-    let mut cfg = common::serve_config(&conn);
-    cfg.pipeline.flush_age = Duration::from_secs(3600);
-    let svc = common::start_service(cfg).await;
+    let (_pg, conn, svc) = common::service_with("shutdown", |cfg| {
+        cfg.pipeline.flush_age = Duration::from_secs(3600);
+    })
+    .await;
     let mut client = common::client(&svc.endpoint).await;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let mut acks = client
@@ -439,9 +428,7 @@ async fn shutdown_stores_and_acks_everything_buffered() {
 
 #[tokio::test]
 async fn sessions_are_reported_and_name_their_messages() {
-    let pg = common::TestCluster::start();
-    let conn = pg.database("sessions").await;
-    let svc = common::start_service(common::serve_config(&conn)).await;
+    let (_pg, conn, svc) = common::service("sessions").await;
     let mut client = common::client(&svc.endpoint).await;
     let mut generator = agent_telemetry::loadgen::r#gen::Generator::new(5, 3);
     let chat = generator.chat_session();
@@ -566,9 +553,7 @@ async fn sessions_are_reported_and_name_their_messages() {
 
 #[tokio::test]
 async fn health_service_reports_serving() {
-    let pg = common::TestCluster::start();
-    let conn = pg.database("health").await;
-    let svc = common::start_service(common::serve_config(&conn)).await;
+    let (_pg, _conn, svc) = common::service("health").await;
     let channel = tonic::transport::Channel::from_shared(svc.endpoint.clone())
         .unwrap()
         .connect()

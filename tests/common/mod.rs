@@ -129,6 +129,23 @@ pub async fn start_service(cfg: ServeConfig) -> TestService {
     TestService { running, endpoint }
 }
 
+/// A cluster, a database `name` in it, and the service on it.
+pub async fn service_with(
+    name: &str,
+    tweak: impl FnOnce(&mut ServeConfig),
+) -> (TestCluster, String, TestService) {
+    let pg = TestCluster::start();
+    let conn = pg.database(name).await;
+    let mut cfg = serve_config(&conn);
+    tweak(&mut cfg);
+    let svc = start_service(cfg).await;
+    (pg, conn, svc)
+}
+
+pub async fn service(name: &str) -> (TestCluster, String, TestService) {
+    service_with(name, |_| {}).await
+}
+
 pub async fn client(endpoint: &str) -> TelemetryIngestClient<Channel> {
     TelemetryIngestClient::connect(endpoint.to_owned())
         .await
