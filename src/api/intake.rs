@@ -78,7 +78,7 @@ impl Intake {
     pub async fn events(&self, batch: pb::wire::AgentEventBatch) -> Result<Accepted, IngestError> {
         let (sequence, received) = (batch.sequence, batch.events.len());
         let table = Table::AgentEvents;
-        self.check_rows(table, sequence, received)?;
+        self.check_rows(table, sequence, received, received)?;
         let window = TimeWindow::around(SystemTime::now(), &self.limits);
         let mut rejected = Vec::new();
         let decoded: Vec<(u32, pb::AgentEvent)> =
@@ -127,7 +127,8 @@ impl Intake {
     ) -> Result<Accepted, IngestError> {
         let (sequence, received) = (batch.sequence, batch.messages.len());
         let table = Table::ChatMessages;
-        self.check_rows(table, sequence, received + batch.sessions.len())?;
+        // Session descriptors count against the batch limit, not as rows received.
+        self.check_rows(table, sequence, received + batch.sessions.len(), received)?;
         let window = TimeWindow::around(SystemTime::now(), &self.limits);
         let mut session_rejections = Vec::new();
         // Sessions first, so the messages below can name them.
@@ -186,7 +187,13 @@ impl Intake {
         Ok(accepted)
     }
 
-    fn check_rows(&self, table: Table, sequence: u64, rows: usize) -> Result<(), IngestError> {
+    fn check_rows(
+        &self,
+        table: Table,
+        sequence: u64,
+        rows: usize,
+        received: usize,
+    ) -> Result<(), IngestError> {
         if rows > self.limits.max_batch_rows {
             metrics::batch_refused(table, "too_many_rows");
             return Err(IngestError::TooManyRows {
@@ -195,7 +202,7 @@ impl Intake {
                 max: self.limits.max_batch_rows,
             });
         }
-        metrics::rows_received(table, rows);
+        metrics::rows_received(table, received);
         Ok(())
     }
 
