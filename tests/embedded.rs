@@ -34,14 +34,7 @@ async fn start_ingest_stop_start_and_the_rows_are_there() {
         .await
         .expect("serve on the embedded database");
     let mut client = common::client(&format!("http://{}", running.addr)).await;
-    let ack = client
-        .ingest_agent_events(pb::AgentEventBatch {
-            sequence: 1,
-            events: events.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let ack = common::ingest(&mut client, 1, events.clone()).await;
     assert_eq!(ack.stored, 500);
     running.shutdown().await.unwrap();
 
@@ -65,14 +58,7 @@ async fn start_ingest_stop_start_and_the_rows_are_there() {
     let db = common::db(&cluster.conn_string("agent_telemetry")).await;
     assert_eq!(common::count(&db, "SELECT count(*) FROM agent_events WHERE project_id = (SELECT id FROM projects WHERE full_name = 'acme/embedded')").await, 500);
     let mut client = common::client(&format!("http://{}", running.addr)).await;
-    let ack = client
-        .ingest_agent_events(pb::AgentEventBatch {
-            sequence: 2,
-            events,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let ack = common::ingest(&mut client, 2, events).await;
     assert_eq!(
         (ack.stored, ack.duplicates),
         (0, 500),

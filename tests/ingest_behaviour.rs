@@ -228,23 +228,9 @@ async fn a_resent_batch_stores_nothing_twice() {
     let first: Vec<pb::AgentEvent> = (0..100)
         .map(|_| common::event("acme/widgets", 30))
         .collect();
-    let ack = client
-        .ingest_agent_events(pb::AgentEventBatch {
-            sequence: 1,
-            events: first.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let ack = common::ingest(&mut client, 1, first.clone()).await;
     assert_eq!((ack.stored, ack.duplicates), (100, 0));
-    let ack = client
-        .ingest_agent_events(pb::AgentEventBatch {
-            sequence: 1,
-            events: first.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let ack = common::ingest(&mut client, 1, first.clone()).await;
     assert_eq!(
         (ack.stored, ack.duplicates),
         (0, 100),
@@ -254,14 +240,7 @@ async fn a_resent_batch_stores_nothing_twice() {
     let mut mixed: Vec<pb::AgentEvent> = first[..50].to_vec();
     mixed.extend((0..50).map(|_| common::event("acme/widgets", 30)));
     mixed.push(mixed[60].clone());
-    let ack = client
-        .ingest_agent_events(pb::AgentEventBatch {
-            sequence: 2,
-            events: mixed,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let ack = common::ingest(&mut client, 2, mixed).await;
     assert_eq!((ack.stored, ack.duplicates), (50, 51), "{ack:?}");
     let db = common::db(&conn).await;
     assert_eq!(
@@ -288,14 +267,7 @@ async fn a_row_the_database_refuses_costs_only_itself() {
     events[37].event_type = "poison".into();
     events[81].event_type = "poison".into();
     let mut client = common::client(&svc.endpoint).await;
-    let ack = client
-        .ingest_agent_events(pb::AgentEventBatch {
-            sequence: 9,
-            events,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let ack = common::ingest(&mut client, 9, events).await;
     assert_eq!(ack.stored, 98, "{ack:?}");
     let rejected: Vec<u32> = ack.rejected.iter().map(|r| r.index).collect();
     assert_eq!(rejected, vec![37, 81]);

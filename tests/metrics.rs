@@ -30,14 +30,7 @@ async fn metrics_count_stored_and_rejected_rows() {
     let mut events: Vec<pb::AgentEvent> =
         (0..10).map(|_| common::event("acme/metrics", 5)).collect();
     events[3].session_id = "nope".into();
-    let ack = client
-        .ingest_agent_events(pb::AgentEventBatch {
-            sequence: 1,
-            events,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let ack = common::ingest(&mut client, 1, events).await;
     assert_eq!(ack.stored, 9);
     let text = scrape(port).await;
     assert!(

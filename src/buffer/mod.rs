@@ -21,7 +21,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{ack::PieceOutcome, copy::Table, metrics};
+use crate::{ack::PieceOutcome, copy::Table};
 
 /// The accepted rows of one batch, encoded, on their way to a COPY.
 #[derive(Debug)]
@@ -140,7 +140,6 @@ impl TableBuffer {
                 });
             }
         };
-        metrics::buffer_fill(self.table, self.capacity - self.space.available_permits());
         Ok(permit)
     }
 

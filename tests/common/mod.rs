@@ -188,6 +188,19 @@ pub fn event(project: &str, age_s: i64) -> pb::AgentEvent {
     }
 }
 
+/// Sends one batch with the unary RPC and returns its ack.
+pub async fn ingest(
+    client: &mut TelemetryIngestClient<Channel>,
+    sequence: u64,
+    events: Vec<pb::AgentEvent>,
+) -> pb::BatchAck {
+    client
+        .ingest_agent_events(pb::AgentEventBatch { sequence, events })
+        .await
+        .expect("ingest")
+        .into_inner()
+}
+
 /// Sends `batches` over one stream and returns the acks, in order.
 pub async fn stream_events(
     client: &mut TelemetryIngestClient<Channel>,
