@@ -75,22 +75,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn write_migrations(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
-    let mut files: Vec<_> = fs::read_dir("sql")?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-        .collect();
-    files.sort();
+    let sql_files = |dir: &str| -> Result<Vec<std::path::PathBuf>, std::io::Error> {
+        let mut files: Vec<_> = fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+            .collect();
+        files.sort();
+        Ok(files)
+    };
     let mut code = String::from(
-        "/// `(file name, SQL)` of every migration in `sql/`, in order.\npub const MIGRATIONS: &[(&str, &str)] = &[\n",
+        "/// `(path under sql/, SQL)` of every file in `sql/` and its mode\n\
+         /// directories (`timescaledb/`, `plain/`), sorted by path.\n\
+         pub const SQL_FILES: &[(&str, &str)] = &[\n",
     );
-    for p in files {
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        let abs = fs::canonicalize(&p)?;
-        code.push_str(&format!(
-            "    ({name:?}, include_str!({:?})),\n",
-            abs.display().to_string()
-        ));
+    for dir in ["sql", "sql/plain", "sql/timescaledb"] {
+        for p in sql_files(dir)? {
+            let name = p
+                .strip_prefix("sql")?
+                .to_string_lossy()
+                .trim_start_matches('/')
+                .to_owned();
+            let abs = fs::canonicalize(&p)?;
+            code.push_str(&format!(
+                "    ({name:?}, include_str!({:?})),\n",
+                abs.display().to_string()
+            ));
+        }
     }
     code.push_str("];\n");
     fs::write(out.join("migrations.rs"), code)?;

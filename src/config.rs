@@ -56,6 +56,9 @@ pub struct DatabaseConfig {
 pub struct MigrateConfig {
     #[command(flatten)]
     pub database: DatabaseConfig,
+
+    #[command(flatten)]
+    pub storage: StorageConfig,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -79,6 +82,9 @@ pub struct ServeConfig {
     /// their acks before exiting anyway. A second signal exits at once.
     #[arg(long, env = "AGENT_TELEMETRY_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+
+    #[command(flatten)]
+    pub storage: StorageConfig,
 
     #[command(flatten)]
     pub pipeline: PipelineConfig,
@@ -112,6 +118,127 @@ fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
     s.parse()
         .map(|a| OptionalAddr(Some(a)))
         .map_err(|e| format!("{e}"))
+}
+
+/// Whether to use TimescaleDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TimescaleMode {
+    /// TimescaleDB when the server has it; plain PostgreSQL otherwise. A
+    /// database keeps the mode it was first migrated in.
+    Auto,
+    /// Fail unless TimescaleDB can be used.
+    Require,
+    /// Plain PostgreSQL even where TimescaleDB is available.
+    Off,
+}
+
+/// How the stored data is laid out and kept: chunking, compression,
+/// retention, and the refresh of the continuous aggregates. `migrate` (and
+/// `serve`, which migrates first) applies these idempotently: a changed value
+/// alters the existing policy, an unchanged one leaves it alone.
+#[derive(Debug, Clone, Args)]
+pub struct StorageConfig {
+    /// Use TimescaleDB: auto, require or off.
+    #[arg(
+        long,
+        env = "AGENT_TELEMETRY_TIMESCALEDB",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub timescaledb: TimescaleMode,
+
+    /// Time span of one hypertable chunk (applies to chunks created from now on).
+    #[arg(long, env = "AGENT_TELEMETRY_CHUNK_INTERVAL", default_value = "1day", value_parser = humantime::parse_duration)]
+    pub chunk_interval: Duration,
+
+    /// Chunks whose data is all older than this are compressed.
+    #[arg(long, env = "AGENT_TELEMETRY_COMPRESS_AFTER", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub compress_after: Duration,
+
+    /// Raw agent events older than this are dropped.
+    #[arg(long, env = "AGENT_TELEMETRY_EVENTS_RETENTION", default_value = "365days", value_parser = humantime::parse_duration)]
+    pub events_retention: Duration,
+
+    /// Raw chat messages older than this are dropped.
+    #[arg(long, env = "AGENT_TELEMETRY_MESSAGES_RETENTION", default_value = "180days", value_parser = humantime::parse_duration)]
+    pub messages_retention: Duration,
+
+    /// Rows of the aggregates (hourly and daily) older than this are dropped.
+    #[arg(long, env = "AGENT_TELEMETRY_AGGREGATES_RETENTION", default_value = "1825days", value_parser = humantime::parse_duration)]
+    pub aggregates_retention: Duration,
+
+    /// How often the hourly aggregates' refresh policy runs.
+    #[arg(long, env = "AGENT_TELEMETRY_HOURLY_REFRESH_EVERY", default_value = "15min", value_parser = humantime::parse_duration)]
+    pub hourly_refresh_every: Duration,
+
+    /// How far back each scheduled refresh of the hourly aggregates looks.
+    #[arg(long, env = "AGENT_TELEMETRY_HOURLY_REFRESH_WINDOW", default_value = "3days", value_parser = humantime::parse_duration)]
+    pub hourly_refresh_window: Duration,
+
+    /// How often the daily aggregates' refresh policy runs.
+    #[arg(long, env = "AGENT_TELEMETRY_DAILY_REFRESH_EVERY", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub daily_refresh_every: Duration,
+
+    /// How far back each scheduled refresh of the daily aggregates looks.
+    #[arg(long, env = "AGENT_TELEMETRY_DAILY_REFRESH_WINDOW", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub daily_refresh_window: Duration,
+
+    /// Rows older than this when they are stored are "late": their hour may
+    /// already be materialised, so the service refreshes exactly the affected
+    /// ranges of the aggregates after the flush.
+    #[arg(long, env = "AGENT_TELEMETRY_LATE_AFTER", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub late_after: Duration,
+
+    /// At most one round of late-data refreshes per this interval; ranges
+    /// that arrive meanwhile are merged into the next round.
+    #[arg(long, env = "AGENT_TELEMETRY_LATE_REFRESH_EVERY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub late_refresh_every: Duration,
+
+    /// Plain PostgreSQL only: how often the service deletes rows past their
+    /// retention window (TimescaleDB does this with its own jobs).
+    #[arg(long, env = "AGENT_TELEMETRY_RETENTION_EVERY", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub retention_every: Duration,
+}
+
+impl StorageConfig {
+    /// Settings that would lose data or leave aggregates wrong, refused
+    /// before anything is changed. `max_past` is the oldest row ingest accepts.
+    pub fn check(&self, max_past: Duration) -> Result<(), String> {
+        let day = Duration::from_secs(86_400);
+        let hour = Duration::from_secs(3_600);
+        let rules = [
+            (
+                self.chunk_interval >= Duration::from_secs(60),
+                "--chunk-interval must be at least 1 minute",
+            ),
+            (
+                self.late_after >= hour,
+                "--late-after must be at least 1h (the hourly aggregates materialise up to one hour ago)",
+            ),
+            (
+                self.hourly_refresh_window >= 3 * hour && self.daily_refresh_window >= 3 * day,
+                "refresh windows must cover two buckets beyond the end offset (at least 3h hourly, 3days daily)",
+            ),
+            (
+                self.events_retention > max_past + self.daily_refresh_window
+                    && self.messages_retention > max_past + self.hourly_refresh_window,
+                "raw retention must exceed --max-past plus the refresh window: an aggregate refreshed over dropped raw data loses its rows",
+            ),
+            (
+                self.aggregates_retention >= self.events_retention
+                    && self.aggregates_retention >= self.messages_retention,
+                "--aggregates-retention must be at least the raw retention windows",
+            ),
+            (
+                self.compress_after >= hour,
+                "--compress-after must be at least 1h",
+            ),
+        ];
+        match rules.iter().find(|(ok, _)| !ok) {
+            Some((_, why)) => Err((*why).to_owned()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Buffering, batching and COPY settings.

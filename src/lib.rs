@@ -21,6 +21,9 @@
 //!    every piece's outcome only after commit.
 //! 7. [`ack`] — what a piece's outcome is, and how a batch's ack is built
 //!    from it.
+//! 8. [`maintain`] — after the ack: refreshes the continuous aggregates over
+//!    the hours late rows went into (TimescaleDB), or deletes expired rows
+//!    (plain PostgreSQL, where no retention job does it).
 //!
 //! Around them: [`config`] (all settings), [`db`] (pool, migrations, the
 //! embedded PostgreSQL), [`server`] (wiring and shutdown order),
@@ -33,6 +36,7 @@ pub mod config;
 pub mod copy;
 pub mod db;
 pub mod loadgen;
+pub mod maintain;
 pub mod metrics;
 pub mod pb;
 pub mod server;

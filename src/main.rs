@@ -50,12 +50,17 @@ async fn migrate(
     cfg: agent_telemetry::config::MigrateConfig,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let db = server::open_database(&cfg.database).await?;
-    let report = server::run_migrations(&db.conn).await?;
+    let max_past = agent_telemetry::config::Limits::default().max_past;
+    let report = server::run_migrations(&db.conn, &cfg.storage, max_past).await?;
+    println!("storage mode: {}", report.mode);
     println!(
         "applied {} migration(s), {} already applied",
         report.applied.len(),
         report.already
     );
+    for p in &report.policies {
+        println!("{} policy on {}: {}", p.policy, p.relation, p.action);
+    }
     if let Some(cluster) = db.embedded {
         tokio::task::spawn_blocking(move || cluster.stop()).await??;
     }

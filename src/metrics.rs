@@ -24,6 +24,9 @@ pub const ACKS: &str = "agent_telemetry_acks_total";
 pub const COPY_RETRIES: &str = "agent_telemetry_copy_retries_total";
 pub const COPY_FAILURES: &str = "agent_telemetry_copy_failures_total";
 pub const DB_ERRORS: &str = "agent_telemetry_db_errors_total";
+pub const LATE_REFRESHES: &str = "agent_telemetry_late_refreshes_total";
+pub const LATE_PENDING_HOURS: &str = "agent_telemetry_late_pending_hours";
+pub const RETENTION_DELETED: &str = "agent_telemetry_retention_deleted_rows_total";
 
 pub fn describe() {
     describe_counter!(ROWS_RECEIVED, "Rows received in batches, per table");
@@ -69,7 +72,19 @@ pub fn describe() {
     );
     describe_counter!(
         DB_ERRORS,
-        "Database errors outside COPY (dimension upserts, lookups)"
+        "Database errors outside COPY (dimension upserts, lookups, refreshes, retention)"
+    );
+    describe_counter!(
+        LATE_REFRESHES,
+        "Continuous-aggregate refreshes run for late rows, per aggregate"
+    );
+    describe_gauge!(
+        LATE_PENDING_HOURS,
+        "Hours holding late rows whose aggregates are not yet refreshed"
+    );
+    describe_counter!(
+        RETENTION_DELETED,
+        "Rows deleted by the service's own retention (plain PostgreSQL mode), per table"
     );
 }
 
@@ -122,4 +137,16 @@ pub fn copy_failed(table: Table) {
 
 pub fn db_error(operation: &'static str) {
     counter!(DB_ERRORS, "operation" => operation).increment(1);
+}
+
+pub fn late_refreshed(aggregate: &'static str) {
+    counter!(LATE_REFRESHES, "aggregate" => aggregate).increment(1);
+}
+
+pub fn late_pending(hours: usize) {
+    gauge!(LATE_PENDING_HOURS).set(hours as f64);
+}
+
+pub fn retention_deleted(table: Table, rows: u64) {
+    counter!(RETENTION_DELETED, "table" => table.name()).increment(rows);
 }

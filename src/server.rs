@@ -20,7 +20,7 @@ use tonic::codec::CompressionEncoding;
 use crate::{
     api::{Api, intake::Intake},
     buffer::{TableBuffer, batcher},
-    config::{DatabaseConfig, ServeConfig},
+    config::{DatabaseConfig, ServeConfig, StorageConfig},
     copy::{Table, writer::CopyWriter},
     db::{
         self, DbError,
@@ -28,6 +28,7 @@ use crate::{
         embedded::{Cluster, ClusterOptions, EmbeddedError},
         migrate::{self, MigrateError},
     },
+    maintain::{refresh::LateRefresher, retention},
     metrics,
     pb::wire::telemetry_ingest_server::TelemetryIngestServer,
 };
@@ -114,9 +115,18 @@ pub async fn open_database(cfg: &DatabaseConfig) -> Result<Database, ServerError
     })
 }
 
-pub async fn run_migrations(conn: &str) -> Result<migrate::Report, ServerError> {
+/// Checks the storage settings, then migrates. `max_past` is the oldest row
+/// ingest accepts (retention must keep rows longer than that).
+pub async fn run_migrations(
+    conn: &str,
+    storage: &StorageConfig,
+    max_past: Duration,
+) -> Result<migrate::Report, ServerError> {
+    storage.check(max_past).map_err(MigrateError::Settings)?;
+    // One connection, closed before the pool opens: some servers (the test
+    // suite's PGlite) take one client at a time.
     let mut client = db::connect(conn).await?;
-    Ok(migrate::run(&mut client).await?)
+    Ok(migrate::run(&mut client, storage).await?)
 }
 
 /// A started service.
@@ -151,13 +161,13 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         tracing::info!(%addr, "Prometheus metrics at /metrics");
     }
     let database = open_database(&cfg.database).await?;
-    let report = run_migrations(&database.conn).await?;
+    let report = run_migrations(&database.conn, &cfg.storage, cfg.limits.max_past).await?;
     tracing::info!(
         applied = report.applied.len(),
         already = report.already,
         "migrations done"
     );
-    log_mode(&database.conn).await;
+    tracing::info!("storage mode: {}", report.mode);
 
     let pool = db::pool(&database.conn, cfg.database.pool_size)?;
     let give_up = CancellationToken::new();
@@ -166,6 +176,15 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         cfg.pipeline.copy_retry_timeout,
         give_up.clone(),
     ));
+    // After the ack: late-data refreshes (TimescaleDB) or our own retention (plain).
+    let timescaledb = report.mode.is_timescaledb();
+    let (late, refresher) = if timescaledb {
+        let (late, task) = LateRefresher::spawn(pool.clone(), cfg.storage.late_refresh_every);
+        (Some(late), Some(task))
+    } else {
+        retention::spawn(pool.clone(), &cfg.storage, drain.clone());
+        (None, None)
+    };
     let mut batchers = Vec::new();
     let mut buffers = Vec::new();
     for table in Table::ALL {
@@ -174,6 +193,7 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
             table,
             queue,
             writer.clone(),
+            late.clone(),
             cfg.pipeline.clone(),
             drain.clone(),
         )));
@@ -186,8 +206,12 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         dims: Arc::new(Dimensions::new(pool)),
         limits: cfg.limits.clone(),
         pipeline: cfg.pipeline.clone(),
+        late_after: timescaledb.then_some(cfg.storage.late_after),
     });
     drop(buffers);
+    // The batchers hold the only senders now: the refresher's last round
+    // runs once they have all finished.
+    drop(late);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TelemetryIngestServer<Api>>().await;
@@ -229,6 +253,9 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
             for b in batchers {
                 let _ = b.await;
             }
+            if let Some(r) = refresher {
+                let _ = r.await;
+            }
             served
         })
         .await;
@@ -255,28 +282,6 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         result
     });
     Ok(Running { addr, drain, done })
-}
-
-/// One line saying which storage mode the database gives.
-async fn log_mode(conn: &str) {
-    let Ok(client) = db::connect(conn).await else {
-        return;
-    };
-    let version: Option<String> = client
-        .query_opt(
-            "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
-            &[],
-        )
-        .await
-        .ok()
-        .flatten()
-        .map(|r| r.get(0));
-    match version {
-        Some(v) => tracing::info!(timescaledb = %v, "storage mode: TimescaleDB"),
-        None => tracing::info!(
-            "storage mode: plain PostgreSQL (the timescaledb extension is not installed in this database)"
-        ),
-    }
 }
 
 fn spawn_buffer_gauges(buffers: Vec<TableBuffer>, stop: CancellationToken) {

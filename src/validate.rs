@@ -55,6 +55,8 @@ const PROTO_MAX_S: i64 = 253_402_300_799;
 pub struct TimeWindow {
     pub min_us: i64,
     pub max_us: i64,
+    /// The "now" the window was built around.
+    pub now_us: i64,
 }
 
 impl TimeWindow {
@@ -63,6 +65,7 @@ impl TimeWindow {
         Self {
             min_us: now_us.saturating_sub(limits.max_past.as_micros() as i64),
             max_us: now_us.saturating_add(limits.max_future.as_micros() as i64),
+            now_us,
         }
     }
 }
@@ -673,6 +676,7 @@ mod tests {
         let w = TimeWindow {
             min_us: 0,
             max_us: 10,
+            now_us: 5,
         };
         assert!(check_time(None, w).unwrap_err().contains("required"));
         assert!(

@@ -3,7 +3,11 @@
 //! one piece, takes buffer space for it and submits it. What comes back is
 //! an [`Accepted`] batch whose ack resolves after commit.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    collections::BTreeSet,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use bytes::{Bytes, BytesMut};
 use tokio::{sync::oneshot, time::Instant};
@@ -15,6 +19,7 @@ use crate::{
     config::{Limits, PipelineConfig},
     copy::{Table, encode},
     db::dims::{Dimensions, DimsError},
+    maintain::refresh,
     metrics, pb,
     validate::{self, Rejection, TimeWindow},
 };
@@ -41,6 +46,9 @@ pub struct Intake {
     pub dims: Arc<Dimensions>,
     pub limits: Limits,
     pub pipeline: PipelineConfig,
+    /// Rows older than this are late (`--late-after`); None when there are
+    /// no continuous aggregates to refresh (plain PostgreSQL).
+    pub late_after: Option<Duration>,
 }
 
 /// A batch whose accepted rows are in the buffer.
@@ -105,7 +113,7 @@ impl Intake {
             projects.push((name, id));
         }
         let raw: usize = batch.events.iter().map(Bytes::len).sum();
-        let mut piece = PieceBuilder::new(raw, rows.len());
+        let mut piece = PieceBuilder::new(raw, rows.len(), self.late_before(window));
         for r in &rows {
             match &projects
                 .iter()
@@ -113,7 +121,7 @@ impl Intake {
                 .expect("resolved above")
                 .1
             {
-                Ok(id) => piece.row(r.index, |buf| encode::encode_event(buf, r, *id)),
+                Ok(id) => piece.row(r.index, r.ts_us, |buf| encode::encode_event(buf, r, *id)),
                 Err(reason) => rejected.push(Rejection::new(r.index, "project", reason.clone())),
             }
         }
@@ -169,10 +177,12 @@ impl Intake {
             return Err(IngestError::Dimensions { sequence, source });
         }
         let raw: usize = batch.messages.iter().map(Bytes::len).sum();
-        let mut piece = PieceBuilder::new(raw, rows.len());
+        let mut piece = PieceBuilder::new(raw, rows.len(), self.late_before(window));
         for r in &rows {
             match self.dims.cached_session(&r.session_id) {
-                Some(s) => piece.row(r.index, |buf| encode::encode_message(buf, r, s.project_id, &s.agent_type)),
+                Some(s) => piece.row(r.index, r.ts_us, |buf| {
+                    encode::encode_message(buf, r, s.project_id, &s.agent_type)
+                }),
                 None => row_rejections.push(Rejection::new(
                     r.index,
                     "session_id",
@@ -185,6 +195,12 @@ impl Intake {
             .await?;
         accepted.session_rejections = session_rejections;
         Ok(accepted)
+    }
+
+    /// Rows older than this are late (None: no aggregates to keep right).
+    fn late_before(&self, window: TimeWindow) -> Option<i64> {
+        self.late_after
+            .map(|d| window.now_us - d.as_micros() as i64)
     }
 
     fn check_rows(
@@ -242,6 +258,7 @@ impl Intake {
                 data: piece.data.freeze(),
                 row_ends: piece.row_ends,
                 row_index: piece.row_index,
+                late_hours: piece.late_hours.into_iter().collect(),
                 enqueued: Instant::now(),
                 done,
                 permit,
@@ -265,20 +282,28 @@ struct PieceBuilder {
     data: BytesMut,
     row_ends: Vec<u32>,
     row_index: Vec<u32>,
+    /// Rows older than this are late; their hours are collected.
+    late_before_us: Option<i64>,
+    late_hours: BTreeSet<i64>,
 }
 
 impl PieceBuilder {
     /// The binary form is a little larger than protobuf's (fixed-width
     /// lengths per field), so reserve with some headroom.
-    fn new(raw_bytes: usize, rows: usize) -> Self {
+    fn new(raw_bytes: usize, rows: usize, late_before_us: Option<i64>) -> Self {
         Self {
             data: BytesMut::with_capacity(raw_bytes + raw_bytes / 2 + rows * 64),
             row_ends: Vec::with_capacity(rows),
             row_index: Vec::with_capacity(rows),
+            late_before_us,
+            late_hours: BTreeSet::new(),
         }
     }
 
-    fn row(&mut self, index: u32, encode: impl FnOnce(&mut BytesMut)) {
+    fn row(&mut self, index: u32, ts_us: i64, encode: impl FnOnce(&mut BytesMut)) {
+        if self.late_before_us.is_some_and(|before| ts_us < before) {
+            self.late_hours.insert(refresh::hour_of(ts_us));
+        }
         encode(&mut self.data);
         self.row_ends.push(self.data.len() as u32);
         self.row_index.push(index);

@@ -5,6 +5,9 @@
 //! while all are busy, pieces keep gathering (up to the flush size) and the
 //! buffer's admission limit pushes back on clients.
 //!
+//! After a flush, the hours its late rows fall in go to the late-data
+//! refresher (TimescaleDB mode).
+//!
 //! On drain (shutdown) every gathered piece is flushed at once; the batcher
 //! ends when its queue is closed and every flush it started has finished.
 
@@ -18,12 +21,15 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::Piece;
-use crate::{config::PipelineConfig, copy::Table, copy::writer::CopyWriter};
+use crate::{
+    config::PipelineConfig, copy::Table, copy::writer::CopyWriter, maintain::refresh::LateRefresher,
+};
 
 pub async fn run(
     table: Table,
     mut queue: mpsc::UnboundedReceiver<Piece>,
     writer: Arc<CopyWriter>,
+    late: Option<LateRefresher>,
     cfg: PipelineConfig,
     drain: CancellationToken,
 ) {
@@ -50,7 +56,7 @@ pub async fn run(
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     let flush = std::mem::take(&mut gathered);
                     (rows, bytes) = (0, 0);
-                    start_flush(table, flush, &writer, &copy_slots, &mut flushes).await;
+                    start_flush(table, flush, &writer, &late, &copy_slots, &mut flushes).await;
                 }
                 _ = drain.cancelled(), if !draining => {}
                 Some(_) = flushes.join_next(), if !flushes.is_empty() => {}
@@ -59,13 +65,13 @@ pub async fn run(
                 // Queue closed: flush what is left at once.
                 let flush = std::mem::take(&mut gathered);
                 (rows, bytes) = (0, 0);
-                start_flush(table, flush, &writer, &copy_slots, &mut flushes).await;
+                start_flush(table, flush, &writer, &late, &copy_slots, &mut flushes).await;
             }
             continue;
         }
         let flush = std::mem::take(&mut gathered);
         (rows, bytes) = (0, 0);
-        start_flush(table, flush, &writer, &copy_slots, &mut flushes).await;
+        start_flush(table, flush, &writer, &late, &copy_slots, &mut flushes).await;
     }
     while flushes.join_next().await.is_some() {}
 }
@@ -75,6 +81,7 @@ async fn start_flush(
     table: Table,
     pieces: Vec<Piece>,
     writer: &Arc<CopyWriter>,
+    late: &Option<LateRefresher>,
     slots: &Arc<Semaphore>,
     flushes: &mut JoinSet<()>,
 ) {
@@ -87,8 +94,21 @@ async fn start_flush(
         .await
         .expect("copy slots are never closed");
     let writer = writer.clone();
+    let late = late.clone();
     flushes.spawn(async move {
+        let late_hours: Vec<i64> = match &late {
+            Some(_) => pieces
+                .iter()
+                .flat_map(|p| p.late_hours.iter().copied())
+                .collect(),
+            None => Vec::new(),
+        };
         writer.flush(table, pieces).await;
         drop(slot);
+        // Noted even when the flush failed: a refresh of an unchanged range
+        // is harmless, and the client's resend will be noted again anyway.
+        if let Some(late) = late {
+            late.note(table, late_hours);
+        }
     });
 }

@@ -32,6 +32,9 @@ pub struct Piece {
     pub row_ends: Vec<u32>,
     /// The client's index of each row in its batch (rejected rows leave gaps).
     pub row_index: Vec<u32>,
+    /// Hours holding late rows of this piece, sorted (see
+    /// [`crate::maintain::refresh`]); usually empty.
+    pub late_hours: Vec<i64>,
     pub enqueued: Instant,
     /// Where the outcome goes; resolved only after commit.
     pub done: oneshot::Sender<PieceOutcome>,

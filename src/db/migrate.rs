@@ -1,13 +1,26 @@
-//! Migrations: the numbered SQL files in `sql/` (embedded at build time),
-//! applied in order, each once, recorded in `schema_migrations` with a
-//! checksum. A session-level advisory lock serialises instances that start
-//! at once; the second one finds nothing left to do.
+//! Migrations: the SQL files in `sql/` (embedded at build time).
 //!
-//! A file whose first line is `-- agent-telemetry: no-transaction` runs
-//! outside a transaction (some TimescaleDB statements refuse to run inside one).
+//! - The storage mode is decided first ([`Mode`]): TimescaleDB when the
+//!   server has it (and `--timescaledb` allows), else plain PostgreSQL. A
+//!   database keeps the mode it was first migrated in.
+//! - Numbered files (`0001_core.sql`) in `sql/` and in the mode's directory
+//!   (`sql/timescaledb/`, `sql/plain/`) are applied in version order, each
+//!   once, recorded in `schema_migrations` with a checksum.
+//! - Files without a number in the mode's directory define functions and
+//!   are re-created on every run; in TimescaleDB mode the policies are then
+//!   made to match [`StorageConfig`] (`policies.sql`), idempotently.
+//!
+//! A session-level advisory lock serialises instances that start at once;
+//! the second one finds nothing left to do. A file whose first line is
+//! `-- agent-telemetry: no-transaction` runs outside a transaction.
 
+use std::{fmt, time::Duration};
+
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
+
+use crate::config::{StorageConfig, TimescaleMode};
 
 include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
 
@@ -34,20 +47,82 @@ pub enum MigrateError {
     },
     #[error("database error while migrating: {0}")]
     Db(#[from] tokio_postgres::Error),
+    #[error("storage mode: {0}")]
+    Mode(String),
+    #[error("invalid storage settings: {0}")]
+    Settings(String),
+    #[error("applying the TimescaleDB policies failed: {0}")]
+    Policies(#[source] tokio_postgres::Error),
+}
+
+/// How the data is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Hypertables, compression, continuous aggregates and policies.
+    TimescaleDb { version: String },
+    /// Plain tables, the aggregates as views; the service applies retention.
+    /// `why` says what is missing for TimescaleDB mode.
+    Plain { why: String },
+}
+
+impl Mode {
+    fn dir(&self) -> &'static str {
+        match self {
+            Mode::TimescaleDb { .. } => "timescaledb",
+            Mode::Plain { .. } => "plain",
+        }
+    }
+
+    pub fn is_timescaledb(&self) -> bool {
+        matches!(self, Mode::TimescaleDb { .. })
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::TimescaleDb { version } => write!(
+                f,
+                "TimescaleDB {version}: hypertables, compression, continuous aggregates and retention jobs"
+            ),
+            Mode::Plain { why } => write!(
+                f,
+                "plain PostgreSQL: aggregates are views computed at query time and the service deletes expired rows itself; not TimescaleDB because {why}"
+            ),
+        }
+    }
+}
+
+/// What one policy check did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyChange {
+    pub policy: String,
+    pub relation: String,
+    /// "created", "changed" or "unchanged".
+    pub action: String,
 }
 
 /// What a migrate run did.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Report {
+    pub mode: Mode,
     pub applied: Vec<String>,
     pub already: usize,
+    pub policies: Vec<PolicyChange>,
 }
 
-pub async fn run(client: &mut Client) -> Result<Report, MigrateError> {
+impl Report {
+    /// Policies created or changed by this run.
+    pub fn policies_changed(&self) -> impl Iterator<Item = &PolicyChange> {
+        self.policies.iter().filter(|p| p.action != "unchanged")
+    }
+}
+
+pub async fn run(client: &mut Client, storage: &StorageConfig) -> Result<Report, MigrateError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await?;
-    let result = apply_pending(client).await;
+    let result = migrate_locked(client, storage).await;
     // The lock is session-level: release it even when a migration failed.
     let unlock = client
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
@@ -57,7 +132,10 @@ pub async fn run(client: &mut Client) -> Result<Report, MigrateError> {
     Ok(report)
 }
 
-async fn apply_pending(client: &mut Client) -> Result<Report, MigrateError> {
+async fn migrate_locked(
+    client: &mut Client,
+    storage: &StorageConfig,
+) -> Result<Report, MigrateError> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -68,17 +146,43 @@ async fn apply_pending(client: &mut Client) -> Result<Report, MigrateError> {
             )",
         )
         .await?;
-    let applied: Vec<(i32, String)> = client
-        .query("SELECT version, checksum FROM schema_migrations", &[])
+    let applied: Vec<(i32, String, String)> = client
+        .query("SELECT version, name, checksum FROM schema_migrations", &[])
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    let mut report = Report::default();
-    for (name, sql) in MIGRATIONS {
-        let version = version_of(name)?;
+    let mode = decide_mode(client, storage.timescaledb, &applied).await?;
+    let mut report = Report {
+        mode,
+        applied: Vec::new(),
+        already: 0,
+        policies: Vec::new(),
+    };
+    let dir = report.mode.dir();
+    let in_mode = |name: &&str| match name.split_once('/') {
+        None => true,
+        Some((d, _)) => d == dir,
+    };
+    let mut numbered = Vec::new();
+    let mut repeatable = Vec::new();
+    for (name, sql) in SQL_FILES.iter().filter(|(n, _)| in_mode(n)) {
+        let file = name.rsplit('/').next().unwrap_or(name);
+        if file.starts_with(|c: char| c.is_ascii_digit()) {
+            numbered.push((version_of(file)?, *name, *sql));
+        } else {
+            repeatable.push((*name, *sql));
+        }
+    }
+    numbered.sort_by_key(|(v, _, _)| *v);
+    for (version, name, sql) in numbered {
         let checksum = hex(&Sha256::digest(sql.as_bytes()));
-        if let Some((_, was)) = applied.iter().find(|(v, _)| *v == version) {
+        if let Some((_, was_name, was)) = applied.iter().find(|(v, _, _)| *v == version) {
+            if was_name != name {
+                return Err(MigrateError::Mode(format!(
+                    "migration {version} was applied as {was_name}, this run would apply {name}"
+                )));
+            }
             if *was != checksum {
                 return Err(MigrateError::Changed {
                     name: name.to_string(),
@@ -96,17 +200,159 @@ async fn apply_pending(client: &mut Client) -> Result<Report, MigrateError> {
         let record = "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)";
         if sql.starts_with(NO_TRANSACTION) {
             client.batch_execute(sql).await.map_err(failed)?;
-            client.execute(record, &[&version, name, &checksum]).await?;
+            client
+                .execute(record, &[&version, &name, &checksum])
+                .await?;
         } else {
             let tx = client.transaction().await?;
             tx.batch_execute(sql).await.map_err(failed)?;
-            tx.execute(record, &[&version, name, &checksum]).await?;
+            tx.execute(record, &[&version, &name, &checksum]).await?;
             tx.commit().await?;
         }
         tracing::info!(migration = name, "applied");
         report.applied.push(name.to_string());
     }
+    for (name, sql) in repeatable {
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(|source| MigrateError::Failed {
+                name: name.to_string(),
+                source,
+            })?;
+    }
+    if report.mode.is_timescaledb() {
+        report.policies = apply_policies(client, storage).await?;
+        for p in report.policies_changed() {
+            tracing::info!(policy = %p.policy, relation = %p.relation, action = %p.action, "policy");
+        }
+    }
     Ok(report)
+}
+
+/// The mode recorded in `schema_migrations` if any, else what the server
+/// offers and `wanted` allows. In TimescaleDB mode the extension exists when
+/// this returns.
+async fn decide_mode(
+    client: &Client,
+    wanted: TimescaleMode,
+    applied: &[(i32, String, String)],
+) -> Result<Mode, MigrateError> {
+    let recorded = applied
+        .iter()
+        .find_map(|(_, name, _)| name.split_once('/').map(|(d, _)| d));
+    let mode = match recorded {
+        Some("plain") => Mode::Plain {
+            why: "this database was set up in plain mode (a switch needs a dump and reload, docs/schema.md)".into(),
+        },
+        Some(_) => match create_extension(client).await {
+            Ok(version) => Mode::TimescaleDb { version },
+            Err(why) => {
+                return Err(MigrateError::Mode(format!(
+                    "this database was set up with TimescaleDB, but {why}"
+                )));
+            }
+        },
+        None if wanted == TimescaleMode::Off => Mode::Plain {
+            why: "--timescaledb off".into(),
+        },
+        None => match create_extension(client).await {
+            Ok(version) => Mode::TimescaleDb { version },
+            Err(why) => Mode::Plain { why },
+        },
+    };
+    match (&mode, wanted) {
+        (Mode::Plain { why }, TimescaleMode::Require) => Err(MigrateError::Mode(format!(
+            "--timescaledb require, but {why}"
+        ))),
+        (Mode::TimescaleDb { .. }, TimescaleMode::Off) => Err(MigrateError::Mode(
+            "--timescaledb off, but this database was set up with TimescaleDB".into(),
+        )),
+        _ => Ok(mode),
+    }
+}
+
+/// Creates the extension if needed; returns its version, or why it cannot be used.
+async fn create_extension(client: &Client) -> Result<String, String> {
+    let available = client
+        .query_opt(
+            "SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("the extension list could not be read: {e}"))?;
+    if available.is_none() {
+        return Err("the timescaledb extension is not installed on this PostgreSQL server".into());
+    }
+    if let Err(e) = client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        .await
+    {
+        let detail = e
+            .as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.message().to_owned());
+        return Err(format!(
+            "CREATE EXTENSION timescaledb failed ({detail}); is it in shared_preload_libraries?"
+        ));
+    }
+    client
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
+            &[],
+        )
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| e.to_string())
+}
+
+/// Makes the TimescaleDB policies match `storage` (sql/timescaledb/policies.sql).
+async fn apply_policies(
+    client: &Client,
+    storage: &StorageConfig,
+) -> Result<Vec<PolicyChange>, MigrateError> {
+    let settings = json!({
+        "chunk_interval": pg_interval(storage.chunk_interval),
+        "compress_after": pg_interval(storage.compress_after),
+        "events_retention": pg_interval(storage.events_retention),
+        "messages_retention": pg_interval(storage.messages_retention),
+        "aggregates_retention": pg_interval(storage.aggregates_retention),
+        "hourly": {
+            "start_offset": pg_interval(storage.hourly_refresh_window),
+            "end_offset": "1 hour",
+            "schedule": pg_interval(storage.hourly_refresh_every),
+        },
+        "daily": {
+            "start_offset": pg_interval(storage.daily_refresh_window),
+            "end_offset": "1 day",
+            "schedule": pg_interval(storage.daily_refresh_every),
+        },
+    });
+    let rows = client
+        .query(
+            "SELECT policy, relation, action FROM agent_telemetry_apply_policies($1)",
+            &[&settings],
+        )
+        .await
+        .map_err(MigrateError::Policies)?;
+    Ok(rows
+        .iter()
+        .map(|r| PolicyChange {
+            policy: r.get(0),
+            relation: r.get(1),
+            action: r.get(2),
+        })
+        .collect())
+}
+
+/// A duration as PostgreSQL interval text, in the largest whole unit.
+pub fn pg_interval(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        _ if s > 0 && s.is_multiple_of(86_400) => format!("{} days", s / 86_400),
+        _ if s > 0 && s.is_multiple_of(3_600) => format!("{} hours", s / 3_600),
+        _ if s > 0 && s.is_multiple_of(60) => format!("{} minutes", s / 60),
+        _ => format!("{}.{:06} seconds", s, d.subsec_micros()),
+    }
 }
 
 fn version_of(name: &str) -> Result<i32, MigrateError> {

@@ -234,7 +234,9 @@ impl Generator {
             ..Default::default()
         };
         let data = match event_type {
-            "llm_request" | "llm_response" => {
+            // One LLM call is one event carrying model, tokens and cost
+            // (llm_usage_daily counts events that name a model).
+            "llm_request" => {
                 let input: i64 = rng.random_range(500..20_000);
                 let cached = rng.random_range(0..=input / 2);
                 let output: i64 = rng.random_range(50..2_000);
@@ -250,6 +252,9 @@ impl Generator {
                 ev.duration_ms = Some(rng.random_range(300..30_000));
                 ev.metrics_json = json!({"time_to_first_token_ms": rng.random_range(100..3_000), "tokens_per_second": rng.random_range(20..150)}).to_string();
                 json!({"model": s.model, "temperature": 0.2, "max_tokens": 8192, "stream": true, "request_id": format!("req_{:016x}", rng.random::<u64>())})
+            }
+            "llm_response" => {
+                json!({"finish_reason": "stop", "streamed_chunks": rng.random_range(1..400)})
             }
             "tool_use" => {
                 json!({"tool_name": TOOLS.choose(rng).expect("tools"), "arguments": {"path": file, "recursive": false}, "result_size": rng.random_range(10..50_000), "success": rng.random_bool(0.95)})

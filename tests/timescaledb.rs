@@ -1,0 +1,738 @@
+//! TimescaleDB: hypertables, compression, continuous aggregates, policies
+//! and late data. Every test runs twice: on TimescaleDB 2.23 in WASM
+//! (PGlite, every CI run) and on a native TimescaleDB where one is
+//! installed (else it prints `SKIPPED: native TimescaleDB not installed`).
+//! The plain-PostgreSQL fallback is tested at the end.
+
+mod common;
+
+use std::time::Duration;
+
+use agent_telemetry::{
+    config::{Limits, ServeConfig, StorageConfig, TimescaleMode},
+    db::migrate::{Mode, Report},
+    loadgen::{self, LoadgenConfig},
+    pb,
+    server::run_migrations,
+};
+use common::TsDb;
+use tokio_postgres::Client;
+
+/// Each test as `<name>::pglite` and `<name>::native`.
+macro_rules! on_timescaledb {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pglite() {
+                super::$name(super::TsDb::pglite()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn native() {
+                if let Some(db) = super::TsDb::native(concat!(stringify!($name), "::native")).await {
+                    super::$name(db).await
+                }
+            }
+        }
+    )*};
+}
+
+on_timescaledb!(
+    migrate_builds_hypertables_aggregates_and_policies_once,
+    a_changed_setting_alters_only_its_policy,
+    aggregates_equal_direct_aggregates_over_raw_rows,
+    late_events_show_up_in_hourly_and_daily_aggregates,
+    copy_into_a_compressed_chunk_stores_late_rows_and_counts_resends,
+    compression_and_retention_jobs_act_on_the_right_chunks,
+);
+
+fn storage() -> StorageConfig {
+    ServeConfig::defaults().storage
+}
+
+async fn migrate(conn: &str, storage: &StorageConfig) -> Report {
+    run_migrations(conn, storage, Limits::default().max_past)
+        .await
+        .expect("migrate")
+}
+
+async fn strings(db: &Client, sql: &str) -> Vec<String> {
+    db.query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn text(db: &Client, sql: &str) -> String {
+    db.query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// `config ->> key` of the policy job `proc` on `rel`, as interval text.
+async fn job_setting(db: &Client, proc: &str, rel: &str, key: &str) -> String {
+    text(
+        db,
+        &format!(
+            "SELECT (config ->> '{key}')::interval::text FROM agent_telemetry_job('{proc}', '{rel}')"
+        ),
+    )
+    .await
+}
+
+async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
+    let first = migrate(&tsdb.conn, &storage()).await;
+    assert!(
+        matches!(first.mode, Mode::TimescaleDb { .. }),
+        "{}",
+        first.mode
+    );
+    assert_eq!(
+        first.applied,
+        [
+            "0001_core.sql",
+            "timescaledb/0003_hypertables.sql",
+            "timescaledb/0004_aggregates.sql"
+        ]
+    );
+    assert_eq!(first.policies_changed().count(), 12, "{:?}", first.policies);
+    let second = migrate(&tsdb.conn, &storage()).await;
+    assert!(second.applied.is_empty());
+    assert_eq!(second.already, 3);
+    assert_eq!(
+        second.policies_changed().count(),
+        0,
+        "{:?}",
+        second.policies
+    );
+
+    let db = common::db(&tsdb.conn).await;
+    assert_eq!(
+        strings(
+            &db,
+            "SELECT hypertable_name::text || ' ' || time_interval::text FROM timescaledb_information.dimensions
+             WHERE hypertable_name IN ('agent_events', 'chat_messages') ORDER BY 1"
+        )
+        .await,
+        ["agent_events 1 day", "chat_messages 1 day"]
+    );
+    // Every unique index includes the time column.
+    let uniques = strings(
+        &db,
+        "SELECT c.relname::text || ' ' || bool_or(a.attname = 'timestamp')::text
+         FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
+         WHERE c.relname IN ('agent_events', 'chat_messages') AND i.indisunique
+         GROUP BY c.relname, i.indexrelid ORDER BY 1",
+    )
+    .await;
+    assert_eq!(uniques, ["agent_events true", "chat_messages true"]);
+    assert_eq!(
+        strings(
+            &db,
+            "SELECT view_name::text || ' ' || materialized_only::text FROM timescaledb_information.continuous_aggregates ORDER BY 1"
+        )
+        .await,
+        [
+            "agent_events_daily false",
+            "agent_events_hourly false",
+            "chat_activity_hourly false",
+            "llm_usage_daily false"
+        ],
+        "all four aggregates, real-time"
+    );
+    assert_eq!(
+        strings(
+            &db,
+            "SELECT hypertable::text || ' ' || segmentby || ' / ' || orderby
+             FROM timescaledb_information.hypertable_compression_settings
+             WHERE hypertable::text IN ('agent_events', 'chat_messages') ORDER BY 1"
+        )
+        .await,
+        [
+            "agent_events project_id,agent_id,event_type / \"timestamp\" DESC,id",
+            "chat_messages project_id,agent_type / \"timestamp\" DESC,id"
+        ]
+    );
+    for table in ["agent_events", "chat_messages"] {
+        assert_eq!(
+            job_setting(&db, "policy_compression", table, "compress_after").await,
+            "7 days"
+        );
+    }
+    assert_eq!(
+        job_setting(&db, "policy_retention", "agent_events", "drop_after").await,
+        "365 days"
+    );
+    assert_eq!(
+        job_setting(&db, "policy_retention", "chat_messages", "drop_after").await,
+        "180 days"
+    );
+    for view in [
+        "agent_events_hourly",
+        "agent_events_daily",
+        "llm_usage_daily",
+        "chat_activity_hourly",
+    ] {
+        assert_eq!(
+            job_setting(&db, "policy_retention", view, "drop_after").await,
+            "1825 days",
+            "{view}"
+        );
+    }
+    assert_eq!(
+        job_setting(
+            &db,
+            "policy_refresh_continuous_aggregate",
+            "agent_events_hourly",
+            "start_offset"
+        )
+        .await,
+        "3 days"
+    );
+    assert_eq!(
+        text(
+            &db,
+            "SELECT schedule_interval::text FROM agent_telemetry_job('policy_refresh_continuous_aggregate', 'agent_events_daily')"
+        )
+        .await,
+        "01:00:00"
+    );
+}
+
+async fn a_changed_setting_alters_only_its_policy(tsdb: TsDb) {
+    migrate(&tsdb.conn, &storage()).await;
+    let db = common::db(&tsdb.conn).await;
+    let jobs =
+        "SELECT job_id::text FROM timescaledb_information.jobs WHERE job_id >= 1000 ORDER BY 1";
+    let before = strings(&db, jobs).await;
+    // PGlite serves one client at a time: migrate only while no other is open.
+    drop(db);
+
+    let mut changed = storage();
+    changed.events_retention = Duration::from_secs(400 * 86_400);
+    changed.hourly_refresh_every = Duration::from_secs(5 * 60);
+    changed.chunk_interval = Duration::from_secs(12 * 3_600);
+    let report = migrate(&tsdb.conn, &changed).await;
+    let db = common::db(&tsdb.conn).await;
+    let mut what: Vec<String> = report
+        .policies_changed()
+        .map(|p| format!("{} {} {}", p.policy, p.relation, p.action))
+        .collect();
+    what.sort();
+    assert_eq!(
+        what,
+        [
+            "chunk_interval agent_events changed",
+            "chunk_interval chat_messages changed",
+            "refresh agent_events_hourly changed",
+            "refresh chat_activity_hourly changed",
+            "retention agent_events changed",
+        ]
+    );
+    assert_eq!(
+        job_setting(&db, "policy_retention", "agent_events", "drop_after").await,
+        "400 days"
+    );
+    assert_eq!(
+        text(
+            &db,
+            "SELECT schedule_interval::text FROM agent_telemetry_job('policy_refresh_continuous_aggregate', 'agent_events_hourly')"
+        )
+        .await,
+        "00:05:00"
+    );
+    assert_eq!(
+        strings(
+            &db,
+            "SELECT time_interval::text FROM timescaledb_information.dimensions
+             WHERE hypertable_name IN ('agent_events', 'chat_messages') ORDER BY 1"
+        )
+        .await,
+        ["12:00:00", "12:00:00"]
+    );
+    let after = strings(&db, jobs).await;
+    let kept = before.iter().filter(|j| after.contains(j)).count();
+    assert_eq!(
+        kept,
+        before.len() - 3,
+        "only the three changed jobs were replaced"
+    );
+    drop(db);
+
+    let again = migrate(&tsdb.conn, &changed).await;
+    let db = common::db(&tsdb.conn).await;
+    assert_eq!(again.policies_changed().count(), 0);
+    assert_eq!(
+        strings(&db, jobs).await,
+        after,
+        "unchanged settings, same jobs"
+    );
+}
+
+/// Loads realistic events and messages through the service.
+async fn load(cfg: ServeConfig, events: u64, messages: u64) -> common::TestService {
+    let svc = common::start_service(cfg).await;
+    let summary = loadgen::run(&LoadgenConfig {
+        endpoint: svc.endpoint.clone(),
+        events,
+        messages,
+        streams: 2,
+        batch_size: 500,
+        rate: 0.0,
+        window: 4,
+        seed: 7,
+        projects: 4,
+        gzip: false,
+        quiet: true,
+    })
+    .await
+    .expect("loadgen");
+    assert_eq!(summary.rows_stored, events + messages, "{summary}");
+    svc
+}
+
+const ORIGIN: &str = "TIMESTAMPTZ '2000-01-03 00:00:00+00'";
+
+/// (view, its columns, the same figures computed directly from raw rows).
+fn direct_aggregates() -> Vec<(&'static str, &'static str, String)> {
+    let events = |width: &str, filter: &str, keys: &str, figures: &str| {
+        format!(
+            "SELECT date_bin(INTERVAL '{width}', \"timestamp\", {ORIGIN}), {keys}, {figures}
+             FROM agent_events {filter} GROUP BY 1, {keys}"
+        )
+    };
+    let event_figures = "count(*), count(*) FILTER (WHERE severity = 'error'), count(duration_ms),
+        sum(duration_ms), max(duration_ms), sum(input_tokens), sum(output_tokens),
+        sum(cached_tokens), sum(cost_usd)";
+    vec![
+        (
+            "agent_events_hourly",
+            "bucket, project_id, agent_id, event_type, event_count, error_count, duration_count,
+             duration_ms_sum, duration_ms_max, input_tokens, output_tokens, cached_tokens,
+             cost_usd, duration_ms_avg",
+            events(
+                "1 hour",
+                "",
+                "project_id, agent_id, event_type",
+                &format!("{event_figures}, avg(duration_ms)"),
+            ),
+        ),
+        (
+            "agent_events_daily",
+            "bucket, project_id, agent_id, event_type, event_count, error_count, duration_count,
+             duration_ms_sum, duration_ms_max, input_tokens, output_tokens, cached_tokens,
+             cost_usd, duration_ms_avg",
+            events(
+                "1 day",
+                "",
+                "project_id, agent_id, event_type",
+                &format!(
+                    "{event_figures}, sum(duration_ms) / NULLIF(count(duration_ms), 0)"
+                ),
+            ),
+        ),
+        (
+            "llm_usage_daily",
+            "bucket, project_id, agent_id, model, requests, error_count, input_tokens,
+             output_tokens, cached_tokens, cost_usd, latency_ms_avg, latency_ms_max,
+             latency_ms_p50, latency_ms_p95",
+            events(
+                "1 day",
+                "WHERE model IS NOT NULL",
+                "project_id, agent_id, model",
+                "count(*), count(*) FILTER (WHERE severity = 'error'), sum(input_tokens),
+                 sum(output_tokens), sum(cached_tokens), sum(cost_usd), avg(duration_ms),
+                 max(duration_ms), percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms),
+                 percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms)",
+            ),
+        ),
+        (
+            "chat_activity_hourly",
+            "bucket, project_id, agent_type, role, messages, content_bytes, sessions",
+            format!(
+                "SELECT date_bin(INTERVAL '1 hour', \"timestamp\", {ORIGIN}), project_id, agent_type,
+                        role, count(*), sum(octet_length(content)), count(DISTINCT session_id)
+                 FROM chat_messages GROUP BY 1, 2, 3, 4"
+            ),
+        ),
+    ]
+}
+
+/// Asserts each aggregate holds exactly the direct figures, and is not empty.
+async fn assert_aggregates_exact(db: &Client) {
+    for (view, cols, direct) in direct_aggregates() {
+        let mine = format!("SELECT {cols} FROM {view}");
+        let rows = common::count(db, &format!("SELECT count(*) FROM {view}")).await;
+        assert!(rows > 0, "{view} is empty");
+        let diff = common::count(
+            db,
+            &format!(
+                "SELECT count(*) FROM (({mine} EXCEPT ALL {direct}) UNION ALL ({direct} EXCEPT ALL {mine})) d"
+            ),
+        )
+        .await;
+        assert_eq!(diff, 0, "{view} differs from the raw rows in {diff} rows");
+    }
+}
+
+const VIEWS_IN_REFRESH_ORDER: [&str; 4] = [
+    "agent_events_hourly",
+    "agent_events_daily",
+    "llm_usage_daily",
+    "chat_activity_hourly",
+];
+
+/// Materialises everything, then turns real-time off so that only
+/// materialised figures are read.
+async fn materialise_all(db: &Client) {
+    for view in VIEWS_IN_REFRESH_ORDER {
+        db.batch_execute(&format!(
+            "CALL refresh_continuous_aggregate('{view}', NULL, NULL)"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("refresh {view}: {e}"));
+    }
+}
+
+async fn set_materialized_only(db: &Client, on: bool) {
+    for view in VIEWS_IN_REFRESH_ORDER {
+        db.batch_execute(&format!(
+            "ALTER MATERIALIZED VIEW {view} SET (timescaledb.materialized_only = {on})"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{view}: {e}"));
+    }
+}
+
+async fn aggregates_equal_direct_aggregates_over_raw_rows(tsdb: TsDb) {
+    let svc = load(tsdb.serve_config(), 6_000, 1_500).await;
+    svc.running.shutdown().await.unwrap();
+    let db = common::db(&tsdb.conn).await;
+    // Real-time first: nothing materialised yet, the views read raw rows.
+    assert_aggregates_exact(&db).await;
+    // Then the materialised figures alone.
+    materialise_all(&db).await;
+    set_materialized_only(&db, true).await;
+    assert_aggregates_exact(&db).await;
+    let llm = common::count(&db, "SELECT sum(requests)::bigint FROM llm_usage_daily").await;
+    assert!(llm > 0, "LLM calls aggregated");
+}
+
+fn events_at(age_s: i64, n: usize) -> Vec<pb::AgentEvent> {
+    (0..n)
+        .map(|i| {
+            let mut e = common::event("acme/late", age_s + i as i64 * 60);
+            e.input_tokens = Some(1_000 + i as i64);
+            e.output_tokens = Some(100);
+            e.cost_usd = Some(0.0125);
+            e.duration_ms = Some(250 + i as i64);
+            e
+        })
+        .collect()
+}
+
+async fn late_events_show_up_in_hourly_and_daily_aggregates(tsdb: TsDb) {
+    let mut cfg = tsdb.serve_config();
+    // The hourly policy's window is shorter than the events' age: only the
+    // service's late-data refresh can bring them into the hourly aggregate,
+    // which the daily one reads.
+    cfg.storage.hourly_refresh_window = Duration::from_secs(2 * 86_400);
+    cfg.storage.late_refresh_every = Duration::from_millis(200);
+    migrate(&tsdb.conn, &cfg.storage).await;
+    {
+        // A current row, everything materialised, real-time off: from here
+        // on the views show only what a refresh has put in them.
+        let db = common::db(&tsdb.conn).await;
+        insert_raw(&db, "30 minutes", 1).await;
+        materialise_all(&db).await;
+        set_materialized_only(&db, true).await;
+    }
+
+    let svc = common::start_service(cfg).await;
+    let mut client = common::client(&svc.endpoint).await;
+    let three_days = 3 * 86_400;
+    let ack = common::ingest(&mut client, 1, events_at(three_days, 90)).await;
+    assert_eq!(ack.stored, 90, "{ack:?}");
+    drop(client);
+
+    let old = "bucket < now() - INTERVAL '2 days'";
+    let figures = format!(
+        "SELECT (SELECT coalesce(sum(event_count), 0) FROM agent_events_hourly WHERE {old})::text
+             || ' ' || (SELECT coalesce(sum(event_count), 0) FROM agent_events_daily WHERE {old})::text
+             || ' ' || (SELECT coalesce(sum(input_tokens), 0) FROM agent_events_hourly WHERE {old})::text
+             || ' ' || (SELECT coalesce(sum(cost_usd), 0) FROM agent_events_daily WHERE {old})::text"
+    );
+    let want = format!(
+        "90 90 {} 1.125000000",
+        (0..90).map(|i| 1_000 + i).sum::<i64>()
+    );
+    if tsdb.native {
+        // The refresher's timed rounds, while the service runs.
+        let db = common::db(&tsdb.conn).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = text(&db, &figures).await;
+            if got == want {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "late events not in the aggregates after 60 s: {got} (want {want})"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        svc.running.shutdown().await.unwrap();
+    } else {
+        // PGlite takes one client, held by the service's pool: look after
+        // shutdown, which waits for the refresher's last round.
+        svc.running.shutdown().await.unwrap();
+        let db = common::db(&tsdb.conn).await;
+        assert_eq!(text(&db, &figures).await, want);
+    }
+}
+
+async fn copy_into_a_compressed_chunk_stores_late_rows_and_counts_resends(tsdb: TsDb) {
+    let svc = common::start_service(tsdb.serve_config()).await;
+    let mut client = common::client(&svc.endpoint).await;
+    let ten_days = 10 * 86_400;
+    let first = events_at(ten_days, 200);
+    let ack = common::ingest(&mut client, 1, first.clone()).await;
+    assert_eq!(ack.stored, 200);
+    // Stopped while we compress: PGlite serves one client at a time.
+    drop(client);
+    svc.running.shutdown().await.unwrap();
+    {
+        let db = common::db(&tsdb.conn).await;
+        let compressed = common::count(
+            &db,
+            "SELECT count(compress_chunk(c))
+             FROM show_chunks('agent_events', older_than => now() - INTERVAL '8 days') c",
+        )
+        .await;
+        assert!(compressed >= 1, "a chunk was compressed");
+    }
+    let svc = common::start_service(tsdb.serve_config()).await;
+    let mut client = common::client(&svc.endpoint).await;
+    // Late rows into the compressed chunk's range, then a resend of the first batch.
+    let ack = common::ingest(&mut client, 2, events_at(ten_days + 30, 150)).await;
+    assert_eq!((ack.stored, ack.duplicates), (150, 0), "{ack:?}");
+    let ack = common::ingest(&mut client, 3, first).await;
+    assert_eq!((ack.stored, ack.duplicates), (0, 200), "{ack:?}");
+    drop(client);
+    svc.running.shutdown().await.unwrap();
+
+    let db = common::db(&tsdb.conn).await;
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_events").await,
+        350
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM timescaledb_information.chunks
+             WHERE hypertable_name = 'agent_events' AND is_compressed"
+        )
+        .await,
+        common::count(
+            &db,
+            "SELECT count(*) FROM show_chunks('agent_events', older_than => now() - INTERVAL '8 days')"
+        )
+        .await,
+        "the old chunks are still compressed"
+    );
+}
+
+/// Inserts `n` bare events `age` ago (bypassing ingest's time window).
+async fn insert_raw(db: &Client, age: &str, n: i32) {
+    db.execute(
+        &format!(
+            "INSERT INTO agent_events (id, \"timestamp\", event_type, agent_id, agent_version, session_id, project_id)
+             SELECT gen_random_uuid(), now() - INTERVAL '{age}' + g * INTERVAL '1 second',
+                    'tool_use', 'claude-code', '2.0', gen_random_uuid(), 1
+             FROM generate_series(1, $1) g"
+        ),
+        &[&n],
+    )
+    .await
+    .expect("insert raw rows");
+}
+
+async fn compression_and_retention_jobs_act_on_the_right_chunks(tsdb: TsDb) {
+    migrate(&tsdb.conn, &storage()).await;
+    let db = common::db(&tsdb.conn).await;
+    insert_raw(&db, "400 days", 100).await;
+    insert_raw(&db, "10 days", 100).await;
+    insert_raw(&db, "2 hours", 100).await;
+    let compressed = "SELECT count(*) FROM timescaledb_information.chunks
+                      WHERE hypertable_name = 'agent_events' AND is_compressed";
+    assert_eq!(common::count(&db, compressed).await, 0);
+
+    let job =
+        |proc: &str| format!("SELECT job_id FROM agent_telemetry_job('{proc}', 'agent_events')");
+    let compression: i32 = db
+        .query_one(&job("policy_compression"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    db.batch_execute(&format!("CALL run_job({compression})"))
+        .await
+        .expect("run the compression job");
+    assert_eq!(
+        common::count(&db, compressed).await,
+        2,
+        "the 400- and 10-day-old chunks are compressed, today's is not"
+    );
+
+    let retention: i32 = db
+        .query_one(&job("policy_retention"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    db.batch_execute(&format!("CALL run_job({retention})"))
+        .await
+        .expect("run the retention job");
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_events").await,
+        200,
+        "only the rows past 365 days were dropped"
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM agent_events WHERE \"timestamp\" < now() - INTERVAL '365 days'"
+        )
+        .await,
+        0
+    );
+}
+
+// ---- Plain PostgreSQL (no TimescaleDB) ----
+
+fn plain_storage() -> StorageConfig {
+    let mut s = storage();
+    s.timescaledb = TimescaleMode::Off;
+    s
+}
+
+#[tokio::test]
+async fn plain_postgres_gets_the_same_relations_as_views() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("plain").await;
+    let report = migrate(&conn, &plain_storage()).await;
+    assert_eq!(
+        report.mode,
+        Mode::Plain {
+            why: "--timescaledb off".into()
+        }
+    );
+    assert_eq!(
+        report.applied,
+        ["0001_core.sql", "plain/0004_aggregates.sql"]
+    );
+    assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());
+    let db = common::db(&conn).await;
+    assert_eq!(
+        strings(
+            &db,
+            "SELECT table_name::text FROM information_schema.views WHERE table_schema = 'public' ORDER BY 1"
+        )
+        .await,
+        [
+            "agent_events_daily",
+            "agent_events_hourly",
+            "chat_activity_hourly",
+            "llm_usage_daily"
+        ]
+    );
+    drop(db);
+    let mut cfg = common::serve_config(&conn);
+    cfg.storage = plain_storage();
+    let svc = load(cfg, 3_000, 600).await;
+    svc.running.shutdown().await.unwrap();
+    assert_aggregates_exact(&common::db(&conn).await).await;
+}
+
+#[tokio::test]
+async fn plain_postgres_retention_is_applied_by_the_service() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("plain_retention").await;
+    migrate(&conn, &plain_storage()).await;
+    let db = common::db(&conn).await;
+    insert_raw(&db, "400 days", 30_000).await;
+    insert_raw(&db, "300 days", 100).await;
+    let mut cfg = common::serve_config(&conn);
+    cfg.storage = plain_storage();
+    cfg.storage.retention_every = Duration::from_millis(200);
+    let svc = common::start_service(cfg).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while common::count(&db, "SELECT count(*) FROM agent_events").await != 100 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expired rows not deleted within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM agent_events WHERE \"timestamp\" > now() - INTERVAL '365 days'"
+        )
+        .await,
+        100,
+        "rows inside the window are kept"
+    );
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn settings_that_would_lose_data_are_refused() {
+    let mut s = storage();
+    s.events_retention = Duration::from_secs(30 * 86_400);
+    let err = run_migrations("host=/nonexistent dbname=x", &s, Limits::default().max_past)
+        .await
+        .expect_err("refused before connecting");
+    assert!(
+        err.to_string()
+            .contains("raw retention must exceed --max-past"),
+        "{err}"
+    );
+}
+
+// ---- Native TimescaleDB only: what PGlite (no background workers) cannot show ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_policy_fires_on_its_schedule_native() {
+    let Some(tsdb) = TsDb::native("refresh_policy_fires_on_its_schedule_native").await else {
+        return;
+    };
+    let mut s = storage();
+    s.hourly_refresh_every = Duration::from_secs(1);
+    migrate(&tsdb.conn, &s).await;
+    let db = common::db(&tsdb.conn).await;
+    db.batch_execute(
+        "ALTER MATERIALIZED VIEW agent_events_hourly SET (timescaledb.materialized_only = true)",
+    )
+    .await
+    .unwrap();
+    insert_raw(&db, "5 hours", 40).await;
+    // Nothing refreshes this aggregate but its policy's job.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let sql = "SELECT coalesce(sum(event_count), 0)::bigint FROM agent_events_hourly";
+    while common::count(&db, sql).await != 40 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refresh policy did not run within 60 s: {:?}",
+            strings(
+                &db,
+                "SELECT coalesce(last_run_status, 'never') || ' ' || total_failures::text
+                 FROM timescaledb_information.job_stats WHERE job_id >= 1000"
+            )
+            .await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
