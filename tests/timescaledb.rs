@@ -94,6 +94,7 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
         first.applied,
         [
             "0001_core.sql",
+            "0002_indexes.sql",
             "timescaledb/0003_hypertables.sql",
             "timescaledb/0004_aggregates.sql"
         ]
@@ -101,7 +102,7 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
     assert_eq!(first.policies_changed().count(), 12, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 3);
+    assert_eq!(second.already, 4);
     assert_eq!(
         second.policies_changed().count(),
         0,
@@ -631,7 +632,11 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
     );
     assert_eq!(
         report.applied,
-        ["0001_core.sql", "plain/0004_aggregates.sql"]
+        [
+            "0001_core.sql",
+            "0002_indexes.sql",
+            "plain/0004_aggregates.sql"
+        ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());
     let db = common::db(&conn).await;
