@@ -13,9 +13,9 @@ SELECT create_hypertable('chat_messages', by_range('timestamp', INTERVAL '1 day'
 
 -- Segment by project, agent and event type (the seed's choice, and the best
 -- ratio measured: docs/schema.md): the dashboards filter and group by these,
--- so a query reads only the matching segments. Order by time, then id: the
--- min/max metadata on both lets the unique check of a late row (COPY into a
--- compressed chunk) decompress only the batches that can hold its key.
+-- so a query reads only the matching segments. Order by time (the unique
+-- check of a late row decompresses only batches whose time range covers
+-- it), then id, which TimescaleDB asks for because it is in the unique key.
 ALTER TABLE agent_events SET (
     timescaledb.compress,
     timescaledb.compress_segmentby = 'project_id, agent_id, event_type',

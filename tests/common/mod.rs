@@ -319,7 +319,7 @@ impl TsDb {
         let pg = TestCluster::start();
         if !pg.cluster.has_timescaledb() {
             say(&format!(
-                "SKIPPED: native TimescaleDB not installed ({test}; its PGlite twin still runs)"
+                "SKIPPED: native TimescaleDB not installed ({test})"
             ));
             return None;
         }
