@@ -562,6 +562,21 @@ async fn insert_raw(db: &Client, age: &str, n: i32) {
     .expect("insert raw rows");
 }
 
+/// Runs agent_events' policy job `proc` now, as its schedule would.
+async fn run_policy_job(db: &Client, proc: &str) {
+    let job: i32 = db
+        .query_one(
+            &format!("SELECT job_id FROM agent_telemetry_job('{proc}', 'agent_events')"),
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("find the {proc} job: {e}"))
+        .get(0);
+    db.batch_execute(&format!("CALL run_job({job})"))
+        .await
+        .unwrap_or_else(|e| panic!("run the {proc} job: {e}"));
+}
+
 async fn compression_and_retention_jobs_act_on_the_right_chunks(tsdb: TsDb) {
     migrate(&tsdb.conn, &storage()).await;
     let db = common::db(&tsdb.conn).await;
@@ -572,30 +587,14 @@ async fn compression_and_retention_jobs_act_on_the_right_chunks(tsdb: TsDb) {
                       WHERE hypertable_name = 'agent_events' AND is_compressed";
     assert_eq!(common::count(&db, compressed).await, 0);
 
-    let job =
-        |proc: &str| format!("SELECT job_id FROM agent_telemetry_job('{proc}', 'agent_events')");
-    let compression: i32 = db
-        .query_one(&job("policy_compression"), &[])
-        .await
-        .unwrap()
-        .get(0);
-    db.batch_execute(&format!("CALL run_job({compression})"))
-        .await
-        .expect("run the compression job");
+    run_policy_job(&db, "policy_compression").await;
     assert_eq!(
         common::count(&db, compressed).await,
         2,
         "the 400- and 10-day-old chunks are compressed, today's is not"
     );
 
-    let retention: i32 = db
-        .query_one(&job("policy_retention"), &[])
-        .await
-        .unwrap()
-        .get(0);
-    db.batch_execute(&format!("CALL run_job({retention})"))
-        .await
-        .expect("run the retention job");
+    run_policy_job(&db, "policy_retention").await;
     assert_eq!(
         common::count(&db, "SELECT count(*) FROM agent_events").await,
         200,

@@ -43,6 +43,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     ht      text;
     rel     text;
+    key     text;
+    setting text;
     current interval;
     job     timescaledb_information.jobs;
     want    jsonb;
@@ -64,45 +66,30 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 
-    -- Compression.
-    FOREACH ht IN ARRAY ARRAY['agent_events', 'chat_messages'] LOOP
-        policy := 'compression';
-        relation := ht;
-        want := jsonb_build_object('compress_after', settings ->> 'compress_after');
-        job := agent_telemetry_job('policy_compression', ht);
-        IF agent_telemetry_same(job.config, want) THEN
-            action := 'unchanged';
-        ELSE
-            action := CASE WHEN job.job_id IS NULL THEN 'created' ELSE 'changed' END;
-            IF job.job_id IS NOT NULL THEN
-                PERFORM remove_compression_policy(ht);
-            END IF;
-            PERFORM add_compression_policy(ht, compress_after => (want ->> 'compress_after')::interval);
-        END IF;
-        RETURN NEXT;
-    END LOOP;
-
-    -- Retention: raw tables and aggregates.
-    FOR rel, want IN
-        SELECT r, jsonb_build_object('drop_after', settings ->> k)
-        FROM (VALUES ('agent_events', 'events_retention'),
-                     ('chat_messages', 'messages_retention'),
-                     ('agent_events_hourly', 'aggregates_retention'),
-                     ('agent_events_daily', 'aggregates_retention'),
-                     ('llm_usage_daily', 'aggregates_retention'),
-                     ('chat_activity_hourly', 'aggregates_retention')) AS v(r, k)
+    -- Compression and retention: one interval each, added and removed by
+    -- add_<kind>_policy / remove_<kind>_policy.
+    FOR policy, rel, key, setting IN
+        SELECT v.kind, v.r, v.k, settings ->> v.s
+        FROM (VALUES ('compression', 'agent_events',         'compress_after', 'compress_after'),
+                     ('compression', 'chat_messages',        'compress_after', 'compress_after'),
+                     ('retention',   'agent_events',         'drop_after', 'events_retention'),
+                     ('retention',   'chat_messages',        'drop_after', 'messages_retention'),
+                     ('retention',   'agent_events_hourly',  'drop_after', 'aggregates_retention'),
+                     ('retention',   'agent_events_daily',   'drop_after', 'aggregates_retention'),
+                     ('retention',   'llm_usage_daily',      'drop_after', 'aggregates_retention'),
+                     ('retention',   'chat_activity_hourly', 'drop_after', 'aggregates_retention'))
+             AS v(kind, r, k, s)
     LOOP
-        policy := 'retention';
         relation := rel;
-        job := agent_telemetry_job('policy_retention', rel);
-        IF agent_telemetry_same(job.config, want) THEN
+        job := agent_telemetry_job('policy_' || policy, rel);
+        IF agent_telemetry_same(job.config, jsonb_build_object(key, setting)) THEN
             action := 'unchanged';
         ELSE
             action := CASE WHEN job.job_id IS NULL THEN 'created' ELSE 'changed' END;
             IF job.job_id IS NOT NULL THEN
-                PERFORM remove_retention_policy(rel);
+                EXECUTE format('SELECT remove_%s_policy(%L)', policy, rel);
             END IF;
-            PERFORM add_retention_policy(rel, drop_after => (want ->> 'drop_after')::interval);
+            EXECUTE format('SELECT add_%s_policy(%L, %I => %L::interval)', policy, rel, key, setting);
         END IF;
         RETURN NEXT;
     END LOOP;

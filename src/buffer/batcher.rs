@@ -96,13 +96,11 @@ async fn start_flush(
     let writer = writer.clone();
     let late = late.clone();
     flushes.spawn(async move {
-        let late_hours: Vec<i64> = match &late {
-            Some(_) => pieces
-                .iter()
-                .flat_map(|p| p.late_hours.iter().copied())
-                .collect(),
-            None => Vec::new(),
-        };
+        // Empty unless intake marks late rows (TimescaleDB mode).
+        let late_hours: Vec<i64> = pieces
+            .iter()
+            .flat_map(|p| p.late_hours.iter().copied())
+            .collect();
         writer.flush(table, pieces).await;
         drop(slot);
         // Noted even when the flush failed: a refresh of an unchanged range
