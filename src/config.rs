@@ -26,6 +26,9 @@ pub enum Command {
     Migrate(MigrateConfig),
     /// Stream realistic synthetic events and messages to a running service.
     Loadgen(crate::loadgen::LoadgenConfig),
+    /// Benchmarks (BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
 }
 
 /// Where the database is.

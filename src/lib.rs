@@ -27,10 +27,11 @@
 //!
 //! Around them: [`config`] (all settings), [`db`] (pool, migrations, the
 //! embedded PostgreSQL), [`server`] (wiring and shutdown order),
-//! [`metrics`], [`loadgen`].
+//! [`metrics`], [`loadgen`], [`bench`].
 
 pub mod ack;
 pub mod api;
+pub mod bench;
 pub mod buffer;
 pub mod config;
 pub mod copy;

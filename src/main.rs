@@ -12,13 +12,19 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The benchmark prints its own progress; the service's logs would bury it.
+    let default_filter = match cli.command {
+        Command::Bench(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Serve(cfg) => serve(*cfg).await,
         Command::Migrate(cfg) => migrate(cfg).await,
@@ -26,6 +32,12 @@ async fn main() -> ExitCode {
             .await
             .map(|s| println!("{s}"))
             .map_err(Into::into),
+        Command::Bench(agent_telemetry::bench::BenchCommand::Compare(cfg)) => {
+            agent_telemetry::bench::run(&cfg)
+                .await
+                .map(|report| println!("{report}"))
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -125,7 +125,7 @@ pub struct Generator {
     rng: SmallRng,
     projects: u32,
     session: Option<Session>,
-    /// Where new sessions start: this many µs before "now" at creation.
+    /// Where new sessions start (µs since the Unix epoch); each starts up to 10 min later.
     base_us: i64,
 }
 
@@ -140,7 +140,9 @@ impl Generator {
             rng: SmallRng::seed_from_u64(seed),
             projects: projects.max(1),
             session: None,
-            base_us: now_us - 3_600_000_000,
+            // Recent enough that no row is "late" (older than --late-after's
+            // 1 h) by the time it is sent, as in live traffic.
+            base_us: now_us - 1_800_000_000,
         }
     }
 

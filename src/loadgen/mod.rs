@@ -164,7 +164,75 @@ impl Tally {
     }
 }
 
+/// Makes the next batch of a stream and its row count, or None when the
+/// stream has sent its share.
+pub type MakeBatch<B> = Box<dyn FnMut(u64) -> Option<(B, usize)> + Send>;
+
+/// Generates events and messages as it sends them (`agent-telemetry loadgen`).
 pub async fn run(cfg: &LoadgenConfig) -> Result<Summary, LoadgenError> {
+    let streams = cfg.streams.max(1);
+    let makers = (0..streams)
+        .map(|i| {
+            let share =
+                cfg.events / streams as u64 + u64::from((i as u64) < cfg.events % streams as u64);
+            let generator = r#gen::Generator::new(
+                cfg.seed.wrapping_mul(1000).wrapping_add(i as u64),
+                cfg.projects,
+            );
+            generated(generator, share, cfg.batch_size)
+        })
+        .collect();
+    send(cfg, makers, cfg.messages).await
+}
+
+/// Sends a fixed set of event batches, spread round-robin over
+/// `cfg.streams` streams (the benchmark harness: every case loads exactly
+/// the same rows). `cfg.events` and `cfg.messages` are not used.
+pub async fn run_fixed(
+    cfg: &LoadgenConfig,
+    batches: Arc<Vec<Vec<pb::AgentEvent>>>,
+) -> Result<Summary, LoadgenError> {
+    let streams = cfg.streams.max(1);
+    let makers = (0..streams)
+        .map(|i| {
+            let batches = batches.clone();
+            let mut next = i;
+            Box::new(move |sequence| {
+                let events = batches.get(next)?.clone();
+                next += streams;
+                let n = events.len();
+                Some((pb::AgentEventBatch { sequence, events }, n))
+            }) as MakeBatch<pb::AgentEventBatch>
+        })
+        .collect();
+    send(cfg, makers, 0).await
+}
+
+/// Batches of at most `batch_size` generated events, `total` in all.
+fn generated(
+    mut generator: r#gen::Generator,
+    total: u64,
+    batch_size: usize,
+) -> MakeBatch<pb::AgentEventBatch> {
+    let mut left = total;
+    Box::new(move |sequence| {
+        if left == 0 {
+            return None;
+        }
+        let n = left.min(batch_size.max(1) as u64) as usize;
+        left -= n as u64;
+        let events = generator.events(n);
+        Some((pb::AgentEventBatch { sequence, events }, n))
+    })
+}
+
+/// Runs one stream per event maker, plus a generated message stream when
+/// `messages` > 0, and sums up what they did.
+async fn send(
+    cfg: &LoadgenConfig,
+    makers: Vec<MakeBatch<pb::AgentEventBatch>>,
+    messages: u64,
+) -> Result<Summary, LoadgenError> {
     let channel = Channel::from_shared(cfg.endpoint.clone())
         .map_err(|e| LoadgenError::Stream(tonic::Status::invalid_argument(e.to_string())))?
         .connect()
@@ -175,17 +243,15 @@ pub async fn run(cfg: &LoadgenConfig) -> Result<Summary, LoadgenError> {
         })?;
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
-    let streams = cfg.streams.max(1);
+    let streams = makers.len();
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..streams {
-        let share =
-            cfg.events / streams as u64 + u64::from((i as u64) < cfg.events % streams as u64);
+    for make in makers {
         let (cfg, tally, channel) = (cfg.clone(), tally.clone(), channel.clone());
-        tasks.spawn(async move { event_stream(&cfg, channel, i as u64, share, tally).await });
+        tasks.spawn(async move { event_stream(&cfg, channel, streams, make, tally).await });
     }
-    if cfg.messages > 0 {
+    if messages > 0 {
         let (cfg, tally, channel) = (cfg.clone(), tally.clone(), channel.clone());
-        tasks.spawn(async move { message_stream(&cfg, channel, cfg.messages, tally).await });
+        tasks.spawn(async move { message_stream(&cfg, channel, messages, tally).await });
     }
     let progress = (!cfg.quiet).then(|| {
         let tally = tally.clone();
@@ -248,41 +314,36 @@ fn pacing(cfg: &LoadgenConfig, streams: usize) -> Option<Duration> {
         .then(|| Duration::from_secs_f64(cfg.batch_size as f64 * streams as f64 / cfg.rate))
 }
 
-/// Sends batches made by `make` over one stream, `window` unacked at most,
-/// and records each ack.
+/// Sends the batches `make` makes over one stream, `window` unacked at
+/// most, and records each ack.
 async fn drive<B: Send + 'static>(
     cfg: &LoadgenConfig,
-    total: u64,
     pace: Option<Duration>,
     tally: Arc<Tally>,
-    mut make: impl FnMut(u64, usize) -> B + Send + 'static,
+    mut make: MakeBatch<B>,
     open: impl AsyncFnOnce(ReceiverStream<B>) -> Result<tonic::Streaming<pb::BatchAck>, tonic::Status>,
 ) -> Result<(), LoadgenError> {
     let (tx, rx) = tokio::sync::mpsc::channel::<B>(cfg.window.max(1));
     let window = Arc::new(Semaphore::new(cfg.window.max(1)));
     let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-    let batch_size = cfg.batch_size.max(1);
     let producer = {
         let (window, sent_at, tally) = (window.clone(), sent_at.clone(), tally.clone());
         tokio::spawn(async move {
-            let mut left = total;
             let mut seq = 0u64;
             let mut next = Instant::now();
-            while left > 0 {
-                let n = left.min(batch_size as u64) as usize;
+            loop {
                 window.acquire().await.expect("window open").forget();
                 if let Some(p) = pace {
                     tokio::time::sleep_until(next).await;
                     next += p;
                 }
-                let batch = make(seq, n);
+                let Some((batch, n)) = make(seq) else { break };
                 sent_at.lock().expect("lock").insert(seq, Instant::now());
                 tally.sent.fetch_add(n as u64, Ordering::Relaxed);
                 if tx.send(batch).await.is_err() {
                     break;
                 }
                 seq += 1;
-                left -= n as u64;
             }
         })
     };
@@ -303,27 +364,14 @@ async fn drive<B: Send + 'static>(
 async fn event_stream(
     cfg: &LoadgenConfig,
     channel: Channel,
-    index: u64,
-    total: u64,
+    streams: usize,
+    make: MakeBatch<pb::AgentEventBatch>,
     tally: Arc<Tally>,
 ) -> Result<(), LoadgenError> {
-    let mut generator = r#gen::Generator::new(
-        cfg.seed.wrapping_mul(1000).wrapping_add(index),
-        cfg.projects,
-    );
     let mut c = client(cfg, channel);
-    let make = move |sequence, n| pb::AgentEventBatch {
-        sequence,
-        events: generator.events(n),
-    };
-    drive(
-        cfg,
-        total,
-        pacing(cfg, cfg.streams.max(1)),
-        tally,
-        make,
-        async |rx| Ok(c.stream_agent_events(rx).await?.into_inner()),
-    )
+    drive(cfg, pacing(cfg, streams), tally, make, async |rx| {
+        Ok(c.stream_agent_events(rx).await?.into_inner())
+    })
     .await
 }
 
@@ -336,7 +384,14 @@ async fn message_stream(
     let mut generator =
         r#gen::Generator::new(cfg.seed.wrapping_mul(1000).wrapping_add(999), cfg.projects);
     let mut c = client(cfg, channel);
-    let make = move |sequence, n| {
+    let batch_size = cfg.batch_size.max(1);
+    let mut left = total;
+    let make: MakeBatch<pb::ChatMessageBatch> = Box::new(move |sequence| {
+        if left == 0 {
+            return None;
+        }
+        let n = left.min(batch_size as u64) as usize;
+        left -= n as u64;
         let mut batch = pb::ChatMessageBatch {
             sequence,
             ..Default::default()
@@ -346,13 +401,13 @@ async fn message_stream(
             batch.sessions.extend(opened);
             batch.messages.push(m);
         }
-        batch
-    };
+        Some((batch, n))
+    });
     let pace = (cfg.rate > 0.0 && cfg.events > 0).then(|| {
         let share = cfg.messages as f64 / cfg.events as f64;
         Duration::from_secs_f64(cfg.batch_size as f64 / (cfg.rate * share))
     });
-    drive(cfg, total, pace, tally, make, async |rx| {
+    drive(cfg, pace, tally, make, async |rx| {
         Ok(c.stream_chat_messages(rx).await?.into_inner())
     })
     .await

@@ -1,0 +1,268 @@
+//! The cases of `bench compare`, each loading rows into a freshly migrated
+//! database and timing it:
+//!
+//! - **A** `psql \copy … (FORMAT binary)` of the set's rows, one or two
+//!   parallel processes: what the database itself takes.
+//! - **B** the service as users run it — `agent-telemetry serve` as its own
+//!   process, loadgen streaming the set over gRPC — timed from the first
+//!   send to the last ack; also at half that rate (ack latency) and under a
+//!   sustained 3× overload (peak memory).
+//! - **C** what applications write today: one INSERT per event, and
+//!   multi-row INSERTs of 1,000 rows (an ORM's `createMany`).
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::BytesMut;
+use postgres_types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio::{process::Child, time::Instant};
+
+use super::{BenchError, dataset::Dataset};
+use crate::{
+    config::TimescaleMode,
+    copy::encode::EVENT_COLUMNS,
+    db,
+    loadgen::{self, LoadgenConfig, Summary},
+};
+
+/// `psql \copy` of each file, all at once; the time until the last is done.
+pub async fn psql_copy(psql: &Path, conn: &str, files: &[PathBuf]) -> Result<Duration, BenchError> {
+    let started = Instant::now();
+    let runs = files.iter().map(|f| {
+        let copy = format!(
+            "\\copy agent_events ({EVENT_COLUMNS}) FROM '{}' WITH (FORMAT binary)",
+            f.display()
+        );
+        tokio::process::Command::new(psql)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", conn, "-c", &copy])
+            .stdin(Stdio::null())
+            .output()
+    });
+    for out in futures_util::future::join_all(runs).await {
+        let out = out.map_err(|e| BenchError::Io(psql.display().to_string(), e))?;
+        if !out.status.success() {
+            return Err(BenchError::Case(format!(
+                "psql \\copy failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// One value already in its type's binary form (or NULL), bound as is. The
+/// server infers each parameter's type from the INSERT's target column, and
+/// binary parameters use the same format as binary COPY.
+#[derive(Debug)]
+struct Raw<'a>(Option<&'a [u8]>);
+
+impl ToSql for Raw<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self.0 {
+            None => Ok(IsNull::Yes),
+            Some(b) => {
+                out.extend_from_slice(b);
+                Ok(IsNull::No)
+            }
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// INSERTs of `per_statement` rows each (1: one INSERT per event), the first
+/// `rows` rows of the set, one connection, each statement its own
+/// transaction — as an application server writes them.
+pub async fn insert(
+    conn: &str,
+    dataset: &Dataset,
+    rows: usize,
+    per_statement: usize,
+) -> Result<Duration, BenchError> {
+    let client = db::connect(conn).await?;
+    let per_statement = per_statement.max(1);
+    let fields = EVENT_COLUMNS.split(", ").count();
+    let statement = |n: usize| {
+        let values: Vec<String> = (0..n)
+            .map(|r| {
+                let params: Vec<String> = (1..=fields).map(|f| format!("${}", r * fields + f)).collect();
+                format!("({})", params.join(","))
+            })
+            .collect();
+        format!(
+            "INSERT INTO agent_events ({EVENT_COLUMNS}) VALUES {}",
+            values.join(",")
+        )
+    };
+    let full = client.prepare(&statement(per_statement)).await?;
+    let started = Instant::now();
+    let mut at = 0;
+    while at < rows {
+        let n = per_statement.min(rows - at);
+        let stmt = if n == per_statement {
+            full.clone()
+        } else {
+            client.prepare(&statement(n)).await?
+        };
+        let values: Vec<Raw<'_>> = (at..at + n)
+            .flat_map(|i| super::dataset::fields(dataset.row(i)))
+            .map(Raw)
+            .collect();
+        let params: Vec<&(dyn ToSql + Sync)> =
+            values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        client.execute(&stmt, &params).await?;
+        at += n;
+    }
+    Ok(started.elapsed())
+}
+
+/// A running `agent-telemetry serve` child process.
+pub struct Service {
+    child: Child,
+    pub endpoint: String,
+    log: PathBuf,
+}
+
+impl Service {
+    /// Starts the service on a free port and waits until it accepts
+    /// connections (it listens only after migrating).
+    pub async fn start(
+        exe: &Path,
+        conn: &str,
+        mode: TimescaleMode,
+        extra: &[String],
+        log: PathBuf,
+    ) -> Result<Self, BenchError> {
+        let addr = free_port()?;
+        let out = std::fs::File::create(&log)
+            .map_err(|e| BenchError::Io(log.display().to_string(), e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| BenchError::Io(log.display().to_string(), e))?;
+        let mode = format!("{mode:?}").to_lowercase();
+        let mut child = tokio::process::Command::new(exe)
+            .arg("serve")
+            .args(["--listen", &addr.to_string(), "--metrics-listen", "off"])
+            .args(["--timescaledb", &mode])
+            .args(extra)
+            .env("DATABASE_URL", conn)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| BenchError::Io(exe.display().to_string(), e))?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = child
+                .try_wait()
+                .map_err(|e| BenchError::Io("serve".into(), e))?
+            {
+                return Err(BenchError::Case(format!(
+                    "agent-telemetry serve exited ({status}) before listening:\n{}",
+                    tail(&log)
+                )));
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError::Case(format!(
+                    "agent-telemetry serve did not listen within 2 minutes:\n{}",
+                    tail(&log)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Self {
+            child,
+            endpoint: format!("http://{addr}"),
+            log,
+        })
+    }
+
+    /// The most memory the process has held resident so far (Linux: VmHWM).
+    pub fn peak_rss(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn stop(mut self) -> Result<(), BenchError> {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let status = tokio::time::timeout(Duration::from_secs(120), self.child.wait())
+            .await
+            .map_err(|_| BenchError::Case("agent-telemetry serve did not stop within 2 minutes".into()))?
+            .map_err(|e| BenchError::Io("serve".into(), e))?;
+        if !status.success() {
+            return Err(BenchError::Case(format!(
+                "agent-telemetry serve exited with {status}:\n{}",
+                tail(&self.log)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What one run of a B case measured.
+pub struct ServiceRun {
+    pub summary: Summary,
+    pub peak_rss: Option<u64>,
+}
+
+/// Streams `batches` (or, with `generate`, freshly generated events) to
+/// the service through loadgen, then stops the service.
+pub async fn through_service(
+    service: Service,
+    load: LoadgenConfig,
+    batches: Option<Arc<Vec<Vec<crate::pb::AgentEvent>>>>,
+) -> Result<ServiceRun, BenchError> {
+    let load = LoadgenConfig {
+        endpoint: service.endpoint.clone(),
+        ..load
+    };
+    let result = match batches {
+        Some(b) => loadgen::run_fixed(&load, b).await,
+        None => loadgen::run(&load).await,
+    };
+    let peak_rss = service.peak_rss();
+    let stopped = service.stop().await;
+    let summary = result?;
+    stopped?;
+    Ok(ServiceRun { summary, peak_rss })
+}
+
+fn free_port() -> Result<SocketAddr, BenchError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| BenchError::Io("127.0.0.1:0".into(), e))?;
+    l.local_addr()
+        .map_err(|e| BenchError::Io("127.0.0.1:0".into(), e))
+}
+
+/// The last lines of a log file, for error messages.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}

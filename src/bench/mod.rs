@@ -1,0 +1,514 @@
+//! `agent-telemetry bench compare`: the service against the database's own
+//! COPY ceiling and against what applications write today, on one fixed set
+//! of realistic events and a freshly migrated schema per run (see
+//! BENCHMARKS.md for how to read the table).
+//!
+//! [`dataset`] makes the event set, [`cases`] runs each case, [`report`]
+//! prints the machine and the table. Every run checks that the database
+//! holds exactly the rows the case says it stored.
+
+pub mod cases;
+pub mod dataset;
+pub mod report;
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use self::{
+    cases::Service,
+    dataset::Dataset,
+    report::{Machine, Runs},
+};
+use crate::{
+    config::{Cli, Command, DatabaseConfig, ServeConfig, StorageConfig, TimescaleMode},
+    db::{self, DbError, dims::Dimensions, embedded},
+    loadgen::{LoadgenConfig, LoadgenError},
+    server::{self, ServerError},
+};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Compare the service with `psql \copy` and with INSERTs (BENCHMARKS.md).
+    Compare(Box<CompareConfig>),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareConfig {
+    /// The server to measure: DATABASE_URL, else the embedded database. The
+    /// cases run in a scratch database (--bench-database) on it.
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// Events in the fixed set that every case loads.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: usize,
+
+    /// Runs of each case; the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+
+    /// Cases to run, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Case::ALL)]
+    pub cases: Vec<Case>,
+
+    /// One INSERT per event loads only this many events of the set: at a
+    /// few thousand rows/s all of them would take many minutes.
+    #[arg(long, default_value_t = 20_000)]
+    pub single_insert_events: usize,
+
+    /// Events per gRPC batch, and rows per multi-row INSERT.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+
+    /// loadgen's concurrent streams in the service cases.
+    #[arg(long, default_value_t = 4)]
+    pub streams: usize,
+
+    /// Unacknowledged batches per loadgen stream.
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
+
+    /// How long the overload case offers 3× the service's rate.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub overload_for: Duration,
+
+    /// The scratch database, dropped and re-created before every run.
+    #[arg(long, default_value = "agent_telemetry_bench")]
+    pub bench_database: String,
+
+    /// Use TimescaleDB: auto, require or off.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub timescaledb: TimescaleMode,
+
+    /// An argument for `agent-telemetry serve` in the service cases, e.g.
+    /// `--serve-arg=--copy-concurrency=4` (repeatable).
+    #[arg(long = "serve-arg", allow_hyphen_values = true)]
+    pub serve_args: Vec<String>,
+
+    /// psql for the COPY cases. Default: the server's bindir, then PATH.
+    #[arg(long)]
+    pub psql: Option<PathBuf>,
+
+    /// The agent-telemetry binary the service cases run. Default: this one.
+    #[arg(long, hide = true)]
+    pub service_exe: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Case {
+    /// A: psql \copy (FORMAT binary), one stream.
+    #[value(name = "copy-1")]
+    Copy1,
+    /// A: two psql \copy at once, half the rows each.
+    #[value(name = "copy-2")]
+    Copy2,
+    /// B: loadgen → gRPC → serve → COPY, as fast as acks allow.
+    #[value(name = "service")]
+    Service,
+    /// B at half the rate the service case reached: ack latency.
+    #[value(name = "service-half-rate")]
+    ServiceHalf,
+    /// B with clients offering 3× the service case's rate: memory.
+    #[value(name = "service-overload")]
+    ServiceOverload,
+    /// C: multi-row INSERTs of --batch-size rows.
+    #[value(name = "insert-multi")]
+    InsertMulti,
+    /// C: one INSERT per event.
+    #[value(name = "insert-1")]
+    InsertSingle,
+}
+
+impl Case {
+    pub const ALL: [Case; 7] = [
+        Case::Copy1,
+        Case::Copy2,
+        Case::Service,
+        Case::ServiceHalf,
+        Case::ServiceOverload,
+        Case::InsertMulti,
+        Case::InsertSingle,
+    ];
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Case::Copy1 => "A: psql \\copy binary, 1 stream",
+            Case::Copy2 => "A: psql \\copy binary, 2 streams",
+            Case::Service => "B: loadgen → gRPC → service → COPY",
+            Case::ServiceHalf => "B at half rate",
+            Case::ServiceOverload => "B under 3× overload",
+            Case::InsertMulti => "C: multi-row INSERT (1,000 rows)",
+            Case::InsertSingle => "C: one INSERT per event",
+        }
+    }
+
+    fn is_service(self) -> bool {
+        matches!(
+            self,
+            Case::Service | Case::ServiceHalf | Case::ServiceOverload
+        )
+    }
+}
+
+impl std::fmt::Display for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.to_possible_value().expect("no skipped cases").get_name())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("database error: {}", .0.as_db_error().map_or_else(|| .0.to_string(), ToString::to_string))]
+    Query(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("loadgen: {0}")]
+    Loadgen(#[from] LoadgenError),
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error("cannot make the event set: {0}")]
+    Dataset(String),
+    #[error("{0}")]
+    Case(String),
+    #[error("invalid setting: {0}")]
+    Settings(String),
+    #[error("{case}, run {run}: the database holds {found} rows, the case stored {stored}")]
+    Count {
+        case: Case,
+        run: usize,
+        found: i64,
+        stored: u64,
+    },
+}
+
+/// Runs the comparison and returns the report (markdown). Progress goes to
+/// stderr.
+pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
+    let mut cases = cfg.cases.clone();
+    cases.sort();
+    cases.dedup();
+    // The service's settings as its process will parse them (flags given
+    // through --serve-arg, plus the environment it inherits).
+    let serve = serve_config(cfg)?;
+    let storage = StorageConfig {
+        timescaledb: cfg.timescaledb,
+        ..serve.storage.clone()
+    };
+    let database = server::open_database(&cfg.database).await?;
+    let (admin, bench) = match &database.embedded {
+        Some(cluster) => (
+            cluster.conn_string("postgres"),
+            cluster.conn_string(&cfg.bench_database),
+        ),
+        None => (
+            database.conn.clone(),
+            with_dbname(&database.conn, &cfg.bench_database)?,
+        ),
+    };
+    let psql = match &cfg.psql {
+        Some(p) => p.clone(),
+        None => embedded::find_bindir(cfg.database.pg_bindir.as_deref())
+            .map(|d| d.join("psql"))
+            .ok()
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("psql")),
+    };
+    let exe = match &cfg.service_exe {
+        Some(e) => e.clone(),
+        None => std::env::current_exe().map_err(|e| BenchError::Io("current_exe".into(), e))?,
+    };
+
+    eprintln!("generating {} events", cfg.events);
+    let dataset = Dataset::generate(cfg.events, cfg.batch_size)?;
+    let dir = tempfile::tempdir().map_err(|e| BenchError::Io("temp dir".into(), e))?;
+    let whole = dir.path().join("events.bin");
+    let halves = [dir.path().join("half-1.bin"), dir.path().join("half-2.bin")];
+    if cases.contains(&Case::Copy1) {
+        dataset.write_copy_file(&whole, 0..dataset.len())?;
+    }
+    if cases.contains(&Case::Copy2) {
+        let mid = dataset.len() / 2;
+        dataset.write_copy_file(&halves[0], 0..mid)?;
+        dataset.write_copy_file(&halves[1], mid..dataset.len())?;
+    }
+
+    let mut machine = None;
+    let mut results: Vec<(Case, Runs)> = Vec::new();
+    for case in cases {
+        let service_rate = results
+            .iter()
+            .find(|(c, _)| *c == Case::Service)
+            .and_then(|(_, r)| r.rate());
+        if matches!(case, Case::ServiceHalf | Case::ServiceOverload) && service_rate.is_none() {
+            return Err(BenchError::Settings(format!(
+                "case {case} is paced by the rate of case service: run that too"
+            )));
+        }
+        let mut runs = Runs::default();
+        for run in 1..=cfg.runs.max(1) {
+            let report = fresh_database(&admin, &bench, &cfg.bench_database, &storage, &serve).await?;
+            let client = db::connect(&bench).await?;
+            if machine.is_none() {
+                machine = Some(Machine::describe(&client, report.mode.to_string()).await?);
+            }
+            if !case.is_service() {
+                create_projects(&bench, &dataset.projects).await?;
+            }
+            // Start every run without a checkpoint owed by the one before.
+            // Needs superuser or pg_checkpoint; harmless to skip otherwise.
+            let _ = client.batch_execute("CHECKPOINT").await;
+            let log = dir.path().join(format!("serve-{case}-{run}.log"));
+            let load = LoadgenConfig {
+                streams: cfg.streams,
+                window: cfg.window,
+                batch_size: cfg.batch_size,
+                quiet: true,
+                messages: 0,
+                ..LoadgenConfig::default()
+            };
+            let start_service =
+                || Service::start(&exe, &bench, cfg.timescaledb, &cfg.serve_args, log.clone());
+            let (stored, elapsed) = match case {
+                Case::Copy1 => (
+                    dataset.len() as u64,
+                    cases::psql_copy(&psql, &bench, std::slice::from_ref(&whole)).await?,
+                ),
+                Case::Copy2 => (
+                    dataset.len() as u64,
+                    cases::psql_copy(&psql, &bench, &halves).await?,
+                ),
+                Case::InsertMulti => (
+                    dataset.len() as u64,
+                    cases::insert(&bench, &dataset, dataset.len(), cfg.batch_size).await?,
+                ),
+                Case::InsertSingle => {
+                    let n = cfg.single_insert_events.min(dataset.len());
+                    (n as u64, cases::insert(&bench, &dataset, n, 1).await?)
+                }
+                Case::Service | Case::ServiceHalf => {
+                    let rate = match case {
+                        Case::ServiceHalf => service_rate.unwrap_or(0.0) / 2.0,
+                        _ => 0.0,
+                    };
+                    runs.offered = (rate > 0.0).then_some(rate);
+                    let r = cases::through_service(
+                        start_service().await?,
+                        LoadgenConfig { rate, ..load },
+                        Some(dataset.batches.clone()),
+                    )
+                    .await?;
+                    if r.summary.rows_stored != dataset.len() as u64 {
+                        return Err(BenchError::Case(format!(
+                            "{case}, run {run}: the service stored {} of {} rows ({} batches failed)",
+                            r.summary.rows_stored,
+                            dataset.len(),
+                            r.summary.failed_batches
+                        )));
+                    }
+                    runs.record_service(&r);
+                    (r.summary.rows_stored, r.summary.elapsed)
+                }
+                Case::ServiceOverload => {
+                    let rate = 3.0 * service_rate.unwrap_or(0.0);
+                    runs.offered = Some(rate);
+                    // Enough streams and unacked batches per stream that the
+                    // clients keep offering the rate while acks are slow.
+                    let r = cases::through_service(
+                        start_service().await?,
+                        LoadgenConfig {
+                            rate,
+                            events: (rate * cfg.overload_for.as_secs_f64()) as u64,
+                            streams: 16,
+                            window: 64,
+                            seed: run as u64,
+                            ..load
+                        },
+                        None,
+                    )
+                    .await?;
+                    runs.record_service(&r);
+                    (r.summary.rows_stored, r.summary.elapsed)
+                }
+            };
+            let found: i64 = client
+                .query_one("SELECT count(*) FROM agent_events", &[])
+                .await?
+                .get(0);
+            if found != stored as i64 {
+                return Err(BenchError::Count {
+                    case,
+                    run,
+                    found,
+                    stored,
+                });
+            }
+            let rate = stored as f64 / elapsed.as_secs_f64().max(1e-9);
+            eprintln!(
+                "{case} run {run}: {stored} rows in {:.2} s, {} rows/s",
+                elapsed.as_secs_f64(),
+                report::thousands(rate)
+            );
+            runs.rows = stored;
+            runs.rows_per_s.push(rate);
+        }
+        results.push((case, runs));
+    }
+    // Leave the server as we found it.
+    let admin_client = db::connect(&admin).await?;
+    admin_client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&cfg.bench_database)))
+        .await?;
+    drop(admin_client);
+    if let Some(cluster) = database.embedded {
+        tokio::task::spawn_blocking(move || cluster.stop())
+            .await
+            .expect("embedded stop panicked")
+            .map_err(ServerError::from)?;
+    }
+    let machine = machine.ok_or_else(|| BenchError::Settings("no case was run".into()))?;
+    let command: Vec<String> = std::env::args().collect();
+    let limits = report::Limits {
+        flush_age_ms: serve.pipeline.flush_age.as_secs_f64() * 1000.0,
+        buffer_bytes: serve.pipeline.buffer_bytes as u64,
+    };
+    Ok(report::render(&machine, &command.join(" "), &results, &limits))
+}
+
+impl Runs {
+    fn record_service(&mut self, r: &cases::ServiceRun) {
+        self.p50_ms.push(r.summary.latency_p50_ms);
+        self.p99_ms.push(r.summary.latency_p99_ms);
+        self.failed_batches.push(r.summary.failed_batches);
+        if let Some(rss) = r.peak_rss {
+            self.peak_rss.push(rss);
+        }
+    }
+}
+
+/// `serve`'s settings with the --serve-arg flags, as the child will see them.
+fn serve_config(cfg: &CompareConfig) -> Result<ServeConfig, BenchError> {
+    let args = ["agent-telemetry", "serve"]
+        .into_iter()
+        .map(String::from)
+        .chain(cfg.serve_args.iter().cloned());
+    match Cli::try_parse_from(args) {
+        Ok(Cli {
+            command: Command::Serve(s),
+        }) => Ok(*s),
+        Ok(_) => unreachable!("parsed as serve"),
+        Err(e) => Err(BenchError::Settings(format!("--serve-arg: {e}"))),
+    }
+}
+
+/// Drops and re-creates the scratch database, then migrates it.
+async fn fresh_database(
+    admin: &str,
+    bench: &str,
+    name: &str,
+    storage: &StorageConfig,
+    serve: &ServeConfig,
+) -> Result<crate::db::migrate::Report, BenchError> {
+    let client = db::connect(admin).await?;
+    let current: String = client.query_one("SELECT current_database()", &[]).await?.get(0);
+    if current == name {
+        return Err(BenchError::Settings(format!(
+            "--bench-database {name} is the database DATABASE_URL names; it would be dropped"
+        )));
+    }
+    let q = quote_ident(name);
+    // Two statements: CREATE DATABASE cannot run in the implicit
+    // transaction of a multi-statement query.
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {q} WITH (FORCE)"))
+        .await?;
+    client.batch_execute(&format!("CREATE DATABASE {q}")).await?;
+    drop(client);
+    Ok(server::run_migrations(bench, storage, serve.limits.max_past).await?)
+}
+
+/// The set's projects, created through the service's own code in the
+/// order the encoded rows number them.
+async fn create_projects(bench: &str, projects: &[String]) -> Result<(), BenchError> {
+    let dims = Dimensions::new(db::pool(bench, 1)?);
+    for (i, name) in projects.iter().enumerate() {
+        let id = dims
+            .project_id(name)
+            .await
+            .map_err(|e| BenchError::Case(format!("project {name}: {e}")))?;
+        if id != i as i32 + 1 {
+            return Err(BenchError::Case(format!(
+                "project {name} got id {id} on a fresh database, expected {}",
+                i + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The same connection settings with another database, as key=value (which
+/// both tokio-postgres and psql read).
+fn with_dbname(conn: &str, dbname: &str) -> Result<String, BenchError> {
+    use tokio_postgres::config::Host;
+    let cfg = db::parse_config(conn)?;
+    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let hosts: Vec<String> = cfg
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let mut parts = Vec::new();
+    if !hosts.is_empty() {
+        parts.push(format!("host={}", quote(&hosts.join(","))));
+    }
+    let ports: Vec<String> = cfg.get_ports().iter().map(u16::to_string).collect();
+    if !ports.is_empty() {
+        parts.push(format!("port={}", ports.join(",")));
+    }
+    if let Some(user) = cfg.get_user() {
+        parts.push(format!("user={}", quote(user)));
+    }
+    if let Some(pw) = cfg.get_password() {
+        parts.push(format!("password={}", quote(&String::from_utf8_lossy(pw))));
+    }
+    parts.push(format!("dbname={}", quote(dbname)));
+    Ok(parts.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_dbname_keeps_the_rest() {
+        let s = with_dbname("postgresql://u:p'w@db.example:6543/main", "scratch").unwrap();
+        assert_eq!(
+            s,
+            "host='db.example' port=6543 user='u' password='p\\'w' dbname='scratch'"
+        );
+        let c = db::parse_config(&s).unwrap();
+        assert_eq!(c.get_dbname(), Some("scratch"));
+        assert_eq!(c.get_password(), Some(&b"p'w"[..]));
+    }
+
+    #[test]
+    fn cases_parse_by_name() {
+        #[derive(Parser)]
+        struct P {
+            #[command(flatten)]
+            c: CompareConfig,
+        }
+        let p = P::parse_from(["x", "--cases", "copy-1,service", "--serve-arg=--flush-age=50ms"]);
+        assert_eq!(p.c.cases, vec![Case::Copy1, Case::Service]);
+        assert_eq!(serve_config(&p.c).unwrap().pipeline.flush_age, Duration::from_millis(50));
+    }
+}
