@@ -247,13 +247,16 @@ impl StorageConfig {
 /// Buffering, batching and COPY settings.
 #[derive(Debug, Clone, Args)]
 pub struct PipelineConfig {
-    /// Bytes of encoded rows each table may hold in memory, waiting for or
-    /// in a COPY. When full, new batches wait up to --admission-timeout and
-    /// are then refused with RESOURCE_EXHAUSTED.
+    /// Bytes each table may hold in memory: encoded rows waiting for or in a
+    /// COPY, and batches being decoded and encoded (3× their protobuf size
+    /// until encoded). When full, new batches wait up to
+    /// --admission-timeout and are then refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "AGENT_TELEMETRY_BUFFER_BYTES", default_value_t = 128 << 20)]
     pub buffer_bytes: usize,
 
-    /// A flush starts when this many rows are buffered ...
+    /// When no COPY of a table is running, a flush starts at once with
+    /// whatever has arrived. While COPYs run, a free COPY slot starts the
+    /// next flush when this many rows have gathered ...
     #[arg(long, env = "AGENT_TELEMETRY_FLUSH_ROWS", default_value_t = 10_000)]
     pub flush_rows: usize,
 
@@ -261,7 +264,8 @@ pub struct PipelineConfig {
     #[arg(long, env = "AGENT_TELEMETRY_FLUSH_BYTES", default_value_t = 8 << 20)]
     pub flush_bytes: usize,
 
-    /// ... or when the oldest buffered row has waited this long.
+    /// ... or when the oldest gathered row has waited this long (or when the
+    /// running COPYs are done). A flush takes at most about --flush-rows rows.
     #[arg(long, env = "AGENT_TELEMETRY_FLUSH_AGE", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub flush_age: Duration,
 

@@ -315,14 +315,19 @@ async fn a_batch_refused_whole_does_not_end_its_stream() {
 
 #[tokio::test]
 async fn a_full_buffer_answers_resource_exhausted_instead_of_growing() {
-    let (_pg, _conn, svc) = common::service_with("full", |cfg| {
-        // Nothing flushes on its own: the first batch fills the buffer.
+    let (_pg, conn, svc) = common::service_with("full", |cfg| {
         // One 100-event batch (about 23 KiB encoded) fits, two do not.
         cfg.pipeline.buffer_bytes = 32 << 10;
-        cfg.pipeline.flush_age = Duration::from_secs(3600);
         cfg.pipeline.admission_timeout = Duration::from_millis(200);
     })
     .await;
+    // A database that takes nothing: the first batch's COPY waits for the
+    // lock, so its bytes stay in the buffer.
+    let blocker = common::db(&conn).await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE agent_events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
     let batch = |s| pb::AgentEventBatch {
         sequence: s,
         events: (0..100).map(|_| common::event("acme/widgets", 5)).collect(),
@@ -342,18 +347,22 @@ async fn a_full_buffer_answers_resource_exhausted_instead_of_growing() {
     };
     let status = second.ingest_agent_events(huge).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    // Shutdown flushes the buffered batch and answers its caller.
-    svc.running.shutdown().await.unwrap();
+    // Once the database takes rows again, the buffered batch is stored and
+    // its caller answered.
+    blocker.batch_execute("COMMIT").await.unwrap();
     let ack = pending.await.unwrap().unwrap().into_inner();
     assert_eq!(ack.stored, 100);
+    svc.running.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn shutdown_stores_and_acks_everything_buffered() {
-    let (_pg, conn, svc) = common::service_with("shutdown", |cfg| {
-        cfg.pipeline.flush_age = Duration::from_secs(3600);
-    })
-    .await;
+    let (_pg, conn, svc) = common::service_with("shutdown", |_| {}).await;
+    // Hold the table locked: COPYs wait, batches stay buffered.
+    let db = common::db(&conn).await;
+    db.batch_execute("BEGIN; LOCK TABLE agent_events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
     let mut client = common::client(&svc.endpoint).await;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let mut acks = client
@@ -369,16 +378,17 @@ async fn shutdown_stores_and_acks_everything_buffered() {
         .await
         .unwrap();
     }
-    // Let the service read them; with a one-hour flush age nothing is
-    // written until shutdown.
+    // Let the service read them; nothing can be written yet.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let db = common::db(&conn).await;
     assert_eq!(
         common::count(&db, "SELECT count(*) FROM agent_events").await,
         0
     );
     let started = std::time::Instant::now();
     let shutdown = tokio::spawn(svc.running.shutdown());
+    // The drain has begun (streams stop reading); now the database frees up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    db.batch_execute("COMMIT").await.unwrap();
     let mut got = Vec::new();
     while let Some(ack) = acks.next().await {
         got.push(ack.expect("the stream ends with OK after its acks"));

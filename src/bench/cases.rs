@@ -99,7 +99,9 @@ pub async fn insert(
     let statement = |n: usize| {
         let values: Vec<String> = (0..n)
             .map(|r| {
-                let params: Vec<String> = (1..=fields).map(|f| format!("${}", r * fields + f)).collect();
+                let params: Vec<String> = (1..=fields)
+                    .map(|f| format!("${}", r * fields + f))
+                    .collect();
                 format!("({})", params.join(","))
             })
             .collect();
@@ -214,7 +216,9 @@ impl Service {
         }
         let status = tokio::time::timeout(Duration::from_secs(120), self.child.wait())
             .await
-            .map_err(|_| BenchError::Case("agent-telemetry serve did not stop within 2 minutes".into()))?
+            .map_err(|_| {
+                BenchError::Case("agent-telemetry serve did not stop within 2 minutes".into())
+            })?
             .map_err(|e| BenchError::Io("serve".into(), e))?;
         if !status.success() {
             return Err(BenchError::Case(format!(
@@ -232,21 +236,19 @@ pub struct ServiceRun {
     pub peak_rss: Option<u64>,
 }
 
-/// Streams `batches` (or, with `generate`, freshly generated events) to
-/// the service through loadgen, then stops the service.
+/// Streams `batches` to the service through loadgen (once, or over and
+/// over for `repeat_for`), then stops the service.
 pub async fn through_service(
     service: Service,
     load: LoadgenConfig,
-    batches: Option<Arc<Vec<Vec<crate::pb::AgentEvent>>>>,
+    batches: Arc<Vec<Vec<crate::pb::AgentEvent>>>,
+    repeat_for: Option<Duration>,
 ) -> Result<ServiceRun, BenchError> {
     let load = LoadgenConfig {
         endpoint: service.endpoint.clone(),
         ..load
     };
-    let result = match batches {
-        Some(b) => loadgen::run_fixed(&load, b).await,
-        None => loadgen::run(&load).await,
-    };
+    let result = loadgen::run_fixed(&load, batches, repeat_for).await;
     let peak_rss = service.peak_rss();
     let stopped = service.stop().await;
     let summary = result?;
@@ -255,7 +257,8 @@ pub async fn through_service(
 }
 
 fn free_port() -> Result<SocketAddr, BenchError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| BenchError::Io("127.0.0.1:0".into(), e))?;
+    let l =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| BenchError::Io("127.0.0.1:0".into(), e))?;
     l.local_addr()
         .map_err(|e| BenchError::Io("127.0.0.1:0".into(), e))
 }

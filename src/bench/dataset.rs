@@ -28,6 +28,8 @@ pub struct Dataset {
     pub rows: BytesMut,
     /// End offset of each row in `rows`.
     pub row_ends: Vec<usize>,
+    /// Earliest and latest timestamp of the set (µs since 2000-01-01).
+    pub span_us: (i64, i64),
 }
 
 impl Dataset {
@@ -63,10 +65,12 @@ impl Dataset {
         let window = TimeWindow::around(SystemTime::now(), &limits);
         let mut rows = BytesMut::with_capacity(events * 700);
         let mut row_ends = Vec::with_capacity(events);
+        let mut span_us = (i64::MAX, i64::MIN);
         for (index, ev) in batches.iter().flatten().enumerate() {
             let row = validate::validate_event(ev, index as u32, &limits, window)
                 .map_err(|r| BenchError::Dataset(format!("generated event {index}: {r:?}")))?;
             encode::encode_event(&mut rows, &row, ids[ev.project.as_str()]);
+            span_us = (span_us.0.min(row.ts_us), span_us.1.max(row.ts_us));
             row_ends.push(rows.len());
         }
         Ok(Self {
@@ -74,6 +78,7 @@ impl Dataset {
             projects,
             rows,
             row_ends,
+            span_us,
         })
     }
 

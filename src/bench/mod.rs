@@ -25,6 +25,7 @@ use crate::{
     db::{self, DbError, dims::Dimensions, embedded},
     loadgen::{LoadgenConfig, LoadgenError},
     server::{self, ServerError},
+    validate,
 };
 
 #[derive(Debug, Subcommand)]
@@ -138,7 +139,7 @@ impl Case {
             Case::Service => "B: loadgen → gRPC → service → COPY",
             Case::ServiceHalf => "B at half rate",
             Case::ServiceOverload => "B under 3× overload",
-            Case::InsertMulti => "C: multi-row INSERT (1,000 rows)",
+            Case::InsertMulti => "C: multi-row INSERT, one per batch",
             Case::InsertSingle => "C: one INSERT per event",
         }
     }
@@ -153,7 +154,11 @@ impl Case {
 
 impl std::fmt::Display for Case {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.to_possible_value().expect("no skipped cases").get_name())
+        f.write_str(
+            self.to_possible_value()
+                .expect("no skipped cases")
+                .get_name(),
+        )
     }
 }
 
@@ -249,8 +254,10 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
         }
         let mut runs = Runs::default();
         for run in 1..=cfg.runs.max(1) {
-            let report = fresh_database(&admin, &bench, &cfg.bench_database, &storage, &serve).await?;
+            let report =
+                fresh_database(&admin, &bench, &cfg.bench_database, &storage, &serve).await?;
             let client = db::connect(&bench).await?;
+            create_chunks(&client, dataset.span_us).await?;
             if machine.is_none() {
                 machine = Some(Machine::describe(&client, report.mode.to_string()).await?);
             }
@@ -297,7 +304,8 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
                     let r = cases::through_service(
                         start_service().await?,
                         LoadgenConfig { rate, ..load },
-                        Some(dataset.batches.clone()),
+                        dataset.batches.clone(),
+                        None,
                     )
                     .await?;
                     if r.summary.rows_stored != dataset.len() as u64 {
@@ -315,18 +323,18 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
                     let rate = 3.0 * service_rate.unwrap_or(0.0);
                     runs.offered = Some(rate);
                     // Enough streams and unacked batches per stream that the
-                    // clients keep offering the rate while acks are slow.
+                    // clients keep offering the rate while acks are slow;
+                    // the set goes round (with new ids) for --overload-for.
                     let r = cases::through_service(
                         start_service().await?,
                         LoadgenConfig {
                             rate,
-                            events: (rate * cfg.overload_for.as_secs_f64()) as u64,
                             streams: 16,
                             window: 64,
-                            seed: run as u64,
                             ..load
                         },
-                        None,
+                        dataset.batches.clone(),
+                        Some(cfg.overload_for),
                     )
                     .await?;
                     runs.record_service(&r);
@@ -359,7 +367,10 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
     // Leave the server as we found it.
     let admin_client = db::connect(&admin).await?;
     admin_client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&cfg.bench_database)))
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(&cfg.bench_database)
+        ))
         .await?;
     drop(admin_client);
     if let Some(cluster) = database.embedded {
@@ -374,7 +385,12 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
         flush_age_ms: serve.pipeline.flush_age.as_secs_f64() * 1000.0,
         buffer_bytes: serve.pipeline.buffer_bytes as u64,
     };
-    Ok(report::render(&machine, &command.join(" "), &results, &limits))
+    Ok(report::render(
+        &machine,
+        &command.join(" "),
+        &results,
+        &limits,
+    ))
 }
 
 impl Runs {
@@ -412,7 +428,10 @@ async fn fresh_database(
     serve: &ServeConfig,
 ) -> Result<crate::db::migrate::Report, BenchError> {
     let client = db::connect(admin).await?;
-    let current: String = client.query_one("SELECT current_database()", &[]).await?.get(0);
+    let current: String = client
+        .query_one("SELECT current_database()", &[])
+        .await?
+        .get(0);
     if current == name {
         return Err(BenchError::Settings(format!(
             "--bench-database {name} is the database DATABASE_URL names; it would be dropped"
@@ -424,9 +443,32 @@ async fn fresh_database(
     client
         .batch_execute(&format!("DROP DATABASE IF EXISTS {q} WITH (FORCE)"))
         .await?;
-    client.batch_execute(&format!("CREATE DATABASE {q}")).await?;
+    client
+        .batch_execute(&format!("CREATE DATABASE {q}"))
+        .await?;
     drop(client);
     Ok(server::run_migrations(bench, storage, serve.limits.max_past).await?)
+}
+
+/// Makes the hypertable chunks the set's rows fall into, as they exist in
+/// steady operation. On a brand-new chunk, concurrent loads serialise: the
+/// first to create it holds a lock on the hypertable until it commits, so
+/// two parallel one-transaction `\copy`s would run one after the other.
+async fn create_chunks(
+    client: &tokio_postgres::Client,
+    span_us: (i64, i64),
+) -> Result<(), BenchError> {
+    for ts in [span_us.0, span_us.1] {
+        client
+            .execute(
+                "INSERT INTO agent_events (id, \"timestamp\", event_type, agent_id, agent_version, session_id, project_id) \
+                 VALUES (gen_random_uuid(), $1, 'warm-up', 'bench', '', gen_random_uuid(), 0)",
+                &[&validate::pg_us_to_system_time(ts)],
+            )
+            .await?;
+    }
+    client.execute("DELETE FROM agent_events", &[]).await?;
+    Ok(())
 }
 
 /// The set's projects, created through the service's own code in the
@@ -507,8 +549,16 @@ mod tests {
             #[command(flatten)]
             c: CompareConfig,
         }
-        let p = P::parse_from(["x", "--cases", "copy-1,service", "--serve-arg=--flush-age=50ms"]);
+        let p = P::parse_from([
+            "x",
+            "--cases",
+            "copy-1,service",
+            "--serve-arg=--flush-age=50ms",
+        ]);
         assert_eq!(p.c.cases, vec![Case::Copy1, Case::Service]);
-        assert_eq!(serve_config(&p.c).unwrap().pipeline.flush_age, Duration::from_millis(50));
+        assert_eq!(
+            serve_config(&p.c).unwrap().pipeline.flush_age,
+            Duration::from_millis(50)
+        );
     }
 }

@@ -33,10 +33,7 @@ impl Machine {
             .find_map(|l| l.strip_prefix("MemTotal:"))
             .and_then(|l| l.split_whitespace().next()?.parse().ok())
             .unwrap_or(0.0);
-        let postgres: String = client
-            .query_one("SHOW server_version", &[])
-            .await?
-            .get(0);
+        let postgres: String = client.query_one("SHOW server_version", &[]).await?.get(0);
         let timescaledb: Option<String> = client
             .query_opt(
                 "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
@@ -152,8 +149,8 @@ pub fn render(
             (Some(a), Some(b)) => format!("{a:.1} / {b:.1}"),
             _ => "—".into(),
         };
-        let rss = median_u64(&r.peak_rss)
-            .map_or("—".into(), |b| format!("{:.0} MiB", b / 1048576.0));
+        let rss =
+            median_u64(&r.peak_rss).map_or("—".into(), |b| format!("{:.0} MiB", b / 1048576.0));
         let mut what = case.describe().to_owned();
         if let Some(o) = r.offered {
             let _ = write!(what, ", offered {} rows/s", thousands(o));
@@ -183,7 +180,12 @@ pub fn render(
     ratio(Case::Copy1, 1.0, "A (one stream)", &mut targets);
     ratio(Case::Copy2, 0.8, "A (two streams)", &mut targets);
     ratio(Case::InsertMulti, 3.0, "C (multi-row INSERT)", &mut targets);
-    ratio(Case::InsertSingle, 3.0, "C (one INSERT per event)", &mut targets);
+    ratio(
+        Case::InsertSingle,
+        3.0,
+        "C (one INSERT per event)",
+        &mut targets,
+    );
     if let Some(p99) = get(Case::ServiceHalf).and_then(|r| median(&r.p99_ms)) {
         let limit = limits.flush_age_ms + 50.0;
         targets.push(format!(
@@ -201,7 +203,10 @@ pub fn render(
         ));
     }
     if !targets.is_empty() {
-        let _ = writeln!(out, "\n| target | measured | wanted | |\n|---|---:|---|---|");
+        let _ = writeln!(
+            out,
+            "\n| target | measured | wanted | |\n|---|---:|---|---|"
+        );
         for t in targets {
             let _ = writeln!(out, "{t}");
         }

@@ -1,20 +1,27 @@
 //! The batcher: gathers one table's pieces into flushes and hands each to
-//! the COPY writer. A flush starts when the gathered rows reach
-//! `--flush-rows`, their bytes `--flush-bytes`, or the oldest piece has
-//! waited `--flush-age`. At most `--copy-concurrency` flushes run at once;
-//! while all are busy, pieces keep gathering (up to the flush size) and the
+//! the COPY writer, at most `--copy-concurrency` at a time.
+//!
+//! When no COPY of the table is running, whatever has gathered is flushed
+//! at once: at moderate rates a batch waits for nothing but its own COPY.
+//! While COPYs run, pieces gather, and a free slot takes them when they
+//! reach `--flush-rows` or `--flush-bytes`, when the oldest has waited
+//! `--flush-age`, or when the running COPYs are done. So flushes grow by
+//! themselves as the database gets busier (fewer, larger COPYs, which is
+//! what it takes best), and shrink again when it is not. A flush takes at
+//! most about `--flush-rows` rows; the rest wait for the next slot, and the
 //! buffer's admission limit pushes back on clients.
 //!
 //! After a flush, the hours its late rows fall in go to the late-data
 //! refresher (TimescaleDB mode).
 //!
-//! On drain (shutdown) every gathered piece is flushed at once; the batcher
-//! ends when its queue is closed and every flush it started has finished.
+//! On drain (shutdown) every gathered piece is flushed without waiting; the
+//! batcher ends when its queue is closed and every flush it started has
+//! finished.
 
-use std::sync::Arc;
+use std::{collections::VecDeque, sync::Arc};
 
 use tokio::{
-    sync::{Semaphore, mpsc},
+    sync::mpsc,
     task::JoinSet,
     time::{Instant, sleep_until},
 };
@@ -33,66 +40,99 @@ pub async fn run(
     cfg: PipelineConfig,
     drain: CancellationToken,
 ) {
-    let copy_slots = Arc::new(Semaphore::new(cfg.copy_concurrency.max(1)));
+    let slots = cfg.copy_concurrency.max(1);
     let mut flushes = JoinSet::new();
-    let mut gathered: Vec<Piece> = Vec::new();
-    let (mut rows, mut bytes) = (0usize, 0usize);
+    let mut gathered = Gathered::default();
     let mut open = true;
-    while open || !gathered.is_empty() {
-        let deadline = gathered.first().map(|p| p.enqueued + cfg.flush_age);
-        let draining = drain.is_cancelled();
-        let due = !gathered.is_empty()
-            && (draining || rows >= cfg.flush_rows || bytes >= cfg.flush_bytes);
-        if !due {
-            tokio::select! {
-                piece = queue.recv(), if open => match piece {
-                    Some(p) => {
-                        rows += p.rows();
-                        bytes += p.data.len();
+    loop {
+        let closing = !open || drain.is_cancelled();
+        while flushes.len() < slots {
+            let Some(oldest) = gathered.oldest() else {
+                break;
+            };
+            let due = flushes.is_empty()
+                || closing
+                || gathered.rows >= cfg.flush_rows
+                || gathered.bytes >= cfg.flush_bytes
+                || oldest.elapsed() >= cfg.flush_age;
+            if !due {
+                break;
+            }
+            let flush = gathered.take(cfg.flush_rows, cfg.flush_bytes);
+            start_flush(table, flush, &writer, &late, &mut flushes);
+        }
+        if !open && gathered.pieces.is_empty() {
+            break;
+        }
+        // The age limit matters only while a slot is free to act on it.
+        let deadline = gathered
+            .oldest()
+            .filter(|_| flushes.len() < slots)
+            .map(|t| t + cfg.flush_age);
+        tokio::select! {
+            piece = queue.recv(), if open => match piece {
+                Some(p) => {
+                    gathered.push(p);
+                    // Take everything already queued before deciding.
+                    while let Ok(p) = queue.try_recv() {
                         gathered.push(p);
                     }
-                    None => open = false,
-                },
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    let flush = std::mem::take(&mut gathered);
-                    (rows, bytes) = (0, 0);
-                    start_flush(table, flush, &writer, &late, &copy_slots, &mut flushes).await;
                 }
-                _ = drain.cancelled(), if !draining => {}
-                Some(_) = flushes.join_next(), if !flushes.is_empty() => {}
-            }
-            if !open && !gathered.is_empty() {
-                // Queue closed: flush what is left at once.
-                let flush = std::mem::take(&mut gathered);
-                (rows, bytes) = (0, 0);
-                start_flush(table, flush, &writer, &late, &copy_slots, &mut flushes).await;
-            }
-            continue;
+                None => open = false,
+            },
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
+            _ = drain.cancelled(), if !drain.is_cancelled() => {}
+            Some(_) = flushes.join_next(), if !flushes.is_empty() => {}
         }
-        let flush = std::mem::take(&mut gathered);
-        (rows, bytes) = (0, 0);
-        start_flush(table, flush, &writer, &late, &copy_slots, &mut flushes).await;
     }
     while flushes.join_next().await.is_some() {}
 }
 
-/// Waits for a free COPY slot, then runs the flush in its own task.
-async fn start_flush(
+/// Pieces waiting for a flush, oldest first.
+#[derive(Default)]
+struct Gathered {
+    pieces: VecDeque<Piece>,
+    rows: usize,
+    bytes: usize,
+}
+
+impl Gathered {
+    fn push(&mut self, p: Piece) {
+        self.rows += p.rows();
+        self.bytes += p.data.len();
+        self.pieces.push_back(p);
+    }
+
+    fn oldest(&self) -> Option<Instant> {
+        self.pieces.front().map(|p| p.enqueued)
+    }
+
+    /// The oldest pieces, until they hold `rows` rows or `bytes` bytes.
+    fn take(&mut self, rows: usize, bytes: usize) -> Vec<Piece> {
+        let (mut r, mut b) = (0, 0);
+        let mut out = Vec::new();
+        while r < rows && b < bytes {
+            let Some(p) = self.pieces.pop_front() else {
+                break;
+            };
+            r += p.rows();
+            b += p.data.len();
+            out.push(p);
+        }
+        self.rows -= r;
+        self.bytes -= b;
+        out
+    }
+}
+
+/// Runs the flush in its own task.
+fn start_flush(
     table: Table,
     pieces: Vec<Piece>,
     writer: &Arc<CopyWriter>,
     late: &Option<LateRefresher>,
-    slots: &Arc<Semaphore>,
     flushes: &mut JoinSet<()>,
 ) {
-    if pieces.is_empty() {
-        return;
-    }
-    let slot = slots
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("copy slots are never closed");
     let writer = writer.clone();
     let late = late.clone();
     flushes.spawn(async move {
@@ -102,11 +142,50 @@ async fn start_flush(
             .flat_map(|p| p.late_hours.iter().copied())
             .collect();
         writer.flush(table, pieces).await;
-        drop(slot);
         // Noted even when the flush failed: a refresh of an unchanged range
         // is harmless, and the client's resend will be noted again anyway.
         if let Some(late) = late {
             late.note(table, late_hours);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use tokio::sync::{Semaphore, oneshot};
+
+    use super::*;
+
+    fn piece(rows: usize, space: &Arc<Semaphore>) -> Piece {
+        Piece {
+            data: Bytes::from(vec![0u8; rows * 10]),
+            row_ends: (1..=rows as u32).map(|r| r * 10).collect(),
+            row_index: (0..rows as u32).collect(),
+            late_hours: Vec::new(),
+            enqueued: Instant::now(),
+            done: oneshot::channel().0,
+            permit: space.clone().try_acquire_owned().expect("permit"),
+        }
+    }
+
+    #[test]
+    fn a_flush_takes_the_oldest_pieces_up_to_its_size() {
+        let space = Arc::new(Semaphore::new(10));
+        let mut g = Gathered::default();
+        for rows in [4, 4, 4, 4] {
+            g.push(piece(rows, &space));
+        }
+        assert_eq!((g.rows, g.bytes), (16, 160));
+        // 10 rows wanted: whole pieces until reached (4 + 4 + 4).
+        let taken = g.take(10, usize::MAX);
+        assert_eq!(taken.iter().map(Piece::rows).sum::<usize>(), 12);
+        assert_eq!((g.rows, g.bytes, g.pieces.len()), (4, 40, 1));
+        // The byte limit stops it too; one piece at least.
+        assert_eq!(g.take(usize::MAX, 1).len(), 1);
+        assert_eq!((g.rows, g.bytes), (0, 0));
+        assert!(g.take(10, 10).is_empty());
+    }
 }

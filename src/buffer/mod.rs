@@ -2,9 +2,11 @@
 //!
 //! In: a [`Piece`] — the encoded, accepted rows of one client batch, with
 //! the channel its outcome goes to. Admission takes a byte-weighted permit
-//! from the table's semaphore first; the permit travels inside the piece and
-//! is released only when the piece is resolved, so the bytes held between a
-//! client's request and its commit never exceed `--buffer-bytes`. When no
+//! from the table's semaphore before intake decodes the batch (sized for its
+//! working set, then shrunk to the encoded piece); the permit travels inside
+//! the piece and is released only when the piece is resolved, so the bytes
+//! held between a client's request and its commit never exceed
+//! `--buffer-bytes`. When no
 //! permit frees up within `--admission-timeout` the batch is refused
 //! (RESOURCE_EXHAUSTED) instead of queueing without bound.
 //!
@@ -74,7 +76,7 @@ pub enum AdmitError {
         waited: Duration,
     },
     #[error(
-        "a batch of {bytes} encoded bytes is larger than the whole {table} buffer ({capacity} bytes); send smaller batches"
+        "a batch of {bytes} bytes is larger than the whole {table} buffer ({capacity} bytes); send smaller batches"
     )]
     TooLarge {
         table: Table,
@@ -115,6 +117,11 @@ impl TableBuffer {
 
     pub fn table(&self) -> Table {
         self.table
+    }
+
+    /// Bytes the buffer holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// Waits up to `timeout` for `bytes` of buffer space.

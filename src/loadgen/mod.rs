@@ -187,19 +187,33 @@ pub async fn run(cfg: &LoadgenConfig) -> Result<Summary, LoadgenError> {
 
 /// Sends a fixed set of event batches, spread round-robin over
 /// `cfg.streams` streams (the benchmark harness: every case loads exactly
-/// the same rows). `cfg.events` and `cfg.messages` are not used.
+/// the same rows). With `repeat_for`, the streams go through the set again
+/// and again until that much time has passed, each pass after the first
+/// with new event ids, so that every row sent is a new row.
+/// `cfg.events` and `cfg.messages` are not used.
 pub async fn run_fixed(
     cfg: &LoadgenConfig,
     batches: Arc<Vec<Vec<pb::AgentEvent>>>,
+    repeat_for: Option<Duration>,
 ) -> Result<Summary, LoadgenError> {
     let streams = cfg.streams.max(1);
+    let until = repeat_for.map(|d| Instant::now() + d);
     let makers = (0..streams)
         .map(|i| {
             let batches = batches.clone();
             let mut next = i;
             Box::new(move |sequence| {
-                let events = batches.get(next)?.clone();
+                let pass = next / batches.len().max(1);
+                if pass > 0 && until.is_none_or(|t| Instant::now() >= t) {
+                    return None;
+                }
+                let mut events = batches.get(next % batches.len().max(1))?.clone();
                 next += streams;
+                if pass > 0 {
+                    for e in &mut events {
+                        e.id = uuid::Uuid::new_v4().to_string();
+                    }
+                }
                 let n = events.len();
                 Some((pb::AgentEventBatch { sequence, events }, n))
             }) as MakeBatch<pb::AgentEventBatch>
@@ -245,9 +259,17 @@ async fn send(
     let started = Instant::now();
     let streams = makers.len();
     let mut tasks = tokio::task::JoinSet::new();
-    for make in makers {
+    for (index, make) in makers.into_iter().enumerate() {
         let (cfg, tally, channel) = (cfg.clone(), tally.clone(), channel.clone());
-        tasks.spawn(async move { event_stream(&cfg, channel, streams, make, tally).await });
+        tasks.spawn(async move {
+            // Streams take turns, as independent clients would, instead of
+            // all sending at the same instant.
+            let pace = pacing(&cfg, streams).map(|every| Pace {
+                every,
+                first_after: every * index as u32 / streams as u32,
+            });
+            event_stream(&cfg, channel, pace, make, tally).await
+        });
     }
     if messages > 0 {
         let (cfg, tally, channel) = (cfg.clone(), tally.clone(), channel.clone());
@@ -308,6 +330,13 @@ fn client(cfg: &LoadgenConfig, channel: Channel) -> TelemetryIngestClient<Channe
     }
 }
 
+/// When a stream sends its batches.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    every: Duration,
+    first_after: Duration,
+}
+
 /// Time between batches of one stream for the target rate (None: no pacing).
 fn pacing(cfg: &LoadgenConfig, streams: usize) -> Option<Duration> {
     (cfg.rate > 0.0)
@@ -318,7 +347,7 @@ fn pacing(cfg: &LoadgenConfig, streams: usize) -> Option<Duration> {
 /// most, and records each ack.
 async fn drive<B: Send + 'static>(
     cfg: &LoadgenConfig,
-    pace: Option<Duration>,
+    pace: Option<Pace>,
     tally: Arc<Tally>,
     mut make: MakeBatch<B>,
     open: impl AsyncFnOnce(ReceiverStream<B>) -> Result<tonic::Streaming<pb::BatchAck>, tonic::Status>,
@@ -330,12 +359,12 @@ async fn drive<B: Send + 'static>(
         let (window, sent_at, tally) = (window.clone(), sent_at.clone(), tally.clone());
         tokio::spawn(async move {
             let mut seq = 0u64;
-            let mut next = Instant::now();
+            let mut next = Instant::now() + pace.map_or(Duration::ZERO, |p| p.first_after);
             loop {
                 window.acquire().await.expect("window open").forget();
                 if let Some(p) = pace {
                     tokio::time::sleep_until(next).await;
-                    next += p;
+                    next += p.every;
                 }
                 let Some((batch, n)) = make(seq) else { break };
                 sent_at.lock().expect("lock").insert(seq, Instant::now());
@@ -364,12 +393,12 @@ async fn drive<B: Send + 'static>(
 async fn event_stream(
     cfg: &LoadgenConfig,
     channel: Channel,
-    streams: usize,
+    pace: Option<Pace>,
     make: MakeBatch<pb::AgentEventBatch>,
     tally: Arc<Tally>,
 ) -> Result<(), LoadgenError> {
     let mut c = client(cfg, channel);
-    drive(cfg, pacing(cfg, streams), tally, make, async |rx| {
+    drive(cfg, pace, tally, make, async |rx| {
         Ok(c.stream_agent_events(rx).await?.into_inner())
     })
     .await
@@ -405,7 +434,10 @@ async fn message_stream(
     });
     let pace = (cfg.rate > 0.0 && cfg.events > 0).then(|| {
         let share = cfg.messages as f64 / cfg.events as f64;
-        Duration::from_secs_f64(cfg.batch_size as f64 / (cfg.rate * share))
+        Pace {
+            every: Duration::from_secs_f64(cfg.batch_size as f64 / (cfg.rate * share)),
+            first_after: Duration::ZERO,
+        }
     });
     drive(cfg, pace, tally, make, async |rx| {
         Ok(c.stream_chat_messages(rx).await?.into_inner())
