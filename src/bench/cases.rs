@@ -25,7 +25,7 @@ use tokio::{process::Child, time::Instant};
 use super::{BenchError, dataset::Dataset};
 use crate::{
     config::TimescaleMode,
-    copy::encode::EVENT_COLUMNS,
+    copy::encode::{self, EVENT_COLUMNS},
     db,
     loadgen::{self, LoadgenConfig, Summary},
 };
@@ -121,7 +121,7 @@ pub async fn insert(
             client.prepare(&statement(n)).await?
         };
         let values: Vec<Raw<'_>> = (at..at + n)
-            .flat_map(|i| super::dataset::fields(dataset.row(i)))
+            .flat_map(|i| encode::row_fields(dataset.row(i)))
             .map(Raw)
             .collect();
         let params: Vec<&(dyn ToSql + Sync)> =

@@ -92,8 +92,7 @@ impl Dataset {
 
     /// Bytes of row `i` in binary COPY format.
     pub fn row(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.row_ends[i - 1] };
-        &self.rows[start..self.row_ends[i]]
+        self.rows_bytes(i..i + 1)
     }
 
     /// Bytes of rows `range`.
@@ -101,11 +100,7 @@ impl Dataset {
         if range.is_empty() {
             return &[];
         }
-        let start = if range.start == 0 {
-            0
-        } else {
-            self.row_ends[range.start - 1]
-        };
+        let start = range.start.checked_sub(1).map_or(0, |i| self.row_ends[i]);
         &self.rows[start..self.row_ends[range.end - 1]]
     }
 
@@ -123,26 +118,6 @@ impl Dataset {
     }
 }
 
-/// The fields of one binary COPY row: each value in its type's binary form,
-/// None for NULL. The same bytes bind as query parameters in binary format,
-/// which is how case C inserts exactly what COPY loads.
-pub fn fields(row: &[u8]) -> Vec<Option<&[u8]>> {
-    let count = i16::from_be_bytes([row[0], row[1]]) as usize;
-    let mut at = 2;
-    let mut out = Vec::with_capacity(count);
-    for _ in 0..count {
-        let len = i32::from_be_bytes(row[at..at + 4].try_into().expect("4 bytes"));
-        at += 4;
-        if len < 0 {
-            out.push(None);
-        } else {
-            out.push(Some(&row[at..at + len as usize]));
-            at += len as usize;
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,7 +127,7 @@ mod tests {
         let d = Dataset::generate(3, 2).expect("dataset");
         assert_eq!(d.batches.len(), 2);
         assert_eq!(d.len(), 3);
-        let f = fields(d.row(1));
+        let f = encode::row_fields(d.row(1));
         assert_eq!(f.len(), 20);
         // id (uuid, 16 bytes), timestamp (8 bytes), event_type (text).
         assert_eq!(f[0].map(<[u8]>::len), Some(16));

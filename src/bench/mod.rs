@@ -369,7 +369,7 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
     admin_client
         .batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote_ident(&cfg.bench_database)
+            db::quote_ident(&cfg.bench_database)
         ))
         .await?;
     drop(admin_client);
@@ -437,7 +437,7 @@ async fn fresh_database(
             "--bench-database {name} is the database DATABASE_URL names; it would be dropped"
         )));
     }
-    let q = quote_ident(name);
+    let q = db::quote_ident(name);
     // Two statements: CREATE DATABASE cannot run in the implicit
     // transaction of a multi-statement query.
     client
@@ -488,10 +488,6 @@ async fn create_projects(bench: &str, projects: &[String]) -> Result<(), BenchEr
         }
     }
     Ok(())
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The same connection settings with another database, as key=value (which

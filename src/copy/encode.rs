@@ -24,6 +24,26 @@ const EVENT_FIELDS: i16 = 20;
 pub const MESSAGE_COLUMNS: &str = "id, session_id, role, content, \"timestamp\", sequence, metadata, search_content, project_id, agent_type";
 const MESSAGE_FIELDS: i16 = 10;
 
+/// The fields of one encoded row: each value in its type's binary form,
+/// None for NULL (the inverse of the framing above). The same bytes bind as
+/// query parameters in binary format.
+pub fn row_fields(row: &[u8]) -> Vec<Option<&[u8]>> {
+    let count = i16::from_be_bytes([row[0], row[1]]) as usize;
+    let mut at = 2;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = i32::from_be_bytes(row[at..at + 4].try_into().expect("4 bytes"));
+        at += 4;
+        if len < 0 {
+            out.push(None);
+        } else {
+            out.push(Some(&row[at..at + len as usize]));
+            at += len as usize;
+        }
+    }
+    out
+}
+
 /// Appends one agent_events row.
 pub fn encode_event(buf: &mut BytesMut, row: &EventRow<'_>, project_id: i32) {
     let ev = row.src;

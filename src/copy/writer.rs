@@ -346,20 +346,10 @@ fn row_key(table: Table, row: &[u8]) -> (Uuid, i64) {
         Table::AgentEvents => 1,
         Table::ChatMessages => 4,
     };
-    // Skip the field count, then walk length-prefixed fields.
-    let mut at = 2;
-    let mut id = Uuid::nil();
-    let mut ts = 0;
-    for field in 0..=ts_field {
-        let len = i32::from_be_bytes(row[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let value = &row[at + 4..at + 4 + len];
-        if field == 0 {
-            id = Uuid::from_slice(value).expect("uuid field");
-        } else if field == ts_field {
-            ts = i64::from_be_bytes(value.try_into().expect("timestamptz field"));
-        }
-        at += 4 + len;
-    }
+    let fields = super::encode::row_fields(row);
+    let value = |i: usize| fields[i].expect("key fields are never NULL");
+    let id = Uuid::from_slice(value(0)).expect("uuid field");
+    let ts = i64::from_be_bytes(value(ts_field).try_into().expect("timestamptz field"));
     (id, ts)
 }
 

@@ -63,6 +63,12 @@ pub async fn connect(conn: &str) -> Result<tokio_postgres::Client, DbError> {
     Ok(client)
 }
 
+/// `name` as an SQL identifier, for statements that take no parameters
+/// (CREATE/DROP DATABASE).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// Creates database `name` through `admin_conn` unless it exists.
 pub async fn ensure_database(admin_conn: &str, name: &str) -> Result<(), DbError> {
     let client = connect(admin_conn).await?;
@@ -70,16 +76,16 @@ pub async fn ensure_database(admin_conn: &str, name: &str) -> Result<(), DbError
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await?
         .is_some();
-    if !exists {
-        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        if let Err(e) = client
-            .batch_execute(&format!("CREATE DATABASE {quoted}"))
-            .await
-        {
-            // Another instance may have created it meanwhile.
-            if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) {
-                return Err(e.into());
-            }
+    if exists {
+        return Ok(());
+    }
+    if let Err(e) = client
+        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(name)))
+        .await
+    {
+        // Another instance may have created it meanwhile.
+        if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) {
+            return Err(e.into());
         }
     }
     Ok(())
