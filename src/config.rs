@@ -29,6 +29,35 @@ pub enum Command {
     /// Benchmarks (BENCHMARKS.md).
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
+    /// Manage API keys: create, list, revoke.
+    Keys(KeysConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeysConfig {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    #[command(subcommand)]
+    pub action: KeysAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysAction {
+    /// Create a key that may write to the given projects; prints it once.
+    Create {
+        /// A project the key may write to (repeatable), as clients name it:
+        /// "owner/repo", a repository URL, or a bare name.
+        #[arg(long = "project", required = true)]
+        projects: Vec<String>,
+        /// A label for `keys list`.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List keys: id, label, shown prefix, projects, state, last use.
+    List,
+    /// Revoke a key (by id or the prefix `keys list` shows).
+    Revoke { key: String },
 }
 
 /// Where the database is.
@@ -94,6 +123,12 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub limits: Limits,
+
+    #[command(flatten)]
+    pub security: SecurityConfig,
+
+    #[command(flatten)]
+    pub spool: SpoolConfig,
 }
 
 impl ServeConfig {
@@ -121,6 +156,65 @@ fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
     s.parse()
         .map(|a| OptionalAddr(Some(a)))
         .map_err(|e| format!("{e}"))
+}
+
+/// Who may connect and write, and how.
+#[derive(Debug, Clone, Args)]
+pub struct SecurityConfig {
+    /// Accept requests without an API key on a non-loopback address. (On
+    /// loopback, keys are optional anyway: only local processes can connect.)
+    /// A request that does send a key is held to that key's projects.
+    #[arg(long, env = "AGENT_TELEMETRY_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
+    /// Require an API key even on loopback.
+    #[arg(long, env = "AGENT_TELEMETRY_REQUIRE_API_KEY", conflicts_with = "allow_unauthenticated")]
+    pub require_api_key: bool,
+
+    /// How long a checked API key is trusted before it is looked up again:
+    /// a revoked key stops working on running services within this time.
+    #[arg(long, env = "AGENT_TELEMETRY_KEY_CACHE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub key_cache_ttl: Duration,
+
+    /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
+    #[arg(long, env = "AGENT_TELEMETRY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "AGENT_TELEMETRY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Concurrent gRPC streams per connection (HTTP/2 SETTINGS).
+    #[arg(long, env = "AGENT_TELEMETRY_MAX_CONCURRENT_STREAMS", default_value_t = 64)]
+    pub max_concurrent_streams: u32,
+}
+
+impl SecurityConfig {
+    /// Whether a request without a key is refused when listening on `listen`.
+    pub fn key_required(&self, listen: SocketAddr) -> bool {
+        self.require_api_key || (!self.allow_unauthenticated && !listen.ip().is_loopback())
+    }
+}
+
+/// The optional disk spool (docs/reliability.md).
+#[derive(Debug, Clone, Args)]
+pub struct SpoolConfig {
+    /// Directory of the write-ahead spool. When set, a batch is acknowledged
+    /// once its accepted rows are fsynced there, and replayed into the
+    /// database from there; clients keep getting acks while the database is
+    /// down. When unset, an ack means the rows are committed in the database.
+    #[arg(long, env = "AGENT_TELEMETRY_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Most bytes the spool may hold; beyond it, batches are refused with
+    /// RESOURCE_EXHAUSTED until replay has caught up.
+    #[arg(long, env = "AGENT_TELEMETRY_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
+    pub spool_max_bytes: u64,
+
+    /// Size at which the spool starts a new file; a file is deleted once all
+    /// its batches are in the database.
+    #[arg(long, env = "AGENT_TELEMETRY_SPOOL_SEGMENT_BYTES", default_value_t = 64 << 20)]
+    pub spool_segment_bytes: u64,
 }
 
 /// Whether to use TimescaleDB.

@@ -31,6 +31,7 @@
 
 pub mod ack;
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod buffer;
 pub mod config;
@@ -42,4 +43,5 @@ pub mod metrics;
 pub mod pb;
 pub mod server;
 pub mod shutdown;
+pub mod spool;
 pub mod validate;

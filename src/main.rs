@@ -32,6 +32,7 @@ async fn main() -> ExitCode {
             .await
             .map(|s| println!("{s}"))
             .map_err(Into::into),
+        Command::Keys(cfg) => keys(cfg).await,
         Command::Bench(agent_telemetry::bench::BenchCommand::Compare(cfg)) => {
             agent_telemetry::bench::run(&cfg)
                 .await
@@ -74,10 +75,51 @@ async fn migrate(
     for p in &report.policies {
         println!("{} policy on {}: {}", p.policy, p.relation, p.action);
     }
-    if let Some(cluster) = db.embedded {
-        tokio::task::spawn_blocking(move || cluster.stop()).await??;
-    }
+    db.release().await?;
     Ok(())
+}
+
+async fn keys(cfg: agent_telemetry::config::KeysConfig) -> Result<(), Box<dyn std::error::Error>> {
+    use agent_telemetry::{auth::keys, config::KeysAction};
+    let db = server::open_database(&cfg.database).await?;
+    // The key tables come with the migrations; a fresh database gets them here.
+    let storage = match Cli::parse_from(["agent-telemetry", "migrate"]).command {
+        Command::Migrate(m) => m.storage,
+        _ => unreachable!(),
+    };
+    let max_past = agent_telemetry::config::Limits::default().max_past;
+    server::run_migrations(&db.conn, &storage, max_past).await?;
+    let mut client = agent_telemetry::db::connect(&db.conn).await?;
+    let result = match cfg.action {
+        KeysAction::Create { projects, name } => keys::create(&mut client, &name, &projects)
+            .await
+            .map(|k| {
+                eprintln!("key {} for {}; it is shown only now:", k.id, k.projects.join(", "));
+                println!("{}", k.key);
+            }),
+        KeysAction::List => keys::list(&client).await.map(|list| {
+            println!("id\tname\tprefix\tstate\tprojects\tcreated\tlast used");
+            for k in list {
+                let time = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    k.id,
+                    k.name,
+                    k.prefix,
+                    if k.active { "active" } else { "revoked" },
+                    k.projects.join(","),
+                    time(k.created_at),
+                    k.last_used_at.map(time).unwrap_or_else(|| "never".into()),
+                );
+            }
+        }),
+        KeysAction::Revoke { key } => keys::revoke(&mut client, &key)
+            .await
+            .map(|id| println!("revoked {id}")),
+    };
+    drop(client);
+    db.release().await?;
+    Ok(result?)
 }
 
 /// Batches live in buffers of a few hundred KiB that come and go at a high

@@ -27,6 +27,12 @@ pub const DB_ERRORS: &str = "agent_telemetry_db_errors_total";
 pub const LATE_REFRESHES: &str = "agent_telemetry_late_refreshes_total";
 pub const LATE_PENDING_HOURS: &str = "agent_telemetry_late_pending_hours";
 pub const RETENTION_DELETED: &str = "agent_telemetry_retention_deleted_rows_total";
+pub const ROWS_SPOOLED: &str = "agent_telemetry_rows_spooled_total";
+pub const SPOOL_BYTES: &str = "agent_telemetry_spool_bytes";
+pub const SPOOL_OLDEST_AGE: &str = "agent_telemetry_spool_oldest_age_seconds";
+pub const SPOOL_REPLAY_RETRIES: &str = "agent_telemetry_spool_replay_retries_total";
+pub const SPOOL_REJECTED: &str = "agent_telemetry_spool_rejected_rows_total";
+pub const AUTH_REFUSED: &str = "agent_telemetry_auth_refused_total";
 
 pub fn describe() {
     describe_counter!(ROWS_RECEIVED, "Rows received in batches, per table");
@@ -85,6 +91,27 @@ pub fn describe() {
     describe_counter!(
         RETENTION_DELETED,
         "Rows deleted by the service's own retention (plain PostgreSQL mode), per table"
+    );
+    describe_counter!(
+        ROWS_SPOOLED,
+        "Rows appended to the disk spool and acknowledged, per table"
+    );
+    describe_gauge!(SPOOL_BYTES, "Bytes in the disk spool's files");
+    describe_gauge!(
+        SPOOL_OLDEST_AGE,
+        "Age of the oldest spooled batch not yet in the database (0 when none)"
+    );
+    describe_counter!(
+        SPOOL_REPLAY_RETRIES,
+        "Times spool replay went back to retry (database down, buffer full)"
+    );
+    describe_counter!(
+        SPOOL_REJECTED,
+        "Spooled rows refused at replay, kept in the spool's rejected.jsonl"
+    );
+    describe_counter!(
+        AUTH_REFUSED,
+        "Requests refused by authentication, per reason"
     );
 }
 
@@ -149,4 +176,25 @@ pub fn late_pending(hours: usize) {
 
 pub fn retention_deleted(table: Table, rows: u64) {
     counter!(RETENTION_DELETED, "table" => table.name()).increment(rows);
+}
+
+pub fn rows_spooled(table: Table, n: usize) {
+    counter!(ROWS_SPOOLED, "table" => table.name()).increment(n as u64);
+}
+
+pub fn spool_state(bytes: u64, oldest_age: Duration) {
+    gauge!(SPOOL_BYTES).set(bytes as f64);
+    gauge!(SPOOL_OLDEST_AGE).set(oldest_age.as_secs_f64());
+}
+
+pub fn spool_replay_retried() {
+    counter!(SPOOL_REPLAY_RETRIES).increment(1);
+}
+
+pub fn spool_rejected(rows: usize) {
+    counter!(SPOOL_REJECTED).increment(rows as u64);
+}
+
+pub fn auth_refused(reason: &'static str) {
+    counter!(AUTH_REFUSED, "reason" => reason).increment(1);
 }

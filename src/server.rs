@@ -19,6 +19,7 @@ use tonic::codec::CompressionEncoding;
 
 use crate::{
     api::{Api, intake::Intake},
+    auth::Authenticator,
     buffer::{TableBuffer, batcher},
     config::{DatabaseConfig, ServeConfig, StorageConfig},
     copy::{Table, writer::CopyWriter},
@@ -31,6 +32,7 @@ use crate::{
     maintain::{refresh::LateRefresher, retention},
     metrics,
     pb::wire::telemetry_ingest_server::TelemetryIngestServer,
+    spool::{self, log::LogError, replay::Backlog},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,13 @@ pub enum ServerError {
     },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("spool: {0}")]
+    Spool(#[from] LogError),
+    #[error("TLS: cannot read {path}: {source}")]
+    Tls {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The database the service writes to.
@@ -60,6 +69,22 @@ pub struct Database {
     pub conn: String,
     /// The embedded cluster, when we started one (stopped at shutdown).
     pub embedded: Option<Cluster>,
+    /// Whether this process started the embedded cluster (false when it was
+    /// running already, e.g. under a `serve` while `keys` runs).
+    pub started_here: bool,
+}
+
+impl Database {
+    /// Stops the embedded cluster if this process started it (commands that
+    /// run beside a service must not stop the service's database).
+    pub async fn release(self) -> Result<(), EmbeddedError> {
+        match self.embedded {
+            Some(cluster) if self.started_here => tokio::task::spawn_blocking(move || cluster.stop())
+                .await
+                .expect("embedded stop panicked"),
+            _ => Ok(()),
+        }
+    }
 }
 
 const EMBEDDED_DB: &str = "agent_telemetry";
@@ -83,6 +108,7 @@ pub async fn open_database(cfg: &DatabaseConfig) -> Result<Database, ServerError
         return Ok(Database {
             conn: url.clone(),
             embedded: None,
+            started_here: false,
         });
     }
     let dir = cfg.data_dir.clone().unwrap_or_else(default_data_dir);
@@ -100,10 +126,11 @@ pub async fn open_database(cfg: &DatabaseConfig) -> Result<Database, ServerError
         port: 5432,
         tcp: false,
     };
-    let cluster = tokio::task::spawn_blocking(move || {
+    let (cluster, started_here) = tokio::task::spawn_blocking(move || {
         let c = Cluster::open(opts)?;
+        let running = c.is_running();
         c.start()?;
-        Ok::<_, EmbeddedError>(c)
+        Ok::<_, EmbeddedError>((c, !running))
     })
     .await
     .expect("embedded start panicked")?;
@@ -112,6 +139,7 @@ pub async fn open_database(cfg: &DatabaseConfig) -> Result<Database, ServerError
     Ok(Database {
         conn: cluster.conn_string(EMBEDDED_DB),
         embedded: Some(cluster),
+        started_here,
     })
 }
 
@@ -200,22 +228,49 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         buffers.push(buffer);
     }
     spawn_buffer_gauges(buffers.clone(), drain.clone());
-    let intake = Arc::new(Intake {
+    let mut intake = Intake {
         events: buffers[0].clone(),
         messages: buffers[1].clone(),
-        dims: Arc::new(Dimensions::new(pool)),
+        dims: Arc::new(Dimensions::new(pool.clone())),
         limits: cfg.limits.clone(),
         pipeline: cfg.pipeline.clone(),
         late_after: timescaledb.then_some(cfg.storage.late_after),
-    });
+        spool: None,
+    };
     drop(buffers);
     // The batchers hold the only senders now: the refresher's last round
     // runs once they have all finished.
     drop(late);
+    let auth = Arc::new(Authenticator::new(
+        pool.clone(),
+        cfg.security.key_required(cfg.listen),
+        cfg.security.key_cache_ttl,
+    ));
+    if !auth.required() && !cfg.listen.ip().is_loopback() {
+        tracing::warn!(listen = %cfg.listen, "accepting requests without an API key (--allow-unauthenticated)");
+    }
+    // With the spool, the replayer is intake's first client: it must end
+    // before the batchers can.
+    let replayer = match &cfg.spool.spool_dir {
+        None => None,
+        Some(dir) => {
+            let segment = cfg.spool.spool_segment_bytes.min(cfg.spool.spool_max_bytes / 4).max(1 << 20);
+            let (log, reader, recovery) = spool::log::open(dir, cfg.spool.spool_max_bytes, segment)?;
+            tracing::info!(dir = %dir.display(), segments = recovery.segments, bytes = log.used(), torn_bytes = recovery.torn_bytes, "spool open; acks mean fsynced to the spool");
+            intake.spool = Some(log.clone());
+            let backlog = Arc::new(Backlog::default());
+            spawn_spool_gauges(log, backlog.clone(), drain.clone());
+            Some((reader, backlog))
+        }
+    };
+    let intake = Arc::new(intake);
+    let replayer = replayer.map(|(reader, backlog)| {
+        tokio::spawn(spool::replay::run(reader, intake.clone(), backlog, drain.clone()))
+    });
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TelemetryIngestServer<Api>>().await;
-    let ingest = TelemetryIngestServer::new(Api::new(intake, drain.clone()))
+    let ingest = TelemetryIngestServer::new(Api::new(intake, auth, drain.clone()))
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Gzip)
@@ -235,8 +290,21 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
     tracing::info!(%addr, "gRPC ingest service listening");
 
     let stop = drain.clone();
-    let serve = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let (Some(cert), Some(key)) = (&cfg.security.tls_cert, &cfg.security.tls_key) {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| ServerError::Tls {
+                path: path.clone(),
+                source,
+            })
+        };
+        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+        tracing::info!(cert = %cert.display(), "serving gRPC over TLS");
+    }
+    let serve = builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(cfg.security.max_concurrent_streams)
         .add_service(health_service)
         .add_service(ingest)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
@@ -250,6 +318,9 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         drain_started.cancelled().await;
         let drained = tokio::time::timeout(deadline, async {
             let served = serve.await.expect("gRPC server panicked");
+            if let Some(r) = replayer {
+                let _ = r.await;
+            }
             for b in batchers {
                 let _ = b.await;
             }
@@ -292,6 +363,24 @@ fn spawn_buffer_gauges(buffers: Vec<TableBuffer>, stop: CancellationToken) {
             for b in &buffers {
                 metrics::buffer_fill(b.table(), b.used());
             }
+        }
+    });
+}
+
+fn spawn_spool_gauges(log: spool::log::Log, backlog: Arc<Backlog>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        while !stop.is_cancelled() {
+            tick.tick().await;
+            let oldest = backlog.oldest_us.load(std::sync::atomic::Ordering::Relaxed);
+            let age = if oldest == 0 {
+                Duration::ZERO
+            } else {
+                std::time::SystemTime::now()
+                    .duration_since(spool::from_unix_us(oldest))
+                    .unwrap_or_default()
+            };
+            metrics::spool_state(log.used(), age);
         }
     });
 }

@@ -21,6 +21,8 @@ pub struct Rejection {
     pub index: u32,
     pub field: Cow<'static, str>,
     pub reason: String,
+    /// The row names a project its API key may not write to.
+    pub denied: bool,
 }
 
 impl Rejection {
@@ -29,6 +31,14 @@ impl Rejection {
             index,
             field: field.into(),
             reason: reason.into(),
+            denied: false,
+        }
+    }
+
+    pub fn denied(index: u32, field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            denied: true,
+            ..Self::new(index, field, reason)
         }
     }
 }
@@ -40,6 +50,12 @@ impl From<Rejection> for pb::RowRejection {
             field: r.field.into_owned(),
             reason: r.reason,
             kind: String::new(),
+            code: if r.denied {
+                "PERMISSION_DENIED"
+            } else {
+                "INVALID_ARGUMENT"
+            }
+            .into(),
         }
     }
 }

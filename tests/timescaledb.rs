@@ -96,7 +96,8 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "0001_core.sql",
             "0002_indexes.sql",
             "timescaledb/0003_hypertables.sql",
-            "timescaledb/0004_aggregates.sql"
+            "timescaledb/0004_aggregates.sql",
+            "0005_api_keys.sql"
         ]
     );
     assert_eq!(first.policies_changed().count(), 12, "{:?}", first.policies);
@@ -634,7 +635,8 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
         [
             "0001_core.sql",
             "0002_indexes.sql",
-            "plain/0004_aggregates.sql"
+            "plain/0004_aggregates.sql",
+            "0005_api_keys.sql"
         ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());

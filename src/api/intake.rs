@@ -18,12 +18,14 @@ use uuid::Uuid;
 
 use crate::{
     ack::{FlushFailure, PieceOutcome, batch_ack},
+    auth::Scope,
     buffer::{AdmitError, Piece, TableBuffer},
     config::{Limits, PipelineConfig},
     copy::{Table, encode},
-    db::dims::{Dimensions, DimsError},
+    db::dims::{Dimensions, DimsError, ProjectName},
     maintain::refresh,
     metrics, pb,
+    spool::{self, Entry, log::{Log, LogError}},
     validate::{self, Rejection, TimeWindow},
 };
 
@@ -46,6 +48,8 @@ pub enum IngestError {
     Admit { sequence: u64, source: AdmitError },
     #[error("batch {sequence}: {source}")]
     Dimensions { sequence: u64, source: DimsError },
+    #[error("batch {sequence}: not spooled: {source}")]
+    Spool { sequence: u64, source: LogError },
 }
 
 /// What intake needs, shared by every stream and call.
@@ -58,6 +62,8 @@ pub struct Intake {
     /// Rows older than this are late (`--late-after`); None when there are
     /// no continuous aggregates to refresh (plain PostgreSQL).
     pub late_after: Option<Duration>,
+    /// The disk spool (`--spool-dir`): batches are acked once appended to it.
+    pub spool: Option<Log>,
 }
 
 /// A batch whose accepted rows are in the buffer.
@@ -66,6 +72,8 @@ pub struct Accepted {
     received: usize,
     rejected: Vec<Rejection>,
     outcome: Option<oneshot::Receiver<PieceOutcome>>,
+    /// Rows appended to the spool (spool mode; no outcome to wait for).
+    spooled: u32,
     table: Table,
     /// Refused chat sessions of a ChatMessageBatch (kind "session").
     session_rejections: Vec<pb::RowRejection>,
@@ -85,20 +93,74 @@ impl Accepted {
             })),
         };
         let mut ack = batch_ack(self.sequence, self.received, self.rejected, outcome);
+        ack.spooled = self.spooled;
         ack.rejected.extend(self.session_rejections);
+        ack.rejected.sort_by_key(|r| (r.kind.clone(), r.index));
         metrics::ack_sent(self.table, ack.error.is_empty());
         ack
     }
 }
 
+/// A project name's fate under a key's scope: its id, or why its rows are refused.
+type ProjectCheck = Result<i32, Rejection>;
+
 impl Intake {
-    pub async fn events(&self, batch: pb::wire::AgentEventBatch) -> Result<Accepted, IngestError> {
+    /// A client's batch of events: spooled (with `--spool-dir`) or stored.
+    pub async fn events(
+        &self,
+        batch: pb::wire::AgentEventBatch,
+        scope: &Scope,
+    ) -> Result<Accepted, IngestError> {
+        match &self.spool {
+            Some(log) => self.spool_events(log, batch, scope).await,
+            None => self.store_events(batch, SystemTime::now(), scope).await,
+        }
+    }
+
+    /// A client's batch of chat messages: spooled (with `--spool-dir`) or stored.
+    pub async fn messages(
+        &self,
+        batch: pb::wire::ChatMessageBatch,
+        scope: &Scope,
+    ) -> Result<Accepted, IngestError> {
+        match &self.spool {
+            Some(log) => self.spool_messages(log, batch, scope).await,
+            None => self.store_messages(batch, SystemTime::now(), scope).await,
+        }
+    }
+
+    /// A spooled entry, replayed: through the same path as a client's batch,
+    /// with timestamps checked against the time it was received.
+    pub async fn store(&self, entry: Entry, received_at: SystemTime) -> Result<Accepted, IngestError> {
+        match entry.batch {
+            spool::Batch::Events(b) => self.store_events(b, received_at, &entry.scope).await,
+            spool::Batch::Messages(b) => self.store_messages(b, received_at, &entry.scope).await,
+        }
+    }
+
+    /// Whether `name` is a project this scope may write to (without
+    /// touching the database).
+    pub fn check_project(scope: &Scope, index: u32, field: &'static str, name: &str) -> Result<(), Rejection> {
+        let full = ProjectName::parse(name).map_err(|r| Rejection::new(index, field, r))?.full_name;
+        if scope.allows_name(&full) {
+            Ok(())
+        } else {
+            Err(Rejection::denied(index, field, scope.denial(&format!("project {full:?}"))))
+        }
+    }
+
+    async fn store_events(
+        &self,
+        batch: pb::wire::AgentEventBatch,
+        received_at: SystemTime,
+        scope: &Scope,
+    ) -> Result<Accepted, IngestError> {
         let (sequence, received) = (batch.sequence, batch.events.len());
         let table = Table::AgentEvents;
         self.check_rows(table, sequence, received, received)?;
         let raw: usize = batch.events.iter().map(Bytes::len).sum();
         let permit = self.admit(&self.events, sequence, raw).await?;
-        let window = TimeWindow::around(SystemTime::now(), &self.limits);
+        let window = TimeWindow::around(received_at, &self.limits);
         let mut rejected = Vec::new();
         let decoded: Vec<(u32, pb::AgentEvent)> =
             validate::decode_rows(&batch.events, &mut rejected);
@@ -110,20 +172,25 @@ impl Intake {
             }
         }
         // Resolve each distinct project once (usually one per batch).
-        let mut projects: Vec<(&str, Result<i32, String>)> = Vec::new();
+        // A project outside the key's scope is refused before it is named
+        // to the database (which would create it).
+        let mut projects: Vec<(&str, ProjectCheck)> = Vec::new();
         for r in &rows {
             let name = r.src.project.as_str();
             if projects.iter().any(|(n, _)| *n == name) {
                 continue;
             }
-            let id = match self.dims.project_id(name).await {
-                Ok(id) => Ok(id),
-                Err(DimsError::Invalid { reason, .. }) => Err(reason),
-                Err(source) => return Err(IngestError::Dimensions { sequence, source }),
+            let id = match Self::check_project(scope, 0, "project", name) {
+                Err(rejection) => Err(rejection),
+                Ok(()) => match self.dims.project_id(name).await {
+                    Ok(id) => Ok(id),
+                    Err(DimsError::Invalid { reason, .. }) => Err(Rejection::new(0, "project", reason)),
+                    Err(source) => return Err(IngestError::Dimensions { sequence, source }),
+                },
             };
             projects.push((name, id));
         }
-        let mut piece = PieceBuilder::new(raw, rows.len(), self.late_before(window));
+        let mut piece = PieceBuilder::new(raw, rows.len(), self.late_before());
         for r in &rows {
             match &projects
                 .iter()
@@ -132,7 +199,10 @@ impl Intake {
                 .1
             {
                 Ok(id) => piece.row(r.index, r.ts_us, |buf| encode::encode_event(buf, r, *id)),
-                Err(reason) => rejected.push(Rejection::new(r.index, "project", reason.clone())),
+                Err(why) => rejected.push(Rejection {
+                    index: r.index,
+                    ..why.clone()
+                }),
             }
         }
         // Only the encoded piece may wait for buffer space: the request and
@@ -146,9 +216,11 @@ impl Intake {
             .await
     }
 
-    pub async fn messages(
+    async fn store_messages(
         &self,
         batch: pb::wire::ChatMessageBatch,
+        received_at: SystemTime,
+        scope: &Scope,
     ) -> Result<Accepted, IngestError> {
         let (sequence, received) = (batch.sequence, batch.messages.len());
         let table = Table::ChatMessages;
@@ -156,7 +228,7 @@ impl Intake {
         self.check_rows(table, sequence, received + batch.sessions.len(), received)?;
         let raw: usize = batch.messages.iter().map(Bytes::len).sum();
         let permit = self.admit(&self.messages, sequence, raw).await?;
-        let window = TimeWindow::around(SystemTime::now(), &self.limits);
+        let window = TimeWindow::around(received_at, &self.limits);
         let mut session_rejections = Vec::new();
         // Sessions first, so the messages below can name them.
         for (i, s) in batch.sessions.iter().enumerate() {
@@ -164,7 +236,12 @@ impl Intake {
                 kind: "session".into(),
                 ..r.into()
             };
-            match validate::validate_chat_session(s, i as u32, &self.limits, window) {
+            let checked = validate::validate_chat_session(s, i as u32, &self.limits, window)
+                .and_then(|row| {
+                    Self::check_project(scope, i as u32, "workspace.project.name", &row.project.name)
+                        .map(|()| row)
+                });
+            match checked {
                 Ok(row) => match self.dims.upsert_chat_session(&row).await {
                     Ok(_) => {}
                     Err(DimsError::Invalid { field, reason }) => {
@@ -195,17 +272,18 @@ impl Intake {
         if let Err(source) = self.dims.load_sessions(&missing).await {
             return Err(IngestError::Dimensions { sequence, source });
         }
-        let mut piece = PieceBuilder::new(raw, rows.len(), self.late_before(window));
+        let mut piece = PieceBuilder::new(raw, rows.len(), self.late_before());
         for r in &rows {
             match self.dims.cached_session(&r.session_id) {
+                Some(s) if !scope.allows_id(s.project_id) => row_rejections.push(Rejection::denied(
+                    r.index,
+                    "session_id",
+                    scope.denial(&format!("the project of chat session {}", r.session_id)),
+                )),
                 Some(s) => piece.row(r.index, r.ts_us, |buf| {
                     encode::encode_message(buf, r, s.project_id, &s.agent_type)
                 }),
-                None => row_rejections.push(Rejection::new(
-                    r.index,
-                    "session_id",
-                    format!("unknown chat session {}: send it in this batch's `sessions` or through ReportSessions first", r.session_id),
-                )),
+                None => row_rejections.push(unknown_session(r.index, r.session_id)),
             }
         }
         drop(rows);
@@ -225,10 +303,186 @@ impl Intake {
         Ok(accepted)
     }
 
+    /// Spool mode: validates the batch (rejections go in its ack now),
+    /// appends its accepted rows to the spool, and acks once they are on
+    /// disk. The database is not needed.
+    async fn spool_events(
+        &self,
+        log: &Log,
+        batch: pb::wire::AgentEventBatch,
+        scope: &Scope,
+    ) -> Result<Accepted, IngestError> {
+        let (sequence, received) = (batch.sequence, batch.events.len());
+        let table = Table::AgentEvents;
+        self.check_rows(table, sequence, received, received)?;
+        let now = SystemTime::now();
+        let window = TimeWindow::around(now, &self.limits);
+        let mut rejected = Vec::new();
+        let decoded: Vec<(u32, pb::AgentEvent)> =
+            validate::decode_rows(&batch.events, &mut rejected);
+        let mut projects: Vec<(&str, Result<(), Rejection>)> = Vec::new();
+        let mut indices = Vec::with_capacity(decoded.len());
+        for (i, ev) in &decoded {
+            if let Err(r) = validate::validate_event(ev, *i, &self.limits, window) {
+                rejected.push(r);
+                continue;
+            }
+            let name = ev.project.as_str();
+            let check = match projects.iter().find(|(n, _)| *n == name) {
+                Some((_, c)) => c.clone(),
+                None => {
+                    let c = Self::check_project(scope, 0, "project", name);
+                    projects.push((name, c.clone()));
+                    c
+                }
+            };
+            match check {
+                Ok(()) => indices.push(*i),
+                Err(why) => rejected.push(Rejection { index: *i, ..why }),
+            }
+        }
+        let rows = indices.iter().map(|&i| batch.events[i as usize].clone()).collect();
+        let entry = Entry {
+            received_at_us: spool::unix_us(now),
+            scope: scope.clone(),
+            indices,
+            batch: spool::Batch::Events(pb::wire::AgentEventBatch { sequence, events: rows }),
+        };
+        self.append(log, table, received, rejected, entry).await
+    }
+
+    /// Spool mode for chat messages. A message whose session the service
+    /// does not know yet (and cannot look up, the database being down) is
+    /// spooled all the same; replay resolves it.
+    async fn spool_messages(
+        &self,
+        log: &Log,
+        batch: pb::wire::ChatMessageBatch,
+        scope: &Scope,
+    ) -> Result<Accepted, IngestError> {
+        let (sequence, received) = (batch.sequence, batch.messages.len());
+        let table = Table::ChatMessages;
+        self.check_rows(table, sequence, received + batch.sessions.len(), received)?;
+        let now = SystemTime::now();
+        let window = TimeWindow::around(now, &self.limits);
+        let mut rejected = Vec::new();
+        let mut sessions = Vec::new();
+        let mut session_ids = Vec::new();
+        for (i, s) in batch.sessions.iter().enumerate() {
+            let checked = validate::validate_chat_session(s, i as u32, &self.limits, window)
+                .and_then(|row| {
+                    Self::check_project(scope, i as u32, "workspace.project.name", &row.project.name)
+                        .map(|()| row.session_id)
+                });
+            match checked {
+                Ok(id) => {
+                    session_ids.push(id);
+                    sessions.push(s.clone());
+                }
+                Err(r) => rejected.push(pb::RowRejection {
+                    kind: "session".into(),
+                    ..r.into()
+                }),
+            }
+        }
+        let mut row_rejections = Vec::new();
+        let decoded: Vec<(u32, pb::ChatMessage)> =
+            validate::decode_rows(&batch.messages, &mut row_rejections);
+        let mut valid = Vec::with_capacity(decoded.len());
+        for (i, m) in &decoded {
+            match validate::validate_message(m, *i, &self.limits, window) {
+                Ok(r) => valid.push((*i, r.session_id)),
+                Err(r) => row_rejections.push(r),
+            }
+        }
+        // Sessions neither in this batch nor cached: one lookup, briefly;
+        // with the database down they stay unknown until replay.
+        let mut missing: Vec<Uuid> = valid
+            .iter()
+            .map(|(_, id)| *id)
+            .filter(|id| !session_ids.contains(id) && self.dims.cached_session(id).is_none())
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        let looked_up = !missing.is_empty()
+            && matches!(
+                tokio::time::timeout(SESSION_LOOKUP_TIMEOUT, self.dims.load_sessions(&missing)).await,
+                Ok(Ok(()))
+            );
+        let mut indices = Vec::with_capacity(valid.len());
+        for (i, id) in valid {
+            if session_ids.contains(&id) {
+                indices.push(i);
+                continue;
+            }
+            match self.dims.cached_session(&id) {
+                Some(s) if !scope.allows_id(s.project_id) => row_rejections.push(Rejection::denied(
+                    i,
+                    "session_id",
+                    scope.denial(&format!("the project of chat session {id}")),
+                )),
+                Some(_) => indices.push(i),
+                None if looked_up => row_rejections.push(unknown_session(i, id)),
+                None => indices.push(i),
+            }
+        }
+        let rows = indices.iter().map(|&i| batch.messages[i as usize].clone()).collect();
+        let entry = Entry {
+            received_at_us: spool::unix_us(now),
+            scope: scope.clone(),
+            indices,
+            batch: spool::Batch::Messages(pb::wire::ChatMessageBatch {
+                sequence,
+                sessions,
+                messages: rows,
+            }),
+        };
+        let mut accepted = self.append(log, table, received, row_rejections, entry).await?;
+        accepted.session_rejections = rejected;
+        Ok(accepted)
+    }
+
+    async fn append(
+        &self,
+        log: &Log,
+        table: Table,
+        received: usize,
+        rejected: Vec<Rejection>,
+        entry: Entry,
+    ) -> Result<Accepted, IngestError> {
+        let sequence = entry.batch.sequence();
+        for r in &rejected {
+            metrics::rows_rejected(table, &r.field, 1);
+        }
+        let spooled = entry.batch.rows().len();
+        let has_sessions = matches!(&entry.batch, spool::Batch::Messages(b) if !b.sessions.is_empty());
+        if spooled > 0 || has_sessions {
+            log.append(&entry.encode()).await.map_err(|source| {
+                metrics::batch_refused(table, match source {
+                    LogError::Full { .. } => "spool_full",
+                    _ => "spool_error",
+                });
+                IngestError::Spool { sequence, source }
+            })?;
+            metrics::rows_spooled(table, spooled);
+        }
+        Ok(Accepted {
+            sequence,
+            received,
+            rejected,
+            outcome: None,
+            spooled: spooled as u32,
+            table,
+            session_rejections: Vec::new(),
+        })
+    }
+
     /// Rows older than this are late (None: no aggregates to keep right).
-    fn late_before(&self, window: TimeWindow) -> Option<i64> {
-        self.late_after
-            .map(|d| window.now_us - d.as_micros() as i64)
+    /// Always against the present: a replayed row is late by when it is
+    /// stored, not by when it was received.
+    fn late_before(&self) -> Option<i64> {
+        let now_us = validate::system_time_to_pg_us(SystemTime::now());
+        self.late_after.map(|d| now_us - d.as_micros() as i64)
     }
 
     fn check_rows(
@@ -294,6 +548,7 @@ impl Intake {
             received,
             rejected,
             outcome: None,
+            spooled: 0,
             table,
             session_rejections: Vec::new(),
         };
@@ -336,6 +591,17 @@ impl Intake {
         accepted.outcome = Some(outcome);
         Ok(accepted)
     }
+}
+
+/// How long spool mode waits for the database to name unknown sessions.
+const SESSION_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn unknown_session(index: u32, id: Uuid) -> Rejection {
+    Rejection::new(
+        index,
+        "session_id",
+        format!("unknown chat session {id}: send it in this batch's `sessions` or through ReportSessions first"),
+    )
 }
 
 fn admit_reason(e: &AdmitError) -> &'static str {

@@ -10,6 +10,10 @@
 //! beyond that it stops reading, and HTTP/2 flow control slows the client.
 //! On shutdown a stream stops reading, sends the acks of everything it read,
 //! and ends with OK.
+//!
+//! Every call and every batch of a stream is authenticated ([`crate::auth`])
+//! before intake sees it: a stream whose key is revoked while it runs ends
+//! with UNAUTHENTICATED after the acks of the batches before.
 
 pub mod intake;
 pub mod status;
@@ -24,46 +28,69 @@ use tonic::{Request, Response, Status, Streaming};
 
 use self::intake::{Accepted, IngestError, Intake};
 use crate::{
+    auth::{Authenticator, Scope},
     pb::{self, wire},
     validate::{self, TimeWindow},
 };
 
-type AckFuture = Pin<Box<dyn Future<Output = pb::BatchAck> + Send>>;
+type AckFuture = Pin<Box<dyn Future<Output = Result<pb::BatchAck, Status>> + Send>>;
 
-/// A batch after admission: in the buffer awaiting commit, or refused whole.
+/// A batch after admission: in the buffer awaiting commit, refused whole,
+/// or refused with the whole stream (authentication).
 enum Admitted {
     Accepted(Accepted),
     Refused(pb::BatchAck),
+    EndStream(Status),
 }
 type AckStream = ReceiverStream<Result<pb::BatchAck, Status>>;
 
 #[derive(Clone)]
 pub struct Api {
     intake: Arc<Intake>,
+    auth: Arc<Authenticator>,
     /// Cancelled at shutdown: streams stop reading new batches.
     drain: CancellationToken,
 }
 
+/// The `authorization` header of a request, if any (and if it is text).
+fn bearer<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get("authorization")
+        .map(|v| v.to_str().unwrap_or("").to_owned())
+}
+
 impl Api {
-    pub fn new(intake: Arc<Intake>, drain: CancellationToken) -> Self {
-        Self { intake, drain }
+    pub fn new(intake: Arc<Intake>, auth: Arc<Authenticator>, drain: CancellationToken) -> Self {
+        Self { intake, auth, drain }
+    }
+
+    async fn scope<T>(&self, request: &Request<T>) -> Result<Scope, Status> {
+        self.auth
+            .scope(bearer(request).as_deref())
+            .await
+            .map_err(|e| status::auth_status(&e))
     }
 
     /// Runs one stream: `accept` admits a batch, the acks go out in order.
+    /// `header` is the stream's `authorization`, checked again per batch.
     fn run_stream<B, F, Fut>(
         &self,
         mut inbound: Streaming<B>,
+        header: Option<String>,
         size: fn(&B) -> (u64, usize),
         accept: F,
     ) -> AckStream
     where
         B: Send + 'static,
-        F: Fn(Arc<Intake>, B) -> Fut + Send + 'static,
+        F: Fn(Arc<Intake>, B, Scope) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Accepted, IngestError>> + Send + 'static,
     {
         let inflight = self.intake.pipeline.stream_inflight.max(1);
         let (tx, rx) = mpsc::channel(inflight);
         let intake = self.intake.clone();
+        let auth = self.auth.clone();
+        let accept = Arc::new(accept);
         let drain = self.drain.clone();
         tokio::spawn(async move {
             let mut pending: FuturesOrdered<AckFuture> = FuturesOrdered::new();
@@ -80,23 +107,33 @@ impl Api {
                 tokio::select! {
                     biased;
                     Some(ack) = pending.next(), if !pending.is_empty() => {
-                        if tx.send(Ok(ack)).await.is_err() {
-                            return; // client gone; stored rows stay stored
+                        let end = ack.is_err();
+                        if tx.send(ack).await.is_err() || end {
+                            return; // client gone (stored rows stay stored), or refused
                         }
                     }
                     admitted = async { admitting.as_mut().expect("guarded").await }, if admitting.is_some() => {
                         admitting = None;
                         pending.push_back(match admitted {
-                            Admitted::Accepted(a) => Box::pin(a.ack()),
-                            Admitted::Refused(ack) => Box::pin(std::future::ready(ack)),
+                            Admitted::Accepted(a) => Box::pin(async move { Ok(a.ack().await) }),
+                            Admitted::Refused(ack) => Box::pin(std::future::ready(Ok(ack))),
+                            Admitted::EndStream(status) => {
+                                reading = false;
+                                Box::pin(std::future::ready(Err(status)))
+                            }
                         });
                     }
                     msg = inbound.message(), if can_read => match msg {
                         Ok(Some(batch)) => {
                             let (sequence, received) = size(&batch);
-                            let fut = accept(intake.clone(), batch);
+                            let (intake, auth, accept, header) =
+                                (intake.clone(), auth.clone(), accept.clone(), header.clone());
                             admitting = Some(Box::pin(async move {
-                                match fut.await {
+                                let scope = match auth.scope(header.as_deref()).await {
+                                    Ok(scope) => scope,
+                                    Err(e) => return Admitted::EndStream(status::auth_status(&e)),
+                                };
+                                match accept(intake, batch, scope).await {
                                     Ok(accepted) => Admitted::Accepted(accepted),
                                     Err(e) => {
                                         tracing::warn!(error = %e, "batch refused");
@@ -128,10 +165,14 @@ impl wire::telemetry_ingest_server::TelemetryIngest for Api {
         &self,
         request: Request<Streaming<wire::AgentEventBatch>>,
     ) -> Result<Response<AckStream>, Status> {
+        // Refuse a stream without a valid key at once, not at its first batch.
+        self.scope(&request).await?;
+        let header = bearer(&request);
         Ok(Response::new(self.run_stream(
             request.into_inner(),
+            header,
             |b| (b.sequence, b.events.len()),
-            |intake, batch| async move { intake.events(batch).await },
+            |intake, batch, scope| async move { intake.events(batch, &scope).await },
         )))
     }
 
@@ -139,10 +180,13 @@ impl wire::telemetry_ingest_server::TelemetryIngest for Api {
         &self,
         request: Request<Streaming<wire::ChatMessageBatch>>,
     ) -> Result<Response<AckStream>, Status> {
+        self.scope(&request).await?;
+        let header = bearer(&request);
         Ok(Response::new(self.run_stream(
             request.into_inner(),
+            header,
             |b| (b.sequence, b.messages.len()),
-            |intake, batch| async move { intake.messages(batch).await },
+            |intake, batch, scope| async move { intake.messages(batch, &scope).await },
         )))
     }
 
@@ -150,9 +194,10 @@ impl wire::telemetry_ingest_server::TelemetryIngest for Api {
         &self,
         request: Request<wire::AgentEventBatch>,
     ) -> Result<Response<pb::BatchAck>, Status> {
+        let scope = self.scope(&request).await?;
         let accepted = self
             .intake
-            .events(request.into_inner())
+            .events(request.into_inner(), &scope)
             .await
             .map_err(|e| status::to_status(&e))?;
         Ok(Response::new(accepted.ack().await))
@@ -162,9 +207,10 @@ impl wire::telemetry_ingest_server::TelemetryIngest for Api {
         &self,
         request: Request<wire::ChatMessageBatch>,
     ) -> Result<Response<pb::BatchAck>, Status> {
+        let scope = self.scope(&request).await?;
         let accepted = self
             .intake
-            .messages(request.into_inner())
+            .messages(request.into_inner(), &scope)
             .await
             .map_err(|e| status::to_status(&e))?;
         Ok(Response::new(accepted.ack().await))
@@ -174,6 +220,7 @@ impl wire::telemetry_ingest_server::TelemetryIngest for Api {
         &self,
         request: Request<pb::SessionReport>,
     ) -> Result<Response<pb::SessionReportAck>, Status> {
+        let scope = self.scope(&request).await?;
         let report = request.into_inner();
         let limits = &self.intake.limits;
         let rows = report.chat_sessions.len() + report.agent_sessions.len();
@@ -186,43 +233,75 @@ impl wire::telemetry_ingest_server::TelemetryIngest for Api {
         let window = TimeWindow::around(SystemTime::now(), limits);
         let dims = &self.intake.dims;
         let mut ack = pb::SessionReportAck::default();
-        let unavailable = |e: crate::db::dims::DimsError| {
-            Status::unavailable(format!("sessions not stored: {e}; resend"))
-        };
-        let rejection = |kind: &str, r: validate::Rejection| pb::RowRejection {
-            kind: kind.into(),
-            ..r.into()
-        };
+        let mut rejected = Vec::new();
         for (i, s) in report.chat_sessions.iter().enumerate() {
-            match validate::validate_chat_session(s, i as u32, limits, window) {
-                Ok(row) => match dims.upsert_chat_session(&row).await {
-                    Ok(_) => ack.chat_sessions_stored += 1,
-                    Err(crate::db::dims::DimsError::Invalid { field, reason }) => {
-                        ack.rejected.push(rejection(
-                            "chat_session",
-                            validate::Rejection::new(i as u32, field, reason),
-                        ))
-                    }
-                    Err(e) => return Err(unavailable(e)),
+            let i = i as u32;
+            let stored = match validate::validate_chat_session(s, i, limits, window) {
+                Ok(row) => match Intake::check_project(&scope, i, "workspace.project.name", &row.project.name) {
+                    Ok(()) => dims.upsert_chat_session(&row).await.map(drop).map_err(Into::into),
+                    Err(r) => Err(r.into()),
                 },
-                Err(r) => ack.rejected.push(rejection("chat_session", r)),
-            }
+                Err(r) => Err(r.into()),
+            };
+            outcome(stored, "chat_session", i, &mut ack.chat_sessions_stored, &mut rejected)?;
         }
         for (i, s) in report.agent_sessions.iter().enumerate() {
-            match validate::validate_agent_session(s, i as u32, limits, window) {
-                Ok(row) => match dims.upsert_agent_session(&row).await {
-                    Ok(()) => ack.agent_sessions_stored += 1,
-                    Err(crate::db::dims::DimsError::Invalid { field, reason }) => {
-                        ack.rejected.push(rejection(
-                            "agent_session",
-                            validate::Rejection::new(i as u32, field, reason),
-                        ))
-                    }
-                    Err(e) => return Err(unavailable(e)),
+            let i = i as u32;
+            let stored = match validate::validate_agent_session(s, i, limits, window) {
+                Ok(row) => match Intake::check_project(&scope, i, "project", &s.project) {
+                    Ok(()) => dims.upsert_agent_session(&row).await.map_err(Into::into),
+                    Err(r) => Err(r.into()),
                 },
-                Err(r) => ack.rejected.push(rejection("agent_session", r)),
-            }
+                Err(r) => Err(r.into()),
+            };
+            outcome(stored, "agent_session", i, &mut ack.agent_sessions_stored, &mut rejected)?;
         }
+        ack.rejected = rejected;
         Ok(Response::new(ack))
     }
+}
+
+/// A session report row's failure: its own fault, or the database's.
+enum SessionFailure {
+    Rejected(validate::Rejection),
+    Db(crate::db::dims::DimsError),
+}
+
+impl From<validate::Rejection> for SessionFailure {
+    fn from(r: validate::Rejection) -> Self {
+        SessionFailure::Rejected(r)
+    }
+}
+
+impl From<crate::db::dims::DimsError> for SessionFailure {
+    fn from(e: crate::db::dims::DimsError) -> Self {
+        match e {
+            crate::db::dims::DimsError::Invalid { field, reason } => {
+                SessionFailure::Rejected(validate::Rejection::new(0, field, reason))
+            }
+            other => SessionFailure::Db(other),
+        }
+    }
+}
+
+/// Counts a stored session or records its rejection; a database failure
+/// fails the whole report (UNAVAILABLE: resend it).
+fn outcome(
+    result: Result<(), SessionFailure>,
+    kind: &str,
+    index: u32,
+    stored: &mut u32,
+    rejected: &mut Vec<pb::RowRejection>,
+) -> Result<(), Status> {
+    match result {
+        Ok(()) => *stored += 1,
+        Err(SessionFailure::Rejected(r)) => rejected.push(pb::RowRejection {
+            kind: kind.into(),
+            ..validate::Rejection { index, ..r }.into()
+        }),
+        Err(SessionFailure::Db(e)) => {
+            return Err(Status::unavailable(format!("sessions not stored: {e}; resend")));
+        }
+    }
+    Ok(())
 }

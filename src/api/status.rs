@@ -6,7 +6,7 @@
 use tonic::{Code, Status};
 
 use super::intake::IngestError;
-use crate::{buffer::AdmitError, db::dims::DimsError, pb};
+use crate::{auth::AuthError, buffer::AdmitError, db::dims::DimsError, pb, spool::log::LogError};
 
 /// Code and whether resending the same batch later can succeed.
 fn classify(e: &IngestError) -> (Code, bool) {
@@ -21,7 +21,27 @@ fn classify(e: &IngestError) -> (Code, bool) {
             DimsError::Invalid { .. } => (Code::InvalidArgument, false),
             DimsError::Pool(_) | DimsError::Db(_) => (Code::Unavailable, true),
         },
+        IngestError::Spool { source, .. } => match source {
+            LogError::Full { .. } => (Code::ResourceExhausted, true),
+            LogError::Io { .. } | LogError::Closed => (Code::Unavailable, true),
+        },
     }
+}
+
+/// Whether resending the same batch later can succeed.
+pub fn retryable(e: &IngestError) -> bool {
+    classify(e).1
+}
+
+pub fn auth_status(e: &AuthError) -> Status {
+    let (code, reason) = match e {
+        AuthError::Missing => (Code::Unauthenticated, "missing"),
+        AuthError::Malformed => (Code::Unauthenticated, "malformed"),
+        AuthError::Invalid => (Code::Unauthenticated, "invalid"),
+        AuthError::Unavailable(_) => (Code::Unavailable, "unavailable"),
+    };
+    crate::metrics::auth_refused(reason);
+    Status::new(code, e.to_string())
 }
 
 pub fn to_status(e: &IngestError) -> Status {

@@ -1,0 +1,199 @@
+//! API key management (`agent-telemetry keys …`): create, list, revoke.
+//! Every change is recorded in `audit_log` in the same transaction, so
+//! there is no key without its audit row.
+
+use rand::RngCore;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::db::dims::ProjectName;
+
+/// Every key starts with this, so leaked keys are recognisable (secret
+/// scanners) and a wrong value is told apart from a wrong key.
+pub const PREFIX: &str = "atk_";
+/// Characters of a key shown by `keys list`.
+const SHOWN: usize = PREFIX.len() + 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("project {name:?}: {reason}")]
+    Project { name: String, reason: String },
+    #[error("a key needs at least one --project")]
+    NoProject,
+    #[error("no key matches {0:?} (give its id or the prefix `keys list` shows)")]
+    NotFound(String),
+    #[error("{0:?} matches several keys; give more of it")]
+    Ambiguous(String),
+}
+
+pub fn hash(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// Who runs the command, for the audit trail.
+fn actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid {}", nix::unistd::Uid::effective()));
+    format!("{user} (agent-telemetry keys)")
+}
+
+/// A new key, as created.
+#[derive(Debug)]
+pub struct Created {
+    pub id: Uuid,
+    /// The key itself: shown once, never stored.
+    pub key: String,
+    pub projects: Vec<String>,
+}
+
+pub async fn create(
+    db: &mut Client,
+    name: &str,
+    projects: &[String],
+) -> Result<Created, KeyError> {
+    if projects.is_empty() {
+        return Err(KeyError::NoProject);
+    }
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let key = format!("{PREFIX}{}", hex(&secret));
+    let id = Uuid::new_v4();
+    let tx = db.transaction().await?;
+    tx.execute(
+        "INSERT INTO api_keys (id, name, key_hash, key_prefix) VALUES ($1, $2, $3, $4)",
+        &[&id, &name, &hash(&key).as_slice(), &&key[..SHOWN]],
+    )
+    .await?;
+    let mut full_names = Vec::new();
+    for p in projects {
+        let parsed = ProjectName::parse(p).map_err(|reason| KeyError::Project {
+            name: p.clone(),
+            reason,
+        })?;
+        // The same upsert as ingest's, so the key and the rows agree on
+        // which project a name means.
+        let project_id: i32 = tx
+            .query_one(
+                "INSERT INTO projects (name, full_name, repo_url, repo_owner, repo_name)
+                 VALUES ($1, $2, $3, $4, $1)
+                 ON CONFLICT (full_name) DO UPDATE SET updated_at = now()
+                 RETURNING id",
+                &[&parsed.name, &parsed.full_name, &parsed.repo_url, &parsed.owner],
+            )
+            .await?
+            .get(0);
+        tx.execute(
+            "INSERT INTO api_key_projects (key_id, project_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&id, &project_id],
+        )
+        .await?;
+        full_names.push(parsed.full_name);
+    }
+    audit(
+        &tx,
+        "key.create",
+        id,
+        json!({"name": name, "projects": full_names, "key_prefix": &key[..SHOWN]}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Created {
+        id,
+        key,
+        projects: full_names,
+    })
+}
+
+/// One row of `keys list`.
+#[derive(Debug)]
+pub struct KeyInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub active: bool,
+    pub projects: Vec<String>,
+    pub created_at: std::time::SystemTime,
+    pub last_used_at: Option<std::time::SystemTime>,
+}
+
+pub async fn list(db: &Client) -> Result<Vec<KeyInfo>, KeyError> {
+    let rows = db
+        .query(
+            "SELECT k.id, k.name, k.key_prefix, k.is_active, k.created_at, k.last_used_at,
+                    coalesce(array_agg(p.full_name ORDER BY p.full_name)
+                             FILTER (WHERE p.id IS NOT NULL), '{}')
+             FROM api_keys k
+             LEFT JOIN api_key_projects kp ON kp.key_id = k.id
+             LEFT JOIN projects p ON p.id = kp.project_id
+             GROUP BY k.id ORDER BY k.created_at",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| KeyInfo {
+            id: r.get(0),
+            name: r.get(1),
+            prefix: r.get(2),
+            active: r.get(3),
+            created_at: r.get(4),
+            last_used_at: r.get(5),
+            projects: r.get(6),
+        })
+        .collect())
+}
+
+/// Revokes the key whose id (or shown prefix) is `which`. Running services
+/// stop accepting it within `--key-cache-ttl`.
+pub async fn revoke(db: &mut Client, which: &str) -> Result<Uuid, KeyError> {
+    let tx = db.transaction().await?;
+    let rows = tx
+        .query(
+            "SELECT id FROM api_keys WHERE id::text = $1 OR key_prefix = $1 OR (length($1) >= 8 AND id::text LIKE $1 || '%')",
+            &[&which],
+        )
+        .await?;
+    let id: Uuid = match rows.as_slice() {
+        [] => return Err(KeyError::NotFound(which.to_owned())),
+        [one] => one.get(0),
+        _ => return Err(KeyError::Ambiguous(which.to_owned())),
+    };
+    let changed = tx
+        .execute(
+            "UPDATE api_keys SET is_active = false, revoked_at = now() WHERE id = $1 AND is_active",
+            &[&id],
+        )
+        .await?;
+    audit(
+        &tx,
+        "key.revoke",
+        id,
+        json!({"was_active": changed == 1}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+async fn audit(
+    tx: &tokio_postgres::Transaction<'_>,
+    action: &str,
+    key_id: Uuid,
+    details: serde_json::Value,
+) -> Result<(), KeyError> {
+    tx.execute(
+        "INSERT INTO audit_log (actor, action, key_id, details) VALUES ($1, $2, $3, $4)",
+        &[&actor(), &action, &key_id, &details],
+    )
+    .await?;
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

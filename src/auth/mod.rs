@@ -1,0 +1,193 @@
+//! Who may write where. Clients send `authorization: Bearer <key>`; the key
+//! (only its SHA-256 is stored, see [`keys`]) names the projects it may
+//! write to. [`Authenticator::scope`] turns the header into a [`Scope`];
+//! intake rejects every row outside it with PERMISSION_DENIED, beside the
+//! rows inside it, which are stored.
+//!
+//! Keys are looked up once and cached for `--key-cache-ttl`: revoking a key
+//! takes effect on running services within that time, also on streams
+//! opened before (the scope is checked per batch). While the database is
+//! unreachable, a key that was valid at its last check stays valid, so that
+//! an outage (with the spool on) does not turn into refused batches.
+
+pub mod keys;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use deadpool_postgres::Pool;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "this service requires an API key: send `authorization: Bearer <key>` (create one with `agent-telemetry keys create --project NAME`)"
+    )]
+    Missing,
+    #[error("the authorization header must be `Bearer <key>`")]
+    Malformed,
+    #[error("unknown or revoked API key")]
+    Invalid,
+    #[error("cannot check the API key: {0}")]
+    Unavailable(String),
+}
+
+/// The projects a key may write to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyScope {
+    pub key_id: Uuid,
+    /// (project id, full name).
+    pub projects: Vec<(i32, String)>,
+}
+
+/// What a request may write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Any project: no key required here and none sent.
+    Any,
+    Key(Arc<KeyScope>),
+}
+
+impl Scope {
+    /// Whether rows of the project with this full name may be written.
+    pub fn allows_name(&self, full_name: &str) -> bool {
+        match self {
+            Scope::Any => true,
+            Scope::Key(k) => k.projects.iter().any(|(_, n)| n == full_name),
+        }
+    }
+
+    pub fn allows_id(&self, id: i32) -> bool {
+        match self {
+            Scope::Any => true,
+            Scope::Key(k) => k.projects.iter().any(|(i, _)| *i == id),
+        }
+    }
+
+    /// The reason given for a row outside the scope.
+    pub fn denial(&self, project: &str) -> String {
+        match self {
+            Scope::Any => String::new(),
+            Scope::Key(k) => format!(
+                "the API key {} may not write to project {project:?}",
+                k.key_id
+            ),
+        }
+    }
+}
+
+struct Cached {
+    checked: Instant,
+    /// None: no such key, or revoked.
+    scope: Option<Arc<KeyScope>>,
+}
+
+pub struct Authenticator {
+    pool: Pool,
+    /// Whether a request without a key is refused.
+    required: bool,
+    ttl: Duration,
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
+}
+
+/// Entries beyond this are dropped wholesale: a flood of random keys must
+/// not grow memory without bound.
+const CACHE_MAX: usize = 10_000;
+
+impl Authenticator {
+    pub fn new(pool: Pool, required: bool, ttl: Duration) -> Self {
+        Self {
+            pool,
+            required,
+            ttl,
+            cache: Mutex::default(),
+        }
+    }
+
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
+    /// The scope of a request with this `authorization` header value.
+    pub async fn scope(&self, header: Option<&str>) -> Result<Scope, AuthError> {
+        let Some(value) = header else {
+            return if self.required {
+                Err(AuthError::Missing)
+            } else {
+                Ok(Scope::Any)
+            };
+        };
+        let key = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(AuthError::Malformed)?;
+        let hash = keys::hash(key);
+        let stale = {
+            let cache = self.cache.lock().expect("key cache lock");
+            match cache.get(&hash) {
+                Some(c) if c.checked.elapsed() < self.ttl => {
+                    return c.scope.clone().map(Scope::Key).ok_or(AuthError::Invalid);
+                }
+                Some(c) => c.scope.clone(),
+                None => None,
+            }
+        };
+        let scope = match self.look_up(&hash).await {
+            Ok(scope) => scope,
+            Err(e) => {
+                return match stale {
+                    Some(s) => Ok(Scope::Key(s)),
+                    None => Err(AuthError::Unavailable(e.to_string())),
+                };
+            }
+        };
+        let mut cache = self.cache.lock().expect("key cache lock");
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(
+            hash,
+            Cached {
+                checked: Instant::now(),
+                scope: scope.clone(),
+            },
+        );
+        scope.map(Scope::Key).ok_or(AuthError::Invalid)
+    }
+
+    async fn look_up(&self, hash: &[u8; 32]) -> Result<Option<Arc<KeyScope>>, Box<dyn std::error::Error>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT k.id, p.id, p.full_name
+                 FROM api_keys k
+                 JOIN api_key_projects kp ON kp.key_id = k.id
+                 JOIN projects p ON p.id = kp.project_id
+                 WHERE k.key_hash = $1 AND k.is_active",
+                &[&hash.as_slice()],
+            )
+            .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let key_id: Uuid = first.get(0);
+        // At most once a minute per key, however often it is checked.
+        client
+            .execute(
+                "UPDATE api_keys SET last_used_at = now()
+                 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+                &[&key_id],
+            )
+            .await?;
+        Ok(Some(Arc::new(KeyScope {
+            key_id,
+            projects: rows.iter().map(|r| (r.get(1), r.get(2))).collect(),
+        })))
+    }
+}

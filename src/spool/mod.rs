@@ -1,0 +1,194 @@
+//! Stage 4½, optional: the **spool** (`--spool-dir`). With it, a batch is
+//! acknowledged once its accepted rows are appended to a local write-ahead
+//! log and fsynced — before the database has seen them — so clients keep
+//! getting acks while the database is down or restarting.
+//!
+//! In: at receipt, intake validates a batch (rejections go in its ack at
+//! once) and appends an [`Entry`] holding the accepted rows' protobuf, the
+//! time it was received and the API key's scope ([`log`] does the files and
+//! the fsyncs). Out: the [`replay`] task reads the entries back in order and
+//! feeds each through the normal pipeline (dimensions → encode → buffer →
+//! COPY); the log is truncated only behind entries whose rows are committed.
+//! Replaying an entry twice (after a crash) stores nothing twice: its rows
+//! keep their ids, and the writer deduplicates by (id, timestamp).
+//!
+//! When the spool is at `--spool-max-bytes`, batches are refused with
+//! RESOURCE_EXHAUSTED: nothing is dropped silently.
+
+pub mod log;
+pub mod replay;
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use bytes::{Buf, BufMut, Bytes};
+use prost::Message;
+use uuid::Uuid;
+
+use crate::{
+    auth::{KeyScope, Scope},
+    pb::wire,
+};
+
+/// The accepted rows of one batch, as spooled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// When the batch arrived: replay validates timestamps against this
+    /// "now", so an outage does not make rows too old.
+    pub received_at_us: i64,
+    pub scope: Scope,
+    /// Each spooled row's index in the batch the client sent.
+    pub indices: Vec<u32>,
+    pub batch: Batch,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Batch {
+    Events(wire::AgentEventBatch),
+    Messages(wire::ChatMessageBatch),
+}
+
+impl Batch {
+    pub fn sequence(&self) -> u64 {
+        match self {
+            Batch::Events(b) => b.sequence,
+            Batch::Messages(b) => b.sequence,
+        }
+    }
+
+    pub fn rows(&self) -> &[Bytes] {
+        match self {
+            Batch::Events(b) => &b.events,
+            Batch::Messages(b) => &b.messages,
+        }
+    }
+}
+
+const EVENTS: u8 = 1;
+const MESSAGES: u8 = 2;
+
+pub fn unix_us(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+pub fn from_unix_us(us: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_micros(us.max(0) as u64)
+}
+
+impl Entry {
+    /// `kind | received_at | scope | indices | batch (protobuf)`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.batch.rows().iter().map(|r| r.len() + 4).sum::<usize>());
+        let (kind, batch) = match &self.batch {
+            Batch::Events(b) => (EVENTS, b.encode_to_vec()),
+            Batch::Messages(b) => (MESSAGES, b.encode_to_vec()),
+        };
+        out.put_u8(kind);
+        out.put_i64_le(self.received_at_us);
+        match &self.scope {
+            Scope::Any => out.put_u8(0),
+            Scope::Key(k) => {
+                out.put_u8(1);
+                out.put_slice(k.key_id.as_bytes());
+                out.put_u32_le(k.projects.len() as u32);
+                for (id, name) in &k.projects {
+                    out.put_i32_le(*id);
+                    out.put_u32_le(name.len() as u32);
+                    out.put_slice(name.as_bytes());
+                }
+            }
+        }
+        out.put_u32_le(self.indices.len() as u32);
+        for i in &self.indices {
+            out.put_u32_le(*i);
+        }
+        out.extend_from_slice(&batch);
+        out
+    }
+
+    pub fn decode(mut b: Bytes) -> Result<Self, String> {
+        fn need(b: &Bytes, n: usize) -> Result<(), String> {
+            if b.remaining() < n {
+                return Err("entry cut short".into());
+            }
+            Ok(())
+        }
+        need(&b, 10)?;
+        let kind = b.get_u8();
+        let received_at_us = b.get_i64_le();
+        let scope = match b.get_u8() {
+            0 => Scope::Any,
+            1 => {
+                need(&b, 20)?;
+                let key_id = Uuid::from_slice(&b.split_to(16)).map_err(|e| e.to_string())?;
+                let n = b.get_u32_le() as usize;
+                let mut projects = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    need(&b, 8)?;
+                    let id = b.get_i32_le();
+                    let len = b.get_u32_le() as usize;
+                    need(&b, len)?;
+                    let name = String::from_utf8(b.split_to(len).to_vec()).map_err(|e| e.to_string())?;
+                    projects.push((id, name));
+                }
+                Scope::Key(Arc::new(KeyScope { key_id, projects }))
+            }
+            other => return Err(format!("unknown scope tag {other}")),
+        };
+        need(&b, 4)?;
+        let n = b.get_u32_le() as usize;
+        need(&b, n * 4)?;
+        let indices = (0..n).map(|_| b.get_u32_le()).collect();
+        let batch = match kind {
+            EVENTS => Batch::Events(wire::AgentEventBatch::decode(b).map_err(|e| e.to_string())?),
+            MESSAGES => {
+                Batch::Messages(wire::ChatMessageBatch::decode(b).map_err(|e| e.to_string())?)
+            }
+            other => return Err(format!("unknown entry kind {other}")),
+        };
+        Ok(Self {
+            received_at_us,
+            scope,
+            indices,
+            batch,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip() {
+        let entry = Entry {
+            received_at_us: 1_700_000_000_123_456,
+            scope: Scope::Key(Arc::new(KeyScope {
+                key_id: Uuid::new_v4(),
+                projects: vec![(3, "acme/api".into()), (9, "web".into())],
+            })),
+            indices: vec![0, 2, 5],
+            batch: Batch::Messages(wire::ChatMessageBatch {
+                sequence: 42,
+                sessions: vec![],
+                messages: vec![Bytes::from_static(b"\x0a\x01x"), Bytes::new()],
+            }),
+        };
+        assert_eq!(Entry::decode(Bytes::from(entry.encode())).unwrap(), entry);
+        let plain = Entry {
+            scope: Scope::Any,
+            batch: Batch::Events(wire::AgentEventBatch {
+                sequence: 7,
+                events: vec![Bytes::from_static(b"abc")],
+            }),
+            ..entry
+        };
+        assert_eq!(Entry::decode(Bytes::from(plain.encode())).unwrap(), plain);
+        let cut = plain.encode();
+        assert!(Entry::decode(Bytes::copy_from_slice(&cut[..12])).is_err());
+    }
+}

@@ -1,0 +1,257 @@
+//! Replays spooled entries into the database, in order, for as long as the
+//! service runs: each entry goes through intake's normal path (dimensions →
+//! encode → buffer → COPY) and its rows' outcome is awaited like a client's
+//! ack. Several entries are in flight at once (the buffer's admission
+//! bounds them); the committed position advances over the entries whose
+//! rows are all committed, in order, and the log is truncated behind it.
+//!
+//! When an entry cannot be stored now (database down, buffer full), replay
+//! goes back to the oldest uncommitted entry and tries again after a
+//! backoff; entries after it that did get stored are recognised as
+//! duplicates the second time. Rows the pipeline refuses for good (a
+//! message whose chat session the service never learned of, a row outside
+//! its key's projects, a row the database refuses) cannot be given back to
+//! a client that has its ack already: they are written, with the reason,
+//! to `rejected.jsonl` in the spool directory and counted in
+//! `agent_telemetry_spool_rejected_rows_total`.
+
+use std::{
+    collections::VecDeque,
+    future::Future,
+    io::Write,
+    path::PathBuf,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::{StreamExt, stream::FuturesOrdered};
+use serde_json::json;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Batch, Entry, from_unix_us,
+    log::{Position, Reader},
+    unix_us,
+};
+use crate::{api::intake::Intake, metrics, pb};
+
+/// Entries whose rows may be on their way to the database at once.
+const IN_FLIGHT: usize = 32;
+/// How often the committed position is written when it moves.
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// Shared with the gauges: the receipt time (µs since the Unix epoch) of
+/// the oldest entry not yet committed, 0 when there is none.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    pub oldest_us: AtomicI64,
+}
+
+type Pending = Pin<Box<dyn Future<Output = pb::BatchAck> + Send>>;
+
+struct InFlight {
+    end: Position,
+    received_at_us: i64,
+    entry: Entry,
+}
+
+pub async fn run(
+    mut reader: Reader,
+    intake: Arc<Intake>,
+    backlog: Arc<Backlog>,
+    drain: CancellationToken,
+) {
+    let dead_letters = reader.dir().join("rejected.jsonl");
+    let mut committed = reader.position();
+    let mut written = committed;
+    let mut last_write = Instant::now();
+    let mut flights: VecDeque<InFlight> = VecDeque::new();
+    let mut acks: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let mut backoff = Duration::from_millis(100);
+    let mut reading = true;
+    loop {
+        if committed != written && (last_write.elapsed() >= COMMIT_EVERY || flights.is_empty()) {
+            match reader.commit(committed) {
+                Ok(()) => written = committed,
+                Err(e) => tracing::error!(error = %e, "spool: cannot record the committed position"),
+            }
+            last_write = Instant::now();
+        }
+        backlog.oldest_us.store(
+            flights.front().map_or(0, |f| f.received_at_us),
+            Ordering::Relaxed,
+        );
+        if drain.is_cancelled() {
+            reading = false;
+        }
+        if !reading && flights.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            Some(ack) = acks.next(), if !acks.is_empty() => {
+                let flight = flights.pop_front().expect("one flight per ack");
+                if !ack.error.is_empty() && ack.retryable {
+                    tracing::warn!(error = %ack.error, retry_in = ?backoff, "spool replay: not stored; going back to the oldest uncommitted entry");
+                    metrics::spool_replay_retried();
+                    flights.clear();
+                    acks = FuturesOrdered::new();
+                    reader.seek(committed);
+                    wait(backoff, &drain).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                backoff = Duration::from_millis(100);
+                dead_letter(&dead_letters, &flight.entry, &ack);
+                committed = flight.end;
+            }
+            next = reader.next(), if reading && flights.len() < IN_FLIGHT => match next {
+                Ok(Some((bytes, end))) => {
+                    let entry = match Entry::decode(bytes) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::error!(error = %e, ?end, "spool: undecodable entry skipped");
+                            continue;
+                        }
+                    };
+                    let received_at_us = entry.received_at_us;
+                    if flights.is_empty() {
+                        backlog.oldest_us.store(received_at_us, Ordering::Relaxed);
+                    }
+                    match intake.store(entry.clone(), from_unix_us(received_at_us)).await {
+                        Ok(accepted) => {
+                            acks.push_back(Box::pin(accepted.ack()));
+                            flights.push_back(InFlight { end, received_at_us, entry });
+                        }
+                        Err(e) if crate::api::status::retryable(&e) => {
+                            tracing::warn!(error = %e, retry_in = ?backoff, "spool replay: cannot take the entry now");
+                            metrics::spool_replay_retried();
+                            // Let what is in flight finish first, then
+                            // re-read from the oldest uncommitted entry.
+                            flights_wait(&mut acks, &mut flights, &mut committed, &dead_letters).await;
+                            reader.seek(committed);
+                            wait(backoff, &drain).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                        Err(e) => {
+                            let ack = crate::api::status::to_ack(&e, entry.batch.sequence(), entry.batch.rows().len());
+                            flights_wait(&mut acks, &mut flights, &mut committed, &dead_letters).await;
+                            dead_letter(&dead_letters, &entry, &ack);
+                            committed = end;
+                        }
+                    }
+                }
+                Ok(None) => reading = false,
+                Err(e) => {
+                    tracing::error!(error = %e, "spool: cannot read; replay stops until restart");
+                    reading = false;
+                }
+            },
+            _ = drain.cancelled(), if reading => reading = false,
+        }
+    }
+    if committed != written
+        && let Err(e) = reader.commit(committed)
+    {
+        tracing::error!(error = %e, "spool: cannot record the committed position");
+    }
+    backlog.oldest_us.store(0, Ordering::Relaxed);
+    tracing::info!(?committed, "spool replay stopped");
+}
+
+/// Waits for every entry in flight, in order, advancing `committed` over
+/// those stored; stops advancing at the first that was not.
+async fn flights_wait(
+    acks: &mut FuturesOrdered<Pending>,
+    flights: &mut VecDeque<InFlight>,
+    committed: &mut Position,
+    dead_letters: &PathBuf,
+) {
+    let mut failed = false;
+    while let Some(ack) = acks.next().await {
+        let flight = flights.pop_front().expect("one flight per ack");
+        if failed || (!ack.error.is_empty() && ack.retryable) {
+            failed = true;
+            continue;
+        }
+        dead_letter(dead_letters, &flight.entry, &ack);
+        *committed = flight.end;
+    }
+}
+
+async fn wait(d: Duration, drain: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = drain.cancelled() => {}
+    }
+}
+
+/// Writes the rows of `entry` that its replay refused for good.
+fn dead_letter(path: &PathBuf, entry: &Entry, ack: &pb::BatchAck) {
+    let rows = entry.batch.rows();
+    let kind = match entry.batch {
+        Batch::Events(_) => "agent_event",
+        Batch::Messages(_) => "chat_message",
+    };
+    // Indexes in the client's batch, as its ack would have given them.
+    let client_index = |i: usize| entry.indices.get(i).copied().unwrap_or(i as u32);
+    let mut lines = Vec::new();
+    if !ack.error.is_empty() {
+        for (i, row) in rows.iter().enumerate() {
+            lines.push(line(entry, client_index(i), kind, row, "", &ack.error));
+        }
+    }
+    for r in &ack.rejected {
+        let i = r.index as usize;
+        if r.kind == "session" {
+            if let Batch::Messages(b) = &entry.batch
+                && let Some(s) = b.sessions.get(i)
+            {
+                let row = prost::Message::encode_to_vec(s);
+                lines.push(line(entry, r.index, "chat_session", &row, &r.field, &r.reason));
+            }
+        } else if let Some(row) = rows.get(i) {
+            lines.push(line(entry, client_index(i), kind, row, &r.field, &r.reason));
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    tracing::error!(rows = lines.len(), file = %path.display(), "spool replay: rows refused after their batch was acknowledged; kept in the file");
+    metrics::spool_rejected(lines.len());
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| {
+            for l in &lines {
+                writeln!(f, "{l}")?;
+            }
+            f.sync_data()
+        });
+    if let Err(e) = written {
+        tracing::error!(error = %e, file = %path.display(), "cannot write refused rows; they are in the log above");
+        for l in &lines {
+            tracing::error!(row = %l, "refused spooled row");
+        }
+    }
+}
+
+fn line(entry: &Entry, index: u32, kind: &str, row: &[u8], field: &str, reason: &str) -> String {
+    json!({
+        "received_at_us": entry.received_at_us,
+        "written_at_us": unix_us(std::time::SystemTime::now()),
+        "sequence": entry.batch.sequence(),
+        "index": index,
+        "kind": kind,
+        "field": field,
+        "reason": reason,
+        "row_protobuf_hex": row.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    })
+    .to_string()
+}
