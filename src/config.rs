@@ -168,7 +168,11 @@ pub struct SecurityConfig {
     pub allow_unauthenticated: bool,
 
     /// Require an API key even on loopback.
-    #[arg(long, env = "AGENT_TELEMETRY_REQUIRE_API_KEY", conflicts_with = "allow_unauthenticated")]
+    #[arg(
+        long,
+        env = "AGENT_TELEMETRY_REQUIRE_API_KEY",
+        conflicts_with = "allow_unauthenticated"
+    )]
     pub require_api_key: bool,
 
     /// How long a checked API key is trusted before it is looked up again:
@@ -185,7 +189,11 @@ pub struct SecurityConfig {
     pub tls_key: Option<PathBuf>,
 
     /// Concurrent gRPC streams per connection (HTTP/2 SETTINGS).
-    #[arg(long, env = "AGENT_TELEMETRY_MAX_CONCURRENT_STREAMS", default_value_t = 64)]
+    #[arg(
+        long,
+        env = "AGENT_TELEMETRY_MAX_CONCURRENT_STREAMS",
+        default_value_t = 64
+    )]
     pub max_concurrent_streams: u32,
 }
 

@@ -91,16 +91,21 @@ async fn keys(cfg: agent_telemetry::config::KeysConfig) -> Result<(), Box<dyn st
     server::run_migrations(&db.conn, &storage, max_past).await?;
     let mut client = agent_telemetry::db::connect(&db.conn).await?;
     let result = match cfg.action {
-        KeysAction::Create { projects, name } => keys::create(&mut client, &name, &projects)
-            .await
-            .map(|k| {
-                eprintln!("key {} for {}; it is shown only now:", k.id, k.projects.join(", "));
+        KeysAction::Create { projects, name } => {
+            keys::create(&mut client, &name, &projects).await.map(|k| {
+                eprintln!(
+                    "key {} for {}; it is shown only now:",
+                    k.id,
+                    k.projects.join(", ")
+                );
                 println!("{}", k.key);
-            }),
+            })
+        }
         KeysAction::List => keys::list(&client).await.map(|list| {
             println!("id\tname\tprefix\tstate\tprojects\tcreated\tlast used");
             for k in list {
-                let time = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+                let time =
+                    |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
                 println!(
                     "{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     k.id,

@@ -79,9 +79,11 @@ impl Database {
     /// run beside a service must not stop the service's database).
     pub async fn release(self) -> Result<(), EmbeddedError> {
         match self.embedded {
-            Some(cluster) if self.started_here => tokio::task::spawn_blocking(move || cluster.stop())
-                .await
-                .expect("embedded stop panicked"),
+            Some(cluster) if self.started_here => {
+                tokio::task::spawn_blocking(move || cluster.stop())
+                    .await
+                    .expect("embedded stop panicked")
+            }
             _ => Ok(()),
         }
     }
@@ -254,8 +256,13 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
     let replayer = match &cfg.spool.spool_dir {
         None => None,
         Some(dir) => {
-            let segment = cfg.spool.spool_segment_bytes.min(cfg.spool.spool_max_bytes / 4).max(1 << 20);
-            let (log, reader, recovery) = spool::log::open(dir, cfg.spool.spool_max_bytes, segment)?;
+            let segment = cfg
+                .spool
+                .spool_segment_bytes
+                .min(cfg.spool.spool_max_bytes / 4)
+                .max(1 << 20);
+            let (log, reader, recovery) =
+                spool::log::open(dir, cfg.spool.spool_max_bytes, segment)?;
             tracing::info!(dir = %dir.display(), segments = recovery.segments, bytes = log.used(), torn_bytes = recovery.torn_bytes, "spool open; acks mean fsynced to the spool");
             intake.spool = Some(log.clone());
             let backlog = Arc::new(Backlog::default());
@@ -265,7 +272,12 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
     };
     let intake = Arc::new(intake);
     let replayer = replayer.map(|(reader, backlog)| {
-        tokio::spawn(spool::replay::run(reader, intake.clone(), backlog, drain.clone()))
+        tokio::spawn(spool::replay::run(
+            reader,
+            intake.clone(),
+            backlog,
+            drain.clone(),
+        ))
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -299,7 +311,8 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
             })
         };
         let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
-        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+        builder =
+            builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
         tracing::info!(cert = %cert.display(), "serving gRPC over TLS");
     }
     let serve = builder

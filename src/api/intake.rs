@@ -25,7 +25,10 @@ use crate::{
     db::dims::{Dimensions, DimsError, ProjectName},
     maintain::refresh,
     metrics, pb,
-    spool::{self, Entry, log::{Log, LogError}},
+    spool::{
+        self, Entry,
+        log::{Log, LogError},
+    },
     validate::{self, Rejection, TimeWindow},
 };
 
@@ -131,7 +134,11 @@ impl Intake {
 
     /// A spooled entry, replayed: through the same path as a client's batch,
     /// with timestamps checked against the time it was received.
-    pub async fn store(&self, entry: Entry, received_at: SystemTime) -> Result<Accepted, IngestError> {
+    pub async fn store(
+        &self,
+        entry: Entry,
+        received_at: SystemTime,
+    ) -> Result<Accepted, IngestError> {
         match entry.batch {
             spool::Batch::Events(b) => self.store_events(b, received_at, &entry.scope).await,
             spool::Batch::Messages(b) => self.store_messages(b, received_at, &entry.scope).await,
@@ -140,12 +147,23 @@ impl Intake {
 
     /// Whether `name` is a project this scope may write to (without
     /// touching the database).
-    pub fn check_project(scope: &Scope, index: u32, field: &'static str, name: &str) -> Result<(), Rejection> {
-        let full = ProjectName::parse(name).map_err(|r| Rejection::new(index, field, r))?.full_name;
+    pub fn check_project(
+        scope: &Scope,
+        index: u32,
+        field: &'static str,
+        name: &str,
+    ) -> Result<(), Rejection> {
+        let full = ProjectName::parse(name)
+            .map_err(|r| Rejection::new(index, field, r))?
+            .full_name;
         if scope.allows_name(&full) {
             Ok(())
         } else {
-            Err(Rejection::denied(index, field, scope.denial(&format!("project {full:?}"))))
+            Err(Rejection::denied(
+                index,
+                field,
+                scope.denial(&format!("project {full:?}")),
+            ))
         }
     }
 
@@ -184,7 +202,9 @@ impl Intake {
                 Err(rejection) => Err(rejection),
                 Ok(()) => match self.dims.project_id(name).await {
                     Ok(id) => Ok(id),
-                    Err(DimsError::Invalid { reason, .. }) => Err(Rejection::new(0, "project", reason)),
+                    Err(DimsError::Invalid { reason, .. }) => {
+                        Err(Rejection::new(0, "project", reason))
+                    }
                     Err(source) => return Err(IngestError::Dimensions { sequence, source }),
                 },
             };
@@ -238,8 +258,13 @@ impl Intake {
             };
             let checked = validate::validate_chat_session(s, i as u32, &self.limits, window)
                 .and_then(|row| {
-                    Self::check_project(scope, i as u32, "workspace.project.name", &row.project.name)
-                        .map(|()| row)
+                    Self::check_project(
+                        scope,
+                        i as u32,
+                        "workspace.project.name",
+                        &row.project.name,
+                    )
+                    .map(|()| row)
                 });
             match checked {
                 Ok(row) => match self.dims.upsert_chat_session(&row).await {
@@ -275,11 +300,13 @@ impl Intake {
         let mut piece = PieceBuilder::new(raw, rows.len(), self.late_before());
         for r in &rows {
             match self.dims.cached_session(&r.session_id) {
-                Some(s) if !scope.allows_id(s.project_id) => row_rejections.push(Rejection::denied(
-                    r.index,
-                    "session_id",
-                    scope.denial(&format!("the project of chat session {}", r.session_id)),
-                )),
+                Some(s) if !scope.allows_id(s.project_id) => {
+                    row_rejections.push(Rejection::denied(
+                        r.index,
+                        "session_id",
+                        scope.denial(&format!("the project of chat session {}", r.session_id)),
+                    ))
+                }
                 Some(s) => piece.row(r.index, r.ts_us, |buf| {
                     encode::encode_message(buf, r, s.project_id, &s.agent_type)
                 }),
@@ -341,12 +368,18 @@ impl Intake {
                 Err(why) => rejected.push(Rejection { index: *i, ..why }),
             }
         }
-        let rows = indices.iter().map(|&i| batch.events[i as usize].clone()).collect();
+        let rows = indices
+            .iter()
+            .map(|&i| batch.events[i as usize].clone())
+            .collect();
         let entry = Entry {
             received_at_us: spool::unix_us(now),
             scope: scope.clone(),
             indices,
-            batch: spool::Batch::Events(pb::wire::AgentEventBatch { sequence, events: rows }),
+            batch: spool::Batch::Events(pb::wire::AgentEventBatch {
+                sequence,
+                events: rows,
+            }),
         };
         self.append(log, table, received, rejected, entry).await
     }
@@ -371,8 +404,13 @@ impl Intake {
         for (i, s) in batch.sessions.iter().enumerate() {
             let checked = validate::validate_chat_session(s, i as u32, &self.limits, window)
                 .and_then(|row| {
-                    Self::check_project(scope, i as u32, "workspace.project.name", &row.project.name)
-                        .map(|()| row.session_id)
+                    Self::check_project(
+                        scope,
+                        i as u32,
+                        "workspace.project.name",
+                        &row.project.name,
+                    )
+                    .map(|()| row.session_id)
                 });
             match checked {
                 Ok(id) => {
@@ -406,7 +444,8 @@ impl Intake {
         missing.dedup();
         let looked_up = !missing.is_empty()
             && matches!(
-                tokio::time::timeout(SESSION_LOOKUP_TIMEOUT, self.dims.load_sessions(&missing)).await,
+                tokio::time::timeout(SESSION_LOOKUP_TIMEOUT, self.dims.load_sessions(&missing))
+                    .await,
                 Ok(Ok(()))
             );
         let mut indices = Vec::with_capacity(valid.len());
@@ -416,17 +455,22 @@ impl Intake {
                 continue;
             }
             match self.dims.cached_session(&id) {
-                Some(s) if !scope.allows_id(s.project_id) => row_rejections.push(Rejection::denied(
-                    i,
-                    "session_id",
-                    scope.denial(&format!("the project of chat session {id}")),
-                )),
+                Some(s) if !scope.allows_id(s.project_id) => {
+                    row_rejections.push(Rejection::denied(
+                        i,
+                        "session_id",
+                        scope.denial(&format!("the project of chat session {id}")),
+                    ))
+                }
                 Some(_) => indices.push(i),
                 None if looked_up => row_rejections.push(unknown_session(i, id)),
                 None => indices.push(i),
             }
         }
-        let rows = indices.iter().map(|&i| batch.messages[i as usize].clone()).collect();
+        let rows = indices
+            .iter()
+            .map(|&i| batch.messages[i as usize].clone())
+            .collect();
         let entry = Entry {
             received_at_us: spool::unix_us(now),
             scope: scope.clone(),
@@ -437,7 +481,9 @@ impl Intake {
                 messages: rows,
             }),
         };
-        let mut accepted = self.append(log, table, received, row_rejections, entry).await?;
+        let mut accepted = self
+            .append(log, table, received, row_rejections, entry)
+            .await?;
         accepted.session_rejections = rejected;
         Ok(accepted)
     }
@@ -455,13 +501,17 @@ impl Intake {
             metrics::rows_rejected(table, &r.field, 1);
         }
         let spooled = entry.batch.rows().len();
-        let has_sessions = matches!(&entry.batch, spool::Batch::Messages(b) if !b.sessions.is_empty());
+        let has_sessions =
+            matches!(&entry.batch, spool::Batch::Messages(b) if !b.sessions.is_empty());
         if spooled > 0 || has_sessions {
             log.append(&entry.encode()).await.map_err(|source| {
-                metrics::batch_refused(table, match source {
-                    LogError::Full { .. } => "spool_full",
-                    _ => "spool_error",
-                });
+                metrics::batch_refused(
+                    table,
+                    match source {
+                        LogError::Full { .. } => "spool_full",
+                        _ => "spool_error",
+                    },
+                );
                 IngestError::Spool { sequence, source }
             })?;
             metrics::rows_spooled(table, spooled);
@@ -600,7 +650,9 @@ fn unknown_session(index: u32, id: Uuid) -> Rejection {
     Rejection::new(
         index,
         "session_id",
-        format!("unknown chat session {id}: send it in this batch's `sessions` or through ReportSessions first"),
+        format!(
+            "unknown chat session {id}: send it in this batch's `sessions` or through ReportSessions first"
+        ),
     )
 }
 

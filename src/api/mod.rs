@@ -62,7 +62,11 @@ fn bearer<T>(request: &Request<T>) -> Option<String> {
 
 impl Api {
     pub fn new(intake: Arc<Intake>, auth: Arc<Authenticator>, drain: CancellationToken) -> Self {
-        Self { intake, auth, drain }
+        Self {
+            intake,
+            auth,
+            drain,
+        }
     }
 
     async fn scope<T>(&self, request: &Request<T>) -> Result<Scope, Status> {
@@ -237,13 +241,28 @@ impl wire::telemetry_ingest_server::TelemetryIngest for Api {
         for (i, s) in report.chat_sessions.iter().enumerate() {
             let i = i as u32;
             let stored = match validate::validate_chat_session(s, i, limits, window) {
-                Ok(row) => match Intake::check_project(&scope, i, "workspace.project.name", &row.project.name) {
-                    Ok(()) => dims.upsert_chat_session(&row).await.map(drop).map_err(Into::into),
+                Ok(row) => match Intake::check_project(
+                    &scope,
+                    i,
+                    "workspace.project.name",
+                    &row.project.name,
+                ) {
+                    Ok(()) => dims
+                        .upsert_chat_session(&row)
+                        .await
+                        .map(drop)
+                        .map_err(Into::into),
                     Err(r) => Err(r.into()),
                 },
                 Err(r) => Err(r.into()),
             };
-            outcome(stored, "chat_session", i, &mut ack.chat_sessions_stored, &mut rejected)?;
+            outcome(
+                stored,
+                "chat_session",
+                i,
+                &mut ack.chat_sessions_stored,
+                &mut rejected,
+            )?;
         }
         for (i, s) in report.agent_sessions.iter().enumerate() {
             let i = i as u32;
@@ -254,7 +273,13 @@ impl wire::telemetry_ingest_server::TelemetryIngest for Api {
                 },
                 Err(r) => Err(r.into()),
             };
-            outcome(stored, "agent_session", i, &mut ack.agent_sessions_stored, &mut rejected)?;
+            outcome(
+                stored,
+                "agent_session",
+                i,
+                &mut ack.agent_sessions_stored,
+                &mut rejected,
+            )?;
         }
         ack.rejected = rejected;
         Ok(Response::new(ack))
@@ -300,7 +325,9 @@ fn outcome(
             ..validate::Rejection { index, ..r }.into()
         }),
         Err(SessionFailure::Db(e)) => {
-            return Err(Status::unavailable(format!("sessions not stored: {e}; resend")));
+            return Err(Status::unavailable(format!(
+                "sessions not stored: {e}; resend"
+            )));
         }
     }
     Ok(())

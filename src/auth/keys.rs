@@ -51,11 +51,7 @@ pub struct Created {
     pub projects: Vec<String>,
 }
 
-pub async fn create(
-    db: &mut Client,
-    name: &str,
-    projects: &[String],
-) -> Result<Created, KeyError> {
+pub async fn create(db: &mut Client, name: &str, projects: &[String]) -> Result<Created, KeyError> {
     if projects.is_empty() {
         return Err(KeyError::NoProject);
     }
@@ -83,7 +79,12 @@ pub async fn create(
                  VALUES ($1, $2, $3, $4, $1)
                  ON CONFLICT (full_name) DO UPDATE SET updated_at = now()
                  RETURNING id",
-                &[&parsed.name, &parsed.full_name, &parsed.repo_url, &parsed.owner],
+                &[
+                    &parsed.name,
+                    &parsed.full_name,
+                    &parsed.repo_url,
+                    &parsed.owner,
+                ],
             )
             .await?
             .get(0);
@@ -169,13 +170,7 @@ pub async fn revoke(db: &mut Client, which: &str) -> Result<Uuid, KeyError> {
             &[&id],
         )
         .await?;
-    audit(
-        &tx,
-        "key.revoke",
-        id,
-        json!({"was_active": changed == 1}),
-    )
-    .await?;
+    audit(&tx, "key.revoke", id, json!({"was_active": changed == 1})).await?;
     tx.commit().await?;
     Ok(id)
 }

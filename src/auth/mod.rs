@@ -161,7 +161,10 @@ impl Authenticator {
         scope.map(Scope::Key).ok_or(AuthError::Invalid)
     }
 
-    async fn look_up(&self, hash: &[u8; 32]) -> Result<Option<Arc<KeyScope>>, Box<dyn std::error::Error>> {
+    async fn look_up(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<Arc<KeyScope>>, Box<dyn std::error::Error>> {
         let client = self.pool.get().await?;
         let rows = client
             .query(

@@ -149,8 +149,22 @@ impl Service {
         extra: &[String],
         log: PathBuf,
     ) -> Result<Self, BenchError> {
-        let addr = free_port()?;
-        let out = std::fs::File::create(&log)
+        Self::start_on(free_port()?, exe, conn, mode, extra, log).await
+    }
+
+    /// [`Self::start`] on a given address (a restart where clients reconnect).
+    pub async fn start_on(
+        addr: SocketAddr,
+        exe: &Path,
+        conn: &str,
+        mode: TimescaleMode,
+        extra: &[String],
+        log: PathBuf,
+    ) -> Result<Self, BenchError> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
             .map_err(|e| BenchError::Io(log.display().to_string(), e))?;
         let err = out
             .try_clone()
@@ -206,6 +220,28 @@ impl Service {
         Some(kib * 1024)
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `limit` for the process to exit by itself.
+    pub async fn wait(mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// SIGKILL: the process dies at once, with nothing flushed or acked.
+    pub async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
     /// SIGTERM, then waits for a clean exit.
     pub async fn stop(mut self) -> Result<(), BenchError> {
         if let Some(pid) = self.child.id() {
@@ -256,7 +292,7 @@ pub async fn through_service(
     Ok(ServiceRun { summary, peak_rss })
 }
 
-fn free_port() -> Result<SocketAddr, BenchError> {
+pub fn free_port() -> Result<SocketAddr, BenchError> {
     let l =
         TcpListener::bind("127.0.0.1:0").map_err(|e| BenchError::Io("127.0.0.1:0".into(), e))?;
     l.local_addr()

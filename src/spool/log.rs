@@ -68,7 +68,10 @@ fn segments(dir: &Path) -> Result<Vec<u64>, LogError> {
     for e in fs::read_dir(dir).map_err(io_err(dir))? {
         let name = e.map_err(io_err(dir))?.file_name();
         let name = name.to_string_lossy();
-        if let Some(n) = name.strip_suffix(SEGMENT_SUFFIX).and_then(|n| n.parse().ok()) {
+        if let Some(n) = name
+            .strip_suffix(SEGMENT_SUFFIX)
+            .and_then(|n| n.parse().ok())
+        {
             out.push(n);
         }
     }
@@ -175,7 +178,10 @@ pub fn open(
                 tracing::error!(segment = %path.display(), offset = end, bytes = len - end, "spool: damaged record; the rest of this segment is skipped");
                 recovery.damaged_bytes += len - end;
             }
-            let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
             f.set_len(end).map_err(io_err(&path))?;
             f.sync_all().map_err(io_err(&path))?;
         }
@@ -316,12 +322,12 @@ impl Writer {
             }
             let result = self.write(&group);
             for a in group {
-                let _ = a.done.send(result.as_ref().map(|_| self.at).map_err(|e| {
-                    LogError::Io {
+                let _ = a
+                    .done
+                    .send(result.as_ref().map(|_| self.at).map_err(|e| LogError::Io {
                         path: self.dir.to_path_buf(),
                         source: io::Error::new(e.kind(), e.to_string()),
-                    }
-                }));
+                    }));
             }
             if let Err(e) = result {
                 // A disk that fails a write or fsync may have lost what it
@@ -344,7 +350,10 @@ impl Writer {
         if self.at.offset >= self.segment_bytes {
             let next = self.at.segment + 1;
             let path = segment_path(&self.dir, next);
-            self.file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+            self.file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)?;
             File::open(&*self.dir)?.sync_all()?;
             self.at = Position {
                 segment: next,
@@ -395,7 +404,8 @@ impl Reader {
             if self.file.is_none() {
                 match File::open(&path) {
                     Ok(mut f) => {
-                        f.seek(SeekFrom::Start(self.at.offset)).map_err(io_err(&path))?;
+                        f.seek(SeekFrom::Start(self.at.offset))
+                            .map_err(io_err(&path))?;
                         self.file = Some(f);
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -453,5 +463,86 @@ impl Reader {
             self.used.fetch_sub(len, Ordering::AcqRel);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read_all(reader: &mut Reader, n: usize) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(reader.next().await.unwrap().unwrap().0);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_off_and_earlier_records_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (log, _, _) = open(dir.path(), 1 << 30, 1 << 20).unwrap();
+            for i in 0..3u8 {
+                log.append(&[i; 100]).await.unwrap();
+            }
+        }
+        // An append that died half-way: a header and part of its payload.
+        let last = *segments(dir.path()).unwrap().last().unwrap();
+        let path = segment_path(dir.path(), last);
+        let mut torn = frame(&[9u8; 100]);
+        torn.truncate(60);
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&torn)
+            .unwrap();
+
+        let (log, mut reader, recovery) = open(dir.path(), 1 << 30, 1 << 20).unwrap();
+        assert_eq!(recovery.torn_bytes, 60);
+        log.append(&[7u8; 10]).await.unwrap();
+        let got = read_all(&mut reader, 4).await;
+        assert_eq!(
+            got[..3],
+            [vec![0u8; 100], vec![1; 100], vec![2; 100]].map(Bytes::from)
+        );
+        assert_eq!(got[3], Bytes::from(vec![7u8; 10]));
+    }
+
+    #[tokio::test]
+    async fn commit_deletes_read_segments_and_reopening_resumes_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut reader, _) = open(dir.path(), 1 << 30, 1000).unwrap();
+        for i in 0..10u8 {
+            log.append(&[i; 400]).await.unwrap();
+        }
+        let before = segments(dir.path()).unwrap().len();
+        assert!(before >= 4, "rotated at 1000 bytes: {before} segments");
+        let mut end = Position::default();
+        for _ in 0..6 {
+            end = reader.next().await.unwrap().unwrap().1;
+        }
+        let used = log.used();
+        reader.commit(end).unwrap();
+        assert!(segments(dir.path()).unwrap().len() < before);
+        assert!(log.used() < used);
+        drop((log, reader));
+        let (_log, mut reader, _) = open(dir.path(), 1 << 30, 1000).unwrap();
+        let rest = read_all(&mut reader, 4).await;
+        assert_eq!(rest[0], Bytes::from(vec![6u8; 400]));
+        assert_eq!(rest[3], Bytes::from(vec![9u8; 400]));
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_refuses_the_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _, _) = open(dir.path(), 1000, 1 << 20).unwrap();
+        log.append(&[1u8; 600]).await.unwrap();
+        assert!(matches!(
+            log.append(&[2u8; 600]).await,
+            Err(LogError::Full { .. })
+        ));
+        log.append(&[3u8; 100]).await.unwrap();
     }
 }

@@ -82,7 +82,8 @@ pub fn from_unix_us(us: i64) -> SystemTime {
 impl Entry {
     /// `kind | received_at | scope | indices | batch (protobuf)`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.batch.rows().iter().map(|r| r.len() + 4).sum::<usize>());
+        let mut out =
+            Vec::with_capacity(64 + self.batch.rows().iter().map(|r| r.len() + 4).sum::<usize>());
         let (kind, batch) = match &self.batch {
             Batch::Events(b) => (EVENTS, b.encode_to_vec()),
             Batch::Messages(b) => (MESSAGES, b.encode_to_vec()),
@@ -132,7 +133,8 @@ impl Entry {
                     let id = b.get_i32_le();
                     let len = b.get_u32_le() as usize;
                     need(&b, len)?;
-                    let name = String::from_utf8(b.split_to(len).to_vec()).map_err(|e| e.to_string())?;
+                    let name =
+                        String::from_utf8(b.split_to(len).to_vec()).map_err(|e| e.to_string())?;
                     projects.push((id, name));
                 }
                 Scope::Key(Arc::new(KeyScope { key_id, projects }))

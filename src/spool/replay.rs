@@ -78,7 +78,9 @@ pub async fn run(
         if committed != written && (last_write.elapsed() >= COMMIT_EVERY || flights.is_empty()) {
             match reader.commit(committed) {
                 Ok(()) => written = committed,
-                Err(e) => tracing::error!(error = %e, "spool: cannot record the committed position"),
+                Err(e) => {
+                    tracing::error!(error = %e, "spool: cannot record the committed position")
+                }
             }
             last_write = Instant::now();
         }
@@ -213,7 +215,14 @@ fn dead_letter(path: &PathBuf, entry: &Entry, ack: &pb::BatchAck) {
                 && let Some(s) = b.sessions.get(i)
             {
                 let row = prost::Message::encode_to_vec(s);
-                lines.push(line(entry, r.index, "chat_session", &row, &r.field, &r.reason));
+                lines.push(line(
+                    entry,
+                    r.index,
+                    "chat_session",
+                    &row,
+                    &r.field,
+                    &r.reason,
+                ));
             }
         } else if let Some(row) = rows.get(i) {
             lines.push(line(entry, client_index(i), kind, row, &r.field, &r.reason));

@@ -3,6 +3,8 @@
 //! real service started on 127.0.0.1:0 against that database.
 #![allow(dead_code)]
 
+pub mod delivery;
+
 use std::{os::unix::fs::PermissionsExt, time::Duration};
 
 use agent_telemetry::{

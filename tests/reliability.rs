@@ -1,0 +1,433 @@
+//! Faults, injected for real: the database crash-restarted or stopped while
+//! clients stream, the service killed with SIGKILL, every batch resent, an
+//! overload. Clients behave as docs/api.md asks (tests/common/delivery.rs):
+//! they resend what was not acknowledged. Afterwards every acknowledged
+//! event must be stored exactly once. Each test prints its figures.
+
+mod common;
+
+use std::{
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
+
+use agent_telemetry::{bench::cases::Service, config::TimescaleMode, pb};
+use common::{
+    delivery::{self, Delivery, Stored},
+    say,
+};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn report(test: &str, d: &Delivery, s: &Stored) {
+    say(&format!(
+        "{test}: sent {} events; acknowledged {} (stored {}, duplicates {}, spooled {}); \
+         in the table {} ({} distinct, so {} duplicated); acknowledged but missing {}; \
+         error acks {}, broken streams {}, batches resent {}",
+        d.sent_rows,
+        d.acked_ids.len(),
+        d.stored,
+        d.duplicates,
+        d.spooled,
+        s.rows,
+        s.distinct,
+        s.rows - s.distinct,
+        s.lost,
+        d.error_acks,
+        d.broken_streams,
+        d.resent_batches,
+    ));
+}
+
+fn exactly_once(d: &Delivery, s: &Stored) {
+    assert_eq!(
+        d.acked_ids.len() as u64,
+        d.sent_rows,
+        "every event acknowledged in the end"
+    );
+    assert_eq!(s.lost, 0, "acknowledged events missing");
+    assert_eq!(s.rows, s.distinct, "duplicated rows");
+    assert_eq!(s.rows as u64, d.sent_rows, "rows stored");
+}
+
+fn exe() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_crash_restart_mid_stream_loses_and_duplicates_nothing() {
+    let (pg, conn, svc) = common::service("restart").await;
+    let progress = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn({
+        let (endpoint, progress) = (svc.endpoint.clone(), progress.clone());
+        async move {
+            delivery::deliver_parallel(&endpoint, "acme/restart", 200_000, 4, 500, progress, LIMIT)
+                .await
+        }
+    });
+    delivery::when_acked(&progress, 40_000).await;
+    // The cluster comes back: dropping it would remove it.
+    let _pg = tokio::task::spawn_blocking(move || {
+        pg.cluster
+            .restart_immediate()
+            .expect("pg_ctl restart -m immediate");
+        pg
+    })
+    .await
+    .unwrap();
+    let d = load.await.unwrap();
+    let db = common::db(&conn).await;
+    let s = delivery::stored(&db, &d.acked_ids).await;
+    report("database restarted (-m immediate) under 4 streams", &d, &s);
+    exactly_once(&d, &s);
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_down_30s_with_the_spool_acks_continue_and_rows_arrive_once() {
+    let spool = tempfile::tempdir().unwrap();
+    let dir = spool.path().to_owned();
+    let (pg, conn, svc) = common::service_with("spool_outage", |c| {
+        c.spool.spool_dir = Some(dir);
+    })
+    .await;
+    let db = common::db(&conn).await;
+    let progress = Arc::new(AtomicU64::new(0));
+    let mut total = delivery::deliver(
+        svc.endpoint.clone(),
+        delivery::batches("acme/outage", 10_000, 500, 0),
+        None,
+        progress.clone(),
+        LIMIT,
+    )
+    .await;
+    drop(db);
+    pg.cluster.stop().expect("stop PostgreSQL");
+    // 30 s without a database: one batch a second, each acked as spooled.
+    let mut during = Delivery::default();
+    for i in 0..30u64 {
+        let started = std::time::Instant::now();
+        let d = delivery::deliver(
+            svc.endpoint.clone(),
+            delivery::batches("acme/outage", 500, 500, 1_000 + i),
+            None,
+            progress.clone(),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(
+            d.spooled, 500,
+            "acked as spooled while the database is down"
+        );
+        assert_eq!(d.resent_batches, 0, "no resend needed with the spool");
+        during.add(&d);
+        tokio::time::sleep(Duration::from_secs(1).saturating_sub(started.elapsed())).await;
+    }
+    total.add(&during);
+    pg.cluster.start().expect("start PostgreSQL");
+    let db = common::db(&conn).await;
+    let n = delivery::until_stored(&db, total.sent_rows as i64, Duration::from_secs(120)).await;
+    let s = delivery::stored(&db, &total.acked_ids).await;
+    report("database stopped 30 s, spool on", &total, &s);
+    assert_eq!(n, 25_000);
+    exactly_once(&total, &s);
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_down_without_the_spool_gets_errors_never_a_false_ack() {
+    let (pg, conn, svc) = common::service_with("no_spool_outage", |c| {
+        c.pipeline.copy_retry_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let progress = Arc::new(AtomicU64::new(0));
+    let mut total = delivery::deliver(
+        svc.endpoint.clone(),
+        delivery::batches("acme/nospool", 1_000, 500, 0),
+        None,
+        progress.clone(),
+        LIMIT,
+    )
+    .await;
+    pg.cluster.stop().expect("stop PostgreSQL");
+    let mut client = common::client(&svc.endpoint).await;
+    let mut refused = Vec::new();
+    for (i, b) in delivery::batches("acme/nospool", 5_000, 500, 100)
+        .into_iter()
+        .enumerate()
+    {
+        let answer = client.ingest_agent_events(b.clone()).await;
+        match answer {
+            Ok(ack) => {
+                let ack = ack.into_inner();
+                assert!(
+                    !delivery::done(&ack),
+                    "batch {i} acknowledged as done with the database down: {ack:?}"
+                );
+                assert!(ack.retryable, "{ack:?}");
+            }
+            Err(status) => assert!(
+                matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                ),
+                "{status:?}"
+            ),
+        }
+        refused.push(b);
+    }
+    pg.cluster.start().expect("start PostgreSQL");
+    let db = common::db(&conn).await;
+    assert_eq!(
+        delivery::stored(&db, &total.acked_ids).await.rows,
+        1_000,
+        "only the batches acknowledged before the outage are stored"
+    );
+    // The client resends what was refused.
+    let again = delivery::deliver(svc.endpoint.clone(), refused, None, progress, LIMIT).await;
+    total.add(&again);
+    let s = delivery::stored(&db, &total.acked_ids).await;
+    report("database stopped, spool off", &total, &s);
+    exactly_once(&total, &s);
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn service_killed_mid_stream_with_the_spool_then_resends_store_everything_once() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("killed").await;
+    let work = tempfile::tempdir().unwrap();
+    let args = vec![
+        format!("--spool-dir={}", work.path().join("spool").display()),
+        "--shutdown-timeout=10s".to_owned(),
+    ];
+    let log = work.path().join("serve.log");
+    let svc = Service::start(exe(), &conn, TimescaleMode::Auto, &args, log.clone())
+        .await
+        .expect("start service");
+    let endpoint = svc.endpoint.clone();
+    let progress = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn({
+        let (endpoint, progress) = (endpoint.clone(), progress.clone());
+        async move {
+            delivery::deliver_parallel(&endpoint, "acme/killed", 100_000, 4, 500, progress, LIMIT)
+                .await
+        }
+    });
+    delivery::when_acked(&progress, 30_000).await;
+    svc.kill().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let addr = endpoint.trim_start_matches("http://").parse().unwrap();
+    let svc = Service::start_on(addr, exe(), &conn, TimescaleMode::Auto, &args, log)
+        .await
+        .expect("restart service");
+    let d = load.await.unwrap();
+    let db = common::db(&conn).await;
+    let n = delivery::until_stored(&db, 100_000, Duration::from_secs(120)).await;
+    let s = delivery::stored(&db, &d.acked_ids).await;
+    report("service killed (SIGKILL) under 4 streams, spool on", &d, &s);
+    assert_eq!(n, 100_000);
+    exactly_once(&d, &s);
+    svc.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_batch_sent_three_times_at_once_is_stored_once() {
+    let (_pg, conn, svc) = common::service("thrice").await;
+    let batches = delivery::batches("acme/thrice", 20_000, 500, 0);
+    let progress = Arc::new(AtomicU64::new(0));
+    let sends: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::spawn(delivery::deliver(
+                svc.endpoint.clone(),
+                batches.clone(),
+                None,
+                progress.clone(),
+                LIMIT,
+            ))
+        })
+        .collect();
+    let mut total = Delivery::default();
+    for s in sends {
+        total.add(&s.await.unwrap());
+    }
+    let db = common::db(&conn).await;
+    let s = delivery::stored(&db, &total.acked_ids).await;
+    report("every batch sent three times, concurrently", &total, &s);
+    assert_eq!(
+        total.stored, 20_000,
+        "each row stored by exactly one of the sends"
+    );
+    assert_eq!(
+        total.duplicates, 40_000,
+        "the other two sends see duplicates"
+    );
+    assert_eq!((s.rows, s.distinct, s.lost), (20_000, 20_000, 0));
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overload_keeps_memory_bounded_and_loses_nothing() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("overload").await;
+    let work = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--buffer-bytes=8388608".to_owned(),
+        "--admission-timeout=200ms".to_owned(),
+    ];
+    let svc = Service::start(
+        exe(),
+        &conn,
+        TimescaleMode::Auto,
+        &args,
+        work.path().join("serve.log"),
+    )
+    .await
+    .expect("start service");
+    let progress = Arc::new(AtomicU64::new(0));
+    let d = delivery::deliver_parallel(
+        &svc.endpoint,
+        "acme/overload",
+        200_000,
+        16,
+        1_000,
+        progress,
+        LIMIT,
+    )
+    .await;
+    let rss = svc.peak_rss().expect("VmHWM");
+    let db = common::db(&conn).await;
+    let s = delivery::stored(&db, &d.acked_ids).await;
+    report(
+        "16 streams offering far more than the database takes, 8 MiB buffers",
+        &d,
+        &s,
+    );
+    say(&format!("overload: peak RSS {} MiB", rss >> 20));
+    exactly_once(&d, &s);
+    assert!(
+        d.error_acks > 0,
+        "the overload was real: some batches were refused"
+    );
+    // Two 8 MiB buffers, 16 streams' requests in flight, the runtime.
+    assert!(rss < 160 << 20, "peak RSS {} MiB", rss >> 20);
+    svc.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once_leaving_only_unacknowledged_batches() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("signals").await;
+    let work = tempfile::tempdir().unwrap();
+    let svc = Service::start(
+        exe(),
+        &conn,
+        TimescaleMode::Auto,
+        &["--shutdown-timeout=10min".to_owned()],
+        work.path().join("serve.log"),
+    )
+    .await
+    .expect("start service");
+    // A database that takes nothing: the drain cannot finish by itself.
+    let db = common::db(&conn).await;
+    db.batch_execute("BEGIN; LOCK TABLE agent_events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut client = common::client(&svc.endpoint).await;
+    let pending = tokio::spawn(async move {
+        client
+            .ingest_agent_events(pb::AgentEventBatch {
+                sequence: 1,
+                events: vec![common::event("acme/signals", 60)],
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = svc.pid().expect("pid");
+    let term = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap()
+    };
+    term();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut svc = svc;
+    assert!(
+        svc.is_running(),
+        "the first signal drains, waiting for the database"
+    );
+    term();
+    let status = svc
+        .wait(Duration::from_secs(10))
+        .await
+        .expect("exited after the second signal");
+    assert_eq!(status.code(), Some(130));
+    let answer = pending.await.unwrap();
+    assert!(
+        answer.is_err(),
+        "the unacknowledged batch got no ack: {answer:?}"
+    );
+    db.batch_execute("ROLLBACK").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_spool_refuses_with_resource_exhausted_and_drops_nothing() {
+    let spool = tempfile::tempdir().unwrap();
+    let dir = spool.path().to_owned();
+    let (pg, conn, svc) = common::service_with("spool_full", |c| {
+        c.spool.spool_dir = Some(dir);
+        c.spool.spool_max_bytes = 4 << 20;
+    })
+    .await;
+    pg.cluster.stop().expect("stop PostgreSQL");
+    let mut client = common::client(&svc.endpoint).await;
+    let mut acked = Delivery::default();
+    let mut refused = Vec::new();
+    for b in delivery::batches("acme/full", 40_000, 500, 0) {
+        match client.ingest_agent_events(b.clone()).await {
+            Ok(ack) => {
+                let ack = ack.into_inner();
+                assert!(delivery::done(&ack) && ack.spooled == 500, "{ack:?}");
+                acked.sent_rows += 500;
+                acked.spooled += 500;
+                acked
+                    .acked_ids
+                    .extend(b.events.iter().map(|e| e.id.parse::<uuid::Uuid>().unwrap()));
+            }
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    status.message().contains("spool is full"),
+                    "{}",
+                    status.message()
+                );
+                refused.push(b);
+            }
+        }
+    }
+    assert!(
+        !refused.is_empty() && acked.spooled > 0,
+        "the spool filled up"
+    );
+    say(&format!(
+        "spool full (4 MiB, database down): {} events acked as spooled, {} refused with RESOURCE_EXHAUSTED",
+        acked.spooled,
+        refused.len() * 500
+    ));
+    pg.cluster.start().expect("start PostgreSQL");
+    let progress = Arc::new(AtomicU64::new(0));
+    let again = delivery::deliver(svc.endpoint.clone(), refused, None, progress, LIMIT).await;
+    acked.add(&again);
+    let db = common::db(&conn).await;
+    delivery::until_stored(&db, 40_000, Duration::from_secs(120)).await;
+    let s = delivery::stored(&db, &acked.acked_ids).await;
+    report(
+        "spool full, then the database back and the refused batches resent",
+        &acked,
+        &s,
+    );
+    exactly_once(&acked, &s);
+    svc.running.shutdown().await.unwrap();
+}
