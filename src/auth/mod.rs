@@ -68,14 +68,12 @@ impl Scope {
         }
     }
 
-    /// The reason given for a row outside the scope.
-    pub fn denial(&self, project: &str) -> String {
+    /// The reason given for a row outside the scope; `what` names the
+    /// project ("project \"acme/api\"", "the project of chat session …").
+    pub fn denial(&self, what: &str) -> String {
         match self {
             Scope::Any => String::new(),
-            Scope::Key(k) => format!(
-                "the API key {} may not write to project {project:?}",
-                k.key_id
-            ),
+            Scope::Key(k) => format!("the API key {} may not write to {what}", k.key_id),
         }
     }
 }

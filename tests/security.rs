@@ -1,0 +1,221 @@
+//! API keys (created, listed and revoked with the real CLI), their project
+//! scopes, revocation on a running service, refusal of unauthenticated
+//! access off loopback, the audit trail, and TLS.
+
+mod common;
+
+use std::time::Duration;
+
+use agent_telemetry::pb;
+use tokio_stream::StreamExt;
+use tonic::{Code, Request};
+
+fn keys_cli(conn: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+        .arg("keys")
+        .args(args)
+        .env("DATABASE_URL", conn)
+        .output()
+        .expect("run agent-telemetry keys");
+    assert!(
+        out.status.success(),
+        "keys {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn with_key<T>(msg: T, key: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    r
+}
+
+fn batch(seq: u64, projects: &[&str]) -> pb::AgentEventBatch {
+    pb::AgentEventBatch {
+        sequence: seq,
+        events: projects.iter().map(|p| common::event(p, 60)).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_scope_writes_to_their_projects_and_revocation_applies_within_seconds() {
+    let (_pg, conn, svc) = common::service_with("keys", |c| {
+        c.security.require_api_key = true;
+        c.security.key_cache_ttl = Duration::from_secs(1);
+    })
+    .await;
+    let key = keys_cli(&conn, &["create", "--project", "acme/api", "--name", "ci"])
+        .trim()
+        .to_owned();
+    assert!(key.starts_with("atk_") && key.len() == 68, "{key}");
+    let mut client = common::client(&svc.endpoint).await;
+
+    // Without a key, with a wrong one, with a malformed header.
+    let refused = client.ingest_agent_events(batch(1, &["acme/api"])).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(refused.message().contains("requires an API key"), "{}", refused.message());
+    let wrong = format!("atk_{}", "0".repeat(64));
+    let refused = client
+        .ingest_agent_events(with_key(batch(1, &["acme/api"]), &wrong))
+        .await
+        .unwrap_err();
+    assert_eq!((refused.code(), refused.message()), (Code::Unauthenticated, "unknown or revoked API key"));
+    let mut basic = Request::new(batch(1, &["acme/api"]));
+    basic.metadata_mut().insert("authorization", "Basic YTpi".parse().unwrap());
+    assert_eq!(client.ingest_agent_events(basic).await.unwrap_err().code(), Code::Unauthenticated);
+    // A stream is refused at once, not at its first batch.
+    let refused = client
+        .stream_agent_events(tokio_stream::iter(vec![batch(1, &["acme/api"])]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    // The key's own project is stored; another project's row is refused
+    // beside it, and that project is not even created.
+    let ack = client
+        .ingest_agent_events(with_key(
+            batch(2, &["acme/api", "other/secret", "https://github.com/acme/api.git"]),
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.stored, 2, "{ack:?}");
+    assert_eq!(ack.rejected.len(), 1, "{ack:?}");
+    let r = &ack.rejected[0];
+    assert_eq!((r.index, r.field.as_str(), r.code.as_str()), (1, "project", "PERMISSION_DENIED"));
+    assert!(r.reason.contains("may not write to project \"other/secret\""), "{}", r.reason);
+    let db = common::db(&conn).await;
+    assert_eq!(common::count(&db, "SELECT count(*) FROM projects WHERE full_name = 'other/secret'").await, 0);
+
+    // Session reports are held to the same scope.
+    let report = pb::SessionReport {
+        agent_sessions: vec![pb::AgentSession {
+            id: uuid::Uuid::new_v4().to_string(),
+            agent_id: "claude-code".into(),
+            project: "other/secret".into(),
+            start_time: Some(prost_types::Timestamp { seconds: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - 60, nanos: 0 }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let ack = client.report_sessions(with_key(report, &key)).await.unwrap().into_inner();
+    assert_eq!(ack.agent_sessions_stored, 0);
+    assert_eq!(ack.rejected[0].code, "PERMISSION_DENIED", "{ack:?}");
+
+    let list = keys_cli(&conn, &["list"]);
+    let line = list.lines().find(|l| l.contains(&key[..12])).unwrap_or_else(|| panic!("{list}"));
+    assert!(line.contains("\tci\t") && line.contains("\tactive\t") && line.contains("acme/api"), "{line}");
+    assert!(!line.contains("never"), "last use recorded: {line}");
+    let id = line.split('\t').next().unwrap().to_owned();
+
+    // A stream opened before the revocation ends within seconds of it.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut acks = client
+        .stream_agent_events(with_key(tokio_stream::wrappers::ReceiverStream::new(rx), &key))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(batch(10, &["acme/api"])).await.unwrap();
+    assert_eq!(acks.next().await.unwrap().unwrap().stored, 1);
+    assert!(keys_cli(&conn, &["revoke", &id]).contains(&id));
+    let revoked_at = std::time::Instant::now();
+    let mut seq = 11;
+    let status = loop {
+        assert!(revoked_at.elapsed() < Duration::from_secs(10), "revocation not applied");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tx.send(batch(seq, &["acme/api"])).await.unwrap();
+        seq += 1;
+        match acks.next().await.unwrap() {
+            Ok(ack) => assert_eq!(ack.stored, 1),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unauthenticated);
+    common::say(&format!("revocation took effect on an open stream after {:?}", revoked_at.elapsed()));
+    let refused = client
+        .ingest_agent_events(with_key(batch(99, &["acme/api"]), &key))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    // What is stored of the key, and the audit trail.
+    let stored_hash: Vec<u8> = db.query_one("SELECT key_hash FROM api_keys", &[]).await.unwrap().get(0);
+    assert_eq!(stored_hash, agent_telemetry::auth::keys::hash(&key));
+    let dump: String = db
+        .query_one("SELECT string_agg(t::text, ' ') FROM api_keys t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!dump.contains(&key[12..]), "the key itself is not stored");
+    let audit: Vec<(String, String)> = db
+        .query("SELECT action, key_id::text FROM audit_log ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(audit, [("key.create".to_owned(), id.clone()), ("key.revoke".to_owned(), id)]);
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn off_loopback_a_key_is_required_unless_explicitly_allowed() {
+    for allow in [false, true] {
+        let (_pg, _conn, svc) = common::service_with(if allow { "open" } else { "closed" }, |c| {
+            c.listen = "0.0.0.0:0".parse().unwrap();
+            c.security.allow_unauthenticated = allow;
+        })
+        .await;
+        let endpoint = format!("http://127.0.0.1:{}", svc.running.addr.port());
+        let mut client = common::client(&endpoint).await;
+        let result = client.ingest_agent_events(batch(1, &["acme/api"])).await;
+        match allow {
+            false => assert_eq!(result.unwrap_err().code(), Code::Unauthenticated),
+            true => assert_eq!(result.unwrap().into_inner().stored, 1),
+        }
+        svc.running.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn tls_serves_clients_that_trust_the_certificate_and_only_them() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    std::fs::write(dir.path().join("cert.pem"), &cert_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key_pem).unwrap();
+    let (_pg, _conn, svc) = common::service_with("tls", |c| {
+        c.security.tls_cert = Some(dir.path().join("cert.pem"));
+        c.security.tls_key = Some(dir.path().join("key.pem"));
+    })
+    .await;
+    let port = svc.running.addr.port();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&cert_pem))
+        .domain_name("localhost");
+    let channel = tonic::transport::Channel::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("TLS connection");
+    let mut client = pb::telemetry_ingest_client::TelemetryIngestClient::new(channel);
+    let ack = client.ingest_agent_events(batch(1, &["acme/api"])).await.unwrap().into_inner();
+    assert_eq!(ack.stored, 1);
+    // Plain text to the TLS port gets nowhere.
+    let plain = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        let mut client = pb::telemetry_ingest_client::TelemetryIngestClient::new(channel);
+        assert!(client.ingest_agent_events(batch(2, &["acme/api"])).await.is_err());
+    }
+    svc.running.shutdown().await.unwrap();
+}
