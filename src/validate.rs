@@ -558,7 +558,7 @@ pub fn cost_to_nanos(usd: f64) -> Result<i64, String> {
     }
     if usd > MAX_COST_USD {
         return Err(format!(
-            "{usd} USD is more than the limit of {MAX_COST_USD} for one event"
+            "{usd:e} USD is more than the limit of {MAX_COST_USD} for one event"
         ));
     }
     Ok((usd * 1e9).round() as i64)

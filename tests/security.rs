@@ -53,18 +53,33 @@ async fn keys_scope_writes_to_their_projects_and_revocation_applies_within_secon
     let mut client = common::client(&svc.endpoint).await;
 
     // Without a key, with a wrong one, with a malformed header.
-    let refused = client.ingest_agent_events(batch(1, &["acme/api"])).await.unwrap_err();
+    let refused = client
+        .ingest_agent_events(batch(1, &["acme/api"]))
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
-    assert!(refused.message().contains("requires an API key"), "{}", refused.message());
+    assert!(
+        refused.message().contains("requires an API key"),
+        "{}",
+        refused.message()
+    );
     let wrong = format!("atk_{}", "0".repeat(64));
     let refused = client
         .ingest_agent_events(with_key(batch(1, &["acme/api"]), &wrong))
         .await
         .unwrap_err();
-    assert_eq!((refused.code(), refused.message()), (Code::Unauthenticated, "unknown or revoked API key"));
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (Code::Unauthenticated, "unknown or revoked API key")
+    );
     let mut basic = Request::new(batch(1, &["acme/api"]));
-    basic.metadata_mut().insert("authorization", "Basic YTpi".parse().unwrap());
-    assert_eq!(client.ingest_agent_events(basic).await.unwrap_err().code(), Code::Unauthenticated);
+    basic
+        .metadata_mut()
+        .insert("authorization", "Basic YTpi".parse().unwrap());
+    assert_eq!(
+        client.ingest_agent_events(basic).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
     // A stream is refused at once, not at its first batch.
     let refused = client
         .stream_agent_events(tokio_stream::iter(vec![batch(1, &["acme/api"])]))
@@ -76,7 +91,14 @@ async fn keys_scope_writes_to_their_projects_and_revocation_applies_within_secon
     // beside it, and that project is not even created.
     let ack = client
         .ingest_agent_events(with_key(
-            batch(2, &["acme/api", "other/secret", "https://github.com/acme/api.git"]),
+            batch(
+                2,
+                &[
+                    "acme/api",
+                    "other/secret",
+                    "https://github.com/acme/api.git",
+                ],
+            ),
             &key,
         ))
         .await
@@ -85,10 +107,25 @@ async fn keys_scope_writes_to_their_projects_and_revocation_applies_within_secon
     assert_eq!(ack.stored, 2, "{ack:?}");
     assert_eq!(ack.rejected.len(), 1, "{ack:?}");
     let r = &ack.rejected[0];
-    assert_eq!((r.index, r.field.as_str(), r.code.as_str()), (1, "project", "PERMISSION_DENIED"));
-    assert!(r.reason.contains("may not write to project \"other/secret\""), "{}", r.reason);
+    assert_eq!(
+        (r.index, r.field.as_str(), r.code.as_str()),
+        (1, "project", "PERMISSION_DENIED")
+    );
+    assert!(
+        r.reason
+            .contains("may not write to project \"other/secret\""),
+        "{}",
+        r.reason
+    );
     let db = common::db(&conn).await;
-    assert_eq!(common::count(&db, "SELECT count(*) FROM projects WHERE full_name = 'other/secret'").await, 0);
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM projects WHERE full_name = 'other/secret'"
+        )
+        .await,
+        0
+    );
 
     // Session reports are held to the same scope.
     let report = pb::SessionReport {
@@ -96,25 +133,45 @@ async fn keys_scope_writes_to_their_projects_and_revocation_applies_within_secon
             id: uuid::Uuid::new_v4().to_string(),
             agent_id: "claude-code".into(),
             project: "other/secret".into(),
-            start_time: Some(prost_types::Timestamp { seconds: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 - 60, nanos: 0 }),
+            start_time: Some(prost_types::Timestamp {
+                seconds: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64
+                    - 60,
+                nanos: 0,
+            }),
             ..Default::default()
         }],
         ..Default::default()
     };
-    let ack = client.report_sessions(with_key(report, &key)).await.unwrap().into_inner();
+    let ack = client
+        .report_sessions(with_key(report, &key))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ack.agent_sessions_stored, 0);
     assert_eq!(ack.rejected[0].code, "PERMISSION_DENIED", "{ack:?}");
 
     let list = keys_cli(&conn, &["list"]);
-    let line = list.lines().find(|l| l.contains(&key[..12])).unwrap_or_else(|| panic!("{list}"));
-    assert!(line.contains("\tci\t") && line.contains("\tactive\t") && line.contains("acme/api"), "{line}");
+    let line = list
+        .lines()
+        .find(|l| l.contains(&key[..12]))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(
+        line.contains("\tci\t") && line.contains("\tactive\t") && line.contains("acme/api"),
+        "{line}"
+    );
     assert!(!line.contains("never"), "last use recorded: {line}");
     let id = line.split('\t').next().unwrap().to_owned();
 
     // A stream opened before the revocation ends within seconds of it.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut acks = client
-        .stream_agent_events(with_key(tokio_stream::wrappers::ReceiverStream::new(rx), &key))
+        .stream_agent_events(with_key(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &key,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -124,7 +181,10 @@ async fn keys_scope_writes_to_their_projects_and_revocation_applies_within_secon
     let revoked_at = std::time::Instant::now();
     let mut seq = 11;
     let status = loop {
-        assert!(revoked_at.elapsed() < Duration::from_secs(10), "revocation not applied");
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(10),
+            "revocation not applied"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
         tx.send(batch(seq, &["acme/api"])).await.unwrap();
         seq += 1;
@@ -134,7 +194,10 @@ async fn keys_scope_writes_to_their_projects_and_revocation_applies_within_secon
         }
     };
     assert_eq!(status.code(), Code::Unauthenticated);
-    common::say(&format!("revocation took effect on an open stream after {:?}", revoked_at.elapsed()));
+    common::say(&format!(
+        "revocation took effect on an open stream after {:?}",
+        revoked_at.elapsed()
+    ));
     let refused = client
         .ingest_agent_events(with_key(batch(99, &["acme/api"]), &key))
         .await
@@ -142,7 +205,11 @@ async fn keys_scope_writes_to_their_projects_and_revocation_applies_within_secon
     assert_eq!(refused.code(), Code::Unauthenticated);
 
     // What is stored of the key, and the audit trail.
-    let stored_hash: Vec<u8> = db.query_one("SELECT key_hash FROM api_keys", &[]).await.unwrap().get(0);
+    let stored_hash: Vec<u8> = db
+        .query_one("SELECT key_hash FROM api_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(stored_hash, agent_telemetry::auth::keys::hash(&key));
     let dump: String = db
         .query_one("SELECT string_agg(t::text, ' ') FROM api_keys t", &[])
@@ -151,13 +218,22 @@ async fn keys_scope_writes_to_their_projects_and_revocation_applies_within_secon
         .get(0);
     assert!(!dump.contains(&key[12..]), "the key itself is not stored");
     let audit: Vec<(String, String)> = db
-        .query("SELECT action, key_id::text FROM audit_log ORDER BY id", &[])
+        .query(
+            "SELECT action, key_id::text FROM audit_log ORDER BY id",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(audit, [("key.create".to_owned(), id.clone()), ("key.revoke".to_owned(), id)]);
+    assert_eq!(
+        audit,
+        [
+            ("key.create".to_owned(), id.clone()),
+            ("key.revoke".to_owned(), id)
+        ]
+    );
     svc.running.shutdown().await.unwrap();
 }
 
@@ -204,7 +280,11 @@ async fn tls_serves_clients_that_trust_the_certificate_and_only_them() {
         .await
         .expect("TLS connection");
     let mut client = pb::telemetry_ingest_client::TelemetryIngestClient::new(channel);
-    let ack = client.ingest_agent_events(batch(1, &["acme/api"])).await.unwrap().into_inner();
+    let ack = client
+        .ingest_agent_events(batch(1, &["acme/api"]))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ack.stored, 1);
     // Plain text to the TLS port gets nowhere.
     let plain = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
@@ -215,7 +295,12 @@ async fn tls_serves_clients_that_trust_the_certificate_and_only_them() {
         .await;
     if let Ok(channel) = plain {
         let mut client = pb::telemetry_ingest_client::TelemetryIngestClient::new(channel);
-        assert!(client.ingest_agent_events(batch(2, &["acme/api"])).await.is_err());
+        assert!(
+            client
+                .ingest_agent_events(batch(2, &["acme/api"]))
+                .await
+                .is_err()
+        );
     }
     svc.running.shutdown().await.unwrap();
 }

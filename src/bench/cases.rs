@@ -292,6 +292,29 @@ pub async fn through_service(
     Ok(ServiceRun { summary, peak_rss })
 }
 
+/// Streams `batches` once (untimed), then again: what the second pass
+/// measured is the resend path, every row a duplicate.
+pub async fn resent_through_service(
+    service: Service,
+    load: LoadgenConfig,
+    batches: Arc<Vec<Vec<crate::pb::AgentEvent>>>,
+) -> Result<ServiceRun, BenchError> {
+    let load = LoadgenConfig {
+        endpoint: service.endpoint.clone(),
+        ..load
+    };
+    let first = loadgen::run_fixed(&load, batches.clone(), None).await;
+    let second = match first {
+        Ok(_) => loadgen::run_fixed(&load, batches, None).await,
+        Err(e) => Err(e),
+    };
+    let peak_rss = service.peak_rss();
+    let stopped = service.stop().await;
+    let summary = second?;
+    stopped?;
+    Ok(ServiceRun { summary, peak_rss })
+}
+
 pub fn free_port() -> Result<SocketAddr, BenchError> {
     let l =
         TcpListener::bind("127.0.0.1:0").map_err(|e| BenchError::Io("127.0.0.1:0".into(), e))?;

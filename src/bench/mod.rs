@@ -113,6 +113,9 @@ pub enum Case {
     /// B with clients offering 3× the service case's rate: memory.
     #[value(name = "service-overload")]
     ServiceOverload,
+    /// B with every batch sent a second time: the resend (dedupe) path.
+    #[value(name = "service-resend")]
+    ServiceResend,
     /// C: multi-row INSERTs of --batch-size rows.
     #[value(name = "insert-multi")]
     InsertMulti,
@@ -122,12 +125,13 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 7] = [
+    pub const ALL: [Case; 8] = [
         Case::Copy1,
         Case::Copy2,
         Case::Service,
         Case::ServiceHalf,
         Case::ServiceOverload,
+        Case::ServiceResend,
         Case::InsertMulti,
         Case::InsertSingle,
     ];
@@ -139,6 +143,7 @@ impl Case {
             Case::Service => "B: loadgen → gRPC → service → COPY",
             Case::ServiceHalf => "B at half rate",
             Case::ServiceOverload => "B under 3× overload",
+            Case::ServiceResend => "B, every batch resent (all duplicates)",
             Case::InsertMulti => "C: multi-row INSERT, one per batch",
             Case::InsertSingle => "C: one INSERT per event",
         }
@@ -147,7 +152,7 @@ impl Case {
     fn is_service(self) -> bool {
         matches!(
             self,
-            Case::Service | Case::ServiceHalf | Case::ServiceOverload
+            Case::Service | Case::ServiceHalf | Case::ServiceOverload | Case::ServiceResend
         )
     }
 }
@@ -318,6 +323,23 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
                     }
                     runs.record_service(&r);
                     (r.summary.rows_stored, r.summary.elapsed)
+                }
+                Case::ServiceResend => {
+                    let r = cases::resent_through_service(
+                        start_service().await?,
+                        load,
+                        dataset.batches.clone(),
+                    )
+                    .await?;
+                    if r.summary.duplicates != dataset.len() as u64 {
+                        return Err(BenchError::Case(format!(
+                            "{case}, run {run}: {} of {} resent rows were recognised as duplicates",
+                            r.summary.duplicates,
+                            dataset.len()
+                        )));
+                    }
+                    runs.record_service(&r);
+                    (dataset.len() as u64, r.summary.elapsed)
                 }
                 Case::ServiceOverload => {
                     let rate = 3.0 * service_rate.unwrap_or(0.0);

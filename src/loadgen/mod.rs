@@ -146,8 +146,9 @@ struct Tally {
 
 impl Tally {
     fn record(&self, ack: &pb::BatchAck, latency: Duration) {
+        // Spooled rows are durable and on their way (--spool-dir).
         self.stored
-            .fetch_add(u64::from(ack.stored), Ordering::Relaxed);
+            .fetch_add(u64::from(ack.stored + ack.spooled), Ordering::Relaxed);
         self.duplicates
             .fetch_add(u64::from(ack.duplicates), Ordering::Relaxed);
         self.rejected

@@ -383,6 +383,11 @@ impl Reader {
         self.at
     }
 
+    /// Whether every durable record has been read.
+    pub fn caught_up(&self) -> bool {
+        self.at >= *self.durable.borrow()
+    }
+
     /// Moves the reader back (to re-read records after a failed replay).
     pub fn seek(&mut self, to: Position) {
         self.at = to;

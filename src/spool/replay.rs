@@ -5,6 +5,9 @@
 //! bounds them); the committed position advances over the entries whose
 //! rows are all committed, in order, and the log is truncated behind it.
 //!
+//! At shutdown, replay goes on until everything spooled has been read and
+//! its rows committed, within the shutdown deadline.
+//!
 //! When an entry cannot be stored now (database down, buffer full), replay
 //! goes back to the oldest uncommitted entry and tries again after a
 //! backoff; entries after it that did get stored are recognised as
@@ -88,7 +91,10 @@ pub async fn run(
             flights.front().map_or(0, |f| f.received_at_us),
             Ordering::Relaxed,
         );
-        if drain.is_cancelled() {
+        // At shutdown, intake takes no new batches; replay goes on until it
+        // has read everything spooled (or the shutdown deadline ends the
+        // process: the rest is replayed at the next start).
+        if drain.is_cancelled() && reader.caught_up() {
             reading = false;
         }
         if !reading && flights.is_empty() {
@@ -154,7 +160,7 @@ pub async fn run(
                     reading = false;
                 }
             },
-            _ = drain.cancelled(), if reading => reading = false,
+            _ = drain.cancelled(), if reading && !drain.is_cancelled() => {}
         }
     }
     if committed != written
