@@ -431,3 +431,98 @@ async fn a_full_spool_refuses_with_resource_exhausted_and_drops_nothing() {
     exactly_once(&acked, &s);
     svc.running.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_spool_keeps_key_scopes_and_keeps_what_replay_cannot_store() {
+    let spool = tempfile::tempdir().unwrap();
+    let dir = spool.path().to_owned();
+    let (pg, conn, svc) = common::service_with("spool_scopes", |c| {
+        c.spool.spool_dir = Some(dir);
+        c.security.require_api_key = true;
+    })
+    .await;
+    let mut db = common::db(&conn).await;
+    let key = agent_telemetry::auth::keys::create(&mut db, "spool", &["acme/api".into()])
+        .await
+        .unwrap()
+        .key;
+    let with_key = |b: pb::AgentEventBatch| {
+        let mut r = tonic::Request::new(b);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        r
+    };
+    let mut client = common::client(&svc.endpoint).await;
+    // The key is checked once while the database is up; during the outage
+    // the service trusts that check.
+    let ack = client
+        .ingest_agent_events(with_key(pb::AgentEventBatch {
+            sequence: 0,
+            events: vec![common::event("acme/api", 60)],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.spooled, 1, "{ack:?}");
+    // Scopes are enforced at receipt, without the database.
+    drop(db);
+    pg.cluster.stop().expect("stop PostgreSQL");
+    let ack = client
+        .ingest_agent_events(with_key(pb::AgentEventBatch {
+            sequence: 1,
+            events: vec![common::event("acme/api", 60), common::event("other/x", 60)],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ack.spooled, ack.rejected.len()), (1, 1), "{ack:?}");
+    assert_eq!(ack.rejected[0].code, "PERMISSION_DENIED");
+    // A message naming a session nobody reported: with the database down
+    // it cannot be checked, so it is spooled; replay cannot store it, and
+    // keeps it in rejected.jsonl.
+    let mut request = tonic::Request::new(pb::ChatMessageBatch {
+        sequence: 2,
+        sessions: vec![],
+        messages: vec![pb::ChatMessage {
+            id: uuid::Uuid::new_v4().to_string(),
+            session_id: uuid::Uuid::new_v4().to_string(),
+            role: "user".into(),
+            content: "hello".into(),
+            timestamp: common::event("x", 60).timestamp,
+            ..Default::default()
+        }],
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let ack = client
+        .ingest_chat_messages(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.spooled, 1, "{ack:?}");
+    pg.cluster.start().expect("start PostgreSQL");
+    let db = common::db(&conn).await;
+    assert_eq!(
+        delivery::until_stored(&db, 2, Duration::from_secs(60)).await,
+        2
+    );
+    let dead = spool.path().join("rejected.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !dead.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let text = std::fs::read_to_string(&dead).expect("rejected.jsonl written");
+    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(line["kind"], "chat_message");
+    assert_eq!(line["field"], "session_id");
+    assert!(
+        line["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown chat session"),
+        "{line}"
+    );
+    assert_eq!(line["sequence"], 2);
+    svc.running.shutdown().await.unwrap();
+}

@@ -573,9 +573,24 @@ async fn run_policy_job(db: &Client, proc: &str) {
         .await
         .unwrap_or_else(|e| panic!("find the {proc} job: {e}"))
         .get(0);
-    db.batch_execute(&format!("CALL run_job({job})"))
-        .await
-        .unwrap_or_else(|e| panic!("run the {proc} job: {e}"));
+    // The scheduler may start the same job by itself (native TimescaleDB
+    // runs background workers); take it off the schedule, and if a run of
+    // ours collided with one already under way, run it again.
+    let _ = db
+        .batch_execute(&format!("SELECT alter_job({job}, scheduled => false)"))
+        .await;
+    for attempt in 1..=3 {
+        match db.batch_execute(&format!("CALL run_job({job})")).await {
+            Ok(()) => return,
+            Err(e) if attempt < 3 => {
+                common::say(&format!(
+                    "run the {proc} job, attempt {attempt}: {e}; again"
+                ));
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => panic!("run the {proc} job: {e}"),
+        }
+    }
 }
 
 async fn compression_and_retention_jobs_act_on_the_right_chunks(tsdb: TsDb) {

@@ -83,8 +83,17 @@ pub struct Accepted {
 }
 
 impl Accepted {
-    /// Waits for the commit of the batch's rows and builds its ack.
+    /// Waits for the commit of the batch's rows and builds the client's ack.
     pub async fn ack(self) -> pb::BatchAck {
+        let table = self.table;
+        let ack = self.outcome().await;
+        metrics::ack_sent(table, ack.error.is_empty());
+        ack
+    }
+
+    /// What became of the batch's rows, as an ack, without counting it as
+    /// one sent (spool replay: the client had its ack at append).
+    pub async fn outcome(self) -> pb::BatchAck {
         let outcome = match self.outcome {
             None => None,
             Some(rx) => Some(rx.await.unwrap_or_else(|_| PieceOutcome {
@@ -99,7 +108,6 @@ impl Accepted {
         ack.spooled = self.spooled;
         ack.rejected.extend(self.session_rejections);
         ack.rejected.sort_by_key(|r| (r.kind.clone(), r.index));
-        metrics::ack_sent(self.table, ack.error.is_empty());
         ack
     }
 }
@@ -114,6 +122,7 @@ impl Intake {
         batch: pb::wire::AgentEventBatch,
         scope: &Scope,
     ) -> Result<Accepted, IngestError> {
+        metrics::rows_received(Table::AgentEvents, batch.events.len());
         match &self.spool {
             Some(log) => self.spool_events(log, batch, scope).await,
             None => self.store_events(batch, SystemTime::now(), scope).await,
@@ -126,6 +135,7 @@ impl Intake {
         batch: pb::wire::ChatMessageBatch,
         scope: &Scope,
     ) -> Result<Accepted, IngestError> {
+        metrics::rows_received(Table::ChatMessages, batch.messages.len());
         match &self.spool {
             Some(log) => self.spool_messages(log, batch, scope).await,
             None => self.store_messages(batch, SystemTime::now(), scope).await,
@@ -175,7 +185,7 @@ impl Intake {
     ) -> Result<Accepted, IngestError> {
         let (sequence, received) = (batch.sequence, batch.events.len());
         let table = Table::AgentEvents;
-        self.check_rows(table, sequence, received, received)?;
+        self.check_rows(table, sequence, received)?;
         let raw: usize = batch.events.iter().map(Bytes::len).sum();
         let permit = self.admit(&self.events, sequence, raw).await?;
         let window = TimeWindow::around(received_at, &self.limits);
@@ -245,7 +255,7 @@ impl Intake {
         let (sequence, received) = (batch.sequence, batch.messages.len());
         let table = Table::ChatMessages;
         // Session descriptors count against the batch limit, not as rows received.
-        self.check_rows(table, sequence, received + batch.sessions.len(), received)?;
+        self.check_rows(table, sequence, received + batch.sessions.len())?;
         let raw: usize = batch.messages.iter().map(Bytes::len).sum();
         let permit = self.admit(&self.messages, sequence, raw).await?;
         let window = TimeWindow::around(received_at, &self.limits);
@@ -341,7 +351,7 @@ impl Intake {
     ) -> Result<Accepted, IngestError> {
         let (sequence, received) = (batch.sequence, batch.events.len());
         let table = Table::AgentEvents;
-        self.check_rows(table, sequence, received, received)?;
+        self.check_rows(table, sequence, received)?;
         let now = SystemTime::now();
         let window = TimeWindow::around(now, &self.limits);
         let mut rejected = Vec::new();
@@ -395,7 +405,7 @@ impl Intake {
     ) -> Result<Accepted, IngestError> {
         let (sequence, received) = (batch.sequence, batch.messages.len());
         let table = Table::ChatMessages;
-        self.check_rows(table, sequence, received + batch.sessions.len(), received)?;
+        self.check_rows(table, sequence, received + batch.sessions.len())?;
         let now = SystemTime::now();
         let window = TimeWindow::around(now, &self.limits);
         let mut rejected = Vec::new();
@@ -535,13 +545,7 @@ impl Intake {
         self.late_after.map(|d| now_us - d.as_micros() as i64)
     }
 
-    fn check_rows(
-        &self,
-        table: Table,
-        sequence: u64,
-        rows: usize,
-        received: usize,
-    ) -> Result<(), IngestError> {
+    fn check_rows(&self, table: Table, sequence: u64, rows: usize) -> Result<(), IngestError> {
         if rows > self.limits.max_batch_rows {
             metrics::batch_refused(table, "too_many_rows");
             return Err(IngestError::TooManyRows {
@@ -550,7 +554,6 @@ impl Intake {
                 max: self.limits.max_batch_rows,
             });
         }
-        metrics::rows_received(table, received);
         Ok(())
     }
 

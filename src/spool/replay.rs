@@ -133,7 +133,7 @@ pub async fn run(
                     }
                     match intake.store(entry.clone(), from_unix_us(received_at_us)).await {
                         Ok(accepted) => {
-                            acks.push_back(Box::pin(accepted.ack()));
+                            acks.push_back(Box::pin(accepted.outcome()));
                             flights.push_back(InFlight { end, received_at_us, entry });
                         }
                         Err(e) if crate::api::status::retryable(&e) => {
