@@ -11,7 +11,7 @@ pub mod cases;
 pub mod dataset;
 pub mod report;
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -116,6 +116,10 @@ pub enum Case {
     /// B with every batch sent a second time: the resend (dedupe) path.
     #[value(name = "service-resend")]
     ServiceResend,
+    /// B with every other batch followed by a resend of an earlier one, so
+    /// that most flushes mix new rows and resends.
+    #[value(name = "service-resend-mixed")]
+    ServiceResendMixed,
     /// C: multi-row INSERTs of --batch-size rows.
     #[value(name = "insert-multi")]
     InsertMulti,
@@ -125,13 +129,14 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 8] = [
+    pub const ALL: [Case; 9] = [
         Case::Copy1,
         Case::Copy2,
         Case::Service,
         Case::ServiceHalf,
         Case::ServiceOverload,
         Case::ServiceResend,
+        Case::ServiceResendMixed,
         Case::InsertMulti,
         Case::InsertSingle,
     ];
@@ -144,6 +149,7 @@ impl Case {
             Case::ServiceHalf => "B at half rate",
             Case::ServiceOverload => "B under 3× overload",
             Case::ServiceResend => "B, every batch resent (all duplicates)",
+            Case::ServiceResendMixed => "B, resends mixed into new batches",
             Case::InsertMulti => "C: multi-row INSERT, one per batch",
             Case::InsertSingle => "C: one INSERT per event",
         }
@@ -152,7 +158,11 @@ impl Case {
     fn is_service(self) -> bool {
         matches!(
             self,
-            Case::Service | Case::ServiceHalf | Case::ServiceOverload | Case::ServiceResend
+            Case::Service
+                | Case::ServiceHalf
+                | Case::ServiceOverload
+                | Case::ServiceResend
+                | Case::ServiceResendMixed
         )
     }
 }
@@ -340,6 +350,35 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
                     }
                     runs.record_service(&r);
                     (dataset.len() as u64, r.summary.elapsed)
+                }
+                Case::ServiceResendMixed => {
+                    // After every other batch, a resend of the one sent four
+                    // batches before: a reconnecting client's pattern.
+                    let set = &dataset.batches;
+                    let mut mixed = Vec::with_capacity(set.len() * 3 / 2);
+                    for (i, b) in set.iter().enumerate() {
+                        mixed.push(b.clone());
+                        if i >= 4 && i % 2 == 0 {
+                            mixed.push(set[i - 4].clone());
+                        }
+                    }
+                    let resent: u64 =
+                        mixed.iter().map(|b| b.len() as u64).sum::<u64>() - dataset.len() as u64;
+                    let r =
+                        cases::through_service(start_service().await?, load, Arc::new(mixed), None)
+                            .await?;
+                    if r.summary.rows_stored != dataset.len() as u64
+                        || r.summary.duplicates != resent
+                    {
+                        return Err(BenchError::Case(format!(
+                            "{case}, run {run}: {} stored and {} duplicates; expected {} and {resent}",
+                            r.summary.rows_stored,
+                            r.summary.duplicates,
+                            dataset.len()
+                        )));
+                    }
+                    runs.record_service(&r);
+                    (r.summary.rows_stored, r.summary.elapsed)
                 }
                 Case::ServiceOverload => {
                     let rate = 3.0 * service_rate.unwrap_or(0.0);

@@ -6,10 +6,14 @@
 //!   COPY is its own transaction: when `finish()` returns, the rows are
 //!   committed.
 //! - **Resends:** a row already stored (same id and timestamp) makes the
-//!   COPY fail with unique_violation. The flush is then copied into a
-//!   temporary staging table and moved with `INSERT … ON CONFLICT DO
-//!   NOTHING`, in one transaction; rows that were there already are counted
-//!   as duplicates. Only flushes that contain a resend pay for this.
+//!   COPY fail with unique_violation. The writer then looks the flush's keys
+//!   up in one query (an index probe per row), counts the rows found as
+//!   duplicates, and COPYs the rest — still binary COPY, which is what keeps
+//!   a client's reconnect from slowing everyone's flushes down. Should that
+//!   COPY fail on a duplicate again (a row stored meanwhile by another
+//!   flush, or a row twice in one flush), the rows go through a temporary
+//!   staging table and `INSERT … ON CONFLICT DO NOTHING`, in one
+//!   transaction. Only flushes that contain a resend pay for any of this.
 //! - **Connection trouble** (unreachable, restarting, closed): retried with
 //!   exponential backoff until `--copy-retry-timeout`, then the pieces are
 //!   resolved with a retryable failure — never as stored.
@@ -38,7 +42,7 @@ use crate::{
     ack::{FlushFailure, PieceOutcome},
     buffer::Piece,
     metrics,
-    validate::{Rejection, system_time_to_pg_us},
+    validate::{Rejection, pg_us_to_system_time, system_time_to_pg_us},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -250,11 +254,91 @@ impl CopyWriter {
         match send_copy(&client, &copy, pieces, set).await {
             Ok(_) => Ok(Copied::All),
             Err(e) if e.is_unique_violation() => {
-                copy_deduplicated(&client, table, pieces, set).await
+                let stored = already_stored(&client, table, pieces, set).await?;
+                let fresh = only(set, |i| !stored[i]);
+                if fresh.is_empty() {
+                    return Ok(Copied::PerRow(vec![false; stored.len()]));
+                }
+                match send_copy(&client, &copy, pieces, &fresh).await {
+                    Ok(_) => Ok(Copied::PerRow(stored.iter().map(|s| !s).collect())),
+                    Err(e) if e.is_unique_violation() => {
+                        copy_deduplicated(&client, table, pieces, set).await
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         }
     }
+}
+
+/// Per row of `set`, in order: whether a row with its key is stored already
+/// (or comes earlier in the same set).
+async fn already_stored(
+    client: &Object,
+    table: Table,
+    pieces: &[Piece],
+    set: &[Segment],
+) -> Result<Vec<bool>, CopyError> {
+    let keys: Vec<(Uuid, i64)> = set
+        .iter()
+        .flat_map(|seg| {
+            let piece = &pieces[seg.piece];
+            seg.rows
+                .clone()
+                .map(move |r| row_key(table, &piece.slice(r..r + 1)))
+        })
+        .collect();
+    let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+    // The time range lets the planner skip other chunks; `id = ANY` probes
+    // the primary key (id, timestamp) once per id. The exact pairs are
+    // matched below.
+    let (from, to) = keys
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(a, b), k| (a.min(k.1), b.max(k.1)));
+    let found = client
+        .query(
+            &format!(
+                "SELECT id, \"timestamp\" FROM {} WHERE id = ANY($1) AND \"timestamp\" BETWEEN $2 AND $3",
+                table.name()
+            ),
+            &[&ids, &pg_us_to_system_time(from), &pg_us_to_system_time(to)],
+        )
+        .await?;
+    let found: std::collections::HashSet<(Uuid, i64)> = found
+        .iter()
+        .map(|r| (r.get(0), system_time_to_pg_us(r.get(1))))
+        .collect();
+    // A row twice in one flush (resent while the first send was still
+    // buffered) is stored once: later occurrences count as duplicates.
+    let mut seen = std::collections::HashSet::with_capacity(keys.len());
+    Ok(keys
+        .iter()
+        .map(|k| found.contains(k) || !seen.insert(*k))
+        .collect())
+}
+
+/// The rows of `set` (numbered in order) that `keep` selects, as segments.
+fn only(set: &[Segment], keep: impl Fn(usize) -> bool) -> Vec<Segment> {
+    let mut out: Vec<Segment> = Vec::new();
+    let mut n = 0;
+    for seg in set {
+        for r in seg.rows.clone() {
+            if keep(n) {
+                match out.last_mut() {
+                    Some(last) if last.piece == seg.piece && last.rows.end == r => {
+                        last.rows.end = r + 1
+                    }
+                    _ => out.push(Segment {
+                        piece: seg.piece,
+                        rows: r..r + 1,
+                    }),
+                }
+            }
+            n += 1;
+        }
+    }
+    out
 }
 
 async fn send_copy(
@@ -404,6 +488,28 @@ fn split(set: Vec<Segment>, mut at: usize) -> (Vec<Segment>, Vec<Segment>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_keeps_the_selected_rows_as_runs() {
+        let set = vec![
+            Segment {
+                piece: 0,
+                rows: 2..6,
+            },
+            Segment {
+                piece: 1,
+                rows: 0..3,
+            },
+        ];
+        // Rows numbered 0..7 in order; keep all but numbers 1 and 4.
+        let kept = only(&set, |n| n != 1 && n != 4);
+        assert_eq!(
+            kept.iter()
+                .map(|s| (s.piece, s.rows.clone()))
+                .collect::<Vec<_>>(),
+            vec![(0, 2..3), (0, 4..6), (1, 1..3)]
+        );
+    }
 
     #[test]
     fn split_cuts_at_row_boundaries() {
