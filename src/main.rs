@@ -83,12 +83,8 @@ async fn keys(cfg: agent_telemetry::config::KeysConfig) -> Result<(), Box<dyn st
     use agent_telemetry::{auth::keys, config::KeysAction};
     let db = server::open_database(&cfg.database).await?;
     // The key tables come with the migrations; a fresh database gets them here.
-    let storage = match Cli::parse_from(["agent-telemetry", "migrate"]).command {
-        Command::Migrate(m) => m.storage,
-        _ => unreachable!(),
-    };
-    let max_past = agent_telemetry::config::Limits::default().max_past;
-    server::run_migrations(&db.conn, &storage, max_past).await?;
+    let defaults = agent_telemetry::config::ServeConfig::defaults();
+    server::run_migrations(&db.conn, &defaults.storage, defaults.limits.max_past).await?;
     let mut client = agent_telemetry::db::connect(&db.conn).await?;
     let result = match cfg.action {
         KeysAction::Create { projects, name } => {

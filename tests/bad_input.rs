@@ -15,20 +15,14 @@
 
 mod common;
 
+use common::RawEventBatch;
+
 use std::fmt::Write;
 
 use agent_telemetry::{loadgen::r#gen::Generator, pb};
 use prost::Message;
 use prost_types::{FileDescriptorSet, field_descriptor_proto::Type};
 use tonic::codegen::http::uri::PathAndQuery;
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct RawEventBatch {
-    #[prost(uint64, tag = "1")]
-    sequence: u64,
-    #[prost(bytes = "vec", repeated, tag = "2")]
-    events: Vec<Vec<u8>>,
-}
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct RawMessageBatch {

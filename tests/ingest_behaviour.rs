@@ -3,22 +3,14 @@
 
 mod common;
 
+use common::RawEventBatch;
+
 use std::time::Duration;
 
 use agent_telemetry::pb;
 use prost::Message;
 use tokio_stream::StreamExt;
 use tonic::Code;
-
-/// The wire view of a batch, so a test can send rows that are not valid
-/// protobuf for `AgentEvent` (e.g. invalid UTF-8 in a string field).
-#[derive(Clone, PartialEq, prost::Message)]
-struct RawEventBatch {
-    #[prost(uint64, tag = "1")]
-    sequence: u64,
-    #[prost(bytes = "vec", repeated, tag = "2")]
-    events: Vec<Vec<u8>>,
-}
 
 async fn ingest_raw(endpoint: &str, batch: RawEventBatch) -> Result<pb::BatchAck, tonic::Status> {
     let channel = tonic::transport::Channel::from_shared(endpoint.to_owned())

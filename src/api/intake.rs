@@ -107,7 +107,8 @@ impl Accepted {
         let mut ack = batch_ack(self.sequence, self.received, self.rejected, outcome);
         ack.spooled = self.spooled;
         ack.rejected.extend(self.session_rejections);
-        ack.rejected.sort_by_key(|r| (r.kind.clone(), r.index));
+        ack.rejected
+            .sort_by(|a, b| (&a.kind, a.index).cmp(&(&b.kind, b.index)));
         ack
     }
 }
@@ -144,11 +145,8 @@ impl Intake {
 
     /// A spooled entry, replayed: through the same path as a client's batch,
     /// with timestamps checked against the time it was received.
-    pub async fn store(
-        &self,
-        entry: Entry,
-        received_at: SystemTime,
-    ) -> Result<Accepted, IngestError> {
+    pub async fn store(&self, entry: Entry) -> Result<Accepted, IngestError> {
+        let received_at = spool::from_unix_us(entry.received_at_us);
         match entry.batch {
             spool::Batch::Events(b) => self.store_events(b, received_at, &entry.scope).await,
             spool::Batch::Messages(b) => self.store_messages(b, received_at, &entry.scope).await,

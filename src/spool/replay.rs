@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Batch, Entry, from_unix_us,
+    Batch, Entry,
     log::{Position, Reader},
     unix_us,
 };
@@ -59,7 +59,6 @@ type Pending = Pin<Box<dyn Future<Output = pb::BatchAck> + Send>>;
 
 struct InFlight {
     end: Position,
-    received_at_us: i64,
     entry: Entry,
 }
 
@@ -88,7 +87,7 @@ pub async fn run(
             last_write = Instant::now();
         }
         backlog.oldest_us.store(
-            flights.front().map_or(0, |f| f.received_at_us),
+            flights.front().map_or(0, |f| f.entry.received_at_us),
             Ordering::Relaxed,
         );
         // At shutdown, intake takes no new batches; replay goes on until it
@@ -127,14 +126,13 @@ pub async fn run(
                             continue;
                         }
                     };
-                    let received_at_us = entry.received_at_us;
                     if flights.is_empty() {
-                        backlog.oldest_us.store(received_at_us, Ordering::Relaxed);
+                        backlog.oldest_us.store(entry.received_at_us, Ordering::Relaxed);
                     }
-                    match intake.store(entry.clone(), from_unix_us(received_at_us)).await {
+                    match intake.store(entry.clone()).await {
                         Ok(accepted) => {
                             acks.push_back(Box::pin(accepted.outcome()));
-                            flights.push_back(InFlight { end, received_at_us, entry });
+                            flights.push_back(InFlight { end, entry });
                         }
                         Err(e) if crate::api::status::retryable(&e) => {
                             tracing::warn!(error = %e, retry_in = ?backoff, "spool replay: cannot take the entry now");

@@ -18,6 +18,16 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+/// The wire view of an event batch, so a test can send rows that are not
+/// valid protobuf for `AgentEvent` (e.g. invalid UTF-8 in a string field).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RawEventBatch {
+    #[prost(uint64, tag = "1")]
+    pub sequence: u64,
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    pub events: Vec<Vec<u8>>,
+}
+
 /// A PostgreSQL cluster that lives as long as this value.
 pub struct TestCluster {
     pub cluster: Cluster,
