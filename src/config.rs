@@ -252,6 +252,13 @@ pub struct StorageConfig {
     )]
     pub timescaledb: TimescaleMode,
 
+    /// Password of the read-only role `agent_telemetry_reader` that
+    /// dashboards connect as. When set, migrating gives the role LOGIN and
+    /// this password (every run, so a changed secret takes effect on the next
+    /// start); when unset, the role stays NOLOGIN.
+    #[arg(long, env = "AGENT_TELEMETRY_READER_PASSWORD", hide_env_values = true)]
+    pub reader_password: Option<String>,
+
     /// Time span of one hypertable chunk (applies to chunks created from now on).
     #[arg(long, env = "AGENT_TELEMETRY_CHUNK_INTERVAL", default_value = "1day", value_parser = humantime::parse_duration)]
     pub chunk_interval: Duration,

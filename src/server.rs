@@ -57,6 +57,8 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("spool: {0}")]
     Spool(#[from] LogError),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     #[error("TLS: cannot read {path}: {source}")]
     Tls {
         path: PathBuf,
@@ -315,10 +317,21 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
             builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
         tracing::info!(cert = %cert.display(), "serving gRPC over TLS");
     }
+    // Reflection lets grpcurl, grpcui and Postman call the service without
+    // the proto files. Both versions: grpcurl before 1.9 asks v1alpha only.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let serve = builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(cfg.security.max_concurrent_streams)
         .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(ingest)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             stop.cancelled().await;

@@ -92,3 +92,71 @@ async fn an_edited_migration_is_refused() {
         "{err}"
     );
 }
+
+/// The dashboards' role reads every data table and aggregate, writes
+/// nothing, cannot see API keys, and logs in only once a password is set.
+#[tokio::test]
+async fn the_reader_role_reads_the_data_and_nothing_else() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("reader").await;
+    migrate(&conn).await.unwrap();
+    let as_reader = conn.replace("user=postgres", "user=agent_telemetry_reader");
+    let refused = agent_telemetry::db::connect(&as_reader).await.err();
+    assert!(
+        refused
+            .as_ref()
+            .is_some_and(|e| format!("{e:?}").contains("not permitted to log in")),
+        "a NOLOGIN role connected: {refused:?}"
+    );
+
+    let mut storage = ServeConfig::defaults().storage;
+    storage.reader_password = Some("it's a secret".into());
+    run_migrations(&conn, &storage, Limits::default().max_past)
+        .await
+        .unwrap();
+    let admin = common::db(&conn).await;
+    assert_eq!(
+        common::count(
+            &admin,
+            "SELECT count(*) FROM pg_authid WHERE rolname = 'agent_telemetry_reader' AND rolcanlogin AND rolpassword IS NOT NULL"
+        )
+        .await,
+        1
+    );
+    let reader = common::db(&as_reader).await;
+    for relation in [
+        "projects",
+        "machines",
+        "workspaces",
+        "chat_sessions",
+        "agent_sessions",
+        "agent_events",
+        "chat_messages",
+        "agent_events_hourly",
+        "agent_events_daily",
+        "llm_usage_daily",
+        "chat_activity_hourly",
+    ] {
+        common::count(&reader, &format!("SELECT count(*) FROM {relation}")).await;
+    }
+    for (sql, what) in [
+        ("SELECT count(*) FROM api_keys", "read API keys"),
+        ("SELECT count(*) FROM audit_log", "read the audit log"),
+        (
+            "INSERT INTO projects (name, full_name, repo_owner, repo_name) VALUES ('x', 'x/x', 'x', 'x')",
+            "inserted a project",
+        ),
+        ("DELETE FROM agent_events", "deleted events"),
+        ("CREATE TABLE mine (x int)", "created a table"),
+    ] {
+        let err = reader
+            .batch_execute(sql)
+            .await
+            .expect_err(&format!("the reader role {what}"));
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}: {err}"
+        );
+    }
+}

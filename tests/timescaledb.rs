@@ -97,13 +97,15 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "0002_indexes.sql",
             "timescaledb/0003_hypertables.sql",
             "timescaledb/0004_aggregates.sql",
-            "0005_api_keys.sql"
+            "0005_api_keys.sql",
+            "0006_reader_role.sql",
+            "0007_late_hours.sql"
         ]
     );
     assert_eq!(first.policies_changed().count(), 12, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 5);
+    assert_eq!(second.already, 7);
     assert_eq!(
         second.policies_changed().count(),
         0,
@@ -651,7 +653,9 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "0001_core.sql",
             "0002_indexes.sql",
             "plain/0004_aggregates.sql",
-            "0005_api_keys.sql"
+            "0005_api_keys.sql",
+            "0006_reader_role.sql",
+            "0007_late_hours.sql"
         ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());

@@ -51,6 +51,8 @@ pub enum MigrateError {
     Mode(String),
     #[error("invalid storage settings: {0}")]
     Settings(String),
+    #[error("setting the reader role's password failed: {0}")]
+    ReaderRole(#[source] tokio_postgres::Error),
     #[error("applying the TimescaleDB policies failed: {0}")]
     Policies(#[source] tokio_postgres::Error),
 }
@@ -221,6 +223,9 @@ async fn migrate_locked(
                 source,
             })?;
     }
+    if let Some(password) = &storage.reader_password {
+        set_reader_password(client, password).await?;
+    }
     if report.mode.is_timescaledb() {
         report.policies = apply_policies(client, storage).await?;
         for p in report.policies_changed() {
@@ -228,6 +233,38 @@ async fn migrate_locked(
         }
     }
     Ok(report)
+}
+
+/// The role `sql/0006_reader_role.sql` creates for dashboards.
+pub const READER_ROLE: &str = "agent_telemetry_reader";
+
+/// Gives the reader role LOGIN and `password`. ALTER ROLE takes no bind
+/// parameters: the server quotes the literal itself (`format('%L')`).
+async fn set_reader_password(client: &Client, password: &str) -> Result<(), MigrateError> {
+    let row = client
+        .query_opt(
+            "SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)
+              WHERE EXISTS (SELECT FROM pg_roles WHERE rolname = $1)",
+            &[&READER_ROLE, &password],
+        )
+        .await?;
+    let sql: String = match row {
+        Some(row) => row.get(0),
+        None => {
+            return Err(MigrateError::Settings(format!(
+                "AGENT_TELEMETRY_READER_PASSWORD is set but the role {READER_ROLE} does not exist (the migrating user may lack CREATEROLE)"
+            )));
+        }
+    };
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(MigrateError::ReaderRole)?;
+    tracing::info!(
+        role = READER_ROLE,
+        "reader role can log in with the configured password"
+    );
+    Ok(())
 }
 
 /// The mode recorded in `schema_migrations` if any, else what the server

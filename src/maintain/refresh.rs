@@ -7,16 +7,25 @@
 //! `--late-after` with its hour; after the flush holding it, the batcher
 //! hands those hours here ([`LateRefresher::note`]).
 //!
-//! Hours are gathered per table, merged into ranges (neighbours closer than
-//! [`MERGE_GAP_HOURS`] join, so a day of scattered replays is one refresh,
-//! not dozens), and refreshed at most once per `--late-refresh-every`: the
-//! hourly aggregate over the hour-aligned range, then the daily ones (which
-//! read it) over the range widened to whole days. A failed refresh keeps its
-//! hours for the next round. When every sender is gone (shutdown, after the
-//! last flush) one final round runs.
+//! Hours are recorded in the `late_hours` table (`sql/0007_late_hours.sql`),
+//! not kept in memory: with several instances behind a load balancer, each
+//! notes its hours there, and one refresh round at a time, by whichever
+//! instance holds the refresh lock, refreshes them all. So N instances do
+//! not refresh the same hours N times over, and hours noted just before a
+//! crash are refreshed by whichever instance runs next.
 //!
-//! Not covered: hours noted but not refreshed when the process dies
-//! (docs/schema.md says how an operator refreshes a range by hand).
+//! A round (every `--late-refresh-every`) merges the recorded hours into
+//! ranges (neighbours closer than [`MERGE_GAP_HOURS`] join, so a day of
+//! scattered replays is one refresh, not dozens), refreshes the hourly
+//! aggregate over each hour-aligned range, then the daily ones (which read
+//! it) over the range widened to whole days, and deletes the hours it
+//! refreshed unless they were noted again after it read them. A failed
+//! refresh leaves its hours for the next round. When every sender is gone
+//! (shutdown, after the last flush) one final round runs.
+//!
+//! Not covered: hours a flush wrote but could not record because the
+//! database went away between the COPY and the note, and the process then
+//! died (docs/schema.md says how an operator refreshes a range by hand).
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -71,39 +80,150 @@ impl LateRefresher {
     }
 }
 
+/// Arbitrary, fixed: the advisory lock that makes one instance at a time
+/// run a refresh round.
+const REFRESH_LOCK: i64 = 0x6167_656e_7472_6672; // "agentrfr"
+/// Hours from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_UNIX_HOURS: i64 = 262_968;
+
 async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<(Table, Vec<i64>)>, every: Duration) {
-    let mut pending: [BTreeSet<i64>; 2] = Default::default();
-    let mut next_round = Instant::now();
+    // Hours noted here but not yet recorded in `late_hours`.
+    let mut unsaved: [BTreeSet<i64>; 2] = Default::default();
+    let mut next_round = Instant::now() + every;
     let mut open = true;
     while open {
-        let waiting = pending.iter().any(|p| !p.is_empty());
         tokio::select! {
             msg = rx.recv() => match msg {
-                Some((table, hours)) => pending[table as usize].extend(hours),
+                Some((table, hours)) => {
+                    unsaved[table as usize].extend(hours);
+                    if let Err(e) = save(&pool, &mut unsaved).await {
+                        tracing::warn!(error = %e, "cannot record late hours yet; retrying");
+                        metrics::db_error("late_refresh");
+                    }
+                }
                 None => open = false,
             },
-            _ = tokio::time::sleep_until(next_round), if waiting => {
-                round(&pool, &mut pending).await;
+            _ = tokio::time::sleep_until(next_round) => {
+                round(&pool, &mut unsaved).await;
                 next_round = Instant::now() + every;
             }
         }
-        metrics::late_pending(pending.iter().map(BTreeSet::len).sum());
     }
-    round(&pool, &mut pending).await;
+    round(&pool, &mut unsaved).await;
+    let lost: usize = unsaved.iter().map(BTreeSet::len).sum();
+    if lost > 0 {
+        tracing::warn!(
+            hours = lost,
+            "late hours not recorded at shutdown: their aggregates need a manual refresh (docs/schema.md)"
+        );
+    }
 }
 
-/// Refreshes every pending range; what fails stays pending.
-async fn round(pool: &Pool, pending: &mut [BTreeSet<i64>; 2]) {
+type DbResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Records `unsaved` in `late_hours` (a repeat notes the hour again).
+async fn save(pool: &Pool, unsaved: &mut [BTreeSet<i64>; 2]) -> DbResult<()> {
+    if unsaved.iter().all(BTreeSet::is_empty) {
+        return Ok(());
+    }
+    let client = pool.get().await?;
     for table in Table::ALL {
-        let hours = std::mem::take(&mut pending[table as usize]);
-        for range in merge(&hours) {
-            if let Err(e) = refresh(pool, table, range.clone()).await {
-                tracing::warn!(table = table.name(), error = %e, "late-data refresh failed; retrying next round");
-                metrics::db_error("late_refresh");
-                pending[table as usize].extend(hours.range(range));
-            }
+        let hours: Vec<i64> = unsaved[table as usize]
+            .iter()
+            .map(|h| h + PG_EPOCH_UNIX_HOURS)
+            .collect();
+        if hours.is_empty() {
+            continue;
+        }
+        client
+            .execute(
+                "INSERT INTO late_hours (table_name, hour)
+                 SELECT $1, to_timestamp(h * 3600) FROM unnest($2::bigint[]) AS h
+                 ON CONFLICT (table_name, hour) DO UPDATE SET noted_at = now()",
+                &[&table.name(), &hours],
+            )
+            .await?;
+        unsaved[table as usize].clear();
+    }
+    Ok(())
+}
+
+/// Records what is unsaved, then, if no other instance is running a round,
+/// refreshes every recorded range. What fails stays recorded.
+async fn round(pool: &Pool, unsaved: &mut [BTreeSet<i64>; 2]) {
+    if let Err(e) = save(pool, unsaved).await {
+        tracing::warn!(error = %e, "cannot record late hours yet; retrying next round");
+        metrics::db_error("late_refresh");
+        return;
+    }
+    let client = match pool.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "late-data refresh: no connection; retrying next round");
+            return;
+        }
+    };
+    let locked = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&REFRESH_LOCK])
+        .await
+        .map(|r| r.get::<_, bool>(0));
+    match locked {
+        Ok(true) => {}
+        Ok(false) => return, // another instance is refreshing
+        Err(e) => {
+            tracing::warn!(error = %e, "late-data refresh: cannot take the lock; retrying next round");
+            metrics::db_error("late_refresh");
+            return;
         }
     }
+    if let Err(e) = refresh_recorded(&client).await {
+        tracing::warn!(error = %e, "late-data refresh failed; retrying next round");
+        metrics::db_error("late_refresh");
+    }
+    // Session-level lock on a pooled connection: release it before the
+    // connection goes back (a dropped connection releases it too).
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&REFRESH_LOCK])
+        .await;
+}
+
+async fn refresh_recorded(client: &tokio_postgres::Client) -> DbResult<()> {
+    // Taken before the read: an hour noted after this may hold rows the
+    // refreshes below do not see, so its row must survive the delete.
+    let read_at: std::time::SystemTime = client.query_one("SELECT now()", &[]).await?.get(0);
+    let mut pending = 0;
+    for table in Table::ALL {
+        let hours: BTreeSet<i64> = client
+            .query(
+                "SELECT (extract(epoch FROM hour) / 3600)::bigint FROM late_hours WHERE table_name = $1",
+                &[&table.name()],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get::<_, i64>(0) - PG_EPOCH_UNIX_HOURS)
+            .collect();
+        let mut done = Vec::new();
+        for range in merge(&hours) {
+            match refresh(client, table, range.clone()).await {
+                Ok(()) => done.extend(hours.range(range).map(|h| h + PG_EPOCH_UNIX_HOURS)),
+                Err(e) => {
+                    tracing::warn!(table = table.name(), error = %e, "late-data refresh failed; retrying next round");
+                    metrics::db_error("late_refresh");
+                }
+            }
+        }
+        pending += hours.len() - done.len();
+        client
+            .execute(
+                "DELETE FROM late_hours WHERE table_name = $1
+                    AND hour = ANY (SELECT to_timestamp(h * 3600) FROM unnest($2::bigint[]) AS h)
+                    AND noted_at <= $3",
+                &[&table.name(), &done, &read_at],
+            )
+            .await?;
+    }
+    metrics::late_pending(pending);
+    Ok(())
 }
 
 /// Sorted hours → half-open hour ranges, joining gaps up to [`MERGE_GAP_HOURS`].
@@ -119,11 +239,10 @@ pub fn merge(hours: &BTreeSet<i64>) -> Vec<std::ops::Range<i64>> {
 }
 
 async fn refresh(
-    pool: &Pool,
+    client: &tokio_postgres::Client,
     table: Table,
     hours: std::ops::Range<i64>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let client = pool.get().await?;
+) -> Result<(), tokio_postgres::Error> {
     for &(view, width) in aggregates(table) {
         let start = hours.start.div_euclid(width) * width;
         let end = (hours.end + width - 1).div_euclid(width) * width;
