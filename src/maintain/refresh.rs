@@ -163,28 +163,17 @@ async fn round(pool: &Pool, unsaved: &mut [BTreeSet<i64>; 2]) {
             return;
         }
     };
-    let locked = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&REFRESH_LOCK])
-        .await
-        .map(|r| r.get::<_, bool>(0));
-    match locked {
-        Ok(true) => {}
-        Ok(false) => return, // another instance is refreshing
-        Err(e) => {
-            tracing::warn!(error = %e, "late-data refresh: cannot take the lock; retrying next round");
+    match super::exclusively(&client, REFRESH_LOCK, refresh_recorded).await {
+        Ok(Some(Ok(()))) | Ok(None) => {} // done, or another instance is on it
+        Ok(Some(Err(e))) => {
+            tracing::warn!(error = %e, "late-data refresh failed; retrying next round");
             metrics::db_error("late_refresh");
-            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "late-data refresh: lock failed; retrying next round");
+            metrics::db_error("late_refresh");
         }
     }
-    if let Err(e) = refresh_recorded(&client).await {
-        tracing::warn!(error = %e, "late-data refresh failed; retrying next round");
-        metrics::db_error("late_refresh");
-    }
-    // Session-level lock on a pooled connection: release it before the
-    // connection goes back (a dropped connection releases it too).
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&REFRESH_LOCK])
-        .await;
 }
 
 async fn refresh_recorded(client: &tokio_postgres::Client) -> DbResult<()> {

@@ -9,6 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{config::StorageConfig, copy::Table, db::migrate::pg_interval, metrics};
 
+/// Arbitrary, fixed: one instance at a time runs a retention round.
+const RETENTION_LOCK: i64 = 0x6167_656e_7472_6574; // "agentret"
 /// Rows deleted per statement.
 const SLICE_ROWS: i32 = 10_000;
 
@@ -25,29 +27,50 @@ pub fn spawn(pool: Pool, storage: &StorageConfig, stop: CancellationToken) -> Jo
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            for (table, keep) in &windows {
-                match delete_expired(&pool, *table, keep, &stop).await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(table = table.name(), rows = n, keep = %keep, "retention: deleted expired rows")
-                    }
-                    Err(e) => {
-                        metrics::db_error("retention");
-                        tracing::warn!(table = table.name(), error = %e, "retention failed; retrying next time");
-                    }
+            let client = match pool.get().await {
+                Ok(c) => c,
+                Err(e) => {
+                    metrics::db_error("retention");
+                    tracing::warn!(error = %e, "retention: no connection; retrying next time");
+                    continue;
                 }
+            };
+            let round = super::exclusively(&client, RETENTION_LOCK, async |client| {
+                for (table, keep) in &windows {
+                    report(
+                        *table,
+                        keep,
+                        delete_expired(client, *table, keep, &stop).await,
+                    );
+                }
+            });
+            if let Err(e) = round.await {
+                metrics::db_error("retention");
+                tracing::warn!(error = %e, "retention: lock failed; retrying next time");
             }
         }
     })
 }
 
+fn report(table: Table, keep: &str, deleted: Result<u64, tokio_postgres::Error>) {
+    match deleted {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(table = table.name(), rows = n, keep = %keep, "retention: deleted expired rows")
+        }
+        Err(e) => {
+            metrics::db_error("retention");
+            tracing::warn!(table = table.name(), error = %e, "retention failed; retrying next time");
+        }
+    }
+}
+
 async fn delete_expired(
-    pool: &Pool,
+    client: &tokio_postgres::Client,
     table: Table,
     keep: &str,
     stop: &CancellationToken,
-) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
-    let client = pool.get().await?;
+) -> Result<u64, tokio_postgres::Error> {
     let mut total = 0u64;
     while !stop.is_cancelled() {
         let n: i64 = client
