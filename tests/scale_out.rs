@@ -140,9 +140,12 @@ async fn three_instances_share_one_database() {
         }
     );
     for (sql, want) in [
-        ("SELECT count(*) FROM schema_migrations", 7),
+        ("SELECT count(*) FROM schema_migrations", 8),
         ("SELECT count(*) FROM projects", PROJECTS.len() as i64),
-        ("SELECT count(DISTINCT full_name) FROM projects", PROJECTS.len() as i64),
+        (
+            "SELECT count(DISTINCT full_name) FROM projects",
+            PROJECTS.len() as i64,
+        ),
         ("SELECT count(*) FROM machines", 1),
         ("SELECT count(*) FROM workspaces", 2),
         ("SELECT count(*) FROM chat_sessions", 6),

@@ -77,7 +77,9 @@ BEGIN
                      ('retention',   'agent_events_hourly',  'drop_after', 'aggregates_retention'),
                      ('retention',   'agent_events_daily',   'drop_after', 'aggregates_retention'),
                      ('retention',   'llm_usage_daily',      'drop_after', 'aggregates_retention'),
-                     ('retention',   'chat_activity_hourly', 'drop_after', 'aggregates_retention'))
+                     ('retention',   'chat_activity_hourly', 'drop_after', 'aggregates_retention'),
+                     ('retention',   'tool_usage_daily',     'drop_after', 'aggregates_retention'),
+                     ('retention',   'file_activity_daily',  'drop_after', 'aggregates_retention'))
              AS v(kind, r, k, s)
     LOOP
         relation := rel;
@@ -100,7 +102,9 @@ BEGIN
         FROM (VALUES ('agent_events_hourly', 'hourly'),
                      ('chat_activity_hourly', 'hourly'),
                      ('agent_events_daily', 'daily'),
-                     ('llm_usage_daily', 'daily')) AS v(r, k)
+                     ('llm_usage_daily', 'daily'),
+                     ('tool_usage_daily', 'daily'),
+                     ('file_activity_daily', 'daily')) AS v(r, k)
     LOOP
         policy := 'refresh';
         relation := rel;

@@ -47,6 +47,8 @@ fn aggregates(table: Table) -> &'static [(&'static str, i64)] {
             ("agent_events_hourly", 1),
             ("agent_events_daily", 24),
             ("llm_usage_daily", 24),
+            ("tool_usage_daily", 24),
+            ("file_activity_daily", 24),
         ],
         Table::ChatMessages => &[("chat_activity_hourly", 1)],
     }
