@@ -34,6 +34,13 @@ pub const SPOOL_REPLAY_RETRIES: &str = "agent_telemetry_spool_replay_retries_tot
 pub const SPOOL_REJECTED: &str = "agent_telemetry_spool_rejected_rows_total";
 pub const AUTH_REFUSED: &str = "agent_telemetry_auth_refused_total";
 
+/// Bucket bounds (seconds) of the latency histograms: a fast flush takes a
+/// few milliseconds, a flush retried through a database restart up to
+/// `--copy-retry-timeout` (30 s).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 pub fn describe() {
     describe_counter!(ROWS_RECEIVED, "Rows received in batches, per table");
     describe_counter!(

@@ -185,9 +185,16 @@ impl Running {
 /// shutdown when cancelled.
 pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running, ServerError> {
     if let Some(addr) = cfg.metrics_addr() {
+        // Latencies as histograms, not the exporter's default summaries:
+        // bucket counts add up across instances, so a dashboard can show
+        // one p99 for a whole fleet (quantiles of summaries cannot be merged).
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
-            .install()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                crate::metrics::LATENCY_BUCKETS,
+            )
+            .and_then(|b| b.install())
             .map_err(|source| ServerError::Metrics { addr, source })?;
         metrics::describe();
         tracing::info!(%addr, "Prometheus metrics at /metrics");

@@ -1,0 +1,297 @@
+//! The provisioned Grafana dashboards (deploy/grafana/dashboards) against
+//! the schema: every variable query and every panel's SQL, with Grafana's
+//! macros and variables expanded the way Grafana's PostgreSQL datasource
+//! expands them, runs as the read-only role on a database filled by
+//! `loadgen`, and returns rows. On TimescaleDB (PGlite every run, native
+//! where installed) and on plain PostgreSQL.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use agent_telemetry::{
+    config::{ServeConfig, TimescaleMode},
+    loadgen::{self, LoadgenConfig},
+};
+use serde_json::Value;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/dashboards");
+const DB_UID: &str = "agent-telemetry-db";
+
+pub fn dashboards() -> Vec<(String, Value)> {
+    let mut out: Vec<(String, Value)> = std::fs::read_dir(DIR)
+        .expect("dashboards directory")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            let json = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{}: not JSON: {e}", p.display()));
+            (p.file_name().unwrap().to_string_lossy().into_owned(), json)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// What Grafana substitutes: the time range, and each variable's values
+/// ("All" selected: every value the variable's query returned).
+struct Grafana {
+    from: String,
+    to: String,
+    vars: BTreeMap<String, Vec<String>>,
+}
+
+/// "1h", "'1d'", "30s" → seconds.
+fn seconds(interval: &str) -> u64 {
+    let s = interval.trim().trim_matches('\'');
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .unwrap_or_else(|_| panic!("interval {interval:?}"));
+    n * match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => panic!("interval unit {other:?} in {interval:?}"),
+    }
+}
+
+impl Grafana {
+    /// Expands one query. `interval` is the panel's `$__interval` (its
+    /// minimum interval, which is what Grafana uses over long ranges).
+    fn expand(&self, sql: &str, interval: &str) -> String {
+        let mut out = String::new();
+        let mut rest = sql;
+        while let Some(at) = rest.find("$__") {
+            out.push_str(&rest[..at]);
+            let tail = &rest[at + 3..];
+            let name_len = tail
+                .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                .unwrap_or(tail.len());
+            let name = &tail[..name_len];
+            let after = &tail[name_len..];
+            if !after.starts_with('(') {
+                // A macro without arguments.
+                match name {
+                    "interval" => out.push_str(interval),
+                    "interval_ms" => out.push_str(&(seconds(interval) * 1000).to_string()),
+                    other => panic!("unknown Grafana macro $__{other} in {sql}"),
+                }
+                rest = after;
+                continue;
+            }
+            let (args, after) = split_args(after);
+            let arg = |i: usize| -> String {
+                let a = args
+                    .get(i)
+                    .unwrap_or_else(|| panic!("$__{name} needs argument {i}: {sql}"));
+                a.replace("$__interval", interval)
+            };
+            out.push_str(&match name {
+                "timeFilter" => format!("{} BETWEEN '{}' AND '{}'", arg(0), self.from, self.to),
+                "timeFrom" => format!("'{}'", self.from),
+                "timeTo" => format!("'{}'", self.to),
+                "timeGroup" | "timeGroupAlias" => {
+                    let s = seconds(&arg(1));
+                    let group = format!("floor(extract(epoch from {})/{s})*{s}", arg(0));
+                    if name == "timeGroupAlias" {
+                        format!("{group} AS \"time\"")
+                    } else {
+                        group
+                    }
+                }
+                other => panic!("unknown Grafana macro $__{other} in {sql}"),
+            });
+            rest = after;
+        }
+        out.push_str(rest);
+        for (var, values) in &self.vars {
+            let list = values
+                .iter()
+                .map(|v| format!("'{}'", v.replace('\'', "''")))
+                .collect::<Vec<_>>()
+                .join(",");
+            out = out
+                .replace(&format!("${{{var}}}"), &list)
+                .replace(&format!("${var}"), &list);
+        }
+        assert!(!out.contains('$'), "unexpanded variable in {out}");
+        out
+    }
+}
+
+/// "(a, f(b, c)) rest" → (["a", "f(b, c)"], " rest").
+fn split_args(s: &str) -> (Vec<String>, &str) {
+    let mut depth = 0;
+    let mut args = vec![String::new()];
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' if depth == 0 => {
+                depth = 1;
+                continue;
+            }
+            '(' => depth += 1,
+            ')' if depth == 1 => {
+                let args = args
+                    .into_iter()
+                    .map(|a| a.trim().to_owned())
+                    .filter(|a| !a.is_empty())
+                    .collect();
+                return (args, &s[i + 1..]);
+            }
+            ')' => depth -= 1,
+            ',' if depth == 1 => {
+                args.push(String::new());
+                continue;
+            }
+            _ => {}
+        }
+        args.last_mut().unwrap().push(c);
+    }
+    panic!("unbalanced parentheses in {s}");
+}
+
+/// Rows of a query, each column as text (the simple protocol, as psql).
+async fn rows(db: &Client, sql: &str, what: &str) -> Vec<Vec<Option<String>>> {
+    db.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e:?}\n{sql}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn is_db(v: &Value) -> bool {
+    v["datasource"]["uid"] == DB_UID
+}
+
+async fn fill(cfg: ServeConfig) {
+    let svc = common::start_service(cfg).await;
+    let summary = loadgen::run(&LoadgenConfig {
+        endpoint: svc.endpoint.clone(),
+        events: 6_000,
+        messages: 1_500,
+        streams: 2,
+        batch_size: 500,
+        rate: 0.0,
+        window: 4,
+        seed: 11,
+        projects: 4,
+        gzip: false,
+        quiet: true,
+    })
+    .await
+    .expect("loadgen");
+    assert_eq!(summary.rows_stored, 7_500, "{summary}");
+    svc.running.shutdown().await.unwrap();
+}
+
+/// Fills the database, then runs every query as the reader role.
+async fn every_query_returns_rows(conn: &str, mut cfg: ServeConfig, label: &str) {
+    cfg.storage.reader_password = Some("grafana".into());
+    fill(cfg).await;
+    let db = common::db(conn).await;
+    db.batch_execute("SET ROLE agent_telemetry_reader")
+        .await
+        .expect("the reader role exists");
+    let now = std::time::SystemTime::now();
+    let fmt = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let mut grafana = Grafana {
+        from: fmt(now - std::time::Duration::from_secs(30 * 86_400)),
+        to: fmt(now + std::time::Duration::from_secs(60)),
+        vars: BTreeMap::new(),
+    };
+    let mut queries = 0;
+    for (file, dash) in dashboards() {
+        // Variables first: a panel's query uses their values.
+        grafana.vars.clear();
+        for var in dash["templating"]["list"].as_array().unwrap() {
+            if !is_db(var) {
+                continue;
+            }
+            let name = var["name"].as_str().unwrap();
+            let sql = grafana.expand(var["query"].as_str().unwrap(), "1h");
+            let what = format!("{file}: variable ${name}");
+            let found = rows(&db, &sql, &what).await;
+            assert!(!found.is_empty(), "{what} has no values\n{sql}");
+            // `__value` is the second column where the query names one.
+            let col = if sql.contains("__value") { 1 } else { 0 };
+            let values = found.into_iter().filter_map(|r| r[col].clone()).collect();
+            grafana.vars.insert(name.to_owned(), values);
+            queries += 1;
+        }
+        for panel in dash["panels"].as_array().unwrap() {
+            let title = panel["title"].as_str().unwrap();
+            let interval = panel["interval"].as_str().unwrap_or("1h");
+            for target in panel["targets"].as_array().unwrap() {
+                if !is_db(target) {
+                    continue;
+                }
+                let sql = grafana.expand(target["rawSql"].as_str().unwrap(), interval);
+                let what = format!("{file}: panel {title:?}");
+                let found = rows(&db, &sql, &what).await;
+                assert!(!found.is_empty(), "{what} returned no rows\n{sql}");
+                queries += 1;
+            }
+        }
+    }
+    common::say(&format!(
+        "dashboards ({label}): {queries} queries ran as agent_telemetry_reader, each returned rows"
+    ));
+    assert!(queries >= 25, "only {queries} SQL queries found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_returns_rows_on_timescaledb_pglite() {
+    let tsdb = common::TsDb::pglite();
+    every_query_returns_rows(&tsdb.conn, tsdb.serve_config(), "TimescaleDB in PGlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_returns_rows_on_timescaledb_native() {
+    let Some(tsdb) = common::TsDb::native("every_dashboard_query_returns_rows_on_native").await
+    else {
+        return;
+    };
+    every_query_returns_rows(&tsdb.conn, tsdb.serve_config(), "native TimescaleDB").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_returns_rows_on_plain_postgres() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("plain").await;
+    let mut cfg = common::serve_config(&conn);
+    cfg.storage.timescaledb = TimescaleMode::Off;
+    every_query_returns_rows(&conn, cfg, "plain PostgreSQL").await;
+}
+
+/// The expander itself, on Grafana's documented expansions.
+#[test]
+fn macros_expand_as_grafana_expands_them() {
+    let g = Grafana {
+        from: "2026-11-01T00:00:00Z".into(),
+        to: "2026-11-02T00:00:00Z".into(),
+        vars: [("project".to_owned(), vec!["1".to_owned(), "o'k".to_owned()])]
+            .into_iter()
+            .collect(),
+    };
+    assert_eq!(
+        g.expand(
+            "SELECT $__timeGroupAlias(bucket, $__interval), x FROM t WHERE $__timeFilter(bucket) AND p IN ($project) AND b > $__timeFrom()",
+            "1h"
+        ),
+        "SELECT floor(extract(epoch from bucket)/3600)*3600 AS \"time\", x FROM t WHERE bucket BETWEEN '2026-11-01T00:00:00Z' AND '2026-11-02T00:00:00Z' AND p IN ('1','o''k') AND b > '2026-11-01T00:00:00Z'"
+    );
+    assert_eq!(
+        g.expand("$__timeGroup(date_trunc('day', t), '1d')", "1h"),
+        "floor(extract(epoch from date_trunc('day', t))/86400)*86400"
+    );
+}
