@@ -31,6 +31,24 @@ pub enum Command {
     Bench(crate::bench::BenchCommand),
     /// Manage API keys: create, list, revoke.
     Keys(KeysConfig),
+    /// Ask a running service whether it is serving (gRPC health check);
+    /// exits 0 if it is. For container health checks: the runtime image
+    /// needs no other probe.
+    Health(HealthConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthConfig {
+    /// The service's gRPC endpoint.
+    #[arg(
+        long,
+        env = "AGENT_TELEMETRY_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub endpoint: String,
+    /// Give up after this long.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

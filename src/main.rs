@@ -33,6 +33,10 @@ async fn main() -> ExitCode {
             .map(|s| println!("{s}"))
             .map_err(Into::into),
         Command::Keys(cfg) => keys(cfg).await,
+        Command::Health(cfg) => server::health_check(&cfg.endpoint, cfg.timeout)
+            .await
+            .map(|status| println!("{status}"))
+            .map_err(Into::into),
         Command::Bench(agent_telemetry::bench::BenchCommand::Compare(cfg)) => {
             agent_telemetry::bench::run(&cfg)
                 .await
