@@ -97,7 +97,8 @@ async fn every_ingest_health_query_names_exported_metrics_and_labels() {
                 let lines: Vec<&str> = text
                     .lines()
                     .filter(|l| {
-                        l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} "))
+                        l.starts_with(&format!("{metric}{{"))
+                            || l.starts_with(&format!("{metric} "))
                     })
                     .collect();
                 assert!(

@@ -1,0 +1,157 @@
+//! The client examples (examples/python with grpcio, examples/typescript
+//! with @grpc/grpc-js) run against a live service that requires an API key,
+//! and start while its database is down: they must back off, resend, and
+//! in the end get every event stored exactly once.
+//! The test installs what the examples need: a virtualenv with the pinned
+//! pip packages, and `npm ci` from the example's package-lock.json.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const EVENTS: i64 = 3_000;
+
+fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A virtualenv under target/ with examples/python/requirements.txt.
+fn python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("examples-python-venv");
+    let bin = venv.join("bin/python");
+    if !bin.exists() {
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv (Debian: apt-get install python3-venv)",
+        );
+    }
+    run(
+        Command::new(&bin)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(Path::new(ROOT).join("examples/python/requirements.txt")),
+        "pip install -r examples/python/requirements.txt",
+    );
+    bin
+}
+
+/// examples/typescript installed (`npm ci`) and compiled (`tsc`).
+fn typescript() -> PathBuf {
+    let dir = Path::new(ROOT).join("examples/typescript");
+    if !dir.join("node_modules/.package-lock.json").exists() {
+        run(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&dir),
+            "npm ci in examples/typescript",
+        );
+    }
+    run(
+        Command::new(dir.join("node_modules/.bin/tsc"))
+            .args(["-p", "."])
+            .current_dir(&dir),
+        "tsc in examples/typescript",
+    );
+    dir.join("dist/sendEvents.js")
+}
+
+/// Runs one example against a fresh service and checks what it stored.
+async fn example_stores_every_event_once(project: &str, command: impl FnOnce() -> Command) {
+    let (pg, conn, svc) = common::service_with(project, |cfg| {
+        cfg.security.require_api_key = true;
+        cfg.pipeline.copy_retry_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut db = common::db(&conn).await;
+    let key = agent_telemetry::auth::keys::create(&mut db, "example", &[project.into()])
+        .await
+        .unwrap()
+        .key;
+    let mut cmd = command();
+    cmd.args(["--events", &EVENTS.to_string(), "--project", project])
+        .env("AGENT_TELEMETRY_ENDPOINT", &svc.endpoint)
+        .env("AGENT_TELEMETRY_API_KEY", &key);
+    drop(db);
+    pg.cluster.stop().expect("stop PostgreSQL");
+    let example = tokio::task::spawn_blocking(move || run(&mut cmd, "the example"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.cluster.start().expect("start PostgreSQL");
+    let stats = example.await.unwrap();
+    let db = common::db(&conn).await;
+    common::say(&format!("{project}: {}", stats.trim()));
+    let figure = |name: &str| -> u64 {
+        stats
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {stats}"))
+    };
+    assert_eq!(
+        figure("stored") + figure("duplicates"),
+        EVENTS as u64,
+        "{stats}"
+    );
+    assert!(figure("backoffs") > 0 && figure("resent") > 0, "{stats}");
+    let sql = format!(
+        "SELECT count(*) FROM agent_events e JOIN projects p ON p.id = e.project_id
+         WHERE p.full_name = '{project}'"
+    );
+    assert_eq!(common::count(&db, &sql).await, EVENTS);
+    assert_eq!(
+        common::count(&db, "SELECT count(DISTINCT id) FROM agent_events").await,
+        EVENTS
+    );
+    // Tokens and cost arrived on the LLM events (every fourth).
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM agent_events WHERE model IS NOT NULL AND cost_usd > 0 AND input_tokens > 0"
+        )
+        .await,
+        EVENTS / 4
+    );
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_example_stores_every_event_once() {
+    let python = tokio::task::spawn_blocking(python).await.unwrap();
+    example_stores_every_event_once("acme/python-sdk", || {
+        let mut c = Command::new(python);
+        c.arg(Path::new(ROOT).join("examples/python/send_events.py"));
+        c
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_grpc_js_example_stores_every_event_once() {
+    let script = tokio::task::spawn_blocking(typescript).await.unwrap();
+    example_stores_every_event_once("acme/vscode", || {
+        let mut c = Command::new("node");
+        c.arg(script);
+        c
+    })
+    .await;
+}
