@@ -8,22 +8,11 @@ mod common;
 use std::{collections::BTreeSet, time::Duration};
 
 use agent_telemetry::{config::OptionalAddr, pb};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/deploy/grafana/dashboards/ingest-health.json"
 );
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body
-}
 
 /// (metric, labels it groups by) of each PromQL expression.
 fn wanted(expr: &str) -> Vec<(String, BTreeSet<String>)> {
@@ -85,7 +74,7 @@ async fn every_ingest_health_query_names_exported_metrics_and_labels() {
     common::delivery::until_stored(&db, 9, Duration::from_secs(30)).await;
     // The spool gauges are set on a timer.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let text = scrape(port).await;
+    let text = common::scrape(port).await;
 
     let dash: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap();

@@ -4,17 +4,6 @@
 mod common;
 
 use agent_telemetry::{config::OptionalAddr, pb};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body
-}
 
 #[tokio::test]
 async fn metrics_count_stored_and_rejected_rows() {
@@ -32,7 +21,7 @@ async fn metrics_count_stored_and_rejected_rows() {
     events[3].session_id = "nope".into();
     let ack = common::ingest(&mut client, 1, events).await;
     assert_eq!(ack.stored, 9);
-    let text = scrape(port).await;
+    let text = common::scrape(port).await;
     assert!(
         text.contains("agent_telemetry_rows_stored_total{table=\"agent_events\"} 9"),
         "{text}"
