@@ -147,6 +147,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub spool: SpoolConfig,
+
+    #[command(flatten)]
+    pub otlp: OtlpConfig,
 }
 
 impl ServeConfig {
@@ -174,6 +177,49 @@ fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
     s.parse()
         .map(|a| OptionalAddr(Some(a)))
         .map_err(|e| format!("{e}"))
+}
+
+/// The OpenTelemetry (OTLP) receivers for agents' built-in telemetry
+/// (docs/otlp.md). They share the pipeline, limits and API keys of the
+/// native API.
+#[derive(Debug, Clone, Args)]
+pub struct OtlpConfig {
+    /// Address of the OTLP/gRPC receiver (logs, traces, metrics); "off"
+    /// disables it.
+    #[arg(long, env = "AGENT_TELEMETRY_OTLP_GRPC_LISTEN", default_value = "127.0.0.1:4317", value_parser = parse_optional_addr)]
+    pub otlp_grpc_listen: OptionalAddr,
+
+    /// Address of the OTLP/HTTP receiver (protobuf and JSON); "off" disables it.
+    #[arg(long, env = "AGENT_TELEMETRY_OTLP_HTTP_LISTEN", default_value = "127.0.0.1:4318", value_parser = parse_optional_addr)]
+    pub otlp_http_listen: OptionalAddr,
+
+    /// Largest OTLP message accepted, decompressed (the OTLP specification
+    /// recommends accepting 64 MiB).
+    #[arg(long, env = "AGENT_TELEMETRY_OTLP_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
+    pub otlp_max_message_bytes: usize,
+
+    /// JSON price table for agents that send tokens but no cost:
+    /// `{"models": {"gpt-4o": {"input": 2.5, "output": 10, "cached_input": 1.25}}}`
+    /// in USD per million tokens. Without it such rows have no cost.
+    #[arg(long, env = "AGENT_TELEMETRY_PRICE_TABLE")]
+    pub price_table: Option<PathBuf>,
+
+    /// Project of OTLP rows that name none (no project attribute, no
+    /// `x-project` header, a key without projects or no key).
+    #[arg(
+        long,
+        env = "AGENT_TELEMETRY_OTLP_DEFAULT_PROJECT",
+        default_value = "unattributed"
+    )]
+    pub otlp_default_project: String,
+}
+
+impl OtlpConfig {
+    /// Both receivers off.
+    pub fn off(&mut self) {
+        self.otlp_grpc_listen = OptionalAddr(None);
+        self.otlp_http_listen = OptionalAddr(None);
+    }
 }
 
 /// Who may connect and write, and how.

@@ -40,6 +40,7 @@ pub mod db;
 pub mod loadgen;
 pub mod maintain;
 pub mod metrics;
+pub mod otlp;
 pub mod pb;
 pub mod server;
 pub mod shutdown;

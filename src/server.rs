@@ -31,6 +31,7 @@ use crate::{
     },
     maintain::{refresh::LateRefresher, retention},
     metrics,
+    otlp::{OtlpIntake, OtlpSettings, grpc::OtlpGrpc, price::PriceTable},
     pb::wire::telemetry_ingest_server::TelemetryIngestServer,
     spool::{self, log::LogError, replay::Backlog},
 };
@@ -59,6 +60,10 @@ pub enum ServerError {
     Spool(#[from] LogError),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Prices(#[from] crate::otlp::price::PriceError),
+    #[error("OTLP/HTTP server: {0}")]
+    Http(std::io::Error),
     #[error("TLS: cannot read {path}: {source}")]
     Tls {
         path: PathBuf,
@@ -164,6 +169,9 @@ pub async fn run_migrations(
 /// A started service.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The OTLP receivers' addresses, when on.
+    pub otlp_grpc_addr: Option<SocketAddr>,
+    pub otlp_http_addr: Option<SocketAddr>,
     drain: CancellationToken,
     done: JoinHandle<Result<(), ServerError>>,
 }
@@ -289,6 +297,8 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         ))
     });
 
+    let otlp = start_otlp(&cfg, intake.clone(), &pool, &drain).await?;
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TelemetryIngestServer<Api>>().await;
     let ingest = TelemetryIngestServer::new(Api::new(intake, auth, drain.clone()))
@@ -311,19 +321,7 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
     tracing::info!(%addr, "gRPC ingest service listening");
 
     let stop = drain.clone();
-    let mut builder = tonic::transport::Server::builder();
-    if let (Some(cert), Some(key)) = (&cfg.security.tls_cert, &cfg.security.tls_key) {
-        let read = |path: &PathBuf| {
-            std::fs::read(path).map_err(|source| ServerError::Tls {
-                path: path.clone(),
-                source,
-            })
-        };
-        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
-        builder =
-            builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
-        tracing::info!(cert = %cert.display(), "serving gRPC over TLS");
-    }
+    let builder = grpc_builder(&cfg)?;
     // Reflection lets grpcurl, grpcui and Postman call the service without
     // the proto files. Both versions: grpcurl before 1.9 asks v1alpha only.
     let reflection = || {
@@ -351,6 +349,10 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         drain_started.cancelled().await;
         let drained = tokio::time::timeout(deadline, async {
             let served = serve.await.expect("gRPC server panicked");
+            // The receivers hold intake: they end before the batchers can.
+            for task in otlp.tasks {
+                let _ = task.await;
+            }
             if let Some(r) = replayer {
                 let _ = r.await;
             }
@@ -385,7 +387,147 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         tracing::info!("stopped");
         result
     });
-    Ok(Running { addr, drain, done })
+    Ok(Running {
+        addr,
+        otlp_grpc_addr: otlp.grpc_addr,
+        otlp_http_addr: otlp.http_addr,
+        drain,
+        done,
+    })
+}
+
+/// A tonic server builder with the TLS settings, if any.
+fn grpc_builder(cfg: &ServeConfig) -> Result<tonic::transport::Server, ServerError> {
+    let mut builder = tonic::transport::Server::builder();
+    if let (Some(cert), Some(key)) = (&cfg.security.tls_cert, &cfg.security.tls_key) {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| ServerError::Tls {
+                path: path.clone(),
+                source,
+            })
+        };
+        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+        builder =
+            builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+        tracing::info!(cert = %cert.display(), "serving gRPC over TLS");
+    }
+    Ok(builder)
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    Ok((listener, local))
+}
+
+/// The running OTLP receivers.
+struct OtlpReceivers {
+    grpc_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts the OTLP/gRPC and OTLP/HTTP receivers that are on; both stop
+/// taking requests when `drain` is cancelled and finish the ones they have.
+async fn start_otlp(
+    cfg: &ServeConfig,
+    intake: Arc<Intake>,
+    pool: &deadpool_postgres::Pool,
+    drain: &CancellationToken,
+) -> Result<OtlpReceivers, ServerError> {
+    let o = &cfg.otlp;
+    let mut receivers = OtlpReceivers {
+        grpc_addr: None,
+        http_addr: None,
+        tasks: Vec::new(),
+    };
+    let addrs = [o.otlp_grpc_listen.0, o.otlp_http_listen.0];
+    if addrs.iter().all(Option::is_none) {
+        return Ok(receivers);
+    }
+    let prices = match &o.price_table {
+        Some(path) => PriceTable::load(path)?,
+        None => PriceTable::default(),
+    };
+    // Keys are required as for the native API, by the receivers' own addresses.
+    let required = addrs
+        .iter()
+        .flatten()
+        .any(|a| cfg.security.key_required(*a));
+    let auth = Arc::new(Authenticator::new(
+        pool.clone(),
+        required,
+        cfg.security.key_cache_ttl,
+    ));
+    let otlp = Arc::new(OtlpIntake::new(
+        intake,
+        auth,
+        OtlpSettings {
+            prices,
+            default_project: o.otlp_default_project.clone(),
+        },
+    ));
+    if let Some(addr) = o.otlp_grpc_listen.0 {
+        use opentelemetry_proto::tonic::collector::{
+            logs::v1::logs_service_server::LogsServiceServer,
+            metrics::v1::metrics_service_server::MetricsServiceServer,
+            trace::v1::trace_service_server::TraceServiceServer,
+        };
+        let (listener, local) = bind(addr).await?;
+        let svc = OtlpGrpc(otlp.clone());
+        let max = o.otlp_max_message_bytes;
+        // Gemini CLI always compresses with gzip.
+        let serve = grpc_builder(cfg)?
+            .add_service(
+                LogsServiceServer::new(svc.clone())
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                TraceServiceServer::new(svc.clone())
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                MetricsServiceServer::new(svc)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(max),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+                let stop = drain.clone();
+                async move { stop.cancelled().await }
+            });
+        tracing::info!(addr = %local, "OTLP/gRPC receiver listening");
+        receivers.grpc_addr = Some(local);
+        receivers.tasks.push(tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "OTLP/gRPC receiver failed");
+            }
+        }));
+    }
+    if let Some(addr) = o.otlp_http_listen.0 {
+        let (listener, local) = bind(addr).await?;
+        if cfg.security.tls_cert.is_some() {
+            tracing::warn!(addr = %local, "the OTLP/HTTP receiver serves plain HTTP: put a TLS proxy in front of it");
+        }
+        let app = crate::otlp::http::router(otlp, o.otlp_max_message_bytes);
+        let stop = drain.clone();
+        tracing::info!(addr = %local, "OTLP/HTTP receiver listening");
+        receivers.http_addr = Some(local);
+        receivers.tasks.push(tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %ServerError::Http(e), "OTLP/HTTP receiver failed");
+            }
+        }));
+    }
+    Ok(receivers)
 }
 
 fn spawn_buffer_gauges(buffers: Vec<TableBuffer>, stop: CancellationToken) {

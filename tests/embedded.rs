@@ -18,6 +18,7 @@ fn config(dir: &std::path::Path) -> ServeConfig {
     cfg.database.data_dir = Some(dir.to_owned());
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.metrics_listen = OptionalAddr(None);
+    cfg.otlp.off();
     cfg
 }
 

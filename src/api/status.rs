@@ -9,7 +9,7 @@ use super::intake::IngestError;
 use crate::{auth::AuthError, buffer::AdmitError, db::dims::DimsError, pb, spool::log::LogError};
 
 /// Code and whether resending the same batch later can succeed.
-fn classify(e: &IngestError) -> (Code, bool) {
+pub(crate) fn classify(e: &IngestError) -> (Code, bool) {
     match e {
         IngestError::TooManyRows { .. } => (Code::InvalidArgument, false),
         IngestError::Admit { source, .. } => match source {
@@ -34,14 +34,25 @@ pub fn retryable(e: &IngestError) -> bool {
 }
 
 pub fn auth_status(e: &AuthError) -> Status {
-    let (code, reason) = match e {
-        AuthError::Missing => (Code::Unauthenticated, "missing"),
-        AuthError::Malformed => (Code::Unauthenticated, "malformed"),
-        AuthError::Invalid => (Code::Unauthenticated, "invalid"),
-        AuthError::Unavailable(_) => (Code::Unavailable, "unavailable"),
-    };
-    crate::metrics::auth_refused(reason);
-    Status::new(code, e.to_string())
+    count_auth_refusal(e);
+    Status::new(auth_code(e), e.to_string())
+}
+
+pub(crate) fn auth_code(e: &AuthError) -> Code {
+    match e {
+        AuthError::Unavailable(_) => Code::Unavailable,
+        _ => Code::Unauthenticated,
+    }
+}
+
+/// Counts a refused request in the metrics, by reason.
+pub(crate) fn count_auth_refusal(e: &AuthError) {
+    crate::metrics::auth_refused(match e {
+        AuthError::Missing => "missing",
+        AuthError::Malformed => "malformed",
+        AuthError::Invalid => "invalid",
+        AuthError::Unavailable(_) => "unavailable",
+    });
 }
 
 pub fn to_status(e: &IngestError) -> Status {

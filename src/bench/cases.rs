@@ -173,6 +173,8 @@ impl Service {
         let mut child = tokio::process::Command::new(exe)
             .arg("serve")
             .args(["--listen", &addr.to_string(), "--metrics-listen", "off"])
+            // Several services run side by side: none takes the OTLP ports.
+            .args(["--otlp-grpc-listen", "off", "--otlp-http-listen", "off"])
             .args(["--timescaledb", &mode])
             .args(extra)
             .env("DATABASE_URL", conn)

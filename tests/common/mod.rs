@@ -119,6 +119,9 @@ pub fn serve_config(conn: &str) -> ServeConfig {
     cfg.database.database_url = Some(conn.to_owned());
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.metrics_listen = OptionalAddr(None);
+    // Tests run side by side: the OTLP receivers stay off unless a test
+    // turns them on, on ephemeral ports.
+    cfg.otlp.off();
     cfg.shutdown_timeout = Duration::from_secs(30);
     cfg
 }

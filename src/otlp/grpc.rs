@@ -1,0 +1,126 @@
+//! OTLP/gRPC: the collector's `LogsService`, `TraceService` and
+//! `MetricsService`. The one place where [`OtlpError`] becomes a gRPC
+//! status: RESOURCE_EXHAUSTED and UNAVAILABLE carry `RetryInfo` (the OTLP
+//! exporters wait that long before retrying), other refusals carry none, so
+//! the exporter drops the data instead of retrying in vain.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::{
+    logs::v1::{
+        ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+        logs_service_server::LogsService,
+    },
+    metrics::v1::{
+        ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        metrics_service_server::MetricsService,
+    },
+    trace::v1::{
+        ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::TraceService,
+    },
+};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::{OtlpError, OtlpIntake, Outcome, RequestMeta};
+use crate::api::status;
+
+#[derive(Clone)]
+pub struct OtlpGrpc(pub Arc<OtlpIntake>);
+
+fn meta<T>(request: &Request<T>) -> RequestMeta {
+    let header = |name: &str| {
+        request
+            .metadata()
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("").to_owned())
+    };
+    RequestMeta {
+        authorization: header("authorization"),
+        project: header("x-project"),
+    }
+}
+
+pub fn to_status(e: &OtlpError) -> Status {
+    let code = match e {
+        OtlpError::Auth(a) => status::auth_code(a),
+        OtlpError::Refused(i) => status::classify(i).0,
+        OtlpError::NotStored(_) => Code::Unavailable,
+        OtlpError::Denied(_) => Code::PermissionDenied,
+        OtlpError::BadRequest(_) => Code::InvalidArgument,
+    };
+    match e.retry_after() {
+        Some(delay) => Status::with_error_details(
+            code,
+            e.to_string(),
+            ErrorDetails::with_retry_info(Some(delay)),
+        ),
+        None => Status::new(code, e.to_string()),
+    }
+}
+
+/// Partial success when some rows were rejected; nothing when all were taken.
+fn partial<P>(o: Outcome, make: impl FnOnce(i64, String) -> P) -> Option<P> {
+    (o.rejected > 0 || !o.message.is_empty()).then(|| make(o.rejected, o.message))
+}
+
+#[tonic::async_trait]
+impl LogsService for OtlpGrpc {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let meta = meta(&request);
+        let outcome = self.0.logs(request.into_inner(), &meta).await;
+        let outcome = outcome.map_err(|e| to_status(&e))?;
+        Ok(Response::new(ExportLogsServiceResponse {
+            partial_success: partial(outcome, |rejected_log_records, error_message| {
+                ExportLogsPartialSuccess {
+                    rejected_log_records,
+                    error_message,
+                }
+            }),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for OtlpGrpc {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let meta = meta(&request);
+        let outcome = self.0.traces(request.into_inner(), &meta).await;
+        let outcome = outcome.map_err(|e| to_status(&e))?;
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: partial(outcome, |rejected_spans, error_message| {
+                ExportTracePartialSuccess {
+                    rejected_spans,
+                    error_message,
+                }
+            }),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for OtlpGrpc {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let meta = meta(&request);
+        let outcome = self.0.metrics(request.into_inner(), &meta).await;
+        let outcome = outcome.map_err(|e| to_status(&e))?;
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success: partial(outcome, |rejected_data_points, error_message| {
+                ExportMetricsPartialSuccess {
+                    rejected_data_points,
+                    error_message,
+                }
+            }),
+        }))
+    }
+}

@@ -1,0 +1,313 @@
+//! OTLP/HTTP: `POST /v1/logs`, `/v1/traces` and `/v1/metrics` with a
+//! protobuf (`application/x-protobuf`) or JSON (`application/json`) body,
+//! gzip-compressed or not. Copilot exports HTTP/JSON by default and its CLI
+//! speaks nothing else. The one place where [`OtlpError`] becomes an HTTP
+//! status, with a `google.rpc.Status` body in the request's encoding, as
+//! the OTLP specification asks: 429 and 503 with `Retry-After` when a retry
+//! can help, 400, 401 and 403 when it cannot.
+
+use std::{future::Future, io::Read, sync::Arc};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::{
+    logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse},
+    metrics::v1::{
+        ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    },
+    trace::v1::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse},
+};
+use prost::Message;
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::{OtlpError, OtlpIntake, Outcome, RequestMeta};
+use crate::{api::status, auth::AuthError};
+
+#[derive(Clone)]
+struct HttpState {
+    otlp: Arc<OtlpIntake>,
+    /// Largest body after decompression.
+    max_bytes: usize,
+}
+
+pub fn router(otlp: Arc<OtlpIntake>, max_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/logs", post(logs))
+        .route("/v1/traces", post(traces))
+        .route("/v1/metrics", post(metrics))
+        .layer(DefaultBodyLimit::max(max_bytes))
+        .with_state(HttpState { otlp, max_bytes })
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+/// Why a body could not be read (before any row is looked at).
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("unsupported content type {0:?}: send application/x-protobuf or application/json")]
+    ContentType(String),
+    #[error("unsupported content encoding {0:?}: send gzip or none")]
+    ContentEncoding(String),
+    #[error("the gzip body does not decompress: {0}")]
+    Gzip(std::io::Error),
+    #[error("the body is larger than {0} bytes decompressed")]
+    TooLarge(usize),
+    #[error("the body is not a valid OTLP protobuf message: {0}")]
+    Protobuf(prost::DecodeError),
+    #[error("the body is not a valid OTLP JSON message: {0}")]
+    Json(serde_json::Error),
+}
+
+fn encoding_of(headers: &HeaderMap) -> Result<Encoding, BodyError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/x-protobuf" | "application/protobuf" => Ok(Encoding::Protobuf),
+        "application/json" => Ok(Encoding::Json),
+        _ => Err(BodyError::ContentType(ct.to_owned())),
+    }
+}
+
+fn decode<T: Message + Default + DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Bytes,
+    encoding: Encoding,
+    max_bytes: usize,
+) -> Result<T, BodyError> {
+    let ce = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let body = match ce.as_str() {
+        "" | "identity" => body,
+        "gzip" => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&body[..])
+                .take(max_bytes as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(BodyError::Gzip)?;
+            if out.len() > max_bytes {
+                return Err(BodyError::TooLarge(max_bytes));
+            }
+            Bytes::from(out)
+        }
+        other => return Err(BodyError::ContentEncoding(other.to_owned())),
+    };
+    match encoding {
+        Encoding::Protobuf => T::decode(body).map_err(BodyError::Protobuf),
+        Encoding::Json => serde_json::from_slice(&body).map_err(BodyError::Json),
+    }
+}
+
+fn reply<T: Message + Serialize>(status: StatusCode, encoding: Encoding, msg: &T) -> Response {
+    let (ct, body) = match encoding {
+        Encoding::Protobuf => ("application/x-protobuf", msg.encode_to_vec()),
+        Encoding::Json => (
+            "application/json",
+            serde_json::to_vec(msg).expect("OTLP messages serialise"),
+        ),
+    };
+    (status, [(header::CONTENT_TYPE, ct)], body).into_response()
+}
+
+/// A failed request's answer: a `google.rpc.Status` in the request's encoding.
+fn failure(
+    status: StatusCode,
+    code: tonic::Code,
+    message: String,
+    encoding: Encoding,
+    retry_after: Option<std::time::Duration>,
+) -> Response {
+    let mut response = match encoding {
+        Encoding::Protobuf => {
+            let s = tonic_types::pb::Status {
+                code: code as i32,
+                message,
+                details: Vec::new(),
+            };
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/x-protobuf")],
+                s.encode_to_vec(),
+            )
+                .into_response()
+        }
+        Encoding::Json => (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({ "code": code as i32, "message": message }).to_string(),
+        )
+            .into_response(),
+    };
+    if let Some(after) = retry_after {
+        let secs = after.as_secs().max(1).to_string();
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&secs).expect("digits"),
+        );
+    }
+    response
+}
+
+fn error_response(e: &OtlpError, encoding: Encoding) -> Response {
+    let (http, code) = match e {
+        OtlpError::Auth(AuthError::Unavailable(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable)
+        }
+        OtlpError::Auth(_) => (StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated),
+        OtlpError::Refused(i) => match status::classify(i).0 {
+            tonic::Code::ResourceExhausted => (
+                StatusCode::TOO_MANY_REQUESTS,
+                tonic::Code::ResourceExhausted,
+            ),
+            tonic::Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
+            c => (StatusCode::BAD_REQUEST, c),
+        },
+        OtlpError::NotStored(_) => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
+        OtlpError::Denied(_) => (StatusCode::FORBIDDEN, tonic::Code::PermissionDenied),
+        OtlpError::BadRequest(_) => (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument),
+    };
+    failure(http, code, e.to_string(), encoding, e.retry_after())
+}
+
+fn meta(headers: &HeaderMap) -> RequestMeta {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("").to_owned())
+    };
+    RequestMeta {
+        authorization: header("authorization"),
+        project: header("x-project"),
+    }
+}
+
+/// Decode, hand to intake, answer: the same for all three signals.
+async fn handle<Req, Resp, F, Fut>(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: Bytes,
+    export: F,
+    respond: impl FnOnce(Outcome) -> Resp,
+) -> Response
+where
+    Req: Message + Default + DeserializeOwned,
+    Resp: Message + Serialize,
+    F: FnOnce(Req, RequestMeta) -> Fut,
+    Fut: Future<Output = Result<Outcome, OtlpError>>,
+{
+    let encoding = match encoding_of(headers) {
+        Ok(e) => e,
+        Err(e) => {
+            return failure(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                tonic::Code::InvalidArgument,
+                e.to_string(),
+                Encoding::Json,
+                None,
+            );
+        }
+    };
+    let request: Req = match decode(headers, body, encoding, state.max_bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            let http = match e {
+                BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                BodyError::ContentEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return failure(
+                http,
+                tonic::Code::InvalidArgument,
+                e.to_string(),
+                encoding,
+                None,
+            );
+        }
+    };
+    match export(request, meta(headers)).await {
+        Ok(outcome) => reply(StatusCode::OK, encoding, &respond(outcome)),
+        Err(e) => error_response(&e, encoding),
+    }
+}
+
+fn partial<P>(o: Outcome, make: impl FnOnce(i64, String) -> P) -> Option<P> {
+    (o.rejected > 0 || !o.message.is_empty()).then(|| make(o.rejected, o.message))
+}
+
+async fn logs(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let otlp = s.otlp.clone();
+    handle(
+        &s,
+        &headers,
+        body,
+        |req: ExportLogsServiceRequest, meta| async move { otlp.logs(req, &meta).await },
+        |o| ExportLogsServiceResponse {
+            partial_success: partial(o, |rejected_log_records, error_message| {
+                ExportLogsPartialSuccess {
+                    rejected_log_records,
+                    error_message,
+                }
+            }),
+        },
+    )
+    .await
+}
+
+async fn traces(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let otlp = s.otlp.clone();
+    handle(
+        &s,
+        &headers,
+        body,
+        |req: ExportTraceServiceRequest, meta| async move { otlp.traces(req, &meta).await },
+        |o| ExportTraceServiceResponse {
+            partial_success: partial(o, |rejected_spans, error_message| {
+                ExportTracePartialSuccess {
+                    rejected_spans,
+                    error_message,
+                }
+            }),
+        },
+    )
+    .await
+}
+
+async fn metrics(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let otlp = s.otlp.clone();
+    handle(
+        &s,
+        &headers,
+        body,
+        |req: ExportMetricsServiceRequest, meta| async move { otlp.metrics(req, &meta).await },
+        |o| ExportMetricsServiceResponse {
+            partial_success: partial(o, |rejected_data_points, error_message| {
+                ExportMetricsPartialSuccess {
+                    rejected_data_points,
+                    error_message,
+                }
+            }),
+        },
+    )
+    .await
+}

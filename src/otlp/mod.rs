@@ -1,0 +1,502 @@
+//! Stage 1 for agents' built-in telemetry: **receive** OpenTelemetry (OTLP)
+//! exports. Claude Code, Gemini CLI, Codex and Copilot export OTLP on their
+//! own; pointing them here needs no extension and no SDK.
+//!
+//! In: `ExportLogsServiceRequest`, `ExportTraceServiceRequest` and
+//! `ExportMetricsServiceRequest`, over gRPC ([`grpc`], port 4317) or HTTP
+//! with protobuf or JSON ([`http`], port 4318). [`map`] turns each record
+//! into the native API's rows; this module resolves their project, cuts them
+//! into batches and hands those to the same [`Intake`] as the native API
+//! (validate → buffer → COPY → ack). The answer comes once the rows are
+//! committed (or spooled): OTLP partial success for rows that failed
+//! validation, an error only for what a retry can fix.
+//!
+//! Errors are [`OtlpError`]; the two edges map them to a gRPC status or an
+//! HTTP status.
+
+pub mod attrs;
+pub mod grpc;
+pub mod http;
+pub mod map;
+pub mod price;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::{
+    collector::{
+        logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+        trace::v1::ExportTraceServiceRequest,
+    },
+    common::v1::{InstrumentationScope, KeyValue},
+};
+use prost::Message;
+use uuid::Uuid;
+
+use self::{
+    map::{Context, Mapped},
+    price::PriceTable,
+};
+use crate::{
+    api::intake::{IngestError, Intake},
+    auth::{AuthError, Authenticator, Scope},
+    pb,
+};
+
+/// Why an export was refused as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Refused(#[from] IngestError),
+    /// Accepted rows could not be committed (the database is down and no
+    /// spool is configured): retry the export; stored rows are recognised.
+    #[error("rows not stored: {0}; retry the export")]
+    NotStored(String),
+    /// Every row names a project the API key may not write to.
+    #[error("{0}")]
+    Denied(String),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl OtlpError {
+    /// Whether a retry of the same export can succeed (and after how long
+    /// the client should try).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        use std::time::Duration;
+        match self {
+            OtlpError::Auth(AuthError::Unavailable(_)) => Some(Duration::from_secs(5)),
+            OtlpError::Refused(e) if crate::api::status::retryable(e) => {
+                Some(Duration::from_secs(2))
+            }
+            OtlpError::NotStored(_) => Some(Duration::from_secs(5)),
+            _ => None,
+        }
+    }
+}
+
+/// What an export returns when it is not refused: the rows that failed
+/// validation (OTLP partial success).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outcome {
+    pub rejected: i64,
+    pub message: String,
+}
+
+/// The request's headers that matter here.
+#[derive(Debug, Default, Clone)]
+pub struct RequestMeta {
+    pub authorization: Option<String>,
+    /// `x-project`: the project of rows that name none themselves.
+    pub project: Option<String>,
+}
+
+/// Settings of the OTLP receivers (the listen addresses are in `ServeConfig`).
+#[derive(Debug, Clone)]
+pub struct OtlpSettings {
+    pub prices: PriceTable,
+    /// Project of rows with no project from attributes, header or key.
+    pub default_project: String,
+}
+
+/// Sessions remembered with the project a record of theirs named (Copilot
+/// names the repository on `invoke_agent` spans only): later records of the
+/// session, without it, get the same project.
+const SESSION_PROJECTS_MAX: usize = 100_000;
+
+pub struct OtlpIntake {
+    intake: Arc<Intake>,
+    auth: Arc<Authenticator>,
+    settings: OtlpSettings,
+    session_projects: Mutex<HashMap<Uuid, String>>,
+}
+
+/// One mapped record and where it came from.
+struct Item {
+    mapped: Mapped,
+    /// e.g. "resourceLogs[0].scopeLogs[1].logRecords[2]".
+    locator: String,
+    host: Host,
+}
+
+/// The machine a record came from, from its resource.
+#[derive(Clone)]
+struct Host {
+    machine_id: String,
+    hostname: String,
+    username: String,
+    os_type: String,
+}
+
+impl Host {
+    fn of(resource: &[KeyValue]) -> Self {
+        let t = |keys: &[&str]| attrs::text(resource, keys).unwrap_or_default();
+        let hostname = t(&["host.name"]);
+        let machine_id =
+            attrs::text(resource, &["host.id", "host.name"]).unwrap_or_else(|| "unknown".into());
+        Self {
+            machine_id,
+            hostname,
+            username: t(&["process.owner", "process.user.name", "user.name"]),
+            os_type: t(&["os.type"]),
+        }
+    }
+}
+
+fn scope_name(scope: &Option<InstrumentationScope>) -> &str {
+    scope.as_ref().map(|s| s.name.as_str()).unwrap_or("")
+}
+
+impl OtlpIntake {
+    pub fn new(intake: Arc<Intake>, auth: Arc<Authenticator>, settings: OtlpSettings) -> Self {
+        Self {
+            intake,
+            auth,
+            settings,
+            session_projects: Mutex::default(),
+        }
+    }
+
+    fn context<'a>(&'a self, resource: &'a [KeyValue], scope: &'a str) -> Context<'a> {
+        Context {
+            resource,
+            scope,
+            prices: &self.settings.prices,
+            now: SystemTime::now(),
+        }
+    }
+
+    pub async fn logs(
+        &self,
+        req: ExportLogsServiceRequest,
+        meta: &RequestMeta,
+    ) -> Result<Outcome, OtlpError> {
+        let scope = self.scope(meta).await?;
+        let mut items = Vec::new();
+        for (r, rl) in req.resource_logs.iter().enumerate() {
+            let resource = rl.resource.as_ref().map(|r| r.attributes.as_slice());
+            let resource = resource.unwrap_or_default();
+            let host = Host::of(resource);
+            for (s, sl) in rl.scope_logs.iter().enumerate() {
+                let ctx = self.context(resource, scope_name(&sl.scope));
+                for (l, rec) in sl.log_records.iter().enumerate() {
+                    items.push(Item {
+                        mapped: map::log_record(&ctx, rec),
+                        locator: format!("resourceLogs[{r}].scopeLogs[{s}].logRecords[{l}]"),
+                        host: host.clone(),
+                    });
+                }
+            }
+        }
+        self.store(items, &scope, meta).await
+    }
+
+    pub async fn traces(
+        &self,
+        req: ExportTraceServiceRequest,
+        meta: &RequestMeta,
+    ) -> Result<Outcome, OtlpError> {
+        let scope = self.scope(meta).await?;
+        let mut items = Vec::new();
+        for (r, rs) in req.resource_spans.iter().enumerate() {
+            let resource = rs.resource.as_ref().map(|r| r.attributes.as_slice());
+            let resource = resource.unwrap_or_default();
+            let host = Host::of(resource);
+            for (s, ss) in rs.scope_spans.iter().enumerate() {
+                let ctx = self.context(resource, scope_name(&ss.scope));
+                for (i, span) in ss.spans.iter().enumerate() {
+                    items.push(Item {
+                        mapped: map::span(&ctx, span),
+                        locator: format!("resourceSpans[{r}].scopeSpans[{s}].spans[{i}]"),
+                        host: host.clone(),
+                    });
+                }
+            }
+        }
+        self.store(items, &scope, meta).await
+    }
+
+    pub async fn metrics(
+        &self,
+        req: ExportMetricsServiceRequest,
+        meta: &RequestMeta,
+    ) -> Result<Outcome, OtlpError> {
+        let scope = self.scope(meta).await?;
+        let mut items = Vec::new();
+        for (r, rm) in req.resource_metrics.iter().enumerate() {
+            let resource = rm.resource.as_ref().map(|r| r.attributes.as_slice());
+            let resource = resource.unwrap_or_default();
+            let host = Host::of(resource);
+            for (s, sm) in rm.scope_metrics.iter().enumerate() {
+                let ctx = self.context(resource, scope_name(&sm.scope));
+                for (m, metric) in sm.metrics.iter().enumerate() {
+                    for (p, mapped) in map::metric(&ctx, metric).into_iter().enumerate() {
+                        items.push(Item {
+                            mapped,
+                            locator: format!(
+                                "resourceMetrics[{r}].scopeMetrics[{s}].metrics[{m}] ({:?}) data point {p}",
+                                metric.name
+                            ),
+                            host: host.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        self.store(items, &scope, meta).await
+    }
+
+    async fn scope(&self, meta: &RequestMeta) -> Result<Scope, OtlpError> {
+        self.auth
+            .scope(meta.authorization.as_deref())
+            .await
+            .map_err(|e| {
+                crate::api::status::count_auth_refusal(&e);
+                OtlpError::Auth(e)
+            })
+    }
+
+    /// The project of rows that name none: `x-project`, else the key's
+    /// (its first by name when it has several), else the default.
+    fn fallback_project(&self, scope: &Scope, meta: &RequestMeta) -> String {
+        if let Some(p) = meta
+            .project
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            return p.to_owned();
+        }
+        match scope {
+            Scope::Key(k) => k
+                .projects
+                .iter()
+                .map(|(_, name)| name)
+                .min()
+                .cloned()
+                .unwrap_or_else(|| self.settings.default_project.clone()),
+            Scope::Any => self.settings.default_project.clone(),
+        }
+    }
+
+    fn resolve_projects(&self, items: &mut [Item], fallback: &str) {
+        let mut known = self.session_projects.lock().expect("session projects");
+        // Two passes: a record naming the project may come after the
+        // records of its session that do not (a parent span ends last).
+        for item in items.iter() {
+            if let Some(p) = &item.mapped.project {
+                if known.len() >= SESSION_PROJECTS_MAX && !known.contains_key(&item.mapped.session)
+                {
+                    known.clear();
+                }
+                known.insert(item.mapped.session, p.clone());
+            }
+        }
+        for item in items.iter_mut() {
+            let project = item
+                .mapped
+                .project
+                .clone()
+                .or_else(|| known.get(&item.mapped.session).cloned())
+                .unwrap_or_else(|| fallback.to_owned());
+            item.mapped.event.project = project;
+        }
+    }
+
+    async fn store(
+        &self,
+        mut items: Vec<Item>,
+        scope: &Scope,
+        meta: &RequestMeta,
+    ) -> Result<Outcome, OtlpError> {
+        if items.is_empty() {
+            return Ok(Outcome::default());
+        }
+        let fallback = self.fallback_project(scope, meta);
+        self.resolve_projects(&mut items, &fallback);
+        let max = self.intake.limits.max_batch_rows.max(2);
+
+        // Events: all chunks go into the buffer first, then their commits
+        // are awaited together.
+        let mut accepted = Vec::new();
+        for (c, chunk) in items.chunks(max).enumerate() {
+            let batch = pb::wire::AgentEventBatch {
+                sequence: c as u64,
+                events: chunk
+                    .iter()
+                    .map(|i| Bytes::from(i.mapped.event.encode_to_vec()))
+                    .collect(),
+            };
+            accepted.push((c * max, self.intake.events(batch, scope).await?));
+        }
+        let mut problems = Problems::default();
+        for (offset, a) in accepted {
+            let ack = a.ack().await;
+            problems.ack(&ack, offset, &items)?;
+        }
+
+        // Prompt and response texts, with the sessions they belong to.
+        let messages: Vec<(&Item, &pb::ChatMessage)> = items
+            .iter()
+            .flat_map(|i| i.mapped.messages.iter().map(move |m| (i, m)))
+            .collect();
+        let mut message_accepted = Vec::new();
+        for (c, chunk) in messages.chunks(max / 2).enumerate() {
+            let mut sessions: BTreeMap<Uuid, pb::ChatSession> = BTreeMap::new();
+            for (item, m) in chunk {
+                sessions
+                    .entry(item.mapped.session)
+                    .or_insert_with(|| chat_session(item, m.timestamp));
+            }
+            let batch = pb::wire::ChatMessageBatch {
+                sequence: c as u64,
+                sessions: sessions.into_values().collect(),
+                messages: chunk
+                    .iter()
+                    .map(|(_, m)| Bytes::from(m.encode_to_vec()))
+                    .collect(),
+            };
+            message_accepted.push((c, self.intake.messages(batch, scope).await?));
+        }
+        for (c, a) in message_accepted {
+            let ack = a.ack().await;
+            let locators: Vec<String> = messages
+                .iter()
+                .skip(c * (max / 2))
+                .take(max / 2)
+                .map(|(item, m)| format!("{} (its {} text)", item.locator, m.role))
+                .collect();
+            problems.message_ack(&ack, &locators)?;
+        }
+        problems.outcome(items.len())
+    }
+}
+
+/// The chat session a prompt of `item` belongs to, with the workspace and
+/// machine its resource describes.
+fn chat_session(item: &Item, started: Option<prost_types::Timestamp>) -> pb::ChatSession {
+    let agent = &item.mapped.agent;
+    let project = &item.mapped.event.project;
+    let h = &item.host;
+    pb::ChatSession {
+        session_id: item.mapped.session.to_string(),
+        workspace: Some(pb::Workspace {
+            // No editor workspace id in OTLP: one workspace per agent,
+            // machine and project.
+            workspace_id: format!("otlp:{agent}:{}:{project}", h.machine_id),
+            workspace_path: String::new(),
+            workspace_type: "otlp".into(),
+            branch: None,
+            commit: None,
+            project: Some(pb::Project {
+                name: project.clone(),
+                repo_url: None,
+                description: None,
+            }),
+            machine: Some(pb::Machine {
+                machine_id: h.machine_id.clone(),
+                hostname: h.hostname.clone(),
+                username: h.username.clone(),
+                os_type: h.os_type.clone(),
+                os_version: None,
+                machine_type: "local".into(),
+                ip_address: None,
+                metadata_json: String::new(),
+            }),
+        }),
+        agent_type: agent.clone(),
+        model_id: item.mapped.event.model.clone(),
+        started_at: started,
+        ended_at: None,
+        message_count: None,
+        total_tokens: None,
+    }
+}
+
+/// Rejected rows, collected across the batches of one export.
+#[derive(Default)]
+struct Problems {
+    rejected: i64,
+    denied: i64,
+    lines: Vec<String>,
+}
+
+/// The first this many rejections are described in the message; the rest
+/// are counted.
+const DESCRIBED: usize = 20;
+
+impl Problems {
+    fn note(&mut self, line: String) {
+        if self.lines.len() < DESCRIBED {
+            self.lines.push(line);
+        } else if self.lines.len() == DESCRIBED {
+            self.lines.push("…".into());
+        }
+    }
+
+    fn ack(&mut self, ack: &pb::BatchAck, offset: usize, items: &[Item]) -> Result<(), OtlpError> {
+        if !ack.error.is_empty() {
+            if ack.retryable {
+                return Err(OtlpError::NotStored(ack.error.clone()));
+            }
+            // Rows the database refused for good: neither stored nor
+            // rejected by validation.
+            let lost = ack.received as i64
+                - (ack.stored + ack.duplicates + ack.spooled) as i64
+                - ack.rejected.len() as i64;
+            self.rejected += lost.max(0);
+            self.note(format!("{lost} rows not stored: {}", ack.error));
+        }
+        for r in &ack.rejected {
+            self.rejected += 1;
+            if r.code == "PERMISSION_DENIED" {
+                self.denied += 1;
+            }
+            let at = items
+                .get(offset + r.index as usize)
+                .map(|i| i.locator.as_str())
+                .unwrap_or("?");
+            self.note(format!("{at}: {}: {}", r.field, r.reason));
+        }
+        Ok(())
+    }
+
+    /// A text that fails validation does not cost its record: it is
+    /// described, not counted.
+    fn message_ack(&mut self, ack: &pb::BatchAck, locators: &[String]) -> Result<(), OtlpError> {
+        if !ack.error.is_empty() && ack.retryable {
+            return Err(OtlpError::NotStored(ack.error.clone()));
+        }
+        for r in &ack.rejected {
+            let at = match r.kind.as_str() {
+                "session" => "its session".to_owned(),
+                _ => locators
+                    .get(r.index as usize)
+                    .cloned()
+                    .unwrap_or_else(|| "?".into()),
+            };
+            self.note(format!(
+                "{at}: not stored as a chat message: {}: {}",
+                r.field, r.reason
+            ));
+        }
+        Ok(())
+    }
+
+    fn outcome(self, rows: usize) -> Result<Outcome, OtlpError> {
+        let message = self.lines.join("; ");
+        if self.denied > 0 && self.denied as usize == rows {
+            return Err(OtlpError::Denied(message));
+        }
+        Ok(Outcome {
+            rejected: self.rejected,
+            message,
+        })
+    }
+}

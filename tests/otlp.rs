@@ -1,0 +1,804 @@
+//! OTLP intake: each coding agent's documented telemetry, sent by the
+//! official OpenTelemetry JS SDK exporters (tests/otlp/send.mjs) over gRPC,
+//! HTTP/protobuf and HTTP/JSON, lands in agent_events and chat_messages
+//! field by field. Plus the protocol's manners: gzip, partial success, auth
+//! refusals, UNAVAILABLE with retry info, retries stored once, metrics
+//! never counted on top of the events.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use agent_telemetry::config::{OptionalAddr, ServeConfig};
+use opentelemetry_proto::tonic::{
+    collector::logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient},
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+    logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+    resource::v1::Resource,
+};
+use tokio_postgres::Client;
+use tonic::Code;
+
+const CLAUDE: &str = "6f1c2a7e-0d3b-4c1e-9a51-3b8e2f7d9c01";
+const GEMINI: &str = "2b7d9e41-5c6a-4f3b-8e2d-1a9c7b5e3f02";
+const CODEX: &str = "019a9776-0a34-7842-8627-112b63d66e90";
+const COPILOT: &str = "c0c0a11d-7e3f-4b2a-9d6c-5e4f3a2b1c04";
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/otlp")
+}
+
+/// Installs the pinned OpenTelemetry JS packages (committed lock file) once.
+fn install() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let dir = fixtures_dir();
+        if dir.join("node_modules/.package-lock.json").exists() {
+            return;
+        }
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status()
+            .expect("run `npm ci` in tests/otlp (Node.js and npm are needed)");
+        assert!(status.success(), "`npm ci` in tests/otlp failed");
+    });
+}
+
+/// Runs one fixture through the SDK exporter; panics with its output if an
+/// export failed.
+async fn send(fixture: &str, protocol: &str, endpoint: &str, now_ms: u64, extra: &[&str]) {
+    install();
+    let out = tokio::process::Command::new("node")
+        .env(
+            "OTEL_LOG_LEVEL",
+            std::env::var("OTEL_LOG_LEVEL").unwrap_or_default(),
+        )
+        .arg("send.mjs")
+        .args([fixture, protocol, endpoint, &now_ms.to_string()])
+        .args(extra)
+        .current_dir(fixtures_dir())
+        .output()
+        .await
+        .expect("run node send.mjs");
+    if std::env::var_os("OTLP_DEBUG").is_some() {
+        eprintln!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        out.status.success(),
+        "send.mjs {fixture} {protocol} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// USD per million tokens, chosen so the expected estimates are easy to check.
+fn prices() -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("otlp-test-prices.json");
+    std::fs::write(
+        &path,
+        r#"{"models": {
+            "gpt-4o": {"input": 2.5, "output": 10, "cached_input": 1.25},
+            "gpt-5": {"input": 1.25, "output": 10, "cached_input": 0.125},
+            "gemini-2.5-pro": {"input": 1.25, "output": 10, "cached_input": 0.31}
+        }}"#,
+    )
+    .unwrap();
+    path
+}
+
+fn with_otlp(cfg: &mut ServeConfig) {
+    cfg.otlp.otlp_grpc_listen = OptionalAddr(Some("127.0.0.1:0".parse().unwrap()));
+    cfg.otlp.otlp_http_listen = OptionalAddr(Some("127.0.0.1:0".parse().unwrap()));
+    cfg.otlp.price_table = Some(prices());
+}
+
+struct Endpoints {
+    grpc: String,
+    http: String,
+}
+
+fn endpoints(svc: &common::TestService) -> Endpoints {
+    Endpoints {
+        grpc: format!(
+            "http://{}",
+            svc.running.otlp_grpc_addr.expect("OTLP/gRPC on")
+        ),
+        http: format!(
+            "http://{}",
+            svc.running.otlp_http_addr.expect("OTLP/HTTP on")
+        ),
+    }
+}
+
+/// One stored event, the fields the test checks.
+#[derive(Debug, PartialEq)]
+struct Row {
+    event_type: String,
+    agent: String,
+    version: String,
+    model: Option<String>,
+    input: Option<i64>,
+    output: Option<i64>,
+    cached: Option<i64>,
+    cost: Option<f64>,
+    duration: Option<i64>,
+    tool: Option<String>,
+    success: Option<String>,
+    cost_source: Option<String>,
+    project: String,
+    severity: Option<String>,
+}
+
+async fn rows(db: &Client, session: &str) -> Vec<Row> {
+    db.query(
+        "SELECT e.event_type, e.agent_id, e.agent_version, e.model, e.input_tokens, e.output_tokens,
+                e.cached_tokens, e.cost_usd::float8, e.duration_ms, e.data->>'tool_name',
+                e.data->>'success', e.data->>'cost_source', p.full_name, e.severity
+         FROM agent_events e JOIN projects p ON p.id = e.project_id
+         WHERE e.session_id = $1::text::uuid AND e.event_type <> 'metric'
+         ORDER BY e.\"timestamp\", e.event_type",
+        &[&session],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| Row {
+        event_type: r.get(0),
+        agent: r.get(1),
+        version: r.get(2),
+        model: r.get(3),
+        input: r.get(4),
+        output: r.get(5),
+        cached: r.get(6),
+        cost: r.get(7),
+        duration: r.get(8),
+        tool: r.get(9),
+        success: r.get(10),
+        cost_source: r.get(11),
+        project: r.get(12),
+        severity: r.get(13),
+    })
+    .collect()
+}
+
+/// A row with only the always-present fields set.
+fn row(event_type: &str, agent: &str, version: &str, project: &str) -> Row {
+    Row {
+        event_type: event_type.into(),
+        agent: agent.into(),
+        version: version.into(),
+        model: None,
+        input: None,
+        output: None,
+        cached: None,
+        cost: None,
+        duration: None,
+        tool: None,
+        success: None,
+        cost_source: None,
+        project: project.into(),
+        severity: None,
+    }
+}
+
+fn close(a: Option<f64>, b: f64) -> bool {
+    a.is_some_and(|a| (a - b).abs() < 1e-9)
+}
+
+async fn messages(db: &Client, session: &str) -> Vec<(String, String, String)> {
+    db.query(
+        "SELECT m.role, m.content, p.full_name FROM chat_messages m
+         JOIN chat_sessions s ON s.session_id = m.session_id
+         JOIN projects p ON p.id = s.project_id
+         WHERE m.session_id = $1::text::uuid ORDER BY m.\"timestamp\", m.sequence",
+        &[&session],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_agents_fixtures_are_stored_field_by_field() {
+    let (_pg, conn, svc) = common::service_with("otlp_agents", with_otlp).await;
+    let ep = endpoints(&svc);
+    let db = common::db(&conn).await;
+    let mut admin = common::db(&conn).await;
+    let key = agent_telemetry::auth::keys::create(&mut admin, "codex", &["acme/codex-proj".into()])
+        .await
+        .unwrap()
+        .key;
+    let now = now_ms();
+    // Claude Code: gRPC (its documented example); the resource's
+    // project.name wins over the header.
+    send(
+        "claude",
+        "grpc",
+        &ep.grpc,
+        now,
+        &["--header", "x-project=ignored/header"],
+    )
+    .await;
+    // Gemini CLI: gRPC, always gzip; the project from `x-project`.
+    send(
+        "gemini",
+        "grpc",
+        &ep.grpc,
+        now,
+        &["--gzip", "--header", "x-project=acme/gemini-app"],
+    )
+    .await;
+    // Codex: OTLP/HTTP binary; the project from its API key.
+    let bearer = format!("authorization=Bearer {key}");
+    send("codex", "http-proto", &ep.http, now, &["--header", &bearer]).await;
+    // Copilot: OTLP/HTTP JSON, its default; the repository from its span.
+    send("copilot", "http-json", &ep.http, now, &["--gzip"]).await;
+    send("unknown", "http-json", &ep.http, now, &[]).await;
+
+    // --- Claude Code
+    let claude = rows(&db, CLAUDE).await;
+    let c = |t| row(t, "claude-code", "2.0.14", "acme/web");
+    assert_eq!(
+        claude,
+        vec![
+            c("user_prompt"),
+            Row {
+                model: Some("claude-sonnet-4-5-20250929".into()),
+                // 120 fresh + 5000 cache read + 800 cache creation.
+                input: Some(5920),
+                output: Some(340),
+                cached: Some(5000),
+                cost: claude[1].cost,
+                duration: Some(2345),
+                cost_source: Some("agent".into()),
+                ..c("llm_request")
+            },
+            Row {
+                duration: Some(45),
+                tool: Some("Edit".into()),
+                success: Some("true".into()),
+                ..c("tool_use")
+            },
+            Row {
+                tool: Some("Bash".into()),
+                ..c("tool_decision")
+            },
+            Row {
+                model: Some("claude-sonnet-4-5-20250929".into()),
+                duration: Some(1200),
+                severity: Some("error".into()),
+                ..c("error_encountered")
+            },
+        ]
+    );
+    assert!(
+        close(claude[1].cost, 0.0213),
+        "sent cost kept: {:?}",
+        claude[1].cost
+    );
+    assert_eq!(
+        messages(&db, CLAUDE).await,
+        vec![(
+            "user".into(),
+            "Fix the failing date parser".into(),
+            "acme/web".into()
+        )]
+    );
+
+    // --- Gemini CLI
+    let gemini = rows(&db, GEMINI).await;
+    let g = |t| row(t, "gemini-cli", "0.9.0", "acme/gemini-app");
+    assert_eq!(
+        gemini,
+        vec![
+            g("user_prompt"),
+            Row {
+                model: Some("gemini-2.5-pro".into()),
+                input: Some(9000),
+                // 400 output + 150 thoughts.
+                output: Some(550),
+                cached: Some(6000),
+                cost: gemini[1].cost,
+                duration: Some(1800),
+                cost_source: Some("estimated".into()),
+                ..g("llm_request")
+            },
+            Row {
+                duration: Some(30),
+                tool: Some("write_file".into()),
+                success: Some("true".into()),
+                ..g("tool_use")
+            },
+            Row {
+                model: Some("gemini-2.5-pro".into()),
+                duration: Some(100),
+                severity: Some("error".into()),
+                ..g("error_encountered")
+            },
+        ]
+    );
+    // 3000 fresh × 1.25 + 6000 cached × 0.31 + 550 × 10, per million.
+    assert!(close(gemini[1].cost, 0.01111), "{:?}", gemini[1].cost);
+    assert_eq!(
+        messages(&db, GEMINI).await,
+        vec![
+            (
+                "user".into(),
+                "Add a README section".into(),
+                "acme/gemini-app".into()
+            ),
+            (
+                "assistant".into(),
+                "Here is the section.".into(),
+                "acme/gemini-app".into()
+            ),
+        ]
+    );
+
+    // --- Codex: numbers as strings.
+    let codex = rows(&db, CODEX).await;
+    let x = |t| row(t, "codex", "0.46.0", "acme/codex-proj");
+    assert_eq!(
+        codex,
+        vec![
+            x("user_prompt"),
+            Row {
+                model: Some("gpt-5-codex".into()),
+                input: Some(12000),
+                output: Some(900),
+                cached: Some(8000),
+                cost: codex[1].cost,
+                duration: Some(5100),
+                cost_source: Some("estimated".into()),
+                ..x("llm_request")
+            },
+            // Other SSE events: stored under their own name, no figures.
+            x("codex.sse_event"),
+            Row {
+                tool: Some("shell".into()),
+                ..x("tool_decision")
+            },
+            Row {
+                duration: Some(2300),
+                tool: Some("shell".into()),
+                success: Some("false".into()),
+                ..x("tool_use")
+            },
+        ]
+    );
+    // gpt-5-codex is priced as gpt-5: 4000 × 1.25 + 8000 × 0.125 + 900 × 10.
+    assert!(close(codex[1].cost, 0.015), "{:?}", codex[1].cost);
+    assert_eq!(
+        messages(&db, CODEX).await,
+        vec![(
+            "user".into(),
+            "Refactor the CLI".into(),
+            "acme/codex-proj".into()
+        )]
+    );
+
+    // --- Copilot: spans; the repository named on invoke_agent only.
+    let copilot = rows(&db, COPILOT).await;
+    let p = |t| row(t, "github-copilot", "0.33.0", "acme/copilot-proj");
+    assert_eq!(
+        copilot,
+        vec![
+            // The turn's totals stay in data: the chat span has them.
+            Row {
+                duration: Some(4000),
+                ..p("agent_invocation")
+            },
+            Row {
+                model: Some("gpt-4o-2024-08-06".into()),
+                input: Some(1500),
+                output: Some(250),
+                cached: Some(1200),
+                cost: copilot[1].cost,
+                duration: Some(3000),
+                cost_source: Some("estimated".into()),
+                ..p("llm_request")
+            },
+            Row {
+                duration: Some(50),
+                tool: Some("readFile".into()),
+                success: Some("true".into()),
+                ..p("tool_use")
+            },
+        ]
+    );
+    // 300 fresh × 2.5 + 1200 cached × 1.25 + 250 × 10.
+    assert!(close(copilot[1].cost, 0.00475), "{:?}", copilot[1].cost);
+    assert_eq!(
+        messages(&db, COPILOT).await,
+        vec![
+            (
+                "user".into(),
+                "Explain this function".into(),
+                "acme/copilot-proj".into()
+            ),
+            (
+                "assistant".into(),
+                "It parses ISO dates.".into(),
+                "acme/copilot-proj".into()
+            ),
+        ]
+    );
+    let linked = common::count(
+        &db,
+        &format!(
+            "SELECT count(*) FROM agent_events c JOIN agent_events r ON r.id = c.parent_event_id
+             WHERE c.session_id = '{COPILOT}' AND r.event_type = 'agent_invocation'"
+        ),
+    )
+    .await;
+    assert_eq!(
+        linked, 2,
+        "chat and execute_tool spans point at their invoke_agent"
+    );
+
+    // --- An unknown event: stored under its name with its attributes.
+    let unknown = db
+        .query_one(
+            "SELECT e.agent_id, (e.data->>'steps')::int, e.data->>'planner', p.full_name
+             FROM agent_events e JOIN projects p ON p.id = e.project_id
+             WHERE e.event_type = 'my_agent.plan_created'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(unknown.get::<_, String>(0), "my-agent");
+    assert_eq!(unknown.get::<_, i32>(1), 3);
+    assert_eq!(unknown.get::<_, String>(2), "tree");
+    assert_eq!(
+        unknown.get::<_, String>(3),
+        "unattributed",
+        "the default project"
+    );
+
+    // --- An exporter's retry of the same records stores nothing twice.
+    let before = common::count(&db, "SELECT count(*) FROM agent_events").await;
+    send("claude", "grpc", &ep.grpc, now, &[]).await;
+    send("copilot", "http-json", &ep.http, now, &[]).await;
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_events").await,
+        before
+    );
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM chat_messages").await,
+        6
+    );
+
+    // --- Metrics: accepted, stored as `metric` rows, never in the token
+    // and cost columns the events already fill.
+    let sums = "SELECT sum(input_tokens)::int8, sum(output_tokens)::int8, sum(cost_usd)::float8, count(*) FILTER (WHERE model IS NOT NULL)
+                FROM agent_events";
+    let totals = |r: tokio_postgres::Row| -> (i64, i64, f64, i64) {
+        (r.get(0), r.get(1), r.get(2), r.get(3))
+    };
+    let before = totals(db.query_one(sums, &[]).await.unwrap());
+    send("metrics", "grpc", &ep.grpc, now, &[]).await;
+    send("metrics", "http-json", &ep.http, now, &[]).await;
+    let metric_rows = common::count(
+        &db,
+        &format!(
+            "SELECT count(*) FROM agent_events WHERE event_type = 'metric' AND session_id = '{CLAUDE}'
+             AND input_tokens IS NULL AND cost_usd IS NULL AND model IS NULL AND metrics ? 'value'"
+        ),
+    )
+    .await;
+    assert!(metric_rows >= 6, "metric data points stored: {metric_rows}");
+    assert_eq!(totals(db.query_one(sums, &[]).await.unwrap()), before);
+
+    // What a team lead sees: the "LLM cost and tokens" dashboard's
+    // "Requests and latency by model" panel over this mixed stream (plain
+    // PostgreSQL serves llm_usage_daily as a view).
+    let panel = db
+        .query(
+            "SELECT model, sum(requests)::bigint, sum(error_count)::bigint, round(sum(cost_usd), 5)::text,
+                    round(sum(latency_ms_avg * requests) / NULLIF(sum(requests), 0))::text
+             FROM llm_usage_daily GROUP BY 1 ORDER BY 4 DESC",
+            &[],
+        )
+        .await
+        .unwrap();
+    common::say("model | requests | errors | cost USD | avg latency ms");
+    for r in &panel {
+        common::say(&format!(
+            "{} | {} | {} | {} | {}",
+            r.get::<_, String>(0),
+            r.get::<_, i64>(1),
+            r.get::<_, i64>(2),
+            r.get::<_, Option<String>>(3).unwrap_or_default(),
+            r.get::<_, Option<String>>(4).unwrap_or_default()
+        ));
+    }
+    assert_eq!(panel.len(), 4, "one line per model");
+    svc.running.shutdown().await.unwrap();
+}
+
+fn kv(key: &str, v: Value) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    }
+}
+
+fn text(key: &str, v: &str) -> KeyValue {
+    kv(key, Value::StringValue(v.into()))
+}
+
+/// Claude Code-shaped api_request records at `times`, in one request.
+fn claude_logs(times: &[SystemTime], project: &str) -> ExportLogsServiceRequest {
+    let records = times
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let nanos = t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+            LogRecord {
+                time_unix_nano: nanos,
+                observed_time_unix_nano: nanos,
+                body: Some(AnyValue {
+                    value: Some(Value::StringValue("claude_code.api_request".into())),
+                }),
+                attributes: vec![
+                    text("event.name", "api_request"),
+                    text("session.id", CLAUDE),
+                    text("model", "claude-haiku-4-5"),
+                    text("input_tokens", &format!("{}", 10 + i)),
+                    text("output_tokens", "5"),
+                ],
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![
+                    text("service.name", "claude-code"),
+                    text("project.name", project),
+                ],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+#[tokio::test]
+async fn partial_success_names_the_bad_record_and_keeps_the_good_ones() {
+    let (_pg, conn, svc) = common::service_with("otlp_partial", with_otlp).await;
+    let ep = endpoints(&svc);
+    let now = SystemTime::now();
+    let future = now + Duration::from_secs(10 * 365 * 86_400);
+    let mut client = LogsServiceClient::connect(ep.grpc.clone()).await.unwrap();
+    let reply = client
+        .export(claude_logs(
+            &[now, future, now - Duration::from_secs(1)],
+            "acme/partial",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let partial = reply.partial_success.expect("partial success");
+    assert_eq!(partial.rejected_log_records, 1);
+    assert!(
+        partial
+            .error_message
+            .contains("resourceLogs[0].scopeLogs[0].logRecords[1]: timestamp"),
+        "{}",
+        partial.error_message
+    );
+    let db = common::db(&conn).await;
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_events").await,
+        2
+    );
+
+    // The same over HTTP/JSON, gzip: the body is hand-written OTLP JSON
+    // (hex ids, int64 as strings) as the JS and Copilot exporters send it.
+    let t = now.duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let bad = future.duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let json = format!(
+        r#"{{"resourceLogs":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"gemini-cli"}}}}]}},
+        "scopeLogs":[{{"logRecords":[
+          {{"timeUnixNano":"{t}","attributes":[{{"key":"event.name","value":{{"stringValue":"gemini_cli.tool_call"}}}},
+             {{"key":"function_name","value":{{"stringValue":"read_file"}}}},{{"key":"duration_ms","value":{{"intValue":"12"}}}}],
+           "traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174"}},
+          {{"timeUnixNano":"{bad}","attributes":[{{"key":"event.name","value":{{"stringValue":"gemini_cli.tool_call"}}}}]}}
+        ]}}]}}]}}"#
+    );
+    let (status, headers, body) = http_post(
+        svc.running.otlp_http_addr.unwrap(),
+        "/v1/logs",
+        "application/json",
+        &gzip(json.as_bytes()),
+        &[("content-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(status, 200, "{headers}\n{body}");
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // int64 may travel as a JSON number or string; exporters read both.
+    let rejected = reply["partialSuccess"]["rejectedLogRecords"].to_string();
+    assert_eq!(rejected.trim_matches('"'), "1", "{body}");
+    assert!(
+        reply["partialSuccess"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("logRecords[1]: timestamp"),
+        "{body}"
+    );
+    let stored = db
+        .query_one(
+            "SELECT data->>'tool_name', duration_ms, data->>'trace_id' FROM agent_events WHERE agent_id = 'gemini-cli'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.get::<_, String>(0), "read_file");
+    assert_eq!(
+        stored.get::<_, i64>(1),
+        12,
+        "an int64 sent as a JSON string"
+    );
+    assert_eq!(
+        stored.get::<_, String>(2),
+        "5b8efff798038103d269b633813fc60c"
+    );
+
+    // A body that is not OTLP at all: 400 with a reason, nothing stored.
+    let (status, _, body) = http_post(
+        svc.running.otlp_http_addr.unwrap(),
+        "/v1/logs",
+        "application/json",
+        b"{\"resourceLogs\": 7}",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("not a valid OTLP JSON message"), "{body}");
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn keys_are_required_and_scoped_and_an_outage_asks_for_a_retry() {
+    let (pg, conn, svc) = common::service_with("otlp_auth", |cfg| {
+        with_otlp(cfg);
+        cfg.security.require_api_key = true;
+        cfg.pipeline.copy_retry_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let ep = endpoints(&svc);
+    let mut admin = common::db(&conn).await;
+    let key = agent_telemetry::auth::keys::create(&mut admin, "t", &["acme/allowed".into()])
+        .await
+        .unwrap()
+        .key;
+    let mut client = LogsServiceClient::connect(ep.grpc.clone()).await.unwrap();
+    let now = SystemTime::now();
+
+    let e = client
+        .export(claude_logs(&[now], "acme/allowed"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let (status, _, body) = http_post(
+        svc.running.otlp_http_addr.unwrap(),
+        "/v1/logs",
+        "application/json",
+        b"{}",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+
+    let with_key = |req| {
+        let mut r = tonic::Request::new(req);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        r
+    };
+    let e = client
+        .export(with_key(claude_logs(&[now], "acme/other")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message()
+            .contains("may not write to project \"acme/other\""),
+        "{e:?}"
+    );
+    let ok = client
+        .export(with_key(claude_logs(&[now], "acme/allowed")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.partial_success, None, "fully accepted");
+
+    // The database goes away: UNAVAILABLE with RetryInfo, so the exporter
+    // retries later; nothing was acknowledged.
+    drop(admin);
+    let stopped = tokio::task::spawn_blocking(move || {
+        pg.cluster.stop().expect("stop PostgreSQL");
+        pg
+    })
+    .await
+    .unwrap();
+    let e = client
+        .export(with_key(claude_logs(
+            &[now + Duration::from_millis(1)],
+            "acme/allowed",
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    use tonic_types::StatusExt;
+    assert!(
+        e.get_details_retry_info().is_some(),
+        "RetryInfo tells the exporter when to retry: {e:?}"
+    );
+    drop(stopped);
+    svc.running.shutdown().await.unwrap();
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// One HTTP/1.1 POST; (status, headers, body).
+async fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+    extra: &[(&str, &str)],
+) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, headers.to_owned(), body.to_owned())
+}
