@@ -18,9 +18,11 @@ USER agent-telemetry
 # in a volume so that acknowledged batches survive a restart.
 ENV AGENT_TELEMETRY_LISTEN=0.0.0.0:50051 \
     AGENT_TELEMETRY_METRICS_LISTEN=0.0.0.0:9464 \
-    AGENT_TELEMETRY_SPOOL_DIR=/var/lib/agent-telemetry/spool
+    AGENT_TELEMETRY_SPOOL_DIR=/var/lib/agent-telemetry/spool \
+    AGENT_TELEMETRY_OTLP_GRPC_LISTEN=0.0.0.0:4317 \
+    AGENT_TELEMETRY_OTLP_HTTP_LISTEN=0.0.0.0:4318
 VOLUME /var/lib/agent-telemetry
-EXPOSE 50051 9464
+EXPOSE 50051 9464 4317 4318
 # The gRPC health service, asked by the binary itself (no probe to install).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["agent-telemetry", "health", "--endpoint", "http://127.0.0.1:50051"]

@@ -33,6 +33,8 @@ pub const SPOOL_OLDEST_AGE: &str = "agent_telemetry_spool_oldest_age_seconds";
 pub const SPOOL_REPLAY_RETRIES: &str = "agent_telemetry_spool_replay_retries_total";
 pub const SPOOL_REJECTED: &str = "agent_telemetry_spool_rejected_rows_total";
 pub const AUTH_REFUSED: &str = "agent_telemetry_auth_refused_total";
+pub const OTLP_EXPORTS: &str = "agent_telemetry_otlp_exports_total";
+pub const OTLP_RECORDS: &str = "agent_telemetry_otlp_records_total";
 
 /// Bucket bounds (seconds) of the latency histograms: a fast flush takes a
 /// few milliseconds, a flush retried through a database restart up to
@@ -120,6 +122,14 @@ pub fn describe() {
         AUTH_REFUSED,
         "Requests refused by authentication, per reason"
     );
+    describe_counter!(
+        OTLP_EXPORTS,
+        "OTLP exports answered, per signal and result (ok, partial, or the refusal)"
+    );
+    describe_counter!(
+        OTLP_RECORDS,
+        "OTLP records mapped to rows, per signal and agent (other: any unlisted agent)"
+    );
 }
 
 pub fn rows_received(table: Table, n: usize) {
@@ -200,6 +210,26 @@ pub fn spool_replay_retried() {
 
 pub fn spool_rejected(rows: usize) {
     counter!(SPOOL_REJECTED).increment(rows as u64);
+}
+
+/// One OTLP export answered: `signal` logs/traces/metrics, `result` ok,
+/// partial or the refusal's kind.
+pub fn otlp_export(signal: &'static str, result: &'static str) {
+    counter!(OTLP_EXPORTS, "signal" => signal, "result" => result).increment(1);
+}
+
+/// OTLP records mapped, per signal and agent.
+pub fn otlp_records(signal: &'static str, agent: &str, n: usize) {
+    // service.name is the sender's choice: only known agents get a label
+    // of their own, so that the series stay few.
+    let agent: &'static str = match agent {
+        "claude-code" => "claude-code",
+        "gemini-cli" => "gemini-cli",
+        "codex" => "codex",
+        "github-copilot" => "github-copilot",
+        _ => "other",
+    };
+    counter!(OTLP_RECORDS, "signal" => signal, "agent" => agent).increment(n as u64);
 }
 
 pub fn auth_refused(reason: &'static str) {

@@ -127,6 +127,32 @@ fn compose_gives_the_service_only_settings_it_reads() {
     );
     assert!(url.starts_with(&format!("postgres://{}:", s(&db["POSTGRES_USER"]))));
 
+    // The OTLP receivers listen beyond loopback and are published on
+    // their standard ports; the price table they read is mounted and valid.
+    for (var, port) in [
+        ("AGENT_TELEMETRY_OTLP_GRPC_LISTEN", 4317),
+        ("AGENT_TELEMETRY_OTLP_HTTP_LISTEN", 4318),
+    ] {
+        assert_eq!(port_of(&get(var)), port, "{var}");
+        assert!(
+            published
+                .iter()
+                .any(|p| p.ends_with(&format!(":{port}:{port}"))),
+            "{port} not published: {published:?}"
+        );
+    }
+    let prices = get("AGENT_TELEMETRY_PRICE_TABLE");
+    let mounted = svc["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(s)
+        .find(|v| v.split(':').nth(1) == Some(prices.as_str()))
+        .unwrap_or_else(|| panic!("{prices} is not mounted"));
+    let source = Path::new(ROOT).join(mounted.split(':').next().unwrap());
+    let table = agent_telemetry::otlp::price::PriceTable::load(&source).unwrap();
+    assert!(table.price("gpt-4o-2024-08-06").is_some());
+
     // Prometheus scrapes the service's metrics port.
     let prom = yaml("deploy/prometheus/prometheus.yml");
     let targets: Vec<&str> = prom["scrape_configs"][0]["static_configs"][0]["targets"]
@@ -315,14 +341,21 @@ fn dockerfile_builds_in_stages_and_runs_unprivileged() {
         "AGENT_TELEMETRY_LISTEN",
         "AGENT_TELEMETRY_METRICS_LISTEN",
         "AGENT_TELEMETRY_SPOOL_DIR",
+        "AGENT_TELEMETRY_OTLP_GRPC_LISTEN",
+        "AGENT_TELEMETRY_OTLP_HTTP_LISTEN",
     ] {
         assert!(joined.contains(var), "{var} not set");
         assert!(env_vars("serve").contains(var));
     }
-    assert!(joined.contains("EXPOSE 50051 9464"));
+    assert!(joined.contains("EXPOSE 50051 9464 4317 4318"));
     // The build context leaves out what would make it gigabytes.
     let ignore = std::fs::read_to_string(Path::new(ROOT).join(".dockerignore")).unwrap();
-    for dir in ["target", "tests/pglite/node_modules", ".git"] {
+    for dir in [
+        "target",
+        "tests/pglite/node_modules",
+        "tests/otlp/node_modules",
+        ".git",
+    ] {
         assert!(
             ignore.lines().any(|l| l == dir),
             ".dockerignore lacks {dir}"

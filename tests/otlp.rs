@@ -508,27 +508,68 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
     assert_eq!(totals(db.query_one(sums, &[]).await.unwrap()), before);
 
     // What a team lead sees: the "LLM cost and tokens" dashboard's
-    // "Requests and latency by model" panel over this mixed stream (plain
-    // PostgreSQL serves llm_usage_daily as a view).
-    let panel = db
-        .query(
-            "SELECT model, sum(requests)::bigint, sum(error_count)::bigint, round(sum(cost_usd), 5)::text,
-                    round(sum(latency_ms_avg * requests) / NULLIF(sum(requests), 0))::text
-             FROM llm_usage_daily GROUP BY 1 ORDER BY 4 DESC",
-            &[],
-        )
-        .await
-        .unwrap();
-    common::say("model | requests | errors | cost USD | avg latency ms");
+    // "Requests and latency by model" panel, its SQL expanded as Grafana
+    // does with every variable on "All" (plain PostgreSQL serves
+    // llm_usage_daily as a view).
+    let panel_sql = common::grafana::dashboards()
+        .into_iter()
+        .find(|(file, _)| file == "llm-cost.json")
+        .and_then(|(_, d)| {
+            d["panels"].as_array().unwrap().iter().find_map(|p| {
+                (p["title"] == "Requests and latency by model")
+                    .then(|| p["targets"][0]["rawSql"].as_str().unwrap().to_owned())
+            })
+        })
+        .expect("the panel");
+    let all = |sql: &str| {
+        let db = &db;
+        let sql = sql.to_owned();
+        async move {
+            db.query(&sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    let fmt = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let grafana = common::grafana::Grafana {
+        from: fmt(SystemTime::now() - Duration::from_secs(86_400)),
+        to: fmt(SystemTime::now() + Duration::from_secs(60)),
+        vars: [
+            (
+                "project".to_owned(),
+                all("SELECT id::text FROM projects").await,
+            ),
+            (
+                "agent".to_owned(),
+                all("SELECT DISTINCT agent_id FROM agent_events").await,
+            ),
+            (
+                "model".to_owned(),
+                all("SELECT DISTINCT model FROM agent_events WHERE model IS NOT NULL").await,
+            ),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    let expanded = grafana.expand(&panel_sql, "1d");
+    let panel = db.simple_query(&expanded).await.unwrap();
+    let panel: Vec<Vec<String>> = panel
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect();
+    common::say("model | requests | errors | cost USD | avg latency ms | worst daily p95 ms");
     for r in &panel {
-        common::say(&format!(
-            "{} | {} | {} | {} | {}",
-            r.get::<_, String>(0),
-            r.get::<_, i64>(1),
-            r.get::<_, i64>(2),
-            r.get::<_, Option<String>>(3).unwrap_or_default(),
-            r.get::<_, Option<String>>(4).unwrap_or_default()
-        ));
+        common::say(&r.join(" | "));
     }
     assert_eq!(panel.len(), 4, "one line per model");
     svc.running.shutdown().await.unwrap();

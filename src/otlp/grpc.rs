@@ -124,3 +124,40 @@ impl MetricsService for OtlpGrpc {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{api::intake::IngestError, buffer::AdmitError, copy::Table};
+
+    #[test]
+    fn retry_info_only_where_a_retry_can_help() {
+        let full = OtlpError::Refused(IngestError::Admit {
+            sequence: 0,
+            source: AdmitError::Full {
+                table: Table::AgentEvents,
+                capacity: 1,
+                waited: Duration::from_secs(1),
+            },
+        });
+        let s = to_status(&full);
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(
+            s.get_details_retry_info().and_then(|r| r.retry_delay),
+            Some(Duration::from_secs(2))
+        );
+        let too_many = OtlpError::Refused(IngestError::TooManyRows {
+            sequence: 0,
+            rows: 10,
+            max: 5,
+        });
+        let s = to_status(&too_many);
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.get_details_retry_info().is_none());
+        let s = to_status(&OtlpError::NotStored("database down".into()));
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.get_details_retry_info().is_some());
+    }
+}

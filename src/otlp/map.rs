@@ -242,7 +242,12 @@ pub fn span(ctx: &Context, span: &Span) -> Mapped {
     });
     let agent = Agent::detect(ctx.resource, &op, attrs);
     let oi_kind = text(attrs, &["openinference.span.kind"]).map(|k| k.to_ascii_uppercase());
+    // Claude Code, Gemini CLI and Codex put each request's figures in their
+    // logs: their spans (beta tracing, internal spans) would count them a
+    // second time, so they are stored under their names without figures.
+    let logs_carry_figures = matches!(agent, Agent::ClaudeCode | Agent::GeminiCli | Agent::Codex);
     let mut found = match (oi_kind.as_deref(), op.as_str()) {
+        _ if logs_carry_figures => Found::default(),
         (Some(k), _) => openinference(k, attrs),
         (None, "chat" | "text_completion" | "generate_content" | "embeddings") => {
             genai_request(attrs)
@@ -831,5 +836,158 @@ fn to_timestamp(t: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: d.as_secs() as i64,
         nanos: d.subsec_nanos() as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::common::v1::AnyValue;
+
+    use super::*;
+
+    fn kv(key: &str, v: Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        }
+    }
+
+    fn s(key: &str, v: &str) -> KeyValue {
+        kv(key, Value::StringValue(v.into()))
+    }
+
+    fn i(key: &str, v: i64) -> KeyValue {
+        kv(key, Value::IntValue(v))
+    }
+
+    fn ctx<'a>(resource: &'a [KeyValue], prices: &'a PriceTable) -> Context<'a> {
+        Context {
+            resource,
+            scope: "test",
+            prices,
+            now: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        }
+    }
+
+    fn span_with(name: &str, attributes: Vec<KeyValue>) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: name.into(),
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            end_time_unix_nano: 1_700_000_001_500_000_000,
+            attributes,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn spans_of_agents_whose_logs_carry_the_figures_count_nothing() {
+        let prices = PriceTable::default();
+        let resource = [s("service.name", "claude-code")];
+        let m = span(
+            &ctx(&resource, &prices),
+            &span_with(
+                "claude_code.llm_request",
+                vec![
+                    s("gen_ai.operation.name", "chat"),
+                    s("gen_ai.request.model", "claude-sonnet-4-5"),
+                    i("gen_ai.usage.input_tokens", 100),
+                ],
+            ),
+        );
+        assert_eq!(m.event.event_type, "chat");
+        assert_eq!(m.event.model, None);
+        assert_eq!(m.event.input_tokens, None);
+        assert_eq!(m.event.duration_ms, Some(1500));
+    }
+
+    #[test]
+    fn openinference_llm_span_keeps_its_cost_and_a_text_session_is_stable() {
+        let prices = PriceTable::default();
+        let resource = [s("service.name", "my-rag-app")];
+        let attrs = vec![
+            s("openinference.span.kind", "LLM"),
+            s("llm.model_name", "gpt-4o-mini"),
+            i("llm.token_count.prompt", 900),
+            s("llm.token_count.completion", "100"),
+            kv("llm.cost.total", Value::DoubleValue(0.0042)),
+            s("session.id", "chat-42"),
+        ];
+        let a = span(
+            &ctx(&resource, &prices),
+            &span_with("ChatOpenAI", attrs.clone()),
+        );
+        assert_eq!(a.event.event_type, kind::LLM_REQUEST);
+        assert_eq!(a.agent, "my-rag-app");
+        assert_eq!(
+            (a.event.input_tokens, a.event.output_tokens),
+            (Some(900), Some(100))
+        );
+        assert_eq!(a.event.cost_usd, Some(0.0042));
+        let b = span(&ctx(&resource, &prices), &span_with("other", attrs));
+        assert_eq!(a.session, b.session, "the same session text, the same UUID");
+        assert_eq!(a.session.get_version_num(), 8);
+    }
+
+    #[test]
+    fn an_inference_event_inside_its_span_does_not_repeat_the_span() {
+        let prices = PriceTable::default();
+        let resource = [s("service.name", "some-genai-app")];
+        let attrs = vec![
+            s("event.name", "gen_ai.client.inference.operation.details"),
+            s("gen_ai.request.model", "gpt-4o"),
+            i("gen_ai.usage.input_tokens", 10),
+            i("gen_ai.usage.output_tokens", 5),
+        ];
+        let mut rec = LogRecord {
+            time_unix_nano: 1_700_000_000_000_000_000,
+            attributes: attrs,
+            ..Default::default()
+        };
+        let alone = log_record(&ctx(&resource, &prices), &rec);
+        assert_eq!(alone.event.event_type, kind::LLM_REQUEST);
+        assert_eq!(alone.event.input_tokens, Some(10));
+        rec.trace_id = vec![1; 16];
+        rec.span_id = vec![2; 8];
+        let inside = log_record(&ctx(&resource, &prices), &rec);
+        assert_eq!(
+            inside.event.event_type,
+            "gen_ai.client.inference.operation.details"
+        );
+        assert_eq!(
+            (inside.event.input_tokens, inside.event.model),
+            (None, None)
+        );
+        assert!(
+            inside
+                .event
+                .data_json
+                .contains("\"gen_ai.usage.input_tokens\":10")
+        );
+    }
+
+    #[test]
+    fn the_same_record_gets_the_same_id_and_a_changed_one_another() {
+        let prices = PriceTable::default();
+        let resource = [s("service.name", "gemini-cli")];
+        let rec = LogRecord {
+            time_unix_nano: 1_700_000_000_000_000_000,
+            attributes: vec![
+                s("event.name", "gemini_cli.tool_call"),
+                s("function_name", "ls"),
+            ],
+            ..Default::default()
+        };
+        let a = log_record(&ctx(&resource, &prices), &rec);
+        let b = log_record(&ctx(&resource, &prices), &rec);
+        assert_eq!(a.event.id, b.event.id);
+        let mut other = rec.clone();
+        other.time_unix_nano += 1;
+        assert_ne!(
+            log_record(&ctx(&resource, &prices), &other).event.id,
+            a.event.id
+        );
     }
 }

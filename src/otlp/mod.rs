@@ -194,7 +194,7 @@ impl OtlpIntake {
                 }
             }
         }
-        self.store(items, &scope, meta).await
+        self.store("logs", items, &scope, meta).await
     }
 
     pub async fn traces(
@@ -219,7 +219,7 @@ impl OtlpIntake {
                 }
             }
         }
-        self.store(items, &scope, meta).await
+        self.store("traces", items, &scope, meta).await
     }
 
     pub async fn metrics(
@@ -249,7 +249,7 @@ impl OtlpIntake {
                 }
             }
         }
-        self.store(items, &scope, meta).await
+        self.store("metrics", items, &scope, meta).await
     }
 
     async fn scope(&self, meta: &RequestMeta) -> Result<Scope, OtlpError> {
@@ -309,7 +309,38 @@ impl OtlpIntake {
         }
     }
 
+    /// Stores the rows of one export and counts its result.
     async fn store(
+        &self,
+        signal: &'static str,
+        items: Vec<Item>,
+        scope: &Scope,
+        meta: &RequestMeta,
+    ) -> Result<Outcome, OtlpError> {
+        let mut agents: BTreeMap<&str, usize> = BTreeMap::new();
+        for i in &items {
+            *agents.entry(i.mapped.agent.as_str()).or_default() += 1;
+        }
+        for (agent, n) in agents {
+            crate::metrics::otlp_records(signal, agent, n);
+        }
+        let result = self.store_rows(items, scope, meta).await;
+        crate::metrics::otlp_export(
+            signal,
+            match &result {
+                Ok(o) if o.rejected > 0 => "partial",
+                Ok(_) => "ok",
+                Err(OtlpError::Auth(_)) => "unauthenticated",
+                Err(OtlpError::Denied(_)) => "permission_denied",
+                Err(OtlpError::BadRequest(_)) => "invalid",
+                Err(e) if e.retry_after().is_some() => "retry",
+                Err(_) => "refused",
+            },
+        );
+        result
+    }
+
+    async fn store_rows(
         &self,
         mut items: Vec<Item>,
         scope: &Scope,

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod delivery;
+pub mod grafana;
 
 use std::{os::unix::fs::PermissionsExt, time::Duration};
 

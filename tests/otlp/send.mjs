@@ -18,7 +18,7 @@ import { setGlobalErrorHandler } from '@opentelemetry/core';
 import { Resource } from '@opentelemetry/resources';
 import { LoggerProvider, SimpleLogRecordProcessor } from '@opentelemetry/sdk-logs';
 import { MeterProvider, PeriodicExportingMetricReader } from '@opentelemetry/sdk-metrics';
-import { BasicTracerProvider, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { BasicTracerProvider, BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
 
 import { OTLPLogExporter as LogsGrpc } from '@opentelemetry/exporter-logs-otlp-grpc';
 import { OTLPLogExporter as LogsJson } from '@opentelemetry/exporter-logs-otlp-http';
@@ -206,7 +206,8 @@ async function copilot() {
     idGenerator,
     resource: new Resource({ 'service.name': 'copilot-chat', 'service.version': '0.33.0', 'host.name': 'laptop-42', 'os.type': 'darwin' }),
   });
-  provider.addSpanProcessor(new SimpleSpanProcessor(traceExporter()));
+  // Batched, as Copilot exports: a turn's spans travel together.
+  provider.addSpanProcessor(new BatchSpanProcessor(traceExporter(), { scheduledDelayMillis: 60_000 }));
   const tracer = provider.getTracer('copilot-chat', '0.33.0');
   const t0 = now - 60_000;
   const conv = { 'gen_ai.conversation.id': SESSIONS.copilot, 'copilot_chat.session_id': SESSIONS.copilot };
