@@ -48,7 +48,6 @@ pub fn to_status(e: &OtlpError) -> Status {
         OtlpError::Refused(i) => status::classify(i).0,
         OtlpError::NotStored(_) => Code::Unavailable,
         OtlpError::Denied(_) => Code::PermissionDenied,
-        OtlpError::BadRequest(_) => Code::InvalidArgument,
     };
     match e.retry_after() {
         Some(delay) => Status::with_error_details(

@@ -185,7 +185,6 @@ fn error_response(e: &OtlpError, encoding: Encoding) -> Response {
         },
         OtlpError::NotStored(_) => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
         OtlpError::Denied(_) => (StatusCode::FORBIDDEN, tonic::Code::PermissionDenied),
-        OtlpError::BadRequest(_) => (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument),
     };
     failure(http, code, e.to_string(), encoding, e.retry_after())
 }

@@ -61,8 +61,6 @@ pub enum OtlpError {
     /// Every row names a project the API key may not write to.
     #[error("{0}")]
     Denied(String),
-    #[error("{0}")]
-    BadRequest(String),
 }
 
 impl OtlpError {
@@ -332,7 +330,6 @@ impl OtlpIntake {
                 Ok(_) => "ok",
                 Err(OtlpError::Auth(_)) => "unauthenticated",
                 Err(OtlpError::Denied(_)) => "permission_denied",
-                Err(OtlpError::BadRequest(_)) => "invalid",
                 Err(e) if e.retry_after().is_some() => "retry",
                 Err(_) => "refused",
             },
