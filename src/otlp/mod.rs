@@ -498,8 +498,11 @@ impl Problems {
     /// A text that fails validation does not cost its record: it is
     /// described, not counted.
     fn message_ack(&mut self, ack: &pb::BatchAck, locators: &[String]) -> Result<(), OtlpError> {
-        if !ack.error.is_empty() && ack.retryable {
-            return Err(OtlpError::NotStored(ack.error.clone()));
+        if !ack.error.is_empty() {
+            if ack.retryable {
+                return Err(OtlpError::NotStored(ack.error.clone()));
+            }
+            self.note(format!("chat messages not stored: {}", ack.error));
         }
         for r in &ack.rejected {
             let at = match r.kind.as_str() {
