@@ -23,7 +23,7 @@ use opentelemetry_proto::tonic::collector::{
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{OtlpError, OtlpIntake, Outcome, RequestMeta};
+use super::{OtlpError, OtlpIntake, RequestMeta};
 use crate::api::status;
 
 #[derive(Clone)]
@@ -59,11 +59,6 @@ pub fn to_status(e: &OtlpError) -> Status {
     }
 }
 
-/// Partial success when some rows were rejected; nothing when all were taken.
-fn partial<P>(o: Outcome, make: impl FnOnce(i64, String) -> P) -> Option<P> {
-    (o.rejected > 0 || !o.message.is_empty()).then(|| make(o.rejected, o.message))
-}
-
 #[tonic::async_trait]
 impl LogsService for OtlpGrpc {
     async fn export(
@@ -74,7 +69,7 @@ impl LogsService for OtlpGrpc {
         let outcome = self.0.logs(request.into_inner(), &meta).await;
         let outcome = outcome.map_err(|e| to_status(&e))?;
         Ok(Response::new(ExportLogsServiceResponse {
-            partial_success: partial(outcome, |rejected_log_records, error_message| {
+            partial_success: outcome.partial(|rejected_log_records, error_message| {
                 ExportLogsPartialSuccess {
                     rejected_log_records,
                     error_message,
@@ -94,7 +89,7 @@ impl TraceService for OtlpGrpc {
         let outcome = self.0.traces(request.into_inner(), &meta).await;
         let outcome = outcome.map_err(|e| to_status(&e))?;
         Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: partial(outcome, |rejected_spans, error_message| {
+            partial_success: outcome.partial(|rejected_spans, error_message| {
                 ExportTracePartialSuccess {
                     rejected_spans,
                     error_message,
@@ -114,7 +109,7 @@ impl MetricsService for OtlpGrpc {
         let outcome = self.0.metrics(request.into_inner(), &meta).await;
         let outcome = outcome.map_err(|e| to_status(&e))?;
         Ok(Response::new(ExportMetricsServiceResponse {
-            partial_success: partial(outcome, |rejected_data_points, error_message| {
+            partial_success: outcome.partial(|rejected_data_points, error_message| {
                 ExportMetricsPartialSuccess {
                     rejected_data_points,
                     error_message,

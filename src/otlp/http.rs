@@ -250,10 +250,6 @@ where
     }
 }
 
-fn partial<P>(o: Outcome, make: impl FnOnce(i64, String) -> P) -> Option<P> {
-    (o.rejected > 0 || !o.message.is_empty()).then(|| make(o.rejected, o.message))
-}
-
 async fn logs(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let otlp = s.otlp.clone();
     handle(
@@ -262,7 +258,7 @@ async fn logs(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) -> Re
         body,
         |req: ExportLogsServiceRequest, meta| async move { otlp.logs(req, &meta).await },
         |o| ExportLogsServiceResponse {
-            partial_success: partial(o, |rejected_log_records, error_message| {
+            partial_success: o.partial(|rejected_log_records, error_message| {
                 ExportLogsPartialSuccess {
                     rejected_log_records,
                     error_message,
@@ -281,11 +277,9 @@ async fn traces(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) -> 
         body,
         |req: ExportTraceServiceRequest, meta| async move { otlp.traces(req, &meta).await },
         |o| ExportTraceServiceResponse {
-            partial_success: partial(o, |rejected_spans, error_message| {
-                ExportTracePartialSuccess {
-                    rejected_spans,
-                    error_message,
-                }
+            partial_success: o.partial(|rejected_spans, error_message| ExportTracePartialSuccess {
+                rejected_spans,
+                error_message,
             }),
         },
     )
@@ -300,7 +294,7 @@ async fn metrics(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) ->
         body,
         |req: ExportMetricsServiceRequest, meta| async move { otlp.metrics(req, &meta).await },
         |o| ExportMetricsServiceResponse {
-            partial_success: partial(o, |rejected_data_points, error_message| {
+            partial_success: o.partial(|rejected_data_points, error_message| {
                 ExportMetricsPartialSuccess {
                     rejected_data_points,
                     error_message,

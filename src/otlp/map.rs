@@ -102,10 +102,39 @@ impl Agent {
 /// What every record of one `ResourceLogs`/`ResourceSpans`/`ResourceMetrics` shares.
 pub struct Context<'a> {
     pub resource: &'a [KeyValue],
-    pub scope: &'a str,
     pub prices: &'a PriceTable,
     /// When a record has no time of its own.
     pub now: SystemTime,
+    /// The rows' `context` JSON and the resource's encoding (part of every
+    /// row id): the same for all records of a scope, so built once.
+    context_json: String,
+    resource_bytes: Vec<u8>,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(
+        resource: &'a [KeyValue],
+        scope: &str,
+        prices: &'a PriceTable,
+        now: SystemTime,
+    ) -> Self {
+        let mut context = attrs::to_map(resource);
+        if !scope.is_empty() {
+            context.insert("otel.scope.name".into(), scope.into());
+        }
+        context.insert("source".into(), "otlp".into());
+        let mut resource_bytes = Vec::new();
+        for kv in resource {
+            kv.encode(&mut resource_bytes).expect("Vec grows");
+        }
+        Self {
+            resource,
+            prices,
+            now,
+            context_json: Json::Object(context).to_string(),
+            resource_bytes,
+        }
+    }
 }
 
 /// One record, mapped. `project` is the project the record names itself
@@ -226,7 +255,7 @@ pub fn log_record(ctx: &Context, rec: &LogRecord) -> Mapped {
         data.insert("trace_id".into(), attrs::hex(&rec.trace_id).into());
         data.insert("span_id".into(), attrs::hex(&rec.span_id).into());
     }
-    let id = content_id(b"log", ctx.resource, &rec.encode_to_vec());
+    let id = content_id(b"log", ctx, &rec.encode_to_vec());
     let session = session_of(&agent, attrs, ctx.resource, &rec.trace_id);
     finish(ctx, agent, name, attrs, found, ts, id, session, data)
 }
@@ -325,7 +354,7 @@ pub fn metric(ctx: &Context, metric: &Metric) -> Vec<Mapped> {
         }
         let mut seed = metric.name.clone().into_bytes();
         seed.extend(encoded);
-        let id = content_id(b"metric", ctx.resource, &seed);
+        let id = content_id(b"metric", ctx, &seed);
         let session = session_of(&agent, attrs, ctx.resource, &[]);
         let ts = if time > 0 { from_nanos(time) } else { ctx.now };
         let found = Found {
@@ -707,11 +736,6 @@ fn finish(
     if output.is_some_and(|o| o < 0) {
         output = None;
     }
-    let mut context = attrs::to_map(ctx.resource);
-    if !ctx.scope.is_empty() {
-        context.insert("otel.scope.name".into(), ctx.scope.into());
-    }
-    context.insert("source".into(), "otlp".into());
     let agent_version = text(ctx.resource, &["service.version"])
         .or_else(|| text(attrs, &["app.version"]))
         .unwrap_or_default();
@@ -753,7 +777,7 @@ fn finish(
             agent_version,
             session_id: session.to_string(),
             project: String::new(),
-            context_json: Json::Object(context).to_string(),
+            context_json: ctx.context_json.clone(),
             data_json: Json::Object(data).to_string(),
             metrics_json: String::new(),
             parent_event_id: String::new(),
@@ -804,12 +828,8 @@ fn span_id(trace: &[u8], span: &[u8]) -> Uuid {
     derived(&Uuid::nil(), &[b"span", trace, span])
 }
 
-fn content_id(signal: &[u8], resource: &[KeyValue], record: &[u8]) -> Uuid {
-    let mut res = Vec::new();
-    for kv in resource {
-        kv.encode(&mut res).expect("Vec grows");
-    }
-    derived(&Uuid::nil(), &[signal, &res, record])
+fn content_id(signal: &[u8], ctx: &Context, record: &[u8]) -> Uuid {
+    derived(&Uuid::nil(), &[signal, &ctx.resource_bytes, record])
 }
 
 /// A UUID (version 8) from a hash of `parts`: the same content always gets
@@ -862,12 +882,12 @@ mod tests {
     }
 
     fn ctx<'a>(resource: &'a [KeyValue], prices: &'a PriceTable) -> Context<'a> {
-        Context {
+        Context::new(
             resource,
-            scope: "test",
+            "test",
             prices,
-            now: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-        }
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        )
     }
 
     fn span_with(name: &str, attributes: Vec<KeyValue>) -> Span {

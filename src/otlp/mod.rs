@@ -87,6 +87,14 @@ pub struct Outcome {
     pub message: String,
 }
 
+impl Outcome {
+    /// OTLP's `partial_success`: set only when some rows were rejected or
+    /// there is something to say; `make` builds the signal's own message.
+    pub fn partial<P>(self, make: impl FnOnce(i64, String) -> P) -> Option<P> {
+        (self.rejected > 0 || !self.message.is_empty()).then(|| make(self.rejected, self.message))
+    }
+}
+
 /// The request's headers that matter here.
 #[derive(Debug, Default, Clone)]
 pub struct RequestMeta {
@@ -162,12 +170,7 @@ impl OtlpIntake {
     }
 
     fn context<'a>(&'a self, resource: &'a [KeyValue], scope: &'a str) -> Context<'a> {
-        Context {
-            resource,
-            scope,
-            prices: &self.settings.prices,
-            now: SystemTime::now(),
-        }
+        Context::new(resource, scope, &self.settings.prices, SystemTime::now())
     }
 
     pub async fn logs(
