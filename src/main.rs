@@ -47,7 +47,9 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // The whole cause chain: tokio-postgres and IO errors keep the
+            // reason in their sources.
+            eprintln!("error: {}", agent_telemetry::db::error::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

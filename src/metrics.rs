@@ -35,6 +35,7 @@ pub const SPOOL_REJECTED: &str = "agent_telemetry_spool_rejected_rows_total";
 pub const AUTH_REFUSED: &str = "agent_telemetry_auth_refused_total";
 pub const OTLP_EXPORTS: &str = "agent_telemetry_otlp_exports_total";
 pub const OTLP_RECORDS: &str = "agent_telemetry_otlp_records_total";
+pub const STREAMS_ENDED: &str = "agent_telemetry_streams_ended_total";
 
 /// Bucket bounds (seconds) of the latency histograms: a fast flush takes a
 /// few milliseconds, a flush retried through a database restart up to
@@ -125,6 +126,10 @@ pub fn describe() {
     describe_counter!(
         OTLP_EXPORTS,
         "OTLP exports answered, per signal and result (ok, partial, or the refusal)"
+    );
+    describe_counter!(
+        STREAMS_ENDED,
+        "Streams ended by a message the service could not take, per reason (message_too_large, undecodable, broken)"
     );
     describe_counter!(
         OTLP_RECORDS,
@@ -230,6 +235,10 @@ pub fn otlp_records(signal: &'static str, agent: &str, n: usize) {
         _ => "other",
     };
     counter!(OTLP_RECORDS, "signal" => signal, "agent" => agent).increment(n as u64);
+}
+
+pub fn stream_ended(reason: &'static str) {
+    counter!(STREAMS_ENDED, "reason" => reason).increment(1);
 }
 
 pub fn auth_refused(reason: &'static str) {

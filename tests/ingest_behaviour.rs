@@ -306,6 +306,49 @@ async fn a_batch_refused_whole_does_not_end_its_stream() {
 }
 
 #[tokio::test]
+async fn an_oversized_message_ends_its_stream_with_out_of_range_not_ok() {
+    let (_pg, conn, svc) = common::service_with("oversized", |cfg| {
+        cfg.limits.max_message_bytes = 64 * 1024;
+    })
+    .await;
+    let mut client = common::client(&svc.endpoint).await;
+    let small = |sequence| pb::AgentEventBatch {
+        sequence,
+        events: (0..5).map(|_| common::event("acme/widgets", 5)).collect(),
+    };
+    let mut big = small(2);
+    big.events[0].data_json = format!(r#"{{"blob":"{}"}}"#, "x".repeat(100 * 1024));
+    let size = prost::Message::encoded_len(&big);
+    let mut acks = client
+        .stream_agent_events(tokio_stream::iter(vec![small(1), big, small(3)]))
+        .await
+        .expect("open stream")
+        .into_inner();
+    let first = acks.message().await.expect("first ack").expect("an ack");
+    assert_eq!((first.sequence, first.stored), (1, 5));
+    let status = acks
+        .message()
+        .await
+        .expect_err("the stream must not end with OK");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    let want = format!("message of {size} bytes over the limit of 65536");
+    assert!(status.message().contains(&want), "{status:?}");
+    assert!(status.message().contains("split the batch"), "{status:?}");
+    assert!(status.message().contains("sequence 1"), "{status:?}");
+    let db = common::db(&conn).await;
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_events").await,
+        5
+    );
+    // The unary form of the same batch: the same code.
+    let mut big = small(4);
+    big.events[0].data_json = format!(r#"{{"blob":"{}"}}"#, "x".repeat(100 * 1024));
+    let unary = client.ingest_agent_events(big).await.unwrap_err();
+    assert_eq!(unary.code(), Code::OutOfRange, "{unary:?}");
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_full_buffer_answers_resource_exhausted_instead_of_growing() {
     let (_pg, conn, svc) = common::service_with("full", |cfg| {
         // One 100-event batch (about 23 KiB encoded) fits, two do not.

@@ -100,8 +100,16 @@ impl Api {
             let mut pending: FuturesOrdered<AckFuture> = FuturesOrdered::new();
             let mut admitting: Option<Pin<Box<dyn Future<Output = Admitted> + Send>>> = None;
             let mut reading = true;
+            // Why reading stopped, when the client's stream broke off with
+            // an error (an oversized or undecodable message): the stream
+            // ends with it once the acks before it are sent.
+            let mut broken: Option<Status> = None;
+            let mut last_acked: Option<u64> = None;
             loop {
                 if !reading && admitting.is_none() && pending.is_empty() {
+                    if let Some(status) = broken.take() {
+                        let _ = tx.send(Err(status::stream_end(status, last_acked))).await;
+                    }
                     break;
                 }
                 let can_read = reading
@@ -112,6 +120,9 @@ impl Api {
                     biased;
                     Some(ack) = pending.next(), if !pending.is_empty() => {
                         let end = ack.is_err();
+                        if let Ok(a) = &ack {
+                            last_acked = Some(a.sequence);
+                        }
                         if tx.send(ack).await.is_err() || end {
                             return; // client gone (stored rows stay stored), or refused
                         }
@@ -148,8 +159,8 @@ impl Api {
                         }
                         Ok(None) => reading = false,
                         Err(status) => {
-                            tracing::debug!(%status, "stream broke off");
                             reading = false;
+                            broken = Some(status);
                         }
                     },
                     _ = drain.cancelled(), if reading => reading = false,

@@ -18,7 +18,7 @@ const SHOWN: usize = PREFIX.len() + 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("database error: {0}")]
+    #[error("database error: {}", crate::db::error::describe(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("project {name:?}: {reason}")]
     Project { name: String, reason: String },

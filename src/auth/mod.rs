@@ -141,7 +141,7 @@ impl Authenticator {
             Err(e) => {
                 return match stale {
                     Some(s) => Ok(Scope::Key(s)),
-                    None => Err(AuthError::Unavailable(e.to_string())),
+                    None => Err(AuthError::Unavailable(e)),
                 };
             }
         };
@@ -159,11 +159,9 @@ impl Authenticator {
         scope.map(Scope::Key).ok_or(AuthError::Invalid)
     }
 
-    async fn look_up(
-        &self,
-        hash: &[u8; 32],
-    ) -> Result<Option<Arc<KeyScope>>, Box<dyn std::error::Error>> {
-        let client = self.pool.get().await?;
+    async fn look_up(&self, hash: &[u8; 32]) -> Result<Option<Arc<KeyScope>>, String> {
+        use crate::db::error::{describe, describe_pool};
+        let client = self.pool.get().await.map_err(|e| describe_pool(&e))?;
         let rows = client
             .query(
                 "SELECT k.id, p.id, p.full_name
@@ -173,7 +171,8 @@ impl Authenticator {
                  WHERE k.key_hash = $1 AND k.is_active",
                 &[&hash.as_slice()],
             )
-            .await?;
+            .await
+            .map_err(|e| describe(&e))?;
         let Some(first) = rows.first() else {
             return Ok(None);
         };
@@ -185,7 +184,8 @@ impl Authenticator {
                  WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
                 &[&key_id],
             )
-            .await?;
+            .await
+            .map_err(|e| describe(&e))?;
         Ok(Some(Arc::new(KeyScope {
             key_id,
             projects: rows.iter().map(|r| (r.get(1), r.get(2))).collect(),

@@ -32,6 +32,62 @@ impl Table {
             Table::ChatMessages => encode::MESSAGE_COLUMNS,
         }
     }
+
+    /// The proto field a column is encoded from, so that a row the
+    /// database refuses is rejected by the name the client knows.
+    pub fn proto_field(self, column: &str) -> Option<&'static str> {
+        let pairs: &[(&str, &'static str)] = match self {
+            Table::AgentEvents => &[
+                ("id", "id"),
+                ("timestamp", "timestamp"),
+                ("event_type", "event_type"),
+                ("agent_id", "agent_id"),
+                ("agent_version", "agent_version"),
+                ("session_id", "session_id"),
+                ("project_id", "project"),
+                ("context", "context_json"),
+                ("data", "data_json"),
+                ("metrics", "metrics_json"),
+                ("parent_event_id", "parent_event_id"),
+                ("related_event_ids", "related_event_ids"),
+                ("tags", "tags"),
+                ("severity", "severity"),
+                ("duration_ms", "duration_ms"),
+                ("input_tokens", "input_tokens"),
+                ("output_tokens", "output_tokens"),
+                ("cached_tokens", "cached_tokens"),
+                ("cost_usd", "cost_usd"),
+                ("model", "model"),
+            ],
+            Table::ChatMessages => &[
+                ("id", "id"),
+                ("session_id", "session_id"),
+                ("role", "role"),
+                ("content", "content"),
+                ("timestamp", "timestamp"),
+                ("sequence", "sequence"),
+                ("metadata", "metadata_json"),
+                ("search_content", "search_content"),
+                ("project_id", "session_id"),
+                ("agent_type", "session_id"),
+            ],
+        };
+        pairs
+            .iter()
+            .find(|(c, _)| *c == column.trim_matches('"'))
+            .map(|(_, f)| *f)
+    }
+
+    /// The proto field whose value is the widest text key of one of the
+    /// table's indexes (sql/0001, sql/0002), for "index row size exceeds
+    /// maximum" errors, which name the index, not the column.
+    pub fn proto_field_of_index(self, index: &str) -> Option<&'static str> {
+        match (self, index) {
+            (Table::AgentEvents, "agent_events_agent_type_idx") => Some("agent_id"),
+            (Table::AgentEvents, "agent_events_tags_idx") => Some("tags"),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Table {

@@ -47,9 +47,9 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
-    #[error("no database connection: {0}")]
+    #[error("no database connection: {}", crate::db::error::describe_pool(.0))]
     Pool(#[from] PoolError),
-    #[error("database error: {0}")]
+    #[error("database error: {}", crate::db::error::describe(.0))]
     Db(#[from] tokio_postgres::Error),
 }
 
@@ -65,18 +65,9 @@ impl CopyError {
     /// Worth trying again on another (or a new) connection: the database was
     /// unreachable, restarting, overloaded, or the connection broke.
     pub fn is_retriable(&self) -> bool {
-        match self.code() {
-            // No SQLSTATE: IO error, closed connection, pool timeout.
-            None => true,
-            Some(code) => {
-                let c = code.code();
-                c.starts_with("08") // connection exception
-                    || c.starts_with("53") // insufficient resources
-                    || c.starts_with("57P") // admin/crash shutdown, cannot connect now
-                    || *code == SqlState::T_R_SERIALIZATION_FAILURE
-                    || *code == SqlState::T_R_DEADLOCK_DETECTED
-                    || *code == SqlState::LOCK_NOT_AVAILABLE
-            }
+        match self {
+            CopyError::Db(e) => crate::db::error::is_transient(e.code()),
+            CopyError::Pool(e) => crate::db::error::pool_is_transient(e),
         }
     }
 
@@ -96,25 +87,31 @@ impl CopyError {
         self.code() == Some(&SqlState::UNIQUE_VIOLATION)
     }
 
-    /// The column the database complained about, where it says.
-    fn column(&self) -> Option<String> {
+    /// The proto field of the value the database complained about, where
+    /// it says which: the column it names ("COPY agent_events, line 1,
+    /// column data: ..."), or the index whose row the value did not fit.
+    fn field(&self, table: Table) -> Option<&'static str> {
         let CopyError::Db(e) = self else { return None };
         let db = e.as_db_error()?;
-        if let Some(c) = db.column() {
-            return Some(c.to_owned());
+        let column = db.column().map(str::to_owned).or_else(|| {
+            let w = db.where_()?;
+            let rest = &w[w.find("column ")? + 7..];
+            Some(rest.split([':', ' ', ',']).next()?.to_owned())
+        });
+        match column {
+            Some(c) => table.proto_field(&c),
+            None => {
+                let m = db.message();
+                let index = m.split('"').nth(1)?;
+                table.proto_field_of_index(index)
+            }
         }
-        // COPY reports "COPY agent_events, line 1, column data: ...".
-        let w = db.where_()?;
-        let rest = &w[w.find("column ")? + 7..];
-        Some(rest.split([':', ' ', ',']).next()?.to_owned())
     }
 
+    /// PostgreSQL's message, SQLSTATE and detail.
     fn db_message(&self) -> String {
         match self {
-            CopyError::Db(e) => e
-                .as_db_error()
-                .map(|d| d.message().to_owned())
-                .unwrap_or_else(|| e.to_string()),
+            CopyError::Db(e) => crate::db::error::describe(e),
             other => other.to_string(),
         }
     }
@@ -175,7 +172,7 @@ impl CopyWriter {
                     if n == 1 {
                         let seg = &set[0];
                         let index = pieces[seg.piece].row_index[seg.rows.start];
-                        let field = e.column().unwrap_or_default();
+                        let field = e.field(table).unwrap_or_default();
                         tracing::warn!(%table, index, field, error = %e, "database refused a row that passed validation");
                         metrics::rows_rejected(table, "database", 1);
                         outcomes[seg.piece].rejected.push(Rejection::new(
@@ -190,12 +187,23 @@ impl CopyWriter {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(%table, error = %e, "COPY failed; batches are acked with a retryable error");
+                    // A transient failure that outlasted the retries can
+                    // pass; a permanent one (a privilege, a missing table)
+                    // needs the operator first, and says so.
+                    let retryable = e.is_retriable();
+                    tracing::error!(%table, error = %e, retryable, "COPY failed; its batches are acked with the error");
                     metrics::copy_failed(table);
+                    let message = if retryable {
+                        format!("not stored: {e}; resend the batch")
+                    } else {
+                        format!(
+                            "not stored: {e}; the database refuses this table's COPY until its operator fixes it"
+                        )
+                    };
                     for seg in &set {
                         outcomes[seg.piece].failure = Some(FlushFailure {
-                            message: format!("not stored: {e}; resend the batch"),
-                            retryable: true,
+                            message: message.clone(),
+                            retryable,
                         });
                     }
                 }

@@ -26,9 +26,9 @@ pub enum DimsError {
     /// The client's value cannot name a dimension.
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
-    #[error("database unavailable: {0}")]
+    #[error("database unavailable: {}", crate::db::error::describe_pool(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database error: {0}")]
+    #[error("database error: {}", crate::db::error::describe(.0))]
     Db(#[from] tokio_postgres::Error),
 }
 

@@ -40,20 +40,20 @@ pub enum MigrateError {
         applied: String,
         now: String,
     },
-    #[error("migration {name} failed: {source}")]
+    #[error("migration {name} failed: {}", crate::db::error::describe(source))]
     Failed {
         name: String,
         source: tokio_postgres::Error,
     },
-    #[error("database error while migrating: {0}")]
+    #[error("database error while migrating: {}", crate::db::error::describe(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("storage mode: {0}")]
     Mode(String),
     #[error("invalid storage settings: {0}")]
     Settings(String),
-    #[error("setting the reader role's password failed: {0}")]
+    #[error("setting the reader role's password failed: {}", crate::db::error::describe(.0))]
     ReaderRole(#[source] tokio_postgres::Error),
-    #[error("applying the TimescaleDB policies failed: {0}")]
+    #[error("applying the TimescaleDB policies failed: {}", crate::db::error::describe(.0))]
     Policies(#[source] tokio_postgres::Error),
 }
 

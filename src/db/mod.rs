@@ -4,6 +4,7 @@
 
 pub mod dims;
 pub mod embedded;
+pub mod error;
 pub mod migrate;
 
 use std::{str::FromStr, time::Duration};
@@ -13,13 +14,13 @@ use tokio_postgres::NoTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("invalid database connection string: {0}")]
+    #[error("invalid database connection string: {}", error::chain(.0))]
     Config(#[source] tokio_postgres::Error),
     #[error("cannot build the connection pool: {0}")]
     Pool(#[from] deadpool_postgres::BuildError),
-    #[error("cannot connect to the database: {0}")]
+    #[error("cannot connect to the database: {}", error::describe(.0))]
     Connect(#[source] tokio_postgres::Error),
-    #[error("database error: {0}")]
+    #[error("database error: {}", error::describe(.0))]
     Query(#[from] tokio_postgres::Error),
 }
 

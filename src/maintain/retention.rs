@@ -7,7 +7,15 @@ use deadpool_postgres::Pool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::StorageConfig, copy::Table, db::migrate::pg_interval, metrics};
+use crate::{
+    config::StorageConfig,
+    copy::Table,
+    db::{
+        error::{describe, describe_pool},
+        migrate::pg_interval,
+    },
+    metrics,
+};
 
 /// Arbitrary, fixed: one instance at a time runs a retention round.
 const RETENTION_LOCK: i64 = 0x6167_656e_7472_6574; // "agentret"
@@ -31,7 +39,7 @@ pub fn spawn(pool: Pool, storage: &StorageConfig, stop: CancellationToken) -> Jo
                 Ok(c) => c,
                 Err(e) => {
                     metrics::db_error("retention");
-                    tracing::warn!(error = %e, "retention: no connection; retrying next time");
+                    tracing::warn!(error = %describe_pool(&e), "retention: no connection; retrying next time");
                     continue;
                 }
             };
@@ -46,7 +54,7 @@ pub fn spawn(pool: Pool, storage: &StorageConfig, stop: CancellationToken) -> Jo
             });
             if let Err(e) = round.await {
                 metrics::db_error("retention");
-                tracing::warn!(error = %e, "retention: lock failed; retrying next time");
+                tracing::warn!(error = %describe(&e), "retention: lock failed; retrying next time");
             }
         }
     })
@@ -60,7 +68,7 @@ fn report(table: Table, keep: &str, deleted: Result<u64, tokio_postgres::Error>)
         }
         Err(e) => {
             metrics::db_error("retention");
-            tracing::warn!(table = table.name(), error = %e, "retention failed; retrying next time");
+            tracing::warn!(table = table.name(), error = %describe(&e), "retention failed; retrying next time");
         }
     }
 }
