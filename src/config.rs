@@ -388,8 +388,8 @@ impl StorageConfig {
                 "--chunk-interval must be at least 1 minute",
             ),
             (
-                self.late_after >= hour,
-                "--late-after must be at least 1h (the hourly aggregates materialise up to one hour ago)",
+                self.late_after >= Duration::from_secs(60) && self.late_after <= hour,
+                "--late-after must be between 1min and 1h: the hourly policy materialises hours that ended one hour ago, so a row older than that must count as late, or its hour stays wrong until the next policy run",
             ),
             (
                 self.hourly_refresh_window >= 3 * hour && self.daily_refresh_window >= 3 * day,

@@ -25,6 +25,7 @@ pub const COPY_RETRIES: &str = "agent_telemetry_copy_retries_total";
 pub const COPY_FAILURES: &str = "agent_telemetry_copy_failures_total";
 pub const DB_ERRORS: &str = "agent_telemetry_db_errors_total";
 pub const LATE_REFRESHES: &str = "agent_telemetry_late_refreshes_total";
+pub const REFRESH_FAILURES: &str = "agent_telemetry_refresh_failures_total";
 pub const LATE_PENDING_HOURS: &str = "agent_telemetry_late_pending_hours";
 pub const RETENTION_DELETED: &str = "agent_telemetry_retention_deleted_rows_total";
 pub const ROWS_SPOOLED: &str = "agent_telemetry_rows_spooled_total";
@@ -93,6 +94,10 @@ pub fn describe() {
     describe_counter!(
         LATE_REFRESHES,
         "Continuous-aggregate refreshes run for late rows, per aggregate"
+    );
+    describe_counter!(
+        REFRESH_FAILURES,
+        "Late-data refreshes of a continuous aggregate that failed, per aggregate (the log has PostgreSQL's message)"
     );
     describe_gauge!(
         LATE_PENDING_HOURS,
@@ -190,6 +195,10 @@ pub fn db_error(operation: &'static str) {
 
 pub fn late_refreshed(aggregate: &'static str) {
     counter!(LATE_REFRESHES, "aggregate" => aggregate).increment(1);
+}
+
+pub fn refresh_failed(aggregate: &'static str) {
+    counter!(REFRESH_FAILURES, "aggregate" => aggregate).increment(1);
 }
 
 pub fn late_pending(hours: usize) {

@@ -226,7 +226,11 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
     // After the ack: late-data refreshes (TimescaleDB) or our own retention (plain).
     let timescaledb = report.mode.is_timescaledb();
     let (late, refresher) = if timescaledb {
-        let (late, task) = LateRefresher::spawn(pool.clone(), cfg.storage.late_refresh_every);
+        let (late, task) = LateRefresher::spawn(
+            pool.clone(),
+            cfg.storage.late_refresh_every,
+            cfg.storage.late_after,
+        );
         (Some(late), Some(task))
     } else {
         retention::spawn(pool.clone(), &cfg.storage, drain.clone());

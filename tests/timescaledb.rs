@@ -42,6 +42,7 @@ on_timescaledb!(
     a_changed_setting_alters_only_its_policy,
     aggregates_equal_direct_aggregates_over_raw_rows,
     late_events_show_up_in_hourly_and_daily_aggregates,
+    todays_figures_stay_exact_after_a_same_day_late_refresh,
     copy_into_a_compressed_chunk_stores_late_rows_and_counts_resends,
     compression_and_retention_jobs_act_on_the_right_chunks,
 );
@@ -539,6 +540,63 @@ async fn late_events_show_up_in_hourly_and_daily_aggregates(tsdb: TsDb) {
         let db = common::db(&tsdb.conn).await;
         assert_eq!(text(&db, &figures).await, want);
     }
+}
+
+/// Today's events in a daily view, and in the raw rows.
+async fn today(db: &Client, view: &str, figure: &str) -> (i64, i64) {
+    let raw = match view {
+        "llm_usage_daily" => "count(*) FILTER (WHERE model IS NOT NULL)",
+        _ => "count(*)",
+    };
+    let sql = format!(
+        "SELECT (SELECT coalesce(sum({figure}), 0)::bigint FROM {view}
+                 WHERE bucket = time_bucket(INTERVAL '1 day', now())),
+                (SELECT {raw} FROM agent_events
+                 WHERE \"timestamp\" >= time_bucket(INTERVAL '1 day', now()))"
+    );
+    let row = db.query_one(&sql, &[]).await.expect(&sql);
+    (row.get(0), row.get(1))
+}
+
+async fn todays_figures_stay_exact_after_a_same_day_late_refresh(tsdb: TsDb) {
+    let mut cfg = tsdb.serve_config();
+    cfg.storage.late_refresh_every = Duration::from_millis(200);
+    migrate(&tsdb.conn, &cfg.storage).await;
+    {
+        // Late rows noted in the current hour and the two before it (today,
+        // unless the day has just begun), as intake notes them: the round
+        // at the latest at shutdown refreshes them.
+        let db = common::db(&tsdb.conn).await;
+        db.batch_execute(
+            "INSERT INTO late_hours (table_name, hour)
+             SELECT t, date_trunc('hour', now()) - h * INTERVAL '1 hour'
+             FROM unnest(ARRAY['agent_events', 'chat_messages']) t, generate_series(0, 2) h",
+        )
+        .await
+        .expect("note late hours");
+    }
+    let svc = load(cfg, 3_000, 600).await;
+    svc.running.shutdown().await.unwrap();
+    let db = common::db(&tsdb.conn).await;
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM late_hours").await,
+        0,
+        "the noted hours were refreshed"
+    );
+    // Rows that arrive after that refresh, from today: real time must see them.
+    insert_raw(&db, "0 seconds", 1_000).await;
+    for (view, figure) in [
+        ("agent_events_daily", "event_count"),
+        ("llm_usage_daily", "requests"),
+    ] {
+        let (agg, raw) = today(&db, view, figure).await;
+        common::say(&format!(
+            "{view}: today {agg} in the aggregate, {raw} raw (native: {})",
+            tsdb.native
+        ));
+        assert_eq!(agg, raw, "{view} today");
+    }
+    assert_aggregates_exact(&db).await;
 }
 
 async fn copy_into_a_compressed_chunk_stores_late_rows_and_counts_resends(tsdb: TsDb) {

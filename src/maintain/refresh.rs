@@ -32,7 +32,12 @@ use std::{collections::BTreeSet, time::Duration};
 use deadpool_postgres::Pool;
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 
-use crate::{copy::Table, metrics, validate::pg_us_to_system_time};
+use crate::{
+    copy::Table,
+    db::error::{describe, describe_pool},
+    metrics,
+    validate::{pg_us_to_system_time, system_time_to_pg_us},
+};
 
 const HOUR_US: i64 = 3_600_000_000;
 /// Hours apart that two late hours may be and still be refreshed as one range.
@@ -68,9 +73,15 @@ pub struct LateRefresher {
 impl LateRefresher {
     /// Starts the refresher. It ends after every clone has been dropped and
     /// its last round has run.
-    pub fn spawn(pool: Pool, every: Duration) -> (Self, JoinHandle<()>) {
+    /// `late_after` is intake's `--late-after`: rows younger than it are
+    /// not noted, so no refresh may reach buckets they can still land in.
+    pub fn spawn(pool: Pool, every: Duration, late_after: Duration) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Self { tx }, tokio::spawn(run(pool, rx, every)))
+        let late_after_us = late_after.as_micros() as i64;
+        (
+            Self { tx },
+            tokio::spawn(run(pool, rx, every, late_after_us)),
+        )
     }
 
     /// Hours (see [`hour_of`]) that now hold late rows of `table`.
@@ -88,7 +99,12 @@ const REFRESH_LOCK: i64 = 0x6167_656e_7472_6672; // "agentrfr"
 /// Hours from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_UNIX_HOURS: i64 = 262_968;
 
-async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<(Table, Vec<i64>)>, every: Duration) {
+async fn run(
+    pool: Pool,
+    mut rx: mpsc::UnboundedReceiver<(Table, Vec<i64>)>,
+    every: Duration,
+    late_after_us: i64,
+) {
     // Hours noted here but not yet recorded in `late_hours`.
     let mut unsaved: [BTreeSet<i64>; 2] = Default::default();
     let mut next_round = Instant::now() + every;
@@ -106,12 +122,12 @@ async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<(Table, Vec<i64>)>, eve
                 None => open = false,
             },
             _ = tokio::time::sleep_until(next_round) => {
-                round(&pool, &mut unsaved).await;
+                round(&pool, &mut unsaved, late_after_us).await;
                 next_round = Instant::now() + every;
             }
         }
     }
-    round(&pool, &mut unsaved).await;
+    round(&pool, &mut unsaved, late_after_us).await;
     let lost: usize = unsaved.iter().map(BTreeSet::len).sum();
     if lost > 0 {
         tracing::warn!(
@@ -121,7 +137,16 @@ async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<(Table, Vec<i64>)>, eve
     }
 }
 
-type DbResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+/// A round's database failure, shown with PostgreSQL's full message.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error("{}", describe_pool(.0))]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("{}", describe(.0))]
+    Db(#[from] tokio_postgres::Error),
+}
+
+type DbResult<T> = Result<T, RoundError>;
 
 /// Records `unsaved` in `late_hours` (a repeat notes the hour again).
 async fn save(pool: &Pool, unsaved: &mut [BTreeSet<i64>; 2]) -> DbResult<()> {
@@ -152,7 +177,7 @@ async fn save(pool: &Pool, unsaved: &mut [BTreeSet<i64>; 2]) -> DbResult<()> {
 
 /// Records what is unsaved, then, if no other instance is running a round,
 /// refreshes every recorded range. What fails stays recorded.
-async fn round(pool: &Pool, unsaved: &mut [BTreeSet<i64>; 2]) {
+async fn round(pool: &Pool, unsaved: &mut [BTreeSet<i64>; 2], late_after_us: i64) {
     if let Err(e) = save(pool, unsaved).await {
         tracing::warn!(error = %e, "cannot record late hours yet; retrying next round");
         metrics::db_error("late_refresh");
@@ -161,27 +186,31 @@ async fn round(pool: &Pool, unsaved: &mut [BTreeSet<i64>; 2]) {
     let client = match pool.get().await {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(error = %e, "late-data refresh: no connection; retrying next round");
+            tracing::warn!(error = %describe_pool(&e), "late-data refresh: no connection; retrying next round");
             return;
         }
     };
-    match super::exclusively(&client, REFRESH_LOCK, refresh_recorded).await {
+    let work =
+        async |client: &tokio_postgres::Client| refresh_recorded(client, late_after_us).await;
+    match super::exclusively(&client, REFRESH_LOCK, work).await {
         Ok(Some(Ok(()))) | Ok(None) => {} // done, or another instance is on it
         Ok(Some(Err(e))) => {
             tracing::warn!(error = %e, "late-data refresh failed; retrying next round");
             metrics::db_error("late_refresh");
         }
         Err(e) => {
-            tracing::warn!(error = %e, "late-data refresh: lock failed; retrying next round");
+            tracing::warn!(error = %describe(&e), "late-data refresh: lock failed; retrying next round");
             metrics::db_error("late_refresh");
         }
     }
 }
 
-async fn refresh_recorded(client: &tokio_postgres::Client) -> DbResult<()> {
+async fn refresh_recorded(client: &tokio_postgres::Client, late_after_us: i64) -> DbResult<()> {
     // Taken before the read: an hour noted after this may hold rows the
-    // refreshes below do not see, so its row must survive the delete.
+    // refreshes below do not see, so its row must survive the delete. It is
+    // also the database's "now" that bounds every refresh (see [`clamp`]).
     let read_at: std::time::SystemTime = client.query_one("SELECT now()", &[]).await?.get(0);
+    let settled = hour_of(system_time_to_pg_us(read_at) - late_after_us);
     let mut pending = 0;
     for table in Table::ALL {
         let hours: BTreeSet<i64> = client
@@ -195,12 +224,8 @@ async fn refresh_recorded(client: &tokio_postgres::Client) -> DbResult<()> {
             .collect();
         let mut done = Vec::new();
         for range in merge(&hours) {
-            match refresh(client, table, range.clone()).await {
-                Ok(()) => done.extend(hours.range(range).map(|h| h + PG_EPOCH_UNIX_HOURS)),
-                Err(e) => {
-                    tracing::warn!(table = table.name(), error = %e, "late-data refresh failed; retrying next round");
-                    metrics::db_error("late_refresh");
-                }
+            if refresh(client, table, range.clone(), settled).await {
+                done.extend(hours.range(range).map(|h| h + PG_EPOCH_UNIX_HOURS));
             }
         }
         pending += hours.len() - done.len();
@@ -229,28 +254,72 @@ pub fn merge(hours: &BTreeSet<i64>) -> Vec<std::ops::Range<i64>> {
     ranges
 }
 
+/// The buckets of width `width` (hours) to refresh for late rows in
+/// `hours`: whole buckets covering them, but only buckets that end by the
+/// hour `settled` (the hour of now − `--late-after`) starts.
+///
+/// Refreshing a bucket moves the aggregate's watermark past it, and
+/// real-time aggregation reads raw rows only from the watermark on. A row
+/// younger than `--late-after` is not noted, so a bucket it can still land
+/// in must stay above the watermark: materialising today's daily bucket
+/// would freeze today's figures at what was there at the refresh, until the
+/// day is over and the policy runs again. The buckets left out need no
+/// refresh: nothing has moved the watermark over them (the policies' end
+/// offsets are at least `--late-after`), so real time reads them raw.
+pub fn clamp(
+    hours: std::ops::Range<i64>,
+    width: i64,
+    settled: i64,
+) -> Option<std::ops::Range<i64>> {
+    let start = hours.start.div_euclid(width) * width;
+    let end = (hours.end + width - 1).div_euclid(width) * width;
+    let end = end.min(settled.div_euclid(width) * width);
+    (start < end).then_some(start..end)
+}
+
+/// Refreshes every aggregate of `table` over `hours` (each clamped by
+/// [`clamp`] to what is `settled`). One aggregate's failure does not hold back the others; it is
+/// logged with PostgreSQL's full message and counted, and the range is
+/// reported not done (false) so the next round tries it again.
 async fn refresh(
     client: &tokio_postgres::Client,
     table: Table,
     hours: std::ops::Range<i64>,
-) -> Result<(), tokio_postgres::Error> {
+    settled: i64,
+) -> bool {
+    let mut all_done = true;
     for &(view, width) in aggregates(table) {
-        let start = hours.start.div_euclid(width) * width;
-        let end = (hours.end + width - 1).div_euclid(width) * width;
+        let Some(range) = clamp(hours.clone(), width, settled) else {
+            continue;
+        };
         // refresh_continuous_aggregate refuses to run in a transaction
         // block, which the extended protocol's implicit one can count as;
         // the simple protocol with literals we formatted ourselves avoids it.
         let sql = format!(
             "CALL refresh_continuous_aggregate('{view}', '{}', '{}')",
-            rfc3339(start),
-            rfc3339(end)
+            rfc3339(range.start),
+            rfc3339(range.end)
         );
         let began = Instant::now();
-        client.batch_execute(&sql).await?;
-        metrics::late_refreshed(view);
-        tracing::debug!(view, from = %rfc3339(start), to = %rfc3339(end), took = ?began.elapsed(), "late-data refresh");
+        match client.batch_execute(&sql).await {
+            Ok(()) => {
+                metrics::late_refreshed(view);
+                tracing::debug!(view, from = %rfc3339(range.start), to = %rfc3339(range.end), took = ?began.elapsed(), "late-data refresh");
+            }
+            Err(e) => {
+                all_done = false;
+                metrics::refresh_failed(view);
+                tracing::warn!(
+                    view,
+                    from = %rfc3339(range.start),
+                    to = %rfc3339(range.end),
+                    error = %describe(&e),
+                    "late-data refresh of one aggregate failed; the others go on, this one is retried next round"
+                );
+            }
+        }
     }
-    Ok(())
+    all_done
 }
 
 fn rfc3339(hour: i64) -> String {
@@ -266,6 +335,19 @@ mod tests {
         let hours: BTreeSet<i64> = [10, 11, 13, 18, 30, 31].into_iter().collect();
         assert_eq!(merge(&hours), vec![10..19, 30..32]);
         assert!(merge(&BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn no_refresh_reaches_the_current_bucket() {
+        // Now less --late-after is in hour 50 (day 2 runs from hour 48 to 72).
+        assert_eq!(clamp(10..12, 1, 50), Some(10..12));
+        assert_eq!(clamp(10..12, 24, 50), Some(0..24));
+        // Late rows today: earlier hours are refreshed, the current hour
+        // and today's daily bucket are left to real time.
+        assert_eq!(clamp(48..51, 1, 50), Some(48..50));
+        assert_eq!(clamp(48..51, 24, 50), None);
+        assert_eq!(clamp(40..51, 24, 50), Some(24..48));
+        assert_eq!(clamp(50..51, 1, 50), None);
     }
 
     #[test]
