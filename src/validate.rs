@@ -186,6 +186,21 @@ pub struct MessageRow<'a> {
     pub ts_us: i64,
 }
 
+/// Bytes of a text that becomes a key: an index column, a compression
+/// segment-by column or a GROUP BY column of an aggregate (docs/api.md
+/// lists them). The limit comes from the storage: a btree index entry holds
+/// at most 2704 bytes on 8 KiB pages (PostgreSQL's BTMaxItemSize, also the
+/// GIN limit near enough), and the widest index over keys,
+/// `(agent_id, event_type, "timestamp")` and the compressed chunks' index on
+/// `(project_id, agent_id, event_type, ...)`, holds two of them beside a
+/// few fixed-width columns: 2 × (1024 + 4) + 8 + 8 + 16 fits with room to
+/// spare. Values are not compressed in index entries when they are
+/// incompressible, so the bound is on the raw bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// BTMaxItemSize for 8 KiB pages.
+pub const BTREE_MAX_ITEM_BYTES: usize = 2704;
+const _: () = assert!(2 * (MAX_KEY_BYTES + 4) + 8 + 8 + 16 + 64 <= BTREE_MAX_ITEM_BYTES);
+
 /// Most a cost may be for one event (guards against unit mistakes such as
 /// sending micro-dollars).
 const MAX_COST_USD: f64 = 1_000_000.0;
@@ -201,11 +216,12 @@ pub fn validate_event<'a>(
         .map_err(|r| rej("id", r))?
         .unwrap_or_else(Uuid::new_v4);
     let ts_us = check_time(ev.timestamp.as_ref(), window).map_err(|r| rej("timestamp", r))?;
-    required_text(&ev.event_type, limits.max_text_bytes).map_err(|r| rej("event_type", r))?;
-    required_text(&ev.agent_id, limits.max_text_bytes).map_err(|r| rej("agent_id", r))?;
+    let k = key_limit(limits);
+    required_key(&ev.event_type, k).map_err(|r| rej("event_type", r))?;
+    required_key(&ev.agent_id, k).map_err(|r| rej("agent_id", r))?;
     text(&ev.agent_version, limits.max_text_bytes).map_err(|r| rej("agent_version", r))?;
     let session_id = required_uuid(&ev.session_id).map_err(|r| rej("session_id", r))?;
-    required_text(&ev.project, limits.max_text_bytes).map_err(|r| rej("project", r))?;
+    required_key(&ev.project, k).map_err(|r| rej("project", r))?;
     json_object(&ev.context_json, limits.max_json_bytes).map_err(|r| rej("context_json", r))?;
     json_object(&ev.data_json, limits.max_json_bytes).map_err(|r| rej("data_json", r))?;
     json_object(&ev.metrics_json, limits.max_json_bytes).map_err(|r| rej("metrics_json", r))?;
@@ -230,8 +246,7 @@ pub fn validate_event<'a>(
         return Err(rej("tags", too_many(ev.tags.len(), limits.max_list_items)));
     }
     for (i, tag) in ev.tags.iter().enumerate() {
-        required_text(tag, limits.max_text_bytes)
-            .map_err(|r| Rejection::new(index, format!("tags[{i}]"), r))?;
+        required_key(tag, k).map_err(|r| Rejection::new(index, format!("tags[{i}]"), r))?;
     }
     let severity = match pb::Severity::try_from(ev.severity) {
         Ok(pb::Severity::Unspecified) => None,
@@ -263,7 +278,7 @@ pub fn validate_event<'a>(
         .transpose()
         .map_err(|r| rej("cost_usd", r))?;
     if let Some(model) = &ev.model {
-        required_text(model, limits.max_text_bytes).map_err(|r| rej("model", r))?;
+        required_key(model, k).map_err(|r| rej("model", r))?;
     }
     Ok(EventRow {
         index,
@@ -289,7 +304,7 @@ pub fn validate_message<'a>(
         .map_err(|r| rej("id", r))?
         .unwrap_or_else(Uuid::new_v4);
     let session_id = required_uuid(&m.session_id).map_err(|r| rej("session_id", r))?;
-    required_text(&m.role, limits.max_text_bytes).map_err(|r| rej("role", r))?;
+    required_key(&m.role, key_limit(limits)).map_err(|r| rej("role", r))?;
     text(&m.content, limits.max_content_bytes).map_err(|r| rej("content", r))?;
     let ts_us = check_time(m.timestamp.as_ref(), window).map_err(|r| rej("timestamp", r))?;
     if m.sequence < 0 {
@@ -331,12 +346,13 @@ pub fn validate_chat_session<'a>(
 ) -> Result<ChatSessionRow<'a>, Rejection> {
     let rej = |field: &'static str, reason: String| Rejection::new(index, field, reason);
     let t = limits.max_text_bytes;
+    let k = key_limit(limits);
     let session_id = required_uuid(&s.session_id).map_err(|r| rej("session_id", r))?;
     let workspace = s
         .workspace
         .as_ref()
         .ok_or_else(|| rej("workspace", "is required".into()))?;
-    required_text(&workspace.workspace_id, t).map_err(|r| rej("workspace.workspace_id", r))?;
+    required_key(&workspace.workspace_id, k).map_err(|r| rej("workspace.workspace_id", r))?;
     text(&workspace.workspace_path, t).map_err(|r| rej("workspace.workspace_path", r))?;
     text(&workspace.workspace_type, t).map_err(|r| rej("workspace.workspace_type", r))?;
     for (field, v) in [
@@ -351,20 +367,17 @@ pub fn validate_chat_session<'a>(
         .project
         .as_ref()
         .ok_or_else(|| rej("workspace.project", "is required".into()))?;
-    validate_project(project, t).map_err(|(f, r)| rej(f, r))?;
+    validate_project(project, t, k).map_err(|(f, r)| rej(f, r))?;
     let machine = workspace
         .machine
         .as_ref()
         .ok_or_else(|| rej("workspace.machine", "is required".into()))?;
-    required_text(&machine.machine_id, t).map_err(|r| rej("workspace.machine.machine_id", r))?;
-    for (field, v) in [
-        ("workspace.machine.hostname", &machine.hostname),
-        ("workspace.machine.username", &machine.username),
-        ("workspace.machine.os_type", &machine.os_type),
-        ("workspace.machine.machine_type", &machine.machine_type),
-    ] {
-        text(v, t).map_err(|r| rej(field, r))?;
-    }
+    required_key(&machine.machine_id, k).map_err(|r| rej("workspace.machine.machine_id", r))?;
+    // hostname and machine_type are indexed (sql/0001_core.sql).
+    key(&machine.hostname, k).map_err(|r| rej("workspace.machine.hostname", r))?;
+    key(&machine.machine_type, k).map_err(|r| rej("workspace.machine.machine_type", r))?;
+    text(&machine.username, t).map_err(|r| rej("workspace.machine.username", r))?;
+    text(&machine.os_type, t).map_err(|r| rej("workspace.machine.os_type", r))?;
     for (field, v) in [
         ("workspace.machine.os_version", &machine.os_version),
         ("workspace.machine.ip_address", &machine.ip_address),
@@ -375,7 +388,7 @@ pub fn validate_chat_session<'a>(
     }
     json_object(&machine.metadata_json, limits.max_json_bytes)
         .map_err(|r| rej("workspace.machine.metadata_json", r))?;
-    required_text(&s.agent_type, t).map_err(|r| rej("agent_type", r))?;
+    required_key(&s.agent_type, k).map_err(|r| rej("agent_type", r))?;
     if let Some(m) = &s.model_id {
         text(m, t).map_err(|r| rej("model_id", r))?;
     }
@@ -401,10 +414,14 @@ pub fn validate_chat_session<'a>(
     })
 }
 
-fn validate_project(p: &pb::Project, max: usize) -> Result<(), (&'static str, String)> {
-    required_text(&p.name, max).map_err(|r| ("workspace.project.name", r))?;
+fn validate_project(
+    p: &pb::Project,
+    max: usize,
+    key_max: usize,
+) -> Result<(), (&'static str, String)> {
+    required_key(&p.name, key_max).map_err(|r| ("workspace.project.name", r))?;
     if let Some(u) = &p.repo_url {
-        text(u, max).map_err(|r| ("workspace.project.repo_url", r))?;
+        key(u, key_max).map_err(|r| ("workspace.project.repo_url", r))?;
     }
     if let Some(d) = &p.description {
         text(d, max).map_err(|r| ("workspace.project.description", r))?;
@@ -431,10 +448,11 @@ pub fn validate_agent_session<'a>(
 ) -> Result<AgentSessionRow<'a>, Rejection> {
     let rej = |field: &'static str, reason: String| Rejection::new(index, field, reason);
     let t = limits.max_text_bytes;
+    let k = key_limit(limits);
     let id = required_uuid(&s.id).map_err(|r| rej("id", r))?;
-    required_text(&s.agent_id, t).map_err(|r| rej("agent_id", r))?;
+    required_key(&s.agent_id, k).map_err(|r| rej("agent_id", r))?;
     text(&s.agent_version, t).map_err(|r| rej("agent_version", r))?;
-    required_text(&s.project, t).map_err(|r| rej("project", r))?;
+    required_key(&s.project, k).map_err(|r| rej("project", r))?;
     let start_us = check_time(s.start_time.as_ref(), window).map_err(|r| rej("start_time", r))?;
     let end_us = s
         .end_time
@@ -489,11 +507,28 @@ pub fn text(s: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-pub fn required_text(s: &str, max: usize) -> Result<(), String> {
+/// The limit of a key field: [`MAX_KEY_BYTES`], or `--max-text-bytes` where
+/// that is smaller.
+pub fn key_limit(limits: &Limits) -> usize {
+    limits.max_text_bytes.min(MAX_KEY_BYTES)
+}
+
+/// Text that becomes a key (see [`MAX_KEY_BYTES`]): at most `max` bytes.
+pub fn key(s: &str, max: usize) -> Result<(), String> {
+    if s.len() > max {
+        return Err(format!(
+            "{} bytes, more than the limit of {max} for a key field (it is indexed and grouped by; docs/api.md)",
+            s.len()
+        ));
+    }
+    text(s, max)
+}
+
+pub fn required_key(s: &str, max: usize) -> Result<(), String> {
     if s.is_empty() {
         return Err("is required".into());
     }
-    text(s, max)
+    key(s, max)
 }
 
 pub fn required_uuid(s: &str) -> Result<Uuid, String> {

@@ -43,6 +43,7 @@ on_timescaledb!(
     aggregates_equal_direct_aggregates_over_raw_rows,
     late_events_show_up_in_hourly_and_daily_aggregates,
     todays_figures_stay_exact_after_a_same_day_late_refresh,
+    every_accepted_value_fits_the_indexes_and_every_refresh,
     copy_into_a_compressed_chunk_stores_late_rows_and_counts_resends,
     compression_and_retention_jobs_act_on_the_right_chunks,
 );
@@ -101,13 +102,15 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "0005_api_keys.sql",
             "0006_reader_role.sql",
             "0007_late_hours.sql",
-            "timescaledb/0008_activity_aggregates.sql"
+            "timescaledb/0008_activity_aggregates.sql",
+            "0009_group_key.sql",
+            "timescaledb/0010_bounded_activity_keys.sql"
         ]
     );
     assert_eq!(first.policies_changed().count(), 16, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 8);
+    assert_eq!(second.already, 10);
     assert_eq!(
         second.policies_changed().count(),
         0,
@@ -364,7 +367,7 @@ fn direct_aggregates() -> Vec<(&'static str, &'static str, String)> {
             events(
                 "1 day",
                 "WHERE event_type = 'tool_use' AND data ? 'tool_name'",
-                "project_id, agent_id, data ->> 'tool_name'",
+                "project_id, agent_id, agent_telemetry_group_key(data ->> 'tool_name')",
                 "count(*), count(*) FILTER (WHERE data ->> 'success' = 'false' OR severity = 'error'),
                  count(duration_ms), sum(duration_ms)",
             ),
@@ -375,7 +378,7 @@ fn direct_aggregates() -> Vec<(&'static str, &'static str, String)> {
             events(
                 "1 day",
                 "WHERE event_type IN ('file_read', 'file_write', 'file_modify') AND data ? 'path'",
-                "project_id, agent_id, data ->> 'path'",
+                "project_id, agent_id, agent_telemetry_group_key(data ->> 'path')",
                 "count(*) FILTER (WHERE event_type = 'file_read'),
                  count(*) FILTER (WHERE event_type <> 'file_read'),
                  sum((data ->> 'lines_added')::bigint), sum((data ->> 'lines_removed')::bigint)",
@@ -599,6 +602,189 @@ async fn todays_figures_stay_exact_after_a_same_day_late_refresh(tsdb: TsDb) {
     assert_aggregates_exact(&db).await;
 }
 
+/// `bytes` bytes of incompressible text (random letters and digits, some
+/// of them two bytes long), so no index entry gets smaller by compression.
+fn noise(rng: &mut impl rand::Rng, bytes: usize) -> String {
+    const CHARS: &[char] = &[
+        'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'k', 'm', 'n', 'p', 'q', 'r', 's', 't', 'w', 'x',
+        'y', 'z', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'é', 'ß', 'ø',
+    ];
+    let mut s = String::with_capacity(bytes);
+    while s.len() < bytes {
+        let c = CHARS[rng.random_range(0..CHARS.len())];
+        if s.len() + c.len_utf8() <= bytes {
+            s.push(c);
+        } else {
+            s.push('z');
+        }
+    }
+    s
+}
+
+async fn every_accepted_value_fits_the_indexes_and_every_refresh(tsdb: TsDb) {
+    use rand::SeedableRng;
+    const K: usize = agent_telemetry::validate::MAX_KEY_BYTES;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(15);
+    let svc = common::start_service(tsdb.serve_config()).await;
+    let mut client = common::client(&svc.endpoint).await;
+
+    // At the limit: every key field of one event at once (the composite
+    // index and the compressed segments hold two or three of them).
+    let project = format!("acme/{}", noise(&mut rng, K - 5));
+    let mut at_limit = common::event(&project, 120);
+    at_limit.agent_id = noise(&mut rng, K);
+    at_limit.event_type = "tool_use".into();
+    at_limit.model = Some(noise(&mut rng, K));
+    at_limit.tags = vec![noise(&mut rng, K)];
+    let mut long_type = common::event("acme/limits", 120);
+    long_type.agent_id = noise(&mut rng, K);
+    long_type.event_type = noise(&mut rng, K);
+    // Keys inside data, where validation sets no limit: the aggregates group
+    // them by a bounded form. Two long tool names that share their first
+    // 240 characters must stay apart.
+    let shared = noise(&mut rng, 3_000);
+    let tool = |name: &str| {
+        let mut e = common::event("acme/limits", 120);
+        e.data_json = serde_json::json!({ "tool_name": name }).to_string();
+        e
+    };
+    let tool_a = tool(&format!("{shared}a"));
+    let tool_b = tool(&format!("{shared}b"));
+    let tool_at_limit = tool(&noise(&mut rng, K));
+    let mut file = common::event("acme/limits", 120);
+    file.event_type = "file_write".into();
+    file.data_json =
+        serde_json::json!({ "path": noise(&mut rng, 100_000), "lines_added": 3 }).to_string();
+    let accepted = vec![at_limit, long_type, tool_a, tool_b, tool_at_limit, file];
+
+    // One byte over, field by field: each rejected, naming its field.
+    let mut over = Vec::new();
+    let mut e = common::event("acme/limits", 120);
+    e.agent_id = noise(&mut rng, K + 1);
+    over.push(("agent_id", e));
+    let mut e = common::event("acme/limits", 120);
+    e.event_type = noise(&mut rng, K + 1);
+    over.push(("event_type", e));
+    let mut e = common::event("acme/limits", 120);
+    e.project = format!("acme/{}", noise(&mut rng, K - 4));
+    over.push(("project", e));
+    let mut e = common::event("acme/limits", 120);
+    e.model = Some(noise(&mut rng, K + 1));
+    over.push(("model", e));
+    let mut e = common::event("acme/limits", 120);
+    e.tags = vec!["ok".into(), noise(&mut rng, K + 1)];
+    over.push(("tags[1]", e));
+
+    let mut events = accepted.clone();
+    events.extend(over.iter().map(|(_, e)| e.clone()));
+    let ack = common::ingest(&mut client, 1, events).await;
+    assert_eq!(ack.stored as usize, accepted.len(), "{:?}", ack.rejected);
+    let fields: Vec<(u32, &str)> = ack
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.field.as_str()))
+        .collect();
+    let want: Vec<(u32, &str)> = over
+        .iter()
+        .enumerate()
+        .map(|(i, (f, _))| ((accepted.len() + i) as u32, *f))
+        .collect();
+    assert_eq!(fields, want, "{:?}", ack.rejected);
+    for r in &ack.rejected {
+        assert!(
+            r.reason
+                .contains(&format!("more than the limit of {K} for a key field")),
+            "{r:?}"
+        );
+    }
+
+    // Chat: a session and a message with every key field at the limit.
+    let mut generator = agent_telemetry::loadgen::r#gen::Generator::new(15, 1);
+    let mut session = generator.chat_session();
+    session.agent_type = noise(&mut rng, K);
+    let ws = session.workspace.as_mut().unwrap();
+    ws.workspace_id = noise(&mut rng, K);
+    ws.project.as_mut().unwrap().name = format!("acme/{}", noise(&mut rng, K - 5));
+    let m = ws.machine.as_mut().unwrap();
+    m.machine_id = noise(&mut rng, K);
+    m.hostname = noise(&mut rng, K);
+    m.machine_type = noise(&mut rng, K);
+    let (mut message, _) = generator.message();
+    message.session_id = session.session_id.clone();
+    message.role = noise(&mut rng, K);
+    let mut over_role = message.clone();
+    over_role.id = uuid::Uuid::new_v4().to_string();
+    over_role.role = noise(&mut rng, K + 1);
+    let ack = client
+        .ingest_chat_messages(pb::ChatMessageBatch {
+            sequence: 2,
+            sessions: vec![session],
+            messages: vec![message.clone(), over_role],
+        })
+        .await
+        .expect("chat batch")
+        .into_inner();
+    assert_eq!(ack.stored, 1, "{ack:?}");
+    assert_eq!(
+        ack.rejected
+            .iter()
+            .map(|r| r.field.as_str())
+            .collect::<Vec<_>>(),
+        ["role"],
+        "{ack:?}"
+    );
+    svc.running.shutdown().await.unwrap();
+
+    let db = common::db(&tsdb.conn).await;
+    // Stored verbatim.
+    for e in &accepted {
+        let id: uuid::Uuid = e.id.parse().unwrap();
+        let row = db
+            .query_one(
+                "SELECT agent_id, event_type, model, tags, data::text FROM agent_events WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), e.agent_id);
+        assert_eq!(row.get::<_, String>(1), e.event_type);
+        assert_eq!(row.get::<_, Option<String>>(2), e.model);
+        assert_eq!(row.get::<_, Vec<String>>(3), e.tags);
+        let data: serde_json::Value = serde_json::from_str(&row.get::<_, String>(4)).unwrap();
+        assert_eq!(
+            data,
+            serde_json::from_str::<serde_json::Value>(&e.data_json).unwrap()
+        );
+    }
+    // Compression: the segment-by columns hold the keys at their limit.
+    db.batch_execute(
+        "SELECT compress_chunk(c) FROM show_chunks('agent_events') c;
+         SELECT compress_chunk(c) FROM show_chunks('chat_messages') c",
+    )
+    .await
+    .expect("compress every chunk");
+    // Every aggregate refreshes, and equals the raw rows, in real time and
+    // materialised only.
+    assert_aggregates_exact(&db).await;
+    materialise_all(&db).await;
+    set_materialized_only(&db, true).await;
+    assert_aggregates_exact(&db).await;
+    let tools = strings(
+        &db,
+        "SELECT octet_length(tool_name)::text FROM tool_usage_daily ORDER BY 1",
+    )
+    .await;
+    // read_file (the event at the limit, its own agent), the key at the
+    // limit as it is, and the two long names apart, bounded.
+    assert_eq!(tools, ["1024", "285", "285", "9"], "{tools:?}");
+    let longest = common::count(
+        &db,
+        "SELECT max(octet_length(file_path))::bigint FROM file_activity_daily",
+    )
+    .await;
+    assert!(longest <= K as i64, "bounded file path: {longest} bytes");
+}
+
 async fn copy_into_a_compressed_chunk_stores_late_rows_and_counts_resends(tsdb: TsDb) {
     let svc = common::start_service(tsdb.serve_config()).await;
     let mut client = common::client(&svc.endpoint).await;
@@ -766,7 +952,9 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "0005_api_keys.sql",
             "0006_reader_role.sql",
             "0007_late_hours.sql",
-            "plain/0008_activity_aggregates.sql"
+            "plain/0008_activity_aggregates.sql",
+            "0009_group_key.sql",
+            "plain/0010_bounded_activity_keys.sql"
         ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());
