@@ -142,14 +142,117 @@ pub fn describe() {
     );
 }
 
+/// Registers every counter and histogram at 0, with the label values known
+/// at start-up. A Prometheus series that first appears at its first
+/// increment has no earlier sample, so `rate()` and `increase()` miss that
+/// first increment: three refused batches on a fresh instance would read
+/// as none.
+pub fn zero() {
+    for table in Table::ALL {
+        let t = table.name();
+        for name in [
+            BATCHES,
+            ROWS_RECEIVED,
+            ROWS_STORED,
+            ROWS_DUPLICATE,
+            COPY_RETRIES,
+            COPY_FAILURES,
+            ROWS_SPOOLED,
+            RETENTION_DELETED,
+        ] {
+            counter!(name, "table" => t).absolute(0);
+        }
+        for result in ["ok", "error"] {
+            counter!(ACKS, "table" => t, "result" => result).absolute(0);
+        }
+        for reason in BATCH_REFUSALS {
+            counter!(BATCHES_REFUSED, "table" => t, "reason" => *reason).absolute(0);
+        }
+        for reason in table
+            .proto_fields()
+            .iter()
+            .copied()
+            .chain(["database", "row", "sessions"])
+        {
+            counter!(ROWS_REJECTED, "table" => t, "reason" => reason).absolute(0);
+        }
+        for name in [BATCH_ROWS, FLUSH_ROWS, FLUSH_SECONDS, ACK_SECONDS] {
+            let _ = histogram!(name, "table" => t);
+        }
+        gauge!(BUFFER_BYTES, "table" => t).set(0.0);
+    }
+    for op in DB_OPERATIONS {
+        counter!(DB_ERRORS, "operation" => *op).absolute(0);
+    }
+    for reason in ["missing", "malformed", "invalid", "unavailable"] {
+        counter!(AUTH_REFUSED, "reason" => reason).absolute(0);
+    }
+    for reason in ["message_too_large", "undecodable", "broken"] {
+        counter!(STREAMS_ENDED, "reason" => reason).absolute(0);
+    }
+    counter!(SPOOL_REPLAY_RETRIES).absolute(0);
+    counter!(SPOOL_REJECTED).absolute(0);
+    for signal in ["logs", "traces", "metrics"] {
+        for result in [
+            "ok",
+            "partial",
+            "unauthenticated",
+            "permission_denied",
+            "retry",
+            "refused",
+        ] {
+            counter!(OTLP_EXPORTS, "signal" => signal, "result" => result).absolute(0);
+        }
+        for agent in OTLP_AGENTS.iter().chain(&["other"]) {
+            counter!(OTLP_RECORDS, "signal" => signal, "agent" => *agent).absolute(0);
+        }
+    }
+}
+
+/// The reasons a batch is refused whole (the `reason` label).
+pub const BATCH_REFUSALS: &[&str] = &[
+    "too_many_rows",
+    "buffer_full",
+    "too_large",
+    "shutdown",
+    "spool_full",
+    "spool_error",
+];
+
+/// The `operation` label of [`DB_ERRORS`].
+const DB_OPERATIONS: &[&str] = &[
+    "upsert_project",
+    "upsert_chat_session",
+    "upsert_agent_session",
+    "load_sessions",
+    "late_refresh",
+    "retention",
+];
+
+/// Agents with a label of their own in [`OTLP_RECORDS`].
+const OTLP_AGENTS: &[&str] = &["claude-code", "gemini-cli", "codex", "github-copilot"];
+
+/// The late-data refresher's aggregates at 0 (TimescaleDB mode only).
+pub fn zero_refreshes(aggregates: impl IntoIterator<Item = &'static str>) {
+    for a in aggregates {
+        counter!(LATE_REFRESHES, "aggregate" => a).absolute(0);
+        counter!(REFRESH_FAILURES, "aggregate" => a).absolute(0);
+    }
+}
+
 pub fn rows_received(table: Table, n: usize) {
     counter!(BATCHES, "table" => table.name()).increment(1);
     counter!(ROWS_RECEIVED, "table" => table.name()).increment(n as u64);
     histogram!(BATCH_ROWS, "table" => table.name()).record(n as f64);
 }
 
+/// `reason` is the rejected field ("tags[3]" counts as "tags", a session's
+/// "sessions[0].workspace" as "sessions", none as "row"), so the label
+/// keeps to the values [`zero`] registers.
 pub fn rows_rejected(table: Table, reason: &str, n: u64) {
-    counter!(ROWS_REJECTED, "table" => table.name(), "reason" => reason.to_owned()).increment(n);
+    let label = reason.split(['[', '.']).next().unwrap_or_default();
+    let label = if label.is_empty() { "row" } else { label };
+    counter!(ROWS_REJECTED, "table" => table.name(), "reason" => label.to_owned()).increment(n);
 }
 
 pub fn batch_refused(table: Table, reason: &'static str) {
@@ -236,13 +339,11 @@ pub fn otlp_export(signal: &'static str, result: &'static str) {
 pub fn otlp_records(signal: &'static str, agent: &str, n: usize) {
     // service.name is the sender's choice: only known agents get a label
     // of their own, so that the series stay few.
-    let agent: &'static str = match agent {
-        "claude-code" => "claude-code",
-        "gemini-cli" => "gemini-cli",
-        "codex" => "codex",
-        "github-copilot" => "github-copilot",
-        _ => "other",
-    };
+    let agent: &'static str = OTLP_AGENTS
+        .iter()
+        .find(|a| **a == agent)
+        .copied()
+        .unwrap_or("other");
     counter!(OTLP_RECORDS, "signal" => signal, "agent" => agent).increment(n as u64);
 }
 

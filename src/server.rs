@@ -205,6 +205,7 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
             .and_then(|b| b.install())
             .map_err(|source| ServerError::Metrics { addr, source })?;
         metrics::describe();
+        metrics::zero();
         tracing::info!(%addr, "Prometheus metrics at /metrics");
     }
     let database = open_database(&cfg.database).await?;

@@ -36,7 +36,25 @@ impl Table {
     /// The proto field a column is encoded from, so that a row the
     /// database refuses is rejected by the name the client knows.
     pub fn proto_field(self, column: &str) -> Option<&'static str> {
-        let pairs: &[(&str, &'static str)] = match self {
+        self.columns_and_fields()
+            .iter()
+            .find(|(c, _)| *c == column.trim_matches('"'))
+            .map(|(_, f)| *f)
+    }
+
+    /// The proto fields of the table's rows (each once).
+    pub fn proto_fields(self) -> Vec<&'static str> {
+        let mut fields: Vec<&'static str> = Vec::new();
+        for (_, f) in self.columns_and_fields() {
+            if !fields.contains(f) {
+                fields.push(f);
+            }
+        }
+        fields
+    }
+
+    fn columns_and_fields(self) -> &'static [(&'static str, &'static str)] {
+        match self {
             Table::AgentEvents => &[
                 ("id", "id"),
                 ("timestamp", "timestamp"),
@@ -71,11 +89,7 @@ impl Table {
                 ("project_id", "session_id"),
                 ("agent_type", "session_id"),
             ],
-        };
-        pairs
-            .iter()
-            .find(|(c, _)| *c == column.trim_matches('"'))
-            .map(|(_, f)| *f)
+        }
     }
 
     /// The proto field whose value is the widest text key of one of the

@@ -76,6 +76,11 @@ impl LateRefresher {
     /// `late_after` is intake's `--late-after`: rows younger than it are
     /// not noted, so no refresh may reach buckets they can still land in.
     pub fn spawn(pool: Pool, every: Duration, late_after: Duration) -> (Self, JoinHandle<()>) {
+        metrics::zero_refreshes(
+            Table::ALL
+                .into_iter()
+                .flat_map(|t| aggregates(t).iter().map(|(view, _)| *view)),
+        );
         let (tx, rx) = mpsc::unbounded_channel();
         let late_after_us = late_after.as_micros() as i64;
         (

@@ -361,12 +361,19 @@ impl TsDb {
 
 /// The Prometheus endpoint's text at `addr` (HTTP/1.1, headers included).
 pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    http_get(addr, "/metrics").await.expect("scrape /metrics")
+}
+
+/// A plain HTTP/1.1 GET of `path` (already URL-encoded): the whole
+/// response, headers included.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body
+    s.read_to_string(&mut body).await?;
+    Ok(body)
 }
