@@ -590,3 +590,103 @@ async fn health_service_reports_serving() {
     );
     svc.running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_chat_session_keeps_its_first_project_and_its_messages_follow_it() {
+    let (_pg, conn, svc) = common::service("one_project").await;
+    let mut client = common::client(&svc.endpoint).await;
+    let mut generator = agent_telemetry::loadgen::r#gen::Generator::new(9, 1);
+    let mut first = generator.chat_session();
+    let project = first.workspace.as_mut().unwrap().project.as_mut().unwrap();
+    project.name = "acme/first".into();
+    project.repo_url = None;
+    // The same session id announced from another machine, another
+    // workspace and another project.
+    let mut second = first.clone();
+    let ws = second.workspace.as_mut().unwrap();
+    ws.workspace_id = "another-workspace".into();
+    ws.project.as_mut().unwrap().name = "acme/second".into();
+    ws.machine.as_mut().unwrap().machine_id = "another-machine".into();
+    let messages = |n: usize, generator: &mut agent_telemetry::loadgen::r#gen::Generator| {
+        (0..n)
+            .map(|_| {
+                let (mut m, _) = generator.message();
+                m.session_id = first.session_id.clone();
+                m
+            })
+            .collect::<Vec<_>>()
+    };
+    let batch = |sequence, session: &pb::ChatSession, messages| pb::ChatMessageBatch {
+        sequence,
+        sessions: vec![session.clone()],
+        messages,
+    };
+    let one = messages(3, &mut generator);
+    let ack = client
+        .ingest_chat_messages(batch(1, &first, one))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.stored, 3, "{ack:?}");
+    let two = messages(4, &mut generator);
+    let ack = client
+        .ingest_chat_messages(batch(2, &second, two))
+        .await
+        .unwrap()
+        .into_inner();
+    // The conflicting announcement is refused with the reason; the
+    // messages are stored, with the session's project.
+    assert_eq!(ack.stored, 4, "{ack:?}");
+    assert_eq!(ack.rejected.len(), 1, "{ack:?}");
+    let r = &ack.rejected[0];
+    assert_eq!(
+        (r.kind.as_str(), r.field.as_str()),
+        ("session", "workspace.project.name"),
+        "{r:?}"
+    );
+    assert!(r.reason.contains("belongs to project \"acme/first\""), "{r:?}");
+    // The same through ReportSessions.
+    let report = client
+        .report_sessions(pb::SessionReport {
+            chat_sessions: vec![second.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.chat_sessions_stored, 0, "{report:?}");
+    assert_eq!(report.rejected[0].field, "workspace.project.name");
+
+    let db = common::db(&conn).await;
+    let projects = |sql: &str| {
+        let sql = sql.to_owned();
+        let db = &db;
+        async move {
+            db.query(&sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<String>>()
+        }
+    };
+    assert_eq!(
+        projects(
+            "SELECT DISTINCT p.full_name FROM chat_messages m JOIN projects p ON p.id = m.project_id"
+        )
+        .await,
+        ["acme/first"]
+    );
+    assert_eq!(
+        projects("SELECT p.full_name FROM chat_sessions s JOIN projects p ON p.id = s.project_id")
+            .await,
+        ["acme/first"]
+    );
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM workspaces WHERE workspace_id = 'another-workspace'")
+            .await,
+        0,
+        "the refused announcement left nothing behind"
+    );
+    svc.running.shutdown().await.unwrap();
+}

@@ -232,16 +232,25 @@ impl Dimensions {
             .await?
             .get(0);
         let src = s.src;
-        tx.execute(
+        // A session's project and agent type are fixed by its first
+        // announcement: its messages carry both, so a later announcement
+        // naming others would split them between two projects while the
+        // session row took the last writer's. Such an announcement updates
+        // nothing (the WHERE below) and is rejected whole.
+        let updated = tx
+            .query_opt(
             "INSERT INTO chat_sessions (session_id, workspace_id, project_id, agent_type, model_id, started_at, ended_at, message_count, total_tokens)
              VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8::int4, 0), COALESCE($9::int8, 0))
              ON CONFLICT (session_id) DO UPDATE SET
-                workspace_id = EXCLUDED.workspace_id, project_id = EXCLUDED.project_id, agent_type = EXCLUDED.agent_type,
+                workspace_id = EXCLUDED.workspace_id,
                 model_id = COALESCE(EXCLUDED.model_id, chat_sessions.model_id),
                 started_at = LEAST(chat_sessions.started_at, EXCLUDED.started_at),
                 ended_at = COALESCE(EXCLUDED.ended_at, chat_sessions.ended_at),
                 message_count = CASE WHEN $8::int4 IS NULL THEN chat_sessions.message_count ELSE EXCLUDED.message_count END,
-                total_tokens = CASE WHEN $9::int8 IS NULL THEN chat_sessions.total_tokens ELSE EXCLUDED.total_tokens END",
+                total_tokens = CASE WHEN $9::int8 IS NULL THEN chat_sessions.total_tokens ELSE EXCLUDED.total_tokens END
+             WHERE chat_sessions.project_id = EXCLUDED.project_id
+               AND chat_sessions.agent_type = EXCLUDED.agent_type
+             RETURNING 1",
             &[
                 &s.session_id,
                 &workspace_id,
@@ -255,6 +264,36 @@ impl Dimensions {
             ],
         )
         .await?;
+        if updated.is_none() {
+            let stored = tx
+                .query_one(
+                    "SELECT p.full_name, s.agent_type FROM chat_sessions s
+                     JOIN projects p ON p.id = s.project_id WHERE s.session_id = $1",
+                    &[&s.session_id],
+                )
+                .await?;
+            let (project, agent_type): (String, String) = (stored.get(0), stored.get(1));
+            // Dropping the transaction rolls back the machine and workspace
+            // upserts of this announcement too.
+            let (field, reason) = if agent_type != src.agent_type {
+                (
+                    "agent_type",
+                    format!(
+                        "chat session {} was announced with agent type {agent_type:?}; a session keeps its first agent type (start a new session id for another)",
+                        s.session_id
+                    ),
+                )
+            } else {
+                (
+                    "workspace.project.name",
+                    format!(
+                        "chat session {} belongs to project {project:?} since its first announcement; a session's messages stay with one project (start a new session id for another)",
+                        s.session_id
+                    ),
+                )
+            };
+            return Err(DimsError::Invalid { field, reason });
+        }
         tx.commit()
             .await
             .inspect_err(|_| metrics::db_error("upsert_chat_session"))?;
