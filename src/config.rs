@@ -56,6 +56,9 @@ pub struct KeysConfig {
     #[command(flatten)]
     pub database: DatabaseConfig,
 
+    #[command(flatten)]
+    pub projects: ProjectsConfig,
+
     #[command(subcommand)]
     pub action: KeysAction,
 }
@@ -76,6 +79,36 @@ pub enum KeysAction {
     List,
     /// Revoke a key (by id or the prefix `keys list` shows).
     Revoke { key: String },
+}
+
+/// How a client's project name becomes a project's identity (docs/schema.md,
+/// "Project identity"): the repository's host and path.
+#[derive(Debug, Clone, Args)]
+pub struct ProjectsConfig {
+    /// The host a bare "owner/repo" project name means.
+    #[arg(
+        long,
+        env = "AGENT_TELEMETRY_DEFAULT_GIT_HOST",
+        default_value = "github.com"
+    )]
+    pub default_git_host: String,
+
+    /// Hosts whose owner and repository names compare without regard to
+    /// case ("ACME/API" and "acme/api" are one repository there); on any
+    /// other host names compare exactly. Comma-separated.
+    #[arg(
+        long,
+        env = "AGENT_TELEMETRY_CASE_INSENSITIVE_GIT_HOSTS",
+        default_value = "github.com,gitlab.com,bitbucket.org,codeberg.org",
+        value_delimiter = ','
+    )]
+    pub case_insensitive_git_hosts: Vec<String>,
+}
+
+impl Default for ProjectsConfig {
+    fn default() -> Self {
+        ServeConfig::defaults().projects
+    }
 }
 
 /// Where the database is.
@@ -141,6 +174,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub limits: Limits,
+
+    #[command(flatten)]
+    pub projects: ProjectsConfig,
 
     #[command(flatten)]
     pub security: SecurityConfig,

@@ -94,14 +94,16 @@ async fn keys(cfg: agent_telemetry::config::KeysConfig) -> Result<(), Box<dyn st
     let mut client = agent_telemetry::db::connect(&db.conn).await?;
     let result = match cfg.action {
         KeysAction::Create { projects, name } => {
-            keys::create(&mut client, &name, &projects).await.map(|k| {
-                eprintln!(
-                    "key {} for {}; it is shown only now:",
-                    k.id,
-                    k.projects.join(", ")
-                );
-                println!("{}", k.key);
-            })
+            keys::create(&mut client, &name, &projects, &cfg.projects)
+                .await
+                .map(|k| {
+                    eprintln!(
+                        "key {} for {}; it is shown only now:",
+                        k.id,
+                        k.projects.join(", ")
+                    );
+                    println!("{}", k.key);
+                })
         }
         KeysAction::List => keys::list(&client).await.map(|list| {
             println!("id\tname\tprefix\tstate\tprojects\tcreated\tlast used");

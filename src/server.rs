@@ -255,7 +255,7 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
     let mut intake = Intake {
         events: buffers[0].clone(),
         messages: buffers[1].clone(),
-        dims: Arc::new(Dimensions::new(pool.clone())),
+        dims: Arc::new(Dimensions::new(pool.clone(), cfg.projects.clone())),
         limits: cfg.limits.clone(),
         pipeline: cfg.pipeline.clone(),
         late_after: timescaledb.then_some(cfg.storage.late_after),

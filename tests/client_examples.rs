@@ -84,10 +84,15 @@ async fn example_stores_every_event_once(project: &str, command: impl FnOnce() -
     })
     .await;
     let mut db = common::db(&conn).await;
-    let key = agent_telemetry::auth::keys::create(&mut db, "example", &[project.into()])
-        .await
-        .unwrap()
-        .key;
+    let key = agent_telemetry::auth::keys::create(
+        &mut db,
+        "example",
+        &[project.into()],
+        &Default::default(),
+    )
+    .await
+    .unwrap()
+    .key;
     let mut cmd = command();
     cmd.args(["--events", &EVENTS.to_string(), "--project", project])
         .env("AGENT_TELEMETRY_ENDPOINT", &svc.endpoint)

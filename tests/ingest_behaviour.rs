@@ -644,7 +644,10 @@ async fn a_chat_session_keeps_its_first_project_and_its_messages_follow_it() {
         ("session", "workspace.project.name"),
         "{r:?}"
     );
-    assert!(r.reason.contains("belongs to project \"acme/first\""), "{r:?}");
+    assert!(
+        r.reason.contains("belongs to project \"acme/first\""),
+        "{r:?}"
+    );
     // The same through ReportSessions.
     let report = client
         .report_sessions(pb::SessionReport {
@@ -683,10 +686,61 @@ async fn a_chat_session_keeps_its_first_project_and_its_messages_follow_it() {
         ["acme/first"]
     );
     assert_eq!(
-        common::count(&db, "SELECT count(*) FROM workspaces WHERE workspace_id = 'another-workspace'")
-            .await,
+        common::count(
+            &db,
+            "SELECT count(*) FROM workspaces WHERE workspace_id = 'another-workspace'"
+        )
+        .await,
         0,
         "the refused announcement left nothing behind"
+    );
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_project_is_its_host_and_path_compared_as_the_host_compares() {
+    let (_pg, conn, svc) = common::service("identity").await;
+    let mut client = common::client(&svc.endpoint).await;
+    for (sequence, project) in [
+        "ACME/API",
+        "https://gitlab.com/acme/api.git",
+        "github.com/acme/api",
+        "acme/api",
+        "git@github.com:Acme/Api.git",
+        "https://gitlab.com/ACME/api",
+        "git.example.com/Team/tool",
+        "git.example.com/team/tool",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ack = common::ingest(
+            &mut client,
+            sequence as u64,
+            vec![common::event(project, 5)],
+        )
+        .await;
+        assert_eq!(ack.stored, 1, "{project}: {ack:?}");
+    }
+    let db = common::db(&conn).await;
+    let rows = db
+        .query(
+            "SELECT p.full_name, count(e.*) FROM projects p JOIN agent_events e ON e.project_id = p.id
+             GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        got,
+        [
+            // The display form first seen; GitHub ignores case.
+            ("ACME/API".to_owned(), 4),
+            ("git.example.com/Team/tool".to_owned(), 1),
+            ("git.example.com/team/tool".to_owned(), 1),
+            ("gitlab.com/acme/api".to_owned(), 2),
+        ]
     );
     svc.running.shutdown().await.unwrap();
 }

@@ -160,3 +160,60 @@ async fn the_reader_role_reads_the_data_and_nothing_else() {
         );
     }
 }
+
+#[tokio::test]
+async fn projects_stored_before_get_their_host_and_identity() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("identity").await;
+    migrate(&conn).await.unwrap();
+    let db = common::db(&conn).await;
+    // The projects table as it was before 0011, with rows stored then: the
+    // path alone as key, GitHub and GitLab merged, case kept apart.
+    db.batch_execute(
+        "DROP INDEX projects_identity_key;
+         ALTER TABLE projects DROP COLUMN host, DROP COLUMN identity,
+             ADD CONSTRAINT projects_full_name_key UNIQUE (full_name),
+             ADD CONSTRAINT projects_repo_url_key UNIQUE (repo_url);
+         INSERT INTO projects (id, name, full_name, repo_url, repo_owner, repo_name) VALUES
+             (101, 'api', 'acme/api', 'https://github.com/acme/api.git', 'acme', 'api'),
+             (102, 'API', 'ACME/API', NULL, 'ACME', 'API'),
+             (103, 'web', 'acme/web', 'git@gitlab.com:acme/web.git', 'acme', 'web'),
+             (104, 'tool', 'Team/Tool', 'https://git.example.com/Team/Tool', 'Team', 'Tool');",
+    )
+    .await
+    .unwrap();
+    db.batch_execute(include_str!("../sql/0011_project_identity.sql"))
+        .await
+        .expect("0011 on the rows stored before");
+    let rows = db
+        .query(
+            "SELECT id, host, identity, full_name FROM projects WHERE id > 100 ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(i32, String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let want = [
+        (101, "github.com", "github.com/acme/api", "acme/api"),
+        (102, "github.com", "github.com/acme/api#102", "ACME/API"),
+        (
+            103,
+            "gitlab.com",
+            "gitlab.com/acme/web",
+            "gitlab.com/acme/web",
+        ),
+        (
+            104,
+            "git.example.com",
+            "git.example.com/Team/Tool",
+            "git.example.com/Team/Tool",
+        ),
+    ];
+    assert_eq!(
+        got,
+        want.map(|(i, h, k, f)| (i, h.to_owned(), k.to_owned(), f.to_owned()))
+    );
+}

@@ -222,10 +222,15 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
     let ep = endpoints(&svc);
     let db = common::db(&conn).await;
     let mut admin = common::db(&conn).await;
-    let key = agent_telemetry::auth::keys::create(&mut admin, "codex", &["acme/codex-proj".into()])
-        .await
-        .unwrap()
-        .key;
+    let key = agent_telemetry::auth::keys::create(
+        &mut admin,
+        "codex",
+        &["acme/codex-proj".into()],
+        &Default::default(),
+    )
+    .await
+    .unwrap()
+    .key;
     let now = now_ms();
     // Claude Code: gRPC (its documented example); the resource's
     // project.name wins over the header.
@@ -734,10 +739,15 @@ async fn keys_are_required_and_scoped_and_an_outage_asks_for_a_retry() {
     .await;
     let ep = endpoints(&svc);
     let mut admin = common::db(&conn).await;
-    let key = agent_telemetry::auth::keys::create(&mut admin, "t", &["acme/allowed".into()])
-        .await
-        .unwrap()
-        .key;
+    let key = agent_telemetry::auth::keys::create(
+        &mut admin,
+        "t",
+        &["acme/allowed".into()],
+        &Default::default(),
+    )
+    .await
+    .unwrap()
+    .key;
     let mut client = LogsServiceClient::connect(ep.grpc.clone()).await.unwrap();
     let now = SystemTime::now();
 

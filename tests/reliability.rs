@@ -442,10 +442,15 @@ async fn the_spool_keeps_key_scopes_and_keeps_what_replay_cannot_store() {
     })
     .await;
     let mut db = common::db(&conn).await;
-    let key = agent_telemetry::auth::keys::create(&mut db, "spool", &["acme/api".into()])
-        .await
-        .unwrap()
-        .key;
+    let key = agent_telemetry::auth::keys::create(
+        &mut db,
+        "spool",
+        &["acme/api".into()],
+        &Default::default(),
+    )
+    .await
+    .unwrap()
+    .key;
     let with_key = |b: pb::AgentEventBatch| {
         let mut r = tonic::Request::new(b);
         r.metadata_mut()

@@ -104,13 +104,14 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "0007_late_hours.sql",
             "timescaledb/0008_activity_aggregates.sql",
             "0009_group_key.sql",
-            "timescaledb/0010_bounded_activity_keys.sql"
+            "timescaledb/0010_bounded_activity_keys.sql",
+            "0011_project_identity.sql"
         ]
     );
     assert_eq!(first.policies_changed().count(), 16, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 10);
+    assert_eq!(second.already, 11);
     assert_eq!(
         second.policies_changed().count(),
         0,
@@ -954,7 +955,8 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "0007_late_hours.sql",
             "plain/0008_activity_aggregates.sql",
             "0009_group_key.sql",
-            "plain/0010_bounded_activity_keys.sql"
+            "plain/0010_bounded_activity_keys.sql",
+            "0011_project_identity.sql"
         ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());

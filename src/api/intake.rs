@@ -156,21 +156,21 @@ impl Intake {
     /// Whether `name` is a project this scope may write to (without
     /// touching the database).
     pub fn check_project(
+        &self,
         scope: &Scope,
         index: u32,
         field: &'static str,
         name: &str,
     ) -> Result<(), Rejection> {
-        let full = ProjectName::parse(name)
-            .map_err(|r| Rejection::new(index, field, r))?
-            .full_name;
-        if scope.allows_name(&full) {
+        let p = ProjectName::parse(name, &self.dims.projects_cfg)
+            .map_err(|r| Rejection::new(index, field, r))?;
+        if scope.allows_identity(&p.identity) {
             Ok(())
         } else {
             Err(Rejection::denied(
                 index,
                 field,
-                scope.denial(&format!("project {full:?}")),
+                scope.denial(&format!("project {:?}", p.full_name)),
             ))
         }
     }
@@ -206,7 +206,7 @@ impl Intake {
             if projects.iter().any(|(n, _)| *n == name) {
                 continue;
             }
-            let id = match Self::check_project(scope, 0, "project", name) {
+            let id = match self.check_project(scope, 0, "project", name) {
                 Err(rejection) => Err(rejection),
                 Ok(()) => match self.dims.project_id(name).await {
                     Ok(id) => Ok(id),
@@ -266,13 +266,8 @@ impl Intake {
             };
             let checked = validate::validate_chat_session(s, i as u32, &self.limits, window)
                 .and_then(|row| {
-                    Self::check_project(
-                        scope,
-                        i as u32,
-                        "workspace.project.name",
-                        &row.project.name,
-                    )
-                    .map(|()| row)
+                    self.check_project(scope, i as u32, "workspace.project.name", &row.project.name)
+                        .map(|()| row)
                 });
             match checked {
                 Ok(row) => match self.dims.upsert_chat_session(&row).await {
@@ -366,7 +361,7 @@ impl Intake {
             let check = match projects.iter().find(|(n, _)| *n == name) {
                 Some((_, c)) => c.clone(),
                 None => {
-                    let c = Self::check_project(scope, 0, "project", name);
+                    let c = self.check_project(scope, 0, "project", name);
                     projects.push((name, c.clone()));
                     c
                 }
@@ -412,13 +407,8 @@ impl Intake {
         for (i, s) in batch.sessions.iter().enumerate() {
             let checked = validate::validate_chat_session(s, i as u32, &self.limits, window)
                 .and_then(|row| {
-                    Self::check_project(
-                        scope,
-                        i as u32,
-                        "workspace.project.name",
-                        &row.project.name,
-                    )
-                    .map(|()| row.session_id)
+                    self.check_project(scope, i as u32, "workspace.project.name", &row.project.name)
+                        .map(|()| row.session_id)
                 });
             match checked {
                 Ok(id) => {

@@ -252,7 +252,7 @@ impl wire::telemetry_ingest_server::TelemetryIngest for Api {
         for (i, s) in report.chat_sessions.iter().enumerate() {
             let i = i as u32;
             let stored = match validate::validate_chat_session(s, i, limits, window) {
-                Ok(row) => match Intake::check_project(
+                Ok(row) => match self.intake.check_project(
                     &scope,
                     i,
                     "workspace.project.name",
@@ -278,7 +278,7 @@ impl wire::telemetry_ingest_server::TelemetryIngest for Api {
         for (i, s) in report.agent_sessions.iter().enumerate() {
             let i = i as u32;
             let stored = match validate::validate_agent_session(s, i, limits, window) {
-                Ok(row) => match Intake::check_project(&scope, i, "project", &s.project) {
+                Ok(row) => match self.intake.check_project(&scope, i, "project", &s.project) {
                     Ok(()) => dims.upsert_agent_session(&row).await.map_err(Into::into),
                     Err(r) => Err(r.into()),
                 },

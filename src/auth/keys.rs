@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::db::dims::ProjectName;
+use crate::{config::ProjectsConfig, db::dims::ProjectName};
 
 /// Every key starts with this, so leaked keys are recognisable (secret
 /// scanners) and a wrong value is told apart from a wrong key.
@@ -51,7 +51,12 @@ pub struct Created {
     pub projects: Vec<String>,
 }
 
-pub async fn create(db: &mut Client, name: &str, projects: &[String]) -> Result<Created, KeyError> {
+pub async fn create(
+    db: &mut Client,
+    name: &str,
+    projects: &[String],
+    projects_cfg: &ProjectsConfig,
+) -> Result<Created, KeyError> {
     if projects.is_empty() {
         return Err(KeyError::NoProject);
     }
@@ -67,27 +72,11 @@ pub async fn create(db: &mut Client, name: &str, projects: &[String]) -> Result<
     .await?;
     let mut full_names = Vec::new();
     for p in projects {
-        let parsed = ProjectName::parse(p).map_err(|reason| KeyError::Project {
+        let parsed = ProjectName::parse(p, projects_cfg).map_err(|reason| KeyError::Project {
             name: p.clone(),
             reason,
         })?;
-        // The same upsert as ingest's, so the key and the rows agree on
-        // which project a name means.
-        let project_id: i32 = tx
-            .query_one(
-                "INSERT INTO projects (name, full_name, repo_url, repo_owner, repo_name)
-                 VALUES ($1, $2, $3, $4, $1)
-                 ON CONFLICT (full_name) DO UPDATE SET updated_at = now()
-                 RETURNING id",
-                &[
-                    &parsed.name,
-                    &parsed.full_name,
-                    &parsed.repo_url,
-                    &parsed.owner,
-                ],
-            )
-            .await?
-            .get(0);
+        let project_id = parsed.upsert(&tx, None, None).await?;
         tx.execute(
             "INSERT INTO api_key_projects (key_id, project_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[&id, &project_id],

@@ -40,7 +40,7 @@ pub enum AuthError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyScope {
     pub key_id: Uuid,
-    /// (project id, full name).
+    /// (project id, identity: docs/schema.md, "Project identity").
     pub projects: Vec<(i32, String)>,
 }
 
@@ -53,11 +53,11 @@ pub enum Scope {
 }
 
 impl Scope {
-    /// Whether rows of the project with this full name may be written.
-    pub fn allows_name(&self, full_name: &str) -> bool {
+    /// Whether rows of the project with this identity may be written.
+    pub fn allows_identity(&self, identity: &str) -> bool {
         match self {
             Scope::Any => true,
-            Scope::Key(k) => k.projects.iter().any(|(_, n)| n == full_name),
+            Scope::Key(k) => k.projects.iter().any(|(_, n)| n == identity),
         }
     }
 
@@ -164,7 +164,7 @@ impl Authenticator {
         let client = self.pool.get().await.map_err(|e| describe_pool(&e))?;
         let rows = client
             .query(
-                "SELECT k.id, p.id, p.full_name
+                "SELECT k.id, p.id, p.identity
                  FROM api_keys k
                  JOIN api_key_projects kp ON kp.key_id = k.id
                  JOIN projects p ON p.id = kp.project_id

@@ -535,7 +535,7 @@ async fn create_chunks(
 /// The set's projects, created through the service's own code in the
 /// order the encoded rows number them.
 async fn create_projects(bench: &str, projects: &[String]) -> Result<(), BenchError> {
-    let dims = Dimensions::new(db::pool(bench, 1)?);
+    let dims = Dimensions::new(db::pool(bench, 1)?, Default::default());
     for (i, name) in projects.iter().enumerate() {
         let id = dims
             .project_id(name)

@@ -17,6 +17,7 @@ use deadpool_postgres::Pool;
 use uuid::Uuid;
 
 use crate::{
+    config::ProjectsConfig,
     metrics, pb,
     validate::{AgentSessionRow, ChatSessionRow, pg_us_to_system_time},
 };
@@ -35,6 +36,14 @@ pub enum DimsError {
 /// The project a client's name denotes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectName {
+    /// What makes two names one project: the host, lower-cased, and the
+    /// path, lower-cased where the host compares names so (unique in
+    /// `projects`).
+    pub identity: String,
+    /// The repository's host, lower-cased (the default host for a bare name).
+    pub host: String,
+    /// The display form, as given: "owner/repo" on the default host,
+    /// "host/owner/repo" elsewhere. A project keeps the form first seen.
     pub full_name: String,
     pub owner: String,
     pub name: String,
@@ -42,37 +51,102 @@ pub struct ProjectName {
 }
 
 impl ProjectName {
-    /// "owner/repo", "https://host/owner/repo(.git)", "git@host:owner/repo(.git)",
-    /// or a bare name. URLs keep their text as `repo_url`; nested groups
-    /// (GitLab) stay in the owner part.
-    pub fn parse(input: &str) -> Result<Self, String> {
+    /// "owner/repo", "host/owner/repo", "https://host/owner/repo(.git)",
+    /// "git@host:owner/repo(.git)", or a bare name. A name without a host
+    /// means `--default-git-host`; a first segment with a dot (or a port)
+    /// followed by at least two more is a host. URLs keep their text as
+    /// `repo_url`; nested groups (GitLab) stay in the owner part.
+    pub fn parse(input: &str, cfg: &ProjectsConfig) -> Result<Self, String> {
         let s = input.trim();
-        let (path, repo_url) = if let Some(rest) = s.strip_prefix("git@") {
-            let (_, path) = rest
+        let (host, path, repo_url) = if let Some(rest) = s.strip_prefix("git@") {
+            let (host, path) = rest
                 .split_once(':')
                 .ok_or("an scp-style URL needs host:owner/repo")?;
-            (path, Some(s.to_owned()))
+            (Some(host), path, Some(s.to_owned()))
         } else if let Some((_, rest)) = s.split_once("://") {
-            let path = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
-            (path, Some(s.to_owned()))
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            (Some(host), path, Some(s.to_owned()))
         } else {
-            (s, None)
+            let trimmed = s.trim_matches('/');
+            match trimmed.split_once('/') {
+                Some((first, rest))
+                    if (first.contains('.') || first.contains(':')) && rest.contains('/') =>
+                {
+                    (Some(first), rest, None)
+                }
+                _ => (None, trimmed, None),
+            }
         };
         let path = path.trim_matches('/');
         let path = path.strip_suffix(".git").unwrap_or(path);
         if path.is_empty() {
             return Err(format!("{input:?} names no repository"));
         }
+        let host = host
+            .filter(|h| !h.is_empty())
+            .unwrap_or(&cfg.default_git_host)
+            .to_ascii_lowercase();
         let (owner, name) = match path.rsplit_once('/') {
             Some((o, n)) => (o.to_owned(), n.to_owned()),
             None => (String::new(), path.to_owned()),
         };
+        let folds = cfg
+            .case_insensitive_git_hosts
+            .iter()
+            .any(|h| h.trim().eq_ignore_ascii_case(&host));
+        let key_path = if folds {
+            path.to_lowercase()
+        } else {
+            path.to_owned()
+        };
+        let full_name = if host.eq_ignore_ascii_case(&cfg.default_git_host) {
+            path.to_owned()
+        } else {
+            format!("{host}/{path}")
+        };
         Ok(Self {
-            full_name: path.to_owned(),
+            identity: format!("{host}/{key_path}"),
+            host,
+            full_name,
             owner,
             name,
             repo_url,
         })
+    }
+
+    /// Creates the project unless one with the same identity exists (then
+    /// it keeps its display form and fills in a missing URL or
+    /// description); returns its id. The one upsert ingest and `keys
+    /// create` share, so both agree on which project a name means.
+    pub async fn upsert(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        repo_url: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<i32, tokio_postgres::Error> {
+        let repo_url = repo_url.or(self.repo_url.as_deref());
+        let row = client
+            .query_one(
+                "INSERT INTO projects (name, full_name, host, identity, repo_url, repo_owner, repo_name, description)
+                 VALUES ($1, $2, $3, $4, $5, $6, $1, $7)
+                 ON CONFLICT (identity) DO UPDATE SET
+                    repo_url = COALESCE(projects.repo_url, EXCLUDED.repo_url),
+                    description = COALESCE(EXCLUDED.description, projects.description),
+                    updated_at = now()
+                 RETURNING id",
+                &[
+                    &self.name,
+                    &self.full_name,
+                    &self.host,
+                    &self.identity,
+                    &repo_url,
+                    &self.owner,
+                    &description,
+                ],
+            )
+            .await?;
+        Ok(row.get(0))
     }
 }
 
@@ -85,6 +159,8 @@ pub struct SessionInfo {
 
 pub struct Dimensions {
     pool: Pool,
+    /// How project names become identities.
+    pub projects_cfg: ProjectsConfig,
     /// Client's project string → id. Never invalidated: project ids do not change.
     projects: RwLock<HashMap<String, i32>>,
     /// Chat session → what its messages carry. Updated on every session upsert.
@@ -92,9 +168,10 @@ pub struct Dimensions {
 }
 
 impl Dimensions {
-    pub fn new(pool: Pool) -> Self {
+    pub fn new(pool: Pool, projects_cfg: ProjectsConfig) -> Self {
         Self {
             pool,
+            projects_cfg,
             projects: RwLock::default(),
             chat_sessions: RwLock::default(),
         }
@@ -123,26 +200,17 @@ impl Dimensions {
         repo_url: Option<&str>,
         description: Option<&str>,
     ) -> Result<i32, DimsError> {
-        let p = ProjectName::parse(name).map_err(|reason| DimsError::Invalid {
-            field: "project",
-            reason,
-        })?;
-        let repo_url = repo_url.map(str::to_owned).or(p.repo_url);
+        let p =
+            ProjectName::parse(name, &self.projects_cfg).map_err(|reason| DimsError::Invalid {
+                field: "project",
+                reason,
+            })?;
         let client = self.pool.get().await?;
-        let row = client
-            .query_one(
-                "INSERT INTO projects (name, full_name, repo_url, repo_owner, repo_name, description)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (full_name) DO UPDATE SET
-                    repo_url = COALESCE(projects.repo_url, EXCLUDED.repo_url),
-                    description = COALESCE(EXCLUDED.description, projects.description),
-                    updated_at = now()
-                 RETURNING id",
-                &[&p.name, &p.full_name, &repo_url, &p.owner, &p.name, &description],
-            )
+        let id = p
+            .upsert(&**client, repo_url, description)
             .await
             .inspect_err(|_| metrics::db_error("upsert_project"))?;
-        Ok(row.get(0))
+        Ok(id)
     }
 
     pub fn cached_session(&self, id: &Uuid) -> Option<SessionInfo> {
@@ -367,28 +435,77 @@ mod tests {
 
     #[test]
     fn project_names_from_names_and_urls() {
-        let p = ProjectName::parse("codervisor/devlog").unwrap();
+        let cfg = ProjectsConfig::default();
+        let parse = |s| ProjectName::parse(s, &cfg).unwrap();
+        let p = parse("codervisor/devlog");
         assert_eq!(
             (
                 p.full_name.as_str(),
+                p.identity.as_str(),
                 p.owner.as_str(),
                 p.name.as_str(),
                 p.repo_url
             ),
-            ("codervisor/devlog", "codervisor", "devlog", None)
+            (
+                "codervisor/devlog",
+                "github.com/codervisor/devlog",
+                "codervisor",
+                "devlog",
+                None
+            )
         );
-        let p = ProjectName::parse("git@github.com:codervisor/devlog.git").unwrap();
+        let p = parse("git@github.com:codervisor/devlog.git");
         assert_eq!(p.full_name, "codervisor/devlog");
         assert_eq!(
             p.repo_url.as_deref(),
             Some("git@github.com:codervisor/devlog.git")
         );
-        let p = ProjectName::parse("https://gitlab.com/group/sub/repo/").unwrap();
+        let p = parse("https://gitlab.com/group/sub/repo/");
         assert_eq!(
             (p.full_name.as_str(), p.owner.as_str(), p.name.as_str()),
-            ("group/sub/repo", "group/sub", "repo")
+            ("gitlab.com/group/sub/repo", "group/sub", "repo")
         );
-        assert_eq!(ProjectName::parse("scratch").unwrap().owner, "");
-        assert!(ProjectName::parse("https://github.com/").is_err());
+        assert_eq!(parse("scratch").owner, "");
+        assert!(ProjectName::parse("https://github.com/", &cfg).is_err());
+    }
+
+    #[test]
+    fn the_host_is_part_of_a_projects_identity() {
+        let cfg = ProjectsConfig::default();
+        let id = |s| ProjectName::parse(s, &cfg).unwrap().identity;
+        // Another host, another repository.
+        assert_ne!(
+            id("https://gitlab.com/acme/api.git"),
+            id("github.com/acme/api")
+        );
+        // One repository however it is named; GitHub and GitLab ignore case.
+        assert_eq!(id("github.com/acme/api"), id("acme/api"));
+        assert_eq!(id("ACME/API"), id("acme/api"));
+        assert_eq!(id("https://github.com/ACME/api.git"), id("acme/api"));
+        assert_eq!(id("git@github.com:acme/api.git"), id("acme/api"));
+        assert_eq!(
+            id("https://user@GitLab.com/Acme/API"),
+            id("gitlab.com/acme/api")
+        );
+        // A host not known to ignore case compares names exactly.
+        assert_ne!(
+            id("git.example.com/Acme/api"),
+            id("git.example.com/acme/api")
+        );
+        // The display form keeps the case first seen.
+        assert_eq!(
+            ProjectName::parse("ACME/API", &cfg).unwrap().full_name,
+            "ACME/API"
+        );
+        // Another default host.
+        let gitlab = ProjectsConfig {
+            default_git_host: "gitlab.com".into(),
+            ..ProjectsConfig::default()
+        };
+        let p = ProjectName::parse("acme/api", &gitlab).unwrap();
+        assert_eq!(
+            (p.identity.as_str(), p.full_name.as_str()),
+            ("gitlab.com/acme/api", "acme/api")
+        );
     }
 }
