@@ -12,6 +12,9 @@ pub struct PieceOutcome {
     pub stored: u32,
     /// Rows found already stored (same id and timestamp): a resend.
     pub duplicates: u32,
+    /// Rows whose id is stored with another timestamp (each also in
+    /// `rejected`).
+    pub conflicts: u32,
     /// Rows the database refused although they passed validation.
     pub rejected: Vec<Rejection>,
     /// Set when some rows could not be committed at all.
@@ -41,6 +44,7 @@ pub fn batch_ack(
     if let Some(o) = outcome {
         ack.stored = o.stored;
         ack.duplicates = o.duplicates;
+        ack.conflicts = o.conflicts;
         rejected.extend(o.rejected);
         if let Some(f) = o.failure {
             ack.error = f.message;

@@ -478,6 +478,15 @@ pub struct PipelineConfig {
     #[arg(long, env = "AGENT_TELEMETRY_FLUSH_AGE", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub flush_age: Duration,
 
+    /// How far apart two timestamps of one id may be and still be found as a
+    /// conflict: a row whose id is stored with another timestamp within
+    /// this of its own is not stored again but rejected (`ALREADY_EXISTS`,
+    /// counted in `BatchAck.conflicts`). Each flush probes its ids over its
+    /// time range widened by this; 0 turns the probe off (then such a row is
+    /// stored as a second one). docs/reliability.md.
+    #[arg(long, env = "AGENT_TELEMETRY_ID_CONFLICT_WINDOW", default_value = "1day", value_parser = humantime::parse_duration)]
+    pub id_conflict_window: Duration,
+
     /// COPY statements that may run at once, per table.
     #[arg(long, env = "AGENT_TELEMETRY_COPY_CONCURRENCY", default_value_t = 2)]
     pub copy_concurrency: usize,

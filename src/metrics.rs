@@ -13,6 +13,7 @@ pub const ROWS_RECEIVED: &str = "agent_telemetry_rows_received_total";
 pub const ROWS_STORED: &str = "agent_telemetry_rows_stored_total";
 pub const ROWS_DUPLICATE: &str = "agent_telemetry_rows_duplicate_total";
 pub const ROWS_REJECTED: &str = "agent_telemetry_rows_rejected_total";
+pub const ROWS_CONFLICTING: &str = "agent_telemetry_rows_conflicting_total";
 pub const BATCHES: &str = "agent_telemetry_batches_total";
 pub const BATCHES_REFUSED: &str = "agent_telemetry_batches_refused_total";
 pub const BATCH_ROWS: &str = "agent_telemetry_batch_rows";
@@ -58,6 +59,10 @@ pub fn describe() {
     describe_counter!(
         ROWS_REJECTED,
         "Rows refused, per table and reason (the offending field, or 'database')"
+    );
+    describe_counter!(
+        ROWS_CONFLICTING,
+        "Rows not stored because their id is stored with another timestamp, per table"
     );
     describe_counter!(BATCHES, "Batches received, per table");
     describe_counter!(
@@ -155,6 +160,7 @@ pub fn zero() {
             ROWS_RECEIVED,
             ROWS_STORED,
             ROWS_DUPLICATE,
+            ROWS_CONFLICTING,
             COPY_RETRIES,
             COPY_FAILURES,
             ROWS_SPOOLED,
@@ -253,6 +259,10 @@ pub fn rows_rejected(table: Table, reason: &str, n: u64) {
     let label = reason.split(['[', '.']).next().unwrap_or_default();
     let label = if label.is_empty() { "row" } else { label };
     counter!(ROWS_REJECTED, "table" => table.name(), "reason" => label.to_owned()).increment(n);
+}
+
+pub fn rows_conflicting(table: Table, n: u64) {
+    counter!(ROWS_CONFLICTING, "table" => table.name()).increment(n);
 }
 
 pub fn batch_refused(table: Table, reason: &'static str) {

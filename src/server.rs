@@ -222,6 +222,7 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
     let writer = Arc::new(CopyWriter::new(
         pool.clone(),
         cfg.pipeline.copy_retry_timeout,
+        cfg.pipeline.id_conflict_window,
         give_up.clone(),
     ));
     // After the ack: late-data refreshes (TimescaleDB) or our own retention (plain).

@@ -21,8 +21,28 @@ pub struct Rejection {
     pub index: u32,
     pub field: Cow<'static, str>,
     pub reason: String,
+    pub kind: RejectionKind,
+}
+
+/// What kind of refusal a row got (its `RowRejection.code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionKind {
+    /// Content the service cannot store.
+    Invalid,
     /// The row names a project its API key may not write to.
-    pub denied: bool,
+    Denied,
+    /// The row's id is stored with another timestamp.
+    Conflict,
+}
+
+impl RejectionKind {
+    pub fn code(self) -> &'static str {
+        match self {
+            RejectionKind::Invalid => "INVALID_ARGUMENT",
+            RejectionKind::Denied => "PERMISSION_DENIED",
+            RejectionKind::Conflict => "ALREADY_EXISTS",
+        }
+    }
 }
 
 impl Rejection {
@@ -31,14 +51,21 @@ impl Rejection {
             index,
             field: field.into(),
             reason: reason.into(),
-            denied: false,
+            kind: RejectionKind::Invalid,
         }
     }
 
     pub fn denied(index: u32, field: &'static str, reason: impl Into<String>) -> Self {
         Self {
-            denied: true,
+            kind: RejectionKind::Denied,
             ..Self::new(index, field, reason)
+        }
+    }
+
+    pub fn conflict(index: u32, reason: impl Into<String>) -> Self {
+        Self {
+            kind: RejectionKind::Conflict,
+            ..Self::new(index, "id", reason)
         }
     }
 }
@@ -50,12 +77,7 @@ impl From<Rejection> for pb::RowRejection {
             field: r.field.into_owned(),
             reason: r.reason,
             kind: String::new(),
-            code: if r.denied {
-                "PERMISSION_DENIED"
-            } else {
-                "INVALID_ARGUMENT"
-            }
-            .into(),
+            code: r.kind.code().into(),
         }
     }
 }

@@ -35,6 +35,8 @@ async fn compare_runs_every_case_and_prints_one_table() {
         "| A: psql \\copy binary, 1 stream | 3,000 |",
         "| A: psql \\copy binary, 2 streams | 3,000 |",
         "| B: loadgen → gRPC → service → COPY | 3,000 |",
+        "| B without the id conflict probe | 3,000 |",
+        "| B / B without the id conflict probe |",
         "| B at half rate, offered ",
         "| B under 3× overload, offered ",
         "| C: multi-row INSERT, one per batch | 3,000 |",

@@ -744,3 +744,54 @@ async fn a_project_is_its_host_and_path_compared_as_the_host_compares() {
     );
     svc.running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_id_resent_with_another_timestamp_is_a_conflict_not_a_second_row() {
+    let (_pg, conn, svc) = common::service("conflicts").await;
+    let mut client = common::client(&svc.endpoint).await;
+    let first: Vec<pb::AgentEvent> = (0..5).map(|_| common::event("acme/clock", 600)).collect();
+    let ack = common::ingest(&mut client, 1, first.clone()).await;
+    assert_eq!(ack.stored, 5, "{ack:?}");
+    // The client corrected its clock and resends: two rows with the old
+    // ids and new timestamps, one unchanged, two new.
+    let mut resend = first[..3].to_vec();
+    for e in &mut resend[..2] {
+        e.timestamp.as_mut().unwrap().seconds += 90;
+    }
+    resend.push(common::event("acme/clock", 5));
+    resend.push(common::event("acme/clock", 5));
+    let ack = common::ingest(&mut client, 2, resend).await;
+    assert_eq!(
+        (ack.stored, ack.duplicates, ack.conflicts),
+        (2, 1, 2),
+        "{ack:?}"
+    );
+    assert_eq!(
+        ack.stored + ack.duplicates + ack.rejected.len() as u32,
+        ack.received
+    );
+    let r: Vec<(u32, &str, &str)> = ack
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.field.as_str(), r.code.as_str()))
+        .collect();
+    assert_eq!(
+        r,
+        [(0, "id", "ALREADY_EXISTS"), (1, "id", "ALREADY_EXISTS")]
+    );
+    assert!(
+        ack.rejected[0].reason.contains("is stored with timestamp"),
+        "{:?}",
+        ack.rejected[0]
+    );
+    let db = common::db(&conn).await;
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_events").await,
+        7
+    );
+    assert_eq!(
+        common::count(&db, "SELECT count(DISTINCT id) FROM agent_events").await,
+        7
+    );
+    svc.running.shutdown().await.unwrap();
+}

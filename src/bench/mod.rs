@@ -107,6 +107,10 @@ pub enum Case {
     /// B: loadgen → gRPC → serve → COPY, as fast as acks allow.
     #[value(name = "service")]
     Service,
+    /// B with the id conflict probe off (`--id-conflict-window=0`): what
+    /// the probe costs.
+    #[value(name = "service-no-id-probe")]
+    ServiceNoIdProbe,
     /// B at half the rate the service case reached: ack latency.
     #[value(name = "service-half-rate")]
     ServiceHalf,
@@ -129,10 +133,11 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 9] = [
+    pub const ALL: [Case; 10] = [
         Case::Copy1,
         Case::Copy2,
         Case::Service,
+        Case::ServiceNoIdProbe,
         Case::ServiceHalf,
         Case::ServiceOverload,
         Case::ServiceResend,
@@ -146,6 +151,7 @@ impl Case {
             Case::Copy1 => "A: psql \\copy binary, 1 stream",
             Case::Copy2 => "A: psql \\copy binary, 2 streams",
             Case::Service => "B: loadgen → gRPC → service → COPY",
+            Case::ServiceNoIdProbe => "B without the id conflict probe",
             Case::ServiceHalf => "B at half rate",
             Case::ServiceOverload => "B under 3× overload",
             Case::ServiceResend => "B, every batch resent (all duplicates)",
@@ -159,6 +165,7 @@ impl Case {
         matches!(
             self,
             Case::Service
+                | Case::ServiceNoIdProbe
                 | Case::ServiceHalf
                 | Case::ServiceOverload
                 | Case::ServiceResend
@@ -291,8 +298,12 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
                 messages: 0,
                 ..LoadgenConfig::default()
             };
+            let mut serve_args = cfg.serve_args.clone();
+            if case == Case::ServiceNoIdProbe {
+                serve_args.push("--id-conflict-window=0s".into());
+            }
             let start_service =
-                || Service::start(&exe, &bench, cfg.timescaledb, &cfg.serve_args, log.clone());
+                || Service::start(&exe, &bench, cfg.timescaledb, &serve_args, log.clone());
             let (stored, elapsed) = match case {
                 Case::Copy1 => (
                     dataset.len() as u64,
@@ -310,7 +321,7 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
                     let n = cfg.single_insert_events.min(dataset.len());
                     (n as u64, cases::insert(&bench, &dataset, n, 1).await?)
                 }
-                Case::Service | Case::ServiceHalf => {
+                Case::Service | Case::ServiceNoIdProbe | Case::ServiceHalf => {
                     let rate = match case {
                         Case::ServiceHalf => service_rate.unwrap_or(0.0) / 2.0,
                         _ => 0.0,

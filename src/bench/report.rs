@@ -178,6 +178,13 @@ pub fn render(
         }
     };
     ratio(Case::Copy1, 1.0, "A (one stream)", &mut targets);
+    // What the id conflict probe (one query per flush) may cost.
+    ratio(
+        Case::ServiceNoIdProbe,
+        0.9,
+        "B without the id conflict probe",
+        &mut targets,
+    );
     ratio(Case::Copy2, 0.8, "A (two streams)", &mut targets);
     ratio(Case::InsertMulti, 3.0, "C (multi-row INSERT)", &mut targets);
     ratio(

@@ -135,15 +135,23 @@ enum Copied {
 pub struct CopyWriter {
     pool: Pool,
     retry_timeout: Duration,
+    /// `--id-conflict-window` in µs (0: no probe).
+    conflict_window_us: i64,
     /// Cancelled when the shutdown deadline has passed: stop retrying.
     give_up: CancellationToken,
 }
 
 impl CopyWriter {
-    pub fn new(pool: Pool, retry_timeout: Duration, give_up: CancellationToken) -> Self {
+    pub fn new(
+        pool: Pool,
+        retry_timeout: Duration,
+        conflict_window: Duration,
+        give_up: CancellationToken,
+    ) -> Self {
         Self {
             pool,
             retry_timeout,
+            conflict_window_us: conflict_window.as_micros() as i64,
             give_up,
         }
     }
@@ -162,6 +170,35 @@ impl CopyWriter {
                 rows: 0..p.rows(),
             })
             .collect();
+        // Rows whose id is stored with another timestamp are not copied:
+        // an id names one row (docs/reliability.md, "One id, one row").
+        let all = match self.probe_conflicts(table, &pieces, &all).await {
+            Ok(conflicts) => {
+                for (n, c) in conflicts.iter().enumerate() {
+                    if let Some((seg, r, stored_us)) = c.map(|s| locate(&all, n, s)) {
+                        let index = pieces[seg].row_index[r];
+                        let (_, ts) = row_key(table, &pieces[seg].slice(r..r + 1));
+                        outcomes[seg].conflicts += 1;
+                        outcomes[seg].rejected.push(Rejection::conflict(
+                            index,
+                            format!(
+                                "a row with this id is stored with timestamp {}; this one has {}: an id names one row, so it was not stored (give a new row a new id)",
+                                rfc3339_us(stored_us),
+                                rfc3339_us(ts)
+                            ),
+                        ));
+                    }
+                }
+                metrics::rows_conflicting(table, conflicts.iter().flatten().count() as u64);
+                only(&all, |n| conflicts[n].is_none())
+            }
+            // The probe is an extra: without it the COPY below still stores
+            // every row exactly once per (id, timestamp).
+            Err(e) => {
+                tracing::warn!(%table, error = %e, "id conflict probe failed; copying without it");
+                all
+            }
+        };
         // Work list instead of recursion: sets of rows still to copy.
         let mut work = vec![all];
         while let Some(set) = work.pop() {
@@ -216,6 +253,58 @@ impl CopyWriter {
             // The client may have gone away; its rows are stored regardless.
             let _ = piece.done.send(outcome);
         }
+    }
+
+    /// Per row of `set`, in order: the timestamp its id is stored with (or
+    /// comes with earlier in the same flush), when that is another one than
+    /// its own and within the conflict window. One query per flush, over
+    /// the flush's time range widened by the window; the primary key
+    /// `(id, timestamp)` answers it per chunk.
+    async fn probe_conflicts(
+        &self,
+        table: Table,
+        pieces: &[Piece],
+        set: &[Segment],
+    ) -> Result<Vec<Option<i64>>, CopyError> {
+        let keys: Vec<(Uuid, i64)> = set
+            .iter()
+            .flat_map(|seg| {
+                let piece = &pieces[seg.piece];
+                seg.rows
+                    .clone()
+                    .map(move |r| row_key(table, &piece.slice(r..r + 1)))
+            })
+            .collect();
+        if self.conflict_window_us == 0 || keys.is_empty() {
+            return Ok(vec![None; keys.len()]);
+        }
+        let w = self.conflict_window_us;
+        let (from, to) = keys
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(a, b), k| (a.min(k.1), b.max(k.1)));
+        let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+        let client = self.pool.get().await?;
+        let found = client
+            .query(
+                &format!(
+                    "SELECT id, \"timestamp\" FROM {} WHERE id = ANY($1) AND \"timestamp\" BETWEEN $2 AND $3",
+                    table.name()
+                ),
+                &[
+                    &ids,
+                    &pg_us_to_system_time(from.saturating_sub(w)),
+                    &pg_us_to_system_time(to.saturating_add(w)),
+                ],
+            )
+            .await?;
+        let mut stored: HashMap<Uuid, Vec<i64>> = HashMap::new();
+        for row in &found {
+            stored
+                .entry(row.get(0))
+                .or_default()
+                .push(system_time_to_pg_us(row.get(1)));
+        }
+        Ok(conflicts(&keys, &stored, w))
     }
 
     async fn copy_with_retry(
@@ -324,6 +413,45 @@ async fn already_stored(
         .iter()
         .map(|k| found.contains(k) || !seen.insert(*k))
         .collect())
+}
+
+/// Per key, in order: the other timestamp its id already has within `w`
+/// µs — stored (`stored`), or earlier in the same flush — unless the key
+/// itself is stored (a resend, counted as a duplicate by the COPY path).
+fn conflicts(keys: &[(Uuid, i64)], stored: &HashMap<Uuid, Vec<i64>>, w: i64) -> Vec<Option<i64>> {
+    let mut first_in_flush: HashMap<Uuid, i64> = HashMap::with_capacity(keys.len());
+    keys.iter()
+        .map(|&(id, ts)| {
+            let there = stored.get(&id).map(Vec::as_slice).unwrap_or_default();
+            if there.contains(&ts) {
+                return None;
+            }
+            let other = there
+                .iter()
+                .copied()
+                .find(|s| (s - ts).abs() <= w)
+                .or_else(|| {
+                    let first = *first_in_flush.entry(id).or_insert(ts);
+                    (first != ts && (first - ts).abs() <= w).then_some(first)
+                });
+            other
+        })
+        .collect()
+}
+
+/// The segment and row of the `n`-th row of `set`, with `v`.
+fn locate(set: &[Segment], mut n: usize, v: i64) -> (usize, usize, i64) {
+    for seg in set {
+        if n < seg.rows.len() {
+            return (seg.piece, seg.rows.start + n, v);
+        }
+        n -= seg.rows.len();
+    }
+    unreachable!("row {n} beyond its set")
+}
+
+fn rfc3339_us(us: i64) -> String {
+    humantime::format_rfc3339_micros(pg_us_to_system_time(us)).to_string()
 }
 
 /// The rows of `set` (numbered in order) that `keep` selects, as segments.
@@ -516,6 +644,24 @@ mod tests {
                 .map(|s| (s.piece, s.rows.clone()))
                 .collect::<Vec<_>>(),
             vec![(0, 2..3), (0, 4..6), (1, 1..3)]
+        );
+    }
+
+    #[test]
+    fn an_id_with_another_timestamp_is_a_conflict_within_the_window() {
+        let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let stored: HashMap<Uuid, Vec<i64>> = [(a, vec![1_000]), (b, vec![5_000])].into();
+        let keys = [
+            (a, 1_000), // a resend: a duplicate, not a conflict
+            (a, 1_500), // the same id, another timestamp
+            (b, 9_000), // beyond the window of 2,000
+            (c, 100),   // new ...
+            (c, 100),   // ... twice in one flush: a duplicate
+            (c, 200),   // ... and again with another timestamp
+        ];
+        assert_eq!(
+            conflicts(&keys, &stored, 2_000),
+            [None, Some(1_000), None, None, None, Some(100)]
         );
     }
 
