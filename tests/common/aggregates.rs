@@ -1,0 +1,215 @@
+//! What every TimescaleDB test checks: each continuous aggregate against
+//! the same figures computed directly from the raw rows, in real time and
+//! materialised only; and the inputs that reach the storage's limits.
+
+use tokio_postgres::Client;
+
+/// Each test as `<name>::pglite` and `<name>::native` (the test file has
+/// `TsDb` in scope).
+#[macro_export]
+macro_rules! on_timescaledb {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pglite() {
+                super::$name(super::TsDb::pglite()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn native() {
+                if let Some(db) = super::TsDb::native(concat!(stringify!($name), "::native")).await {
+                    super::$name(db).await
+                }
+            }
+        }
+    )*};
+}
+
+pub const ORIGIN: &str = "TIMESTAMPTZ '2000-01-03 00:00:00+00'";
+
+/// (view, its columns, the same figures computed directly from raw rows).
+pub fn direct_aggregates() -> Vec<(&'static str, &'static str, String)> {
+    let events = |width: &str, filter: &str, keys: &str, figures: &str| {
+        format!(
+            "SELECT date_bin(INTERVAL '{width}', \"timestamp\", {ORIGIN}) AS bucket, {keys}, {figures}
+             FROM agent_events {filter} GROUP BY 1, {keys}"
+        )
+    };
+    let event_figures = "count(*), count(*) FILTER (WHERE severity = 'error'), count(duration_ms),
+        sum(duration_ms), max(duration_ms), sum(input_tokens), sum(output_tokens),
+        sum(cached_tokens), sum(cost_usd)";
+    vec![
+        (
+            "agent_events_hourly",
+            "bucket, project_id, agent_id, event_type, event_count, error_count, duration_count,
+             duration_ms_sum, duration_ms_max, input_tokens, output_tokens, cached_tokens,
+             cost_usd, duration_ms_avg",
+            events(
+                "1 hour",
+                "",
+                "project_id, agent_id, event_type",
+                &format!("{event_figures}, avg(duration_ms)"),
+            ),
+        ),
+        (
+            "agent_events_daily",
+            "bucket, project_id, agent_id, event_type, event_count, error_count, duration_count,
+             duration_ms_sum, duration_ms_max, input_tokens, output_tokens, cached_tokens,
+             cost_usd, duration_ms_avg",
+            events(
+                "1 day",
+                "",
+                "project_id, agent_id, event_type",
+                &format!(
+                    "{event_figures}, sum(duration_ms) / NULLIF(count(duration_ms), 0)"
+                ),
+            ),
+        ),
+        (
+            "llm_usage_daily",
+            "bucket, project_id, agent_id, model, requests, error_count, input_tokens,
+             output_tokens, cached_tokens, cost_usd, latency_ms_avg, latency_ms_max,
+             latency_ms_p50, latency_ms_p95",
+            events(
+                "1 day",
+                "WHERE model IS NOT NULL",
+                "project_id, agent_id, model",
+                "count(*), count(*) FILTER (WHERE severity = 'error'), sum(input_tokens),
+                 sum(output_tokens), sum(cached_tokens), sum(cost_usd), avg(duration_ms),
+                 max(duration_ms), percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms),
+                 percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms)",
+            ),
+        ),
+        (
+            "tool_usage_daily",
+            "bucket, project_id, agent_id, tool_name, calls, failures, duration_count, duration_ms_sum",
+            events(
+                "1 day",
+                "WHERE event_type = 'tool_use' AND data ? 'tool_name'",
+                "project_id, agent_id, agent_telemetry_group_key(data ->> 'tool_name')",
+                "count(*), count(*) FILTER (WHERE data ->> 'success' = 'false' OR severity = 'error'),
+                 count(duration_ms), sum(duration_ms)",
+            ),
+        ),
+        (
+            "file_activity_daily",
+            "bucket, project_id, agent_id, file_path, reads, writes, lines_added, lines_removed",
+            events(
+                "1 day",
+                "WHERE event_type IN ('file_read', 'file_write', 'file_modify') AND data ? 'path'",
+                "project_id, agent_id, agent_telemetry_group_key(data ->> 'path')",
+                "count(*) FILTER (WHERE event_type = 'file_read'),
+                 count(*) FILTER (WHERE event_type <> 'file_read'),
+                 sum((data ->> 'lines_added')::bigint), sum((data ->> 'lines_removed')::bigint)",
+            ),
+        ),
+        (
+            "chat_activity_hourly",
+            "bucket, project_id, agent_type, role, messages, content_bytes, sessions",
+            format!(
+                "SELECT date_bin(INTERVAL '1 hour', \"timestamp\", {ORIGIN}) AS bucket, project_id, agent_type,
+                        role, count(*), sum(octet_length(content)), count(DISTINCT session_id)
+                 FROM chat_messages GROUP BY 1, 2, 3, 4"
+            ),
+        ),
+    ]
+}
+
+/// Asserts each aggregate holds exactly the direct figures, and is not empty.
+pub async fn assert_aggregates_exact(db: &Client) {
+    for (view, _, _) in direct_aggregates() {
+        let rows = super::count(db, &format!("SELECT count(*) FROM {view}")).await;
+        assert!(rows > 0, "{view} is empty");
+    }
+    assert_aggregates_match(db, |_| "true".into()).await;
+}
+
+/// Asserts each aggregate holds exactly the direct figures in the buckets
+/// `filter(view)` (an SQL condition on `bucket`) selects.
+pub async fn assert_aggregates_match(db: &Client, filter: impl Fn(&str) -> String) {
+    for (view, cols, direct) in direct_aggregates() {
+        let cond = filter(view);
+        let mine = format!("SELECT {cols} FROM {view} WHERE {cond}");
+        let direct = format!("SELECT * FROM ({direct}) d WHERE {cond}");
+        let diff = super::count(
+            db,
+            &format!(
+                "SELECT count(*) FROM (({mine} EXCEPT ALL {direct}) UNION ALL ({direct} EXCEPT ALL {mine})) d"
+            ),
+        )
+        .await;
+        assert_eq!(
+            diff, 0,
+            "{view} differs from the raw rows in {diff} rows ({cond})"
+        );
+    }
+}
+
+/// Whether `view` has hourly buckets (else daily).
+pub fn is_hourly(view: &str) -> bool {
+    view.ends_with("_hourly")
+}
+
+pub const VIEWS_IN_REFRESH_ORDER: [&str; 6] = [
+    "agent_events_hourly",
+    "agent_events_daily",
+    "llm_usage_daily",
+    "tool_usage_daily",
+    "file_activity_daily",
+    "chat_activity_hourly",
+];
+
+/// Materialises everything, then turns real-time off so that only
+/// materialised figures are read.
+pub async fn materialise_all(db: &Client) {
+    // Native TimescaleDB's scheduler runs the refresh policies by itself; a
+    // policy run colliding with the refresh below failed it once ("refresh
+    // file_activity_daily: db error"). Off the schedule, only ours run.
+    db.batch_execute(
+        "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs
+         WHERE proc_name = 'policy_refresh_continuous_aggregate'",
+    )
+    .await
+    .expect("take the refresh policies off the schedule");
+    for view in VIEWS_IN_REFRESH_ORDER {
+        let sql = format!("CALL refresh_continuous_aggregate('{view}', NULL, NULL)");
+        // A policy run already under way when the schedule changed can
+        // still collide once.
+        let mut attempt = 1;
+        while let Err(e) = db.batch_execute(&sql).await {
+            assert!(attempt < 3, "refresh {view}: {e:?}");
+            eprintln!("refresh {view}, attempt {attempt}: {e:?}; again");
+            attempt += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+}
+
+pub async fn set_materialized_only(db: &Client, on: bool) {
+    for view in VIEWS_IN_REFRESH_ORDER {
+        db.batch_execute(&format!(
+            "ALTER MATERIALIZED VIEW {view} SET (timescaledb.materialized_only = {on})"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{view}: {e}"));
+    }
+}
+
+/// `bytes` bytes of incompressible text (random letters and digits, some
+/// of them two bytes long), so no index entry gets smaller by compression.
+pub fn noise(rng: &mut impl rand::Rng, bytes: usize) -> String {
+    const CHARS: &[char] = &[
+        'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'k', 'm', 'n', 'p', 'q', 'r', 's', 't', 'w', 'x',
+        'y', 'z', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'é', 'ß', 'ø',
+    ];
+    let mut s = String::with_capacity(bytes);
+    while s.len() < bytes {
+        let c = CHARS[rng.random_range(0..CHARS.len())];
+        if s.len() + c.len_utf8() <= bytes {
+            s.push(c);
+        } else {
+            s.push('z');
+        }
+    }
+    s
+}
