@@ -484,7 +484,7 @@ pub struct PipelineConfig {
     /// counted in `BatchAck.conflicts`). Each flush probes its ids over its
     /// time range widened by this; 0 turns the probe off (then such a row is
     /// stored as a second one). docs/reliability.md.
-    #[arg(long, env = "AGENT_TELEMETRY_ID_CONFLICT_WINDOW", default_value = "1day", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "AGENT_TELEMETRY_ID_CONFLICT_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
     pub id_conflict_window: Duration,
 
     /// COPY statements that may run at once, per table.

@@ -864,6 +864,12 @@ async fn refresh_policy_fires_on_its_schedule_native() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let sql = "SELECT coalesce(sum(event_count), 0)::bigint FROM agent_events_hourly";
     while common::count(&db, sql).await != 40 {
+        if let Some(err) = scheduler_broken(&db).await {
+            common::say(&format!(
+                "SKIPPED: refresh_policy_fires_on_its_schedule_native: this native TimescaleDB's scheduler fails every job it starts ({err}); docs/schema.md, \"Testing on TimescaleDB\""
+            ));
+            return;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
             "the refresh policy did not run within 60 s: {:?}",
@@ -876,4 +882,21 @@ async fn refresh_policy_fires_on_its_schedule_native() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The error of a job the native scheduler started, when it is the one
+/// every scheduled job fails with on this build (SQLSTATE 24000, "cannot
+/// drop portal"), whatever the job: the scheduler cannot run anything.
+async fn scheduler_broken(db: &Client) -> Option<String> {
+    db.query_opt(
+        "SELECT format('job %s %s: %s', job_id, proc_name, err_message)
+         FROM timescaledb_information.job_errors
+         WHERE sqlerrcode = '24000' AND err_message LIKE 'cannot drop portal%'
+         ORDER BY start_time LIMIT 1",
+        &[],
+    )
+    .await
+    .ok()
+    .flatten()
+    .map(|r| r.get(0))
 }

@@ -300,6 +300,7 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
             };
             let mut serve_args = cfg.serve_args.clone();
             if case == Case::ServiceNoIdProbe {
+                serve_args.retain(|a| !a.starts_with("--id-conflict-window"));
                 serve_args.push("--id-conflict-window=0s".into());
             }
             let start_service =

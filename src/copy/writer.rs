@@ -170,37 +170,48 @@ impl CopyWriter {
                 rows: 0..p.rows(),
             })
             .collect();
-        // Rows whose id is stored with another timestamp are not copied:
-        // an id names one row (docs/reliability.md, "One id, one row").
-        let all = match self.probe_conflicts(table, &pieces, &all).await {
-            Ok(conflicts) => {
-                for (n, c) in conflicts.iter().enumerate() {
-                    if let Some((seg, r, stored_us)) = c.map(|s| locate(&all, n, s)) {
-                        let index = pieces[seg].row_index[r];
-                        let (_, ts) = row_key(table, &pieces[seg].slice(r..r + 1));
-                        outcomes[seg].conflicts += 1;
-                        outcomes[seg].rejected.push(Rejection::conflict(
-                            index,
-                            format!(
-                                "a row with this id is stored with timestamp {}; this one has {}: an id names one row, so it was not stored (give a new row a new id)",
-                                rfc3339_us(stored_us),
-                                rfc3339_us(ts)
-                            ),
-                        ));
+        // One probe of the flush's keys: rows already stored (a resend) are
+        // counted as duplicates and not copied, which spares the resend path
+        // a failed COPY; rows whose id is stored with another timestamp are
+        // rejected (docs/reliability.md, "One id, one row").
+        let all = match self.probe(table, &pieces, &all).await {
+            Ok(probed) => {
+                let mut conflicting = 0;
+                let rows = all
+                    .iter()
+                    .flat_map(|s| s.rows.clone().map(move |r| (s.piece, r)));
+                for ((seg, r), p) in rows.zip(&probed) {
+                    match *p {
+                        Probe::New => {}
+                        Probe::Stored => outcomes[seg].duplicates += 1,
+                        Probe::Conflict(stored_us) => {
+                            let index = pieces[seg].row_index[r];
+                            let (_, ts) = row_key(table, &pieces[seg].slice(r..r + 1));
+                            conflicting += 1;
+                            outcomes[seg].conflicts += 1;
+                            outcomes[seg].rejected.push(Rejection::conflict(
+                                index,
+                                format!(
+                                    "a row with this id is stored with timestamp {}; this one has {}: an id names one row, so it was not stored (give a new row a new id)",
+                                    rfc3339_us(stored_us),
+                                    rfc3339_us(ts)
+                                ),
+                            ));
+                        }
                     }
                 }
-                metrics::rows_conflicting(table, conflicts.iter().flatten().count() as u64);
-                only(&all, |n| conflicts[n].is_none())
+                metrics::rows_conflicting(table, conflicting);
+                only(&all, |n| probed[n] == Probe::New)
             }
             // The probe is an extra: without it the COPY below still stores
             // every row exactly once per (id, timestamp).
             Err(e) => {
-                tracing::warn!(%table, error = %e, "id conflict probe failed; copying without it");
+                tracing::warn!(%table, error = %e, "id probe failed; copying without it");
                 all
             }
         };
         // Work list instead of recursion: sets of rows still to copy.
-        let mut work = vec![all];
+        let mut work = if all.is_empty() { vec![] } else { vec![all] };
         while let Some(set) = work.pop() {
             match self.copy_with_retry(table, &pieces, &set).await {
                 Ok(copied) => record(&set, copied, &mut outcomes),
@@ -255,56 +266,25 @@ impl CopyWriter {
         }
     }
 
-    /// Per row of `set`, in order: the timestamp its id is stored with (or
-    /// comes with earlier in the same flush), when that is another one than
-    /// its own and within the conflict window. One query per flush, over
-    /// the flush's time range widened by the window; the primary key
-    /// `(id, timestamp)` answers it per chunk.
-    async fn probe_conflicts(
+    /// Per row of `set`, in order: what the table already holds of its id
+    /// (see [`probe_keys`]). One query per flush, over the flush's time
+    /// range widened by the conflict window; the primary key `(id,
+    /// timestamp)` answers it per chunk. With the window at 0, no probe:
+    /// every row is taken as new, and the COPY's unique check finds resends.
+    async fn probe(
         &self,
         table: Table,
         pieces: &[Piece],
         set: &[Segment],
-    ) -> Result<Vec<Option<i64>>, CopyError> {
-        let keys: Vec<(Uuid, i64)> = set
-            .iter()
-            .flat_map(|seg| {
-                let piece = &pieces[seg.piece];
-                seg.rows
-                    .clone()
-                    .map(move |r| row_key(table, &piece.slice(r..r + 1)))
-            })
-            .collect();
+    ) -> Result<Vec<Probe>, CopyError> {
+        let keys = keys_of(table, pieces, set);
         if self.conflict_window_us == 0 || keys.is_empty() {
-            return Ok(vec![None; keys.len()]);
+            return Ok(vec![Probe::New; keys.len()]);
         }
         let w = self.conflict_window_us;
-        let (from, to) = keys
-            .iter()
-            .fold((i64::MAX, i64::MIN), |(a, b), k| (a.min(k.1), b.max(k.1)));
-        let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
         let client = self.pool.get().await?;
-        let found = client
-            .query(
-                &format!(
-                    "SELECT id, \"timestamp\" FROM {} WHERE id = ANY($1) AND \"timestamp\" BETWEEN $2 AND $3",
-                    table.name()
-                ),
-                &[
-                    &ids,
-                    &pg_us_to_system_time(from.saturating_sub(w)),
-                    &pg_us_to_system_time(to.saturating_add(w)),
-                ],
-            )
-            .await?;
-        let mut stored: HashMap<Uuid, Vec<i64>> = HashMap::new();
-        for row in &found {
-            stored
-                .entry(row.get(0))
-                .or_default()
-                .push(system_time_to_pg_us(row.get(1)));
-        }
-        Ok(conflicts(&keys, &stored, w))
+        let stored = stored_keys(&client, table, &keys, w).await?;
+        Ok(probe_keys(&keys, &stored, w))
     }
 
     async fn copy_with_retry(
@@ -377,19 +357,40 @@ async fn already_stored(
     pieces: &[Piece],
     set: &[Segment],
 ) -> Result<Vec<bool>, CopyError> {
-    let keys: Vec<(Uuid, i64)> = set
+    let keys = keys_of(table, pieces, set);
+    let found = stored_keys(client, table, &keys, 0).await?;
+    // A row twice in one flush (resent while the first send was still
+    // buffered) is stored once: later occurrences count as duplicates.
+    let mut seen = std::collections::HashSet::with_capacity(keys.len());
+    Ok(keys
         .iter()
+        .map(|k| found.get(&k.0).is_some_and(|ts| ts.contains(&k.1)) || !seen.insert(*k))
+        .collect())
+}
+
+/// The keys of the rows of `set`, in order.
+fn keys_of(table: Table, pieces: &[Piece], set: &[Segment]) -> Vec<(Uuid, i64)> {
+    set.iter()
         .flat_map(|seg| {
             let piece = &pieces[seg.piece];
             seg.rows
                 .clone()
                 .map(move |r| row_key(table, &piece.slice(r..r + 1)))
         })
-        .collect();
+        .collect()
+}
+
+/// The timestamps stored for each id of `keys`, within their time range
+/// widened by `margin_us`. The time range lets the planner skip other
+/// chunks; `id = ANY` probes the primary key (id, timestamp) once per id
+/// and chunk.
+async fn stored_keys(
+    client: &Object,
+    table: Table,
+    keys: &[(Uuid, i64)],
+    margin_us: i64,
+) -> Result<HashMap<Uuid, Vec<i64>>, CopyError> {
     let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
-    // The time range lets the planner skip other chunks; `id = ANY` probes
-    // the primary key (id, timestamp) once per id. The exact pairs are
-    // matched below.
     let (from, to) = keys
         .iter()
         .fold((i64::MAX, i64::MIN), |(a, b), k| (a.min(k.1), b.max(k.1)));
@@ -399,32 +400,46 @@ async fn already_stored(
                 "SELECT id, \"timestamp\" FROM {} WHERE id = ANY($1) AND \"timestamp\" BETWEEN $2 AND $3",
                 table.name()
             ),
-            &[&ids, &pg_us_to_system_time(from), &pg_us_to_system_time(to)],
+            &[
+                &ids,
+                &pg_us_to_system_time(from.saturating_sub(margin_us)),
+                &pg_us_to_system_time(to.saturating_add(margin_us)),
+            ],
         )
         .await?;
-    let found: std::collections::HashSet<(Uuid, i64)> = found
-        .iter()
-        .map(|r| (r.get(0), system_time_to_pg_us(r.get(1))))
-        .collect();
-    // A row twice in one flush (resent while the first send was still
-    // buffered) is stored once: later occurrences count as duplicates.
-    let mut seen = std::collections::HashSet::with_capacity(keys.len());
-    Ok(keys
-        .iter()
-        .map(|k| found.contains(k) || !seen.insert(*k))
-        .collect())
+    let mut stored: HashMap<Uuid, Vec<i64>> = HashMap::with_capacity(found.len());
+    for row in &found {
+        stored
+            .entry(row.get(0))
+            .or_default()
+            .push(system_time_to_pg_us(row.get(1)));
+    }
+    Ok(stored)
 }
 
-/// Per key, in order: the other timestamp its id already has within `w`
-/// µs — stored (`stored`), or earlier in the same flush — unless the key
-/// itself is stored (a resend, counted as a duplicate by the COPY path).
-fn conflicts(keys: &[(Uuid, i64)], stored: &HashMap<Uuid, Vec<i64>>, w: i64) -> Vec<Option<i64>> {
+/// What the table holds of one row's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// Nothing: copy it.
+    New,
+    /// The same id and timestamp: a resend, a duplicate.
+    Stored,
+    /// The id with another timestamp (this one, in µs).
+    Conflict(i64),
+}
+
+/// Per key, in order: [`Probe::Stored`] when the key is stored; else
+/// [`Probe::Conflict`] when its id is stored with another timestamp within
+/// `w` µs, or comes earlier in the same flush with another one; else new.
+/// (A key twice in one flush, not stored, is new both times: the COPY path
+/// stores it once and counts the other as a duplicate.)
+fn probe_keys(keys: &[(Uuid, i64)], stored: &HashMap<Uuid, Vec<i64>>, w: i64) -> Vec<Probe> {
     let mut first_in_flush: HashMap<Uuid, i64> = HashMap::with_capacity(keys.len());
     keys.iter()
         .map(|&(id, ts)| {
             let there = stored.get(&id).map(Vec::as_slice).unwrap_or_default();
             if there.contains(&ts) {
-                return None;
+                return Probe::Stored;
             }
             let other = there
                 .iter()
@@ -434,20 +449,9 @@ fn conflicts(keys: &[(Uuid, i64)], stored: &HashMap<Uuid, Vec<i64>>, w: i64) -> 
                     let first = *first_in_flush.entry(id).or_insert(ts);
                     (first != ts && (first - ts).abs() <= w).then_some(first)
                 });
-            other
+            other.map_or(Probe::New, Probe::Conflict)
         })
         .collect()
-}
-
-/// The segment and row of the `n`-th row of `set`, with `v`.
-fn locate(set: &[Segment], mut n: usize, v: i64) -> (usize, usize, i64) {
-    for seg in set {
-        if n < seg.rows.len() {
-            return (seg.piece, seg.rows.start + n, v);
-        }
-        n -= seg.rows.len();
-    }
-    unreachable!("row {n} beyond its set")
 }
 
 fn rfc3339_us(us: i64) -> String {
@@ -652,16 +656,17 @@ mod tests {
         let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
         let stored: HashMap<Uuid, Vec<i64>> = [(a, vec![1_000]), (b, vec![5_000])].into();
         let keys = [
-            (a, 1_000), // a resend: a duplicate, not a conflict
+            (a, 1_000), // a resend: a duplicate, not copied again
             (a, 1_500), // the same id, another timestamp
             (b, 9_000), // beyond the window of 2,000
             (c, 100),   // new ...
             (c, 100),   // ... twice in one flush: a duplicate
             (c, 200),   // ... and again with another timestamp
         ];
+        use Probe::*;
         assert_eq!(
-            conflicts(&keys, &stored, 2_000),
-            [None, Some(1_000), None, None, None, Some(100)]
+            probe_keys(&keys, &stored, 2_000),
+            [Stored, Conflict(1_000), New, New, New, Conflict(100)]
         );
     }
 
