@@ -24,7 +24,10 @@ use std::{
 use agent_telemetry::{loadgen::r#gen::Generator, pb, validate::MAX_KEY_BYTES};
 use common::{
     TsDb,
-    aggregates::{assert_aggregates_match, is_hourly, noise, set_materialized_only},
+    aggregates::{
+        assert_aggregates_match, execute_allowing_a_collision, is_hourly, noise,
+        set_materialized_only,
+    },
 };
 use rand::{Rng, SeedableRng, rngs::SmallRng, seq::SliceRandom};
 use tokio_postgres::Client;
@@ -406,13 +409,7 @@ async fn refresh_settled(db: &Client) {
             .unwrap()
             .get(0);
         let sql = format!("CALL refresh_continuous_aggregate('{view}', NULL, '{end}')");
-        // A policy run of native TimescaleDB's scheduler can collide once.
-        let mut attempt = 1;
-        while let Err(e) = db.batch_execute(&sql).await {
-            assert!(attempt < 3, "refresh {view}: {e:?}");
-            attempt += 1;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        execute_allowing_a_collision(db, &sql).await;
     }
 }
 
@@ -503,14 +500,7 @@ async fn check_jobs(db: &Client, at: &str) {
         .collect();
     assert_eq!(jobs.len(), 6, "{at}: a refresh policy per aggregate");
     for job in jobs {
-        // A run already under way when the schedule was changed can
-        // collide once.
-        let mut attempt = 1;
-        while let Err(e) = db.batch_execute(&format!("CALL run_job({job})")).await {
-            assert!(attempt < 3, "{at}: refresh policy job {job}: {e:?}");
-            attempt += 1;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        execute_allowing_a_collision(db, &format!("CALL run_job({job})")).await;
     }
 }
 

@@ -173,15 +173,20 @@ pub async fn materialise_all(db: &Client) {
     .expect("take the refresh policies off the schedule");
     for view in VIEWS_IN_REFRESH_ORDER {
         let sql = format!("CALL refresh_continuous_aggregate('{view}', NULL, NULL)");
-        // A policy run already under way when the schedule changed can
-        // still collide once.
-        let mut attempt = 1;
-        while let Err(e) = db.batch_execute(&sql).await {
-            assert!(attempt < 3, "refresh {view}: {e:?}");
-            eprintln!("refresh {view}, attempt {attempt}: {e:?}; again");
-            attempt += 1;
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        }
+        execute_allowing_a_collision(db, &sql).await;
+    }
+}
+
+/// Runs `sql` (a refresh or a job), once more if it fails: a policy run of
+/// native TimescaleDB's scheduler already under way when the schedule was
+/// changed can collide with it once.
+pub async fn execute_allowing_a_collision(db: &Client, sql: &str) {
+    let mut attempt = 1;
+    while let Err(e) = db.batch_execute(sql).await {
+        assert!(attempt < 3, "{sql}: {e:?}");
+        eprintln!("{sql}, attempt {attempt}: {e:?}; again");
+        attempt += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 
