@@ -109,3 +109,35 @@ impl std::fmt::Display for Table {
         f.write_str(self.name())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_copied_column_names_its_proto_field() {
+        // The column → field table is kept by hand beside the encoder's
+        // column list: a column added to one must be added to the other, or
+        // a row the database refuses would be rejected with no field.
+        for table in Table::ALL {
+            let columns: Vec<&str> = table.columns().split(',').map(str::trim).collect();
+            let mapped: Vec<&str> = table.columns_and_fields().iter().map(|(c, _)| *c).collect();
+            assert_eq!(
+                columns
+                    .iter()
+                    .map(|c| c.trim_matches('"'))
+                    .collect::<Vec<_>>(),
+                mapped,
+                "{table}"
+            );
+        }
+        assert_eq!(
+            Table::AgentEvents.proto_field("\"data\""),
+            Some("data_json")
+        );
+        assert_eq!(
+            Table::ChatMessages.proto_field("metadata"),
+            Some("metadata_json")
+        );
+    }
+}
