@@ -661,28 +661,20 @@ async fn a_chat_session_keeps_its_first_project_and_its_messages_follow_it() {
     assert_eq!(report.rejected[0].field, "workspace.project.name");
 
     let db = common::db(&conn).await;
-    let projects = |sql: &str| {
-        let sql = sql.to_owned();
-        let db = &db;
-        async move {
-            db.query(&sql, &[])
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<_, String>(0))
-                .collect::<Vec<String>>()
-        }
-    };
     assert_eq!(
-        projects(
+        common::strings(
+            &db,
             "SELECT DISTINCT p.full_name FROM chat_messages m JOIN projects p ON p.id = m.project_id"
         )
         .await,
         ["acme/first"]
     );
     assert_eq!(
-        projects("SELECT p.full_name FROM chat_sessions s JOIN projects p ON p.id = s.project_id")
-            .await,
+        common::strings(
+            &db,
+            "SELECT p.full_name FROM chat_sessions s JOIN projects p ON p.id = s.project_id"
+        )
+        .await,
         ["acme/first"]
     );
     assert_eq!(

@@ -526,18 +526,7 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
             })
         })
         .expect("the panel");
-    let all = |sql: &str| {
-        let db = &db;
-        let sql = sql.to_owned();
-        async move {
-            db.query(&sql, &[])
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<_, String>(0))
-                .collect::<Vec<_>>()
-        }
-    };
+    let all = |sql: &'static str| common::strings(&db, sql);
     let fmt = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
     let grafana = common::grafana::Grafana {
         from: fmt(SystemTime::now() - Duration::from_secs(86_400)),

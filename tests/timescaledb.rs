@@ -42,14 +42,7 @@ async fn migrate(conn: &str, storage: &StorageConfig) -> Report {
         .expect("migrate")
 }
 
-async fn strings(db: &Client, sql: &str) -> Vec<String> {
-    db.query(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
+use common::strings;
 
 async fn text(db: &Client, sql: &str) -> String {
     db.query_one(sql, &[])

@@ -176,6 +176,16 @@ pub async fn db(conn: &str) -> Client {
         .expect("connect to test database")
 }
 
+/// The first column of every row of `sql`, as text.
+pub async fn strings(db: &Client, sql: &str) -> Vec<String> {
+    db.query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 pub async fn count(db: &Client, sql: &str) -> i64 {
     db.query_one(sql, &[])
         .await
