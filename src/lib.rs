@@ -45,4 +45,5 @@ pub mod pb;
 pub mod server;
 pub mod shutdown;
 pub mod spool;
+pub mod time;
 pub mod validate;

@@ -558,7 +558,7 @@ fn spawn_spool_gauges(log: spool::log::Log, backlog: Arc<Backlog>, stop: Cancell
                 Duration::ZERO
             } else {
                 std::time::SystemTime::now()
-                    .duration_since(spool::from_unix_us(oldest))
+                    .duration_since(crate::time::from_unix_us(oldest))
                     .unwrap_or_default()
             };
             metrics::spool_state(log.used(), age);

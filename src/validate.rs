@@ -12,7 +12,11 @@ use std::borrow::Cow;
 use prost::Message;
 use uuid::Uuid;
 
-use crate::{config::Limits, pb};
+use crate::{
+    config::Limits,
+    pb,
+    time::{system_time_to_pg_us, timestamp_to_pg_us},
+};
 
 /// Why one row was not accepted. Resending it unchanged will not help.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,12 +86,6 @@ impl From<Rejection> for pb::RowRejection {
     }
 }
 
-/// Seconds from the Unix epoch to PostgreSQL's epoch (2000-01-01 UTC).
-const PG_EPOCH_OFFSET_S: i64 = 946_684_800;
-/// The protobuf Timestamp range: 0001-01-01T00:00:00Z ..= 9999-12-31T23:59:59Z.
-const PROTO_MIN_S: i64 = -62_135_596_800;
-const PROTO_MAX_S: i64 = 253_402_300_799;
-
 /// The accepted time window, in microseconds since the PostgreSQL epoch.
 #[derive(Debug, Clone, Copy)]
 pub struct TimeWindow {
@@ -106,38 +104,6 @@ impl TimeWindow {
             now_us,
         }
     }
-}
-
-pub fn system_time_to_pg_us(t: std::time::SystemTime) -> i64 {
-    let unix_us = match t.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_micros() as i64,
-        Err(e) => -(e.duration().as_micros() as i64),
-    };
-    unix_us - PG_EPOCH_OFFSET_S * 1_000_000
-}
-
-pub fn pg_us_to_system_time(us: i64) -> std::time::SystemTime {
-    let unix_us = us + PG_EPOCH_OFFSET_S * 1_000_000;
-    if unix_us >= 0 {
-        std::time::UNIX_EPOCH + std::time::Duration::from_micros(unix_us as u64)
-    } else {
-        std::time::UNIX_EPOCH - std::time::Duration::from_micros(unix_us.unsigned_abs())
-    }
-}
-
-/// Converts a protobuf timestamp to microseconds since the PostgreSQL epoch
-/// (nanoseconds are truncated: PostgreSQL keeps microseconds).
-pub fn timestamp_to_pg_us(ts: &prost_types::Timestamp) -> Result<i64, String> {
-    if !(PROTO_MIN_S..=PROTO_MAX_S).contains(&ts.seconds) {
-        return Err(format!(
-            "seconds {} outside the protobuf Timestamp range",
-            ts.seconds
-        ));
-    }
-    if !(0..1_000_000_000).contains(&ts.nanos) {
-        return Err(format!("nanos {} outside 0..999999999", ts.nanos));
-    }
-    Ok((ts.seconds - PG_EPOCH_OFFSET_S) * 1_000_000 + i64::from(ts.nanos / 1000))
 }
 
 /// Decodes one row of a batch. prost's error names the message and field it
@@ -728,13 +694,13 @@ mod tests {
     #[test]
     fn timestamps_convert_and_respect_limits() {
         let ts = prost_types::Timestamp {
-            seconds: PG_EPOCH_OFFSET_S + 1,
+            seconds: crate::time::PG_EPOCH_OFFSET_S + 1,
             nanos: 2_500,
         };
         assert_eq!(timestamp_to_pg_us(&ts).unwrap(), 1_000_002);
         assert!(
             timestamp_to_pg_us(&prost_types::Timestamp {
-                seconds: PROTO_MAX_S + 1,
+                seconds: crate::time::PROTO_MAX_S + 1,
                 nanos: 0
             })
             .is_err()
@@ -755,7 +721,7 @@ mod tests {
         assert!(
             check_time(
                 Some(&prost_types::Timestamp {
-                    seconds: PG_EPOCH_OFFSET_S - 1,
+                    seconds: crate::time::PG_EPOCH_OFFSET_S - 1,
                     nanos: 0
                 }),
                 w

@@ -146,7 +146,7 @@ impl Intake {
     /// A spooled entry, replayed: through the same path as a client's batch,
     /// with timestamps checked against the time it was received.
     pub async fn store(&self, entry: Entry) -> Result<Accepted, IngestError> {
-        let received_at = spool::from_unix_us(entry.received_at_us);
+        let received_at = crate::time::from_unix_us(entry.received_at_us);
         match entry.batch {
             spool::Batch::Events(b) => self.store_events(b, received_at, &entry.scope).await,
             spool::Batch::Messages(b) => self.store_messages(b, received_at, &entry.scope).await,
@@ -376,7 +376,7 @@ impl Intake {
             .map(|&i| batch.events[i as usize].clone())
             .collect();
         let entry = Entry {
-            received_at_us: spool::unix_us(now),
+            received_at_us: crate::time::unix_us(now),
             scope: scope.clone(),
             indices,
             batch: spool::Batch::Events(pb::wire::AgentEventBatch {
@@ -470,7 +470,7 @@ impl Intake {
             .map(|&i| batch.messages[i as usize].clone())
             .collect();
         let entry = Entry {
-            received_at_us: spool::unix_us(now),
+            received_at_us: crate::time::unix_us(now),
             scope: scope.clone(),
             indices,
             batch: spool::Batch::Messages(pb::wire::ChatMessageBatch {
@@ -529,7 +529,7 @@ impl Intake {
     /// Always against the present: a replayed row is late by when it is
     /// stored, not by when it was received.
     fn late_before(&self) -> Option<i64> {
-        let now_us = validate::system_time_to_pg_us(SystemTime::now());
+        let now_us = crate::time::system_time_to_pg_us(SystemTime::now());
         self.late_after.map(|d| now_us - d.as_micros() as i64)
     }
 

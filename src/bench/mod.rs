@@ -25,7 +25,6 @@ use crate::{
     db::{self, DbError, dims::Dimensions, embedded},
     loadgen::{LoadgenConfig, LoadgenError},
     server::{self, ServerError},
-    validate,
 };
 
 #[derive(Debug, Subcommand)]
@@ -536,7 +535,7 @@ async fn create_chunks(
             .execute(
                 "INSERT INTO agent_events (id, \"timestamp\", event_type, agent_id, agent_version, session_id, project_id) \
                  VALUES (gen_random_uuid(), $1, 'warm-up', 'bench', '', gen_random_uuid(), 0)",
-                &[&validate::pg_us_to_system_time(ts)],
+                &[&crate::time::pg_us_to_system_time(ts)],
             )
             .await?;
     }

@@ -42,7 +42,8 @@ use crate::{
     ack::{FlushFailure, PieceOutcome},
     buffer::Piece,
     metrics,
-    validate::{Rejection, pg_us_to_system_time, system_time_to_pg_us},
+    time::{pg_us_to_system_time, system_time_to_pg_us},
+    validate::Rejection,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -19,7 +19,8 @@ use uuid::Uuid;
 use crate::{
     config::ProjectsConfig,
     metrics, pb,
-    validate::{AgentSessionRow, ChatSessionRow, pg_us_to_system_time},
+    time::pg_us_to_system_time,
+    validate::{AgentSessionRow, ChatSessionRow},
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -36,7 +36,7 @@ use crate::{
     copy::Table,
     db::error::{describe, describe_pool},
     metrics,
-    validate::{pg_us_to_system_time, system_time_to_pg_us},
+    time::{pg_us_to_system_time, system_time_to_pg_us},
 };
 
 const HOUR_US: i64 = 3_600_000_000;

@@ -21,7 +21,7 @@
 //! Row ids are derived from the record's content, so an exporter's retry of
 //! the same request is recognised as duplicates, not stored twice.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, KeyValue, any_value::Value},
@@ -244,7 +244,7 @@ pub fn log_record(ctx: &Context, rec: &LogRecord) -> Mapped {
     let nanos = [rec.time_unix_nano, rec.observed_time_unix_nano]
         .into_iter()
         .find(|t| *t > 0);
-    let ts = nanos.map(from_nanos).unwrap_or(ctx.now);
+    let ts = nanos.map(crate::time::from_unix_nanos).unwrap_or(ctx.now);
     let mut data = Map::new();
     if let Some(b) = rec.body.as_ref().filter(|_| body.is_some())
         && attrs::value_text(body.expect("checked")).as_deref() != Some(name.as_str())
@@ -292,7 +292,7 @@ pub fn span(ctx: &Context, span: &Span) -> Mapped {
         },
         _ => Found::default(),
     };
-    let start = from_nanos(span.start_time_unix_nano);
+    let start = crate::time::from_unix_nanos(span.start_time_unix_nano);
     if span.end_time_unix_nano >= span.start_time_unix_nano && span.start_time_unix_nano > 0 {
         found.duration_ms =
             Some(((span.end_time_unix_nano - span.start_time_unix_nano) / 1_000_000) as i64);
@@ -356,7 +356,7 @@ pub fn metric(ctx: &Context, metric: &Metric) -> Vec<Mapped> {
         seed.extend(encoded);
         let id = content_id(b"metric", ctx, &seed);
         let session = session_of(&agent, attrs, ctx.resource, &[]);
-        let ts = if time > 0 { from_nanos(time) } else { ctx.now };
+        let ts = if time > 0 { crate::time::from_unix_nanos(time) } else { ctx.now };
         let found = Found {
             event_type: Some(kind::METRIC),
             ..Found::default()
@@ -745,7 +745,7 @@ fn finish(
         pb::Severity::Unspecified
     };
     let project = text(ctx.resource, PROJECT_KEYS).or_else(|| text(attrs, PROJECT_KEYS));
-    let timestamp = Some(to_timestamp(ts));
+    let timestamp = Some(crate::time::to_timestamp(ts));
     let sequence = int(attrs, &["event.sequence"])
         .and_then(|s| i32::try_from(s).ok())
         .unwrap_or(0)
@@ -847,18 +847,6 @@ fn derived(base: &Uuid, parts: &[&[u8]]) -> Uuid {
     Uuid::new_v8(bytes)
 }
 
-fn from_nanos(n: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(n)
-}
-
-fn to_timestamp(t: SystemTime) -> prost_types::Timestamp {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use opentelemetry_proto::tonic::common::v1::AnyValue;
@@ -886,7 +874,7 @@ mod tests {
             resource,
             "test",
             prices,
-            UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
         )
     }
 

@@ -18,10 +18,7 @@
 pub mod log;
 pub mod replay;
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
@@ -68,16 +65,6 @@ impl Batch {
 
 const EVENTS: u8 = 1;
 const MESSAGES: u8 = 2;
-
-pub fn unix_us(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
-pub fn from_unix_us(us: i64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_micros(us.max(0) as u64)
-}
 
 impl Entry {
     /// `kind | received_at | scope | indices | batch (protobuf)`.

@@ -39,7 +39,6 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Batch, Entry,
     log::{Position, Reader},
-    unix_us,
 };
 use crate::{api::intake::Intake, metrics, pb};
 
@@ -258,7 +257,7 @@ fn dead_letter(path: &PathBuf, entry: &Entry, ack: &pb::BatchAck) {
 fn line(entry: &Entry, index: u32, kind: &str, row: &[u8], field: &str, reason: &str) -> String {
     json!({
         "received_at_us": entry.received_at_us,
-        "written_at_us": unix_us(std::time::SystemTime::now()),
+        "written_at_us": crate::time::unix_us(std::time::SystemTime::now()),
         "sequence": entry.batch.sequence(),
         "index": index,
         "kind": kind,
