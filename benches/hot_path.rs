@@ -10,7 +10,8 @@ use agent_telemetry::{
     copy::encode::encode_event,
     loadgen::r#gen::Generator,
     pb,
-    validate::{self, EventRow, TimeWindow},
+    row::EventRow,
+    validate::{self, TimeWindow},
 };
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

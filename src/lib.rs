@@ -42,6 +42,7 @@ pub mod maintain;
 pub mod metrics;
 pub mod otlp;
 pub mod pb;
+pub mod row;
 pub mod server;
 pub mod shutdown;
 pub mod spool;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
-use crate::copy::Table;
+use crate::row::Table;
 
 pub const ROWS_RECEIVED: &str = "agent_telemetry_rows_received_total";
 pub const ROWS_STORED: &str = "agent_telemetry_rows_stored_total";

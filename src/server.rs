@@ -22,7 +22,7 @@ use crate::{
     auth::Authenticator,
     buffer::{TableBuffer, batcher},
     config::{DatabaseConfig, ServeConfig, StorageConfig},
-    copy::{Table, writer::CopyWriter},
+    copy::writer::CopyWriter,
     db::{
         self, DbError,
         dims::Dimensions,
@@ -33,6 +33,7 @@ use crate::{
     metrics,
     otlp::{OtlpIntake, OtlpSettings, grpc::OtlpGrpc, price::PriceTable},
     pb::wire::telemetry_ingest_server::TelemetryIngestServer,
+    row::Table,
     spool::{self, log::LogError, replay::Backlog},
 };
 

@@ -81,7 +81,16 @@ mod tests {
         assert_eq!(from_unix_us(unix_us(t)), t);
         let ts = to_timestamp(t);
         assert_eq!(timestamp_to_pg_us(&ts), Ok(system_time_to_pg_us(t)));
-        assert_eq!(system_time_to_pg_us(UNIX_EPOCH + Duration::from_secs(946_684_800)), 0);
-        assert!(timestamp_to_pg_us(&prost_types::Timestamp { seconds: 0, nanos: -1 }).is_err());
+        assert_eq!(
+            system_time_to_pg_us(UNIX_EPOCH + Duration::from_secs(946_684_800)),
+            0
+        );
+        assert!(
+            timestamp_to_pg_us(&prost_types::Timestamp {
+                seconds: 0,
+                nanos: -1
+            })
+            .is_err()
+        );
     }
 }

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::{
     config::Limits,
     pb,
+    row::{AgentSessionRow, ChatSessionRow, EventRow, MessageRow},
     time::{system_time_to_pg_us, timestamp_to_pg_us},
 };
 
@@ -147,31 +148,6 @@ pub fn decode_rows<M: Message + Default>(
         }
     }
     out
-}
-
-/// A checked AgentEvent, borrowing its message. `project` is still the
-/// client's name for it; [`crate::db::dims`] resolves it to an id.
-#[derive(Debug)]
-pub struct EventRow<'a> {
-    pub index: u32,
-    pub src: &'a pb::AgentEvent,
-    pub id: Uuid,
-    pub ts_us: i64,
-    pub session_id: Uuid,
-    pub parent_event_id: Option<Uuid>,
-    pub related_event_ids: Vec<Uuid>,
-    pub severity: Option<&'static str>,
-    pub cost_nanos: Option<i64>,
-}
-
-/// A checked ChatMessage, borrowing its message.
-#[derive(Debug)]
-pub struct MessageRow<'a> {
-    pub index: u32,
-    pub src: &'a pb::ChatMessage,
-    pub id: Uuid,
-    pub session_id: Uuid,
-    pub ts_us: i64,
 }
 
 /// Bytes of a text that becomes a key: an index column, a compression
@@ -314,18 +290,6 @@ pub fn validate_message<'a>(
     })
 }
 
-/// A checked ChatSession (with its workspace, machine and project).
-#[derive(Debug)]
-pub struct ChatSessionRow<'a> {
-    pub src: &'a pb::ChatSession,
-    pub session_id: Uuid,
-    pub workspace: &'a pb::Workspace,
-    pub project: &'a pb::Project,
-    pub machine: &'a pb::Machine,
-    pub started_us: i64,
-    pub ended_us: Option<i64>,
-}
-
 pub fn validate_chat_session<'a>(
     s: &'a pb::ChatSession,
     index: u32,
@@ -415,15 +379,6 @@ fn validate_project(
         text(d, max).map_err(|r| ("workspace.project.description", r))?;
     }
     Ok(())
-}
-
-/// A checked AgentSession.
-#[derive(Debug)]
-pub struct AgentSessionRow<'a> {
-    pub src: &'a pb::AgentSession,
-    pub id: Uuid,
-    pub start_us: i64,
-    pub end_us: Option<i64>,
 }
 
 pub const OUTCOMES: [&str; 4] = ["success", "failure", "partial", "cancelled"];

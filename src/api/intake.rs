@@ -21,10 +21,11 @@ use crate::{
     auth::Scope,
     buffer::{AdmitError, Piece, TableBuffer},
     config::{Limits, PipelineConfig},
-    copy::{Table, encode},
+    copy::encode,
     db::dims::{Dimensions, DimsError, ProjectName},
     maintain::refresh,
     metrics, pb,
+    row::Table,
     spool::{
         self, Entry,
         log::{Log, LogError},

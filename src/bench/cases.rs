@@ -25,9 +25,10 @@ use tokio::{process::Child, time::Instant};
 use super::{BenchError, dataset::Dataset};
 use crate::{
     config::TimescaleMode,
-    copy::encode::{self, EVENT_COLUMNS},
+    copy::encode,
     db,
     loadgen::{self, LoadgenConfig, Summary},
+    row::Table,
 };
 
 /// `psql \copy` of each file, all at once; the time until the last is done.
@@ -35,7 +36,8 @@ pub async fn psql_copy(psql: &Path, conn: &str, files: &[PathBuf]) -> Result<Dur
     let started = Instant::now();
     let runs = files.iter().map(|f| {
         let copy = format!(
-            "\\copy agent_events ({EVENT_COLUMNS}) FROM '{}' WITH (FORMAT binary)",
+            "\\copy agent_events ({}) FROM '{}' WITH (FORMAT binary)",
+            Table::AgentEvents.columns(),
             f.display()
         );
         tokio::process::Command::new(psql)
@@ -95,7 +97,7 @@ pub async fn insert(
 ) -> Result<Duration, BenchError> {
     let client = db::connect(conn).await?;
     let per_statement = per_statement.max(1);
-    let fields = EVENT_COLUMNS.split(", ").count();
+    let fields = Table::AgentEvents.field_count() as usize;
     let statement = |n: usize| {
         let values: Vec<String> = (0..n)
             .map(|r| {
@@ -106,7 +108,8 @@ pub async fn insert(
             })
             .collect();
         format!(
-            "INSERT INTO agent_events ({EVENT_COLUMNS}) VALUES {}",
+            "INSERT INTO agent_events ({}) VALUES {}",
+            Table::AgentEvents.columns(),
             values.join(",")
         )
     };

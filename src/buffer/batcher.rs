@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Piece;
 use crate::{
-    config::PipelineConfig, copy::Table, copy::writer::CopyWriter, maintain::refresh::LateRefresher,
+    config::PipelineConfig, copy::writer::CopyWriter, maintain::refresh::LateRefresher, row::Table,
 };
 
 pub async fn run(

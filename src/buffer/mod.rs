@@ -23,7 +23,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{ack::PieceOutcome, copy::Table};
+use crate::{ack::PieceOutcome, row::Table};
 
 /// The accepted rows of one batch, encoded, on their way to a COPY.
 #[derive(Debug)]

@@ -9,20 +9,12 @@
 use bytes::{BufMut, BytesMut};
 use postgres_types::{ToSql, Type};
 
-use crate::validate::{EventRow, MessageRow};
+use crate::row::{EventRow, MessageRow, Table};
 
 /// Signature, flags (no OIDs) and header-extension length.
 pub const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// Field count -1 ends the data.
 pub const TRAILER: &[u8] = &[0xff, 0xff];
-
-pub const EVENT_COLUMNS: &str = "id, \"timestamp\", event_type, agent_id, agent_version, session_id, project_id, \
-     context, data, metrics, parent_event_id, related_event_ids, tags, severity, duration_ms, input_tokens, \
-     output_tokens, cached_tokens, cost_usd, model";
-const EVENT_FIELDS: i16 = 20;
-
-pub const MESSAGE_COLUMNS: &str = "id, session_id, role, content, \"timestamp\", sequence, metadata, search_content, project_id, agent_type";
-const MESSAGE_FIELDS: i16 = 10;
 
 /// The fields of one encoded row: each value in its type's binary form,
 /// None for NULL (the inverse of the framing above). The same bytes bind as
@@ -47,7 +39,7 @@ pub fn row_fields(row: &[u8]) -> Vec<Option<&[u8]>> {
 /// Appends one agent_events row.
 pub fn encode_event(buf: &mut BytesMut, row: &EventRow<'_>, project_id: i32) {
     let ev = row.src;
-    buf.put_i16(EVENT_FIELDS);
+    buf.put_i16(Table::AgentEvents.field_count());
     put_sql(buf, &row.id, &Type::UUID);
     put_i64(buf, row.ts_us);
     put_text(buf, &ev.event_type);
@@ -82,7 +74,7 @@ pub fn encode_event(buf: &mut BytesMut, row: &EventRow<'_>, project_id: i32) {
 /// Appends one chat_messages row; project and agent type come from its session.
 pub fn encode_message(buf: &mut BytesMut, row: &MessageRow<'_>, project_id: i32, agent_type: &str) {
     let m = row.src;
-    buf.put_i16(MESSAGE_FIELDS);
+    buf.put_i16(Table::ChatMessages.field_count());
     put_sql(buf, &row.id, &Type::UUID);
     put_sql(buf, &row.session_id, &Type::UUID);
     put_text(buf, &m.role);
@@ -203,6 +195,90 @@ mod tests {
         let mut b = BytesMut::new();
         put_numeric_scaled(&mut b, v, 9);
         b.to_vec()
+    }
+
+    /// The value of `column` in an encoded row of `table`.
+    fn field<'a>(table: Table, row: &'a [u8], column: &str) -> Option<&'a [u8]> {
+        let at = table.layout().iter().position(|c| c.name == column);
+        row_fields(row)[at.expect("a column of the layout")]
+    }
+
+    #[test]
+    fn encoded_rows_follow_the_one_layout() {
+        // The encoder writes its fields by hand; the COPY column list and
+        // the writer's key positions come from `Table::layout`. Here both
+        // meet: a drift puts a value under the wrong column.
+        let (id, session) = (uuid::Uuid::from_u128(7), uuid::Uuid::from_u128(8));
+        let ev = crate::pb::AgentEvent {
+            event_type: "tool_use".into(),
+            model: Some("m".into()),
+            ..Default::default()
+        };
+        let row = EventRow {
+            index: 0,
+            src: &ev,
+            id,
+            ts_us: 123_456,
+            session_id: session,
+            parent_event_id: None,
+            related_event_ids: vec![],
+            severity: None,
+            cost_nanos: None,
+        };
+        let mut buf = BytesMut::new();
+        encode_event(&mut buf, &row, 42);
+        let t = Table::AgentEvents;
+        assert_eq!(row_fields(&buf).len(), t.field_count() as usize);
+        let (i, ts) = t.key_fields();
+        assert_eq!(row_fields(&buf)[i], Some(id.as_bytes().as_slice()));
+        assert_eq!(
+            row_fields(&buf)[ts],
+            Some(123_456i64.to_be_bytes().as_slice())
+        );
+        assert_eq!(
+            field(t, &buf, "project_id"),
+            Some(42i32.to_be_bytes().as_slice())
+        );
+        assert_eq!(field(t, &buf, "event_type"), Some(b"tool_use".as_slice()));
+        assert_eq!(
+            field(t, &buf, "session_id"),
+            Some(session.as_bytes().as_slice())
+        );
+        assert_eq!(field(t, &buf, "model"), Some(b"m".as_slice()));
+
+        let m = crate::pb::ChatMessage {
+            role: "user".into(),
+            content: "hi".into(),
+            sequence: 3,
+            ..Default::default()
+        };
+        let row = MessageRow {
+            index: 0,
+            src: &m,
+            id,
+            session_id: session,
+            ts_us: 99,
+        };
+        let mut buf = BytesMut::new();
+        encode_message(&mut buf, &row, 5, "claude-code");
+        let t = Table::ChatMessages;
+        assert_eq!(row_fields(&buf).len(), t.field_count() as usize);
+        let (i, ts) = t.key_fields();
+        assert_eq!(row_fields(&buf)[i], Some(id.as_bytes().as_slice()));
+        assert_eq!(row_fields(&buf)[ts], Some(99i64.to_be_bytes().as_slice()));
+        assert_eq!(field(t, &buf, "role"), Some(b"user".as_slice()));
+        assert_eq!(
+            field(t, &buf, "sequence"),
+            Some(3i32.to_be_bytes().as_slice())
+        );
+        assert_eq!(
+            field(t, &buf, "project_id"),
+            Some(5i32.to_be_bytes().as_slice())
+        );
+        assert_eq!(
+            field(t, &buf, "agent_type"),
+            Some(b"claude-code".as_slice())
+        );
     }
 
     #[test]

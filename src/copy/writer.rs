@@ -34,14 +34,12 @@ use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{
-    Table,
-    encode::{HEADER, TRAILER},
-};
+use super::encode::{HEADER, TRAILER};
 use crate::{
     ack::{FlushFailure, PieceOutcome},
     buffer::Piece,
     metrics,
+    row::Table,
     time::{pg_us_to_system_time, system_time_to_pg_us},
     validate::Rejection,
 };
@@ -573,13 +571,10 @@ async fn copy_deduplicated(
 
 /// (id, timestamp in µs since 2000-01-01) of one encoded row: the table's key.
 fn row_key(table: Table, row: &[u8]) -> (Uuid, i64) {
-    let ts_field = match table {
-        Table::AgentEvents => 1,
-        Table::ChatMessages => 4,
-    };
+    let (id_field, ts_field) = table.key_fields();
     let fields = super::encode::row_fields(row);
     let value = |i: usize| fields[i].expect("key fields are never NULL");
-    let id = Uuid::from_slice(value(0)).expect("uuid field");
+    let id = Uuid::from_slice(value(id_field)).expect("uuid field");
     let ts = i64::from_be_bytes(value(ts_field).try_into().expect("timestamptz field"));
     (id, ts)
 }

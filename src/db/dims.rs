@@ -19,8 +19,8 @@ use uuid::Uuid;
 use crate::{
     config::ProjectsConfig,
     metrics, pb,
+    row::{AgentSessionRow, ChatSessionRow},
     time::pg_us_to_system_time,
-    validate::{AgentSessionRow, ChatSessionRow},
 };
 
 #[derive(Debug, thiserror::Error)]

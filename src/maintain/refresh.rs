@@ -33,9 +33,9 @@ use deadpool_postgres::Pool;
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 
 use crate::{
-    copy::Table,
     db::error::{describe, describe_pool},
     metrics,
+    row::Table,
     time::{pg_us_to_system_time, system_time_to_pg_us},
 };
 

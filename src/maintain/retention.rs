@@ -9,12 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::StorageConfig,
-    copy::Table,
     db::{
         error::{describe, describe_pool},
         migrate::pg_interval,
     },
     metrics,
+    row::Table,
 };
 
 /// Arbitrary, fixed: one instance at a time runs a retention round.

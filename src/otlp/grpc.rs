@@ -124,7 +124,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{api::intake::IngestError, buffer::AdmitError, copy::Table};
+    use crate::{api::intake::IngestError, buffer::AdmitError, row::Table};
 
     #[test]
     fn retry_info_only_where_a_retry_can_help() {

@@ -356,7 +356,11 @@ pub fn metric(ctx: &Context, metric: &Metric) -> Vec<Mapped> {
         seed.extend(encoded);
         let id = content_id(b"metric", ctx, &seed);
         let session = session_of(&agent, attrs, ctx.resource, &[]);
-        let ts = if time > 0 { crate::time::from_unix_nanos(time) } else { ctx.now };
+        let ts = if time > 0 {
+            crate::time::from_unix_nanos(time)
+        } else {
+            ctx.now
+        };
         let found = Found {
             event_type: Some(kind::METRIC),
             ..Found::default()
