@@ -7,34 +7,13 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+/// `serve`'s settings alone, parsed as `agent-telemetry serve` would parse
+/// them (the command line itself is the binary's, `src/main.rs`).
 #[derive(Debug, Parser)]
-#[command(
-    name = "agent-telemetry",
-    version,
-    about = "Ingest telemetry from AI coding agents into PostgreSQL/TimescaleDB"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the gRPC ingest service (migrates the database first).
-    Serve(Box<ServeConfig>),
-    /// Apply pending SQL migrations and exit.
-    Migrate(MigrateConfig),
-    /// Stream realistic synthetic events and messages to a running service.
-    Loadgen(crate::loadgen::LoadgenConfig),
-    /// Benchmarks (BENCHMARKS.md).
-    #[command(subcommand)]
-    Bench(crate::bench::BenchCommand),
-    /// Manage API keys: create, list, revoke.
-    Keys(KeysConfig),
-    /// Ask a running service whether it is serving (gRPC health check);
-    /// exits 0 if it is. For container health checks: the runtime image
-    /// needs no other probe.
-    Health(HealthConfig),
+#[command(name = "agent-telemetry serve")]
+struct ServeArgs {
+    #[command(flatten)]
+    serve: ServeConfig,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -191,10 +170,20 @@ pub struct ServeConfig {
 impl ServeConfig {
     /// Defaults for every setting (what `serve` with no flags uses).
     pub fn defaults() -> Self {
-        match Cli::parse_from(["agent-telemetry", "serve"]).command {
-            Command::Serve(c) => *c,
-            _ => unreachable!(),
-        }
+        ServeArgs::parse_from(["agent-telemetry serve"]).serve
+    }
+
+    /// `serve`'s flags as clap describes them (their names, environment
+    /// variables and defaults).
+    pub fn command() -> clap::Command {
+        <ServeArgs as clap::CommandFactory>::command()
+    }
+
+    /// `serve`'s flags (without the program name) with their environment
+    /// variables, as `agent-telemetry serve` reads them.
+    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Self, clap::Error> {
+        let argv = std::iter::once("agent-telemetry serve".to_owned()).chain(args);
+        ServeArgs::try_parse_from(argv).map(|a| a.serve)
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {

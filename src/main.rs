@@ -3,12 +3,40 @@
 
 use std::process::ExitCode;
 
-use agent_telemetry::{
-    config::{Cli, Command},
-    loadgen, server, shutdown,
-};
-use clap::Parser;
+use agent_telemetry::{config, loadgen, server, shutdown};
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agent-telemetry",
+    version,
+    about = "Ingest telemetry from AI coding agents into PostgreSQL/TimescaleDB"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC ingest service (migrates the database first).
+    Serve(Box<config::ServeConfig>),
+    /// Apply pending SQL migrations and exit.
+    Migrate(config::MigrateConfig),
+    /// Stream realistic synthetic events and messages to a running service.
+    Loadgen(loadgen::LoadgenConfig),
+    /// Benchmarks (BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(agent_telemetry::bench::BenchCommand),
+    /// Manage API keys: create, list, revoke.
+    Keys(config::KeysConfig),
+    /// Ask a running service whether it is serving (gRPC health check);
+    /// exits 0 if it is. For container health checks: the runtime image
+    /// needs no other probe.
+    Health(config::HealthConfig),
+}
+
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -10,8 +10,7 @@ mod common;
 
 use std::{collections::BTreeSet, path::Path};
 
-use agent_telemetry::config::Cli;
-use clap::CommandFactory;
+use agent_telemetry::config::ServeConfig;
 use serde_yaml_ng::Value;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -26,14 +25,10 @@ fn s(v: &Value) -> &str {
     v.as_str().unwrap_or_else(|| panic!("not a string: {v:?}"))
 }
 
-/// Every environment variable `agent-telemetry <command>` reads.
-fn env_vars(command: &str) -> BTreeSet<String> {
-    let cli = Cli::command();
-    let sub = cli
-        .get_subcommands()
-        .find(|c| c.get_name() == command)
-        .unwrap_or_else(|| panic!("no {command} command"));
-    sub.get_arguments()
+/// Every environment variable `agent-telemetry serve` reads.
+fn serve_env_vars() -> BTreeSet<String> {
+    ServeConfig::command()
+        .get_arguments()
         .filter_map(|a| a.get_env())
         .map(|e| e.to_string_lossy().into_owned())
         .collect()
@@ -83,7 +78,7 @@ fn compose_gives_the_service_only_settings_it_reads() {
         }
     }
     let svc = &services["agent-telemetry"];
-    let reads = env_vars("serve");
+    let reads = serve_env_vars();
     let env = svc["environment"].as_mapping().unwrap();
     for (key, value) in env {
         let key = s(key);
@@ -249,7 +244,7 @@ fn grafana_provisioning_matches_the_dashboards_and_the_database() {
         compose["services"]["agent-telemetry"]["environment"][var], grafana["environment"][var],
         "service and Grafana must get the same reader password"
     );
-    assert!(env_vars("serve").contains(var));
+    assert!(serve_env_vars().contains(var));
     assert_eq!(s(&pg["url"]), "timescaledb:5432");
     assert_eq!(
         s(&pg["jsonData"]["database"]),
@@ -345,7 +340,7 @@ fn dockerfile_builds_in_stages_and_runs_unprivileged() {
         "AGENT_TELEMETRY_OTLP_HTTP_LISTEN",
     ] {
         assert!(joined.contains(var), "{var} not set");
-        assert!(env_vars("serve").contains(var));
+        assert!(serve_env_vars().contains(var));
     }
     assert!(joined.contains("EXPOSE 50051 9464 4317 4318"));
     // The build context leaves out what would make it gigabytes.

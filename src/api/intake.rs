@@ -19,7 +19,8 @@ use uuid::Uuid;
 use crate::{
     ack::{FlushFailure, PieceOutcome, batch_ack},
     auth::Scope,
-    buffer::{AdmitError, Piece, TableBuffer},
+    buffer::{AdmitError, TableBuffer},
+    copy::Piece,
     config::{Limits, PipelineConfig},
     copy::encode,
     db::dims::{Dimensions, DimsError, ProjectName},

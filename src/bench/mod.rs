@@ -13,7 +13,7 @@ pub mod report;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 
 use self::{
     cases::Service,
@@ -21,7 +21,7 @@ use self::{
     report::{Machine, Runs},
 };
 use crate::{
-    config::{Cli, Command, DatabaseConfig, ServeConfig, StorageConfig, TimescaleMode},
+    config::{DatabaseConfig, ServeConfig, StorageConfig, TimescaleMode},
     db::{self, DbError, dims::Dimensions, embedded},
     loadgen::{LoadgenConfig, LoadgenError},
     server::{self, ServerError},
@@ -478,17 +478,8 @@ impl Runs {
 
 /// `serve`'s settings with the --serve-arg flags, as the child will see them.
 fn serve_config(cfg: &CompareConfig) -> Result<ServeConfig, BenchError> {
-    let args = ["agent-telemetry", "serve"]
-        .into_iter()
-        .map(String::from)
-        .chain(cfg.serve_args.iter().cloned());
-    match Cli::try_parse_from(args) {
-        Ok(Cli {
-            command: Command::Serve(s),
-        }) => Ok(*s),
-        Ok(_) => unreachable!("parsed as serve"),
-        Err(e) => Err(BenchError::Settings(format!("--serve-arg: {e}"))),
-    }
+    ServeConfig::parse(cfg.serve_args.iter().cloned())
+        .map_err(|e| BenchError::Settings(format!("--serve-arg: {e}")))
 }
 
 /// Drops and re-creates the scratch database, then migrates it.
@@ -612,12 +603,12 @@ mod tests {
 
     #[test]
     fn cases_parse_by_name() {
-        #[derive(Parser)]
+        #[derive(clap::Parser)]
         struct P {
             #[command(flatten)]
             c: CompareConfig,
         }
-        let p = P::parse_from([
+        let p = <P as clap::Parser>::parse_from([
             "x",
             "--cases",
             "copy-1,service",

@@ -7,3 +7,54 @@
 
 pub mod encode;
 pub mod writer;
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use tokio::{
+    sync::{OwnedSemaphorePermit, oneshot},
+    time::Instant,
+};
+
+use crate::ack::PieceOutcome;
+
+/// The accepted rows of one batch, encoded, on their way to a COPY.
+#[derive(Debug)]
+pub struct Piece {
+    /// Rows in binary COPY format, back to back (no header or trailer).
+    pub data: Bytes,
+    /// End offset in `data` of each row, so a flush can be split by row.
+    pub row_ends: Vec<u32>,
+    /// The client's index of each row in its batch (rejected rows leave gaps).
+    pub row_index: Vec<u32>,
+    /// Hours holding late rows of this piece, sorted (see
+    /// [`crate::maintain::refresh`]); usually empty.
+    pub late_hours: Vec<i64>,
+    pub enqueued: Instant,
+    /// Where the outcome goes; resolved only after commit.
+    pub done: oneshot::Sender<PieceOutcome>,
+    /// Buffer space held until the piece is resolved (dropped with it).
+    pub permit: OwnedSemaphorePermit,
+}
+
+impl Piece {
+    pub fn rows(&self) -> usize {
+        self.row_ends.len()
+    }
+
+    /// Bytes of rows `rows` (a range of row positions in this piece).
+    pub fn slice(&self, rows: Range<usize>) -> Bytes {
+        let start = if rows.start == 0 {
+            0
+        } else {
+            self.row_ends[rows.start - 1] as usize
+        };
+        let end = if rows.end == 0 {
+            0
+        } else {
+            self.row_ends[rows.end - 1] as usize
+        };
+        self.data.slice(start..end)
+    }
+}
+

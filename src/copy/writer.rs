@@ -37,7 +37,7 @@ use uuid::Uuid;
 use super::encode::{HEADER, TRAILER};
 use crate::{
     ack::{FlushFailure, PieceOutcome},
-    buffer::Piece,
+    copy::Piece,
     metrics,
     row::Table,
     time::{pg_us_to_system_time, system_time_to_pg_us},
