@@ -37,7 +37,6 @@ enum Command {
     Health(config::HealthConfig),
 }
 
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -61,7 +60,7 @@ async fn main() -> ExitCode {
             .map(|s| println!("{s}"))
             .map_err(Into::into),
         Command::Keys(cfg) => keys(cfg).await,
-        Command::Health(cfg) => server::health_check(&cfg.endpoint, cfg.timeout)
+        Command::Health(cfg) => agent_telemetry::api::health::check(&cfg.endpoint, cfg.timeout)
             .await
             .map(|status| println!("{status}"))
             .map_err(Into::into),
@@ -97,9 +96,10 @@ async fn serve(
 async fn migrate(
     cfg: agent_telemetry::config::MigrateConfig,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let db = server::open_database(&cfg.database).await?;
+    let db = agent_telemetry::db::open::open_database(&cfg.database).await?;
     let max_past = agent_telemetry::config::Limits::default().max_past;
-    let report = server::run_migrations(&db.conn, &cfg.storage, max_past).await?;
+    let report =
+        agent_telemetry::db::open::run_migrations(&db.conn, &cfg.storage, max_past).await?;
     println!("storage mode: {}", report.mode);
     println!(
         "applied {} migration(s), {} already applied",
@@ -115,10 +115,15 @@ async fn migrate(
 
 async fn keys(cfg: agent_telemetry::config::KeysConfig) -> Result<(), Box<dyn std::error::Error>> {
     use agent_telemetry::{auth::keys, config::KeysAction};
-    let db = server::open_database(&cfg.database).await?;
+    let db = agent_telemetry::db::open::open_database(&cfg.database).await?;
     // The key tables come with the migrations; a fresh database gets them here.
     let defaults = agent_telemetry::config::ServeConfig::defaults();
-    server::run_migrations(&db.conn, &defaults.storage, defaults.limits.max_past).await?;
+    agent_telemetry::db::open::run_migrations(
+        &db.conn,
+        &defaults.storage,
+        defaults.limits.max_past,
+    )
+    .await?;
     let mut client = agent_telemetry::db::connect(&db.conn).await?;
     let result = match cfg.action {
         KeysAction::Create { projects, name } => {

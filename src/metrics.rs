@@ -46,6 +46,25 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Installs the Prometheus exporter on `addr` (`/metrics`), describes every
+/// metric and sets the counters that must read 0 before anything happened.
+pub fn install(addr: std::net::SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {
+    // Latencies as histograms, not the exporter's default summaries:
+    // bucket counts add up across instances, so a dashboard can show one
+    // p99 for a whole fleet (quantiles of summaries cannot be merged).
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            LATENCY_BUCKETS,
+        )
+        .and_then(|b| b.install())?;
+    describe();
+    zero();
+    Ok(())
+}
+
+/// One description per metric: a list, long because the metrics are many.
 pub fn describe() {
     describe_counter!(ROWS_RECEIVED, "Rows received in batches, per table");
     describe_counter!(
@@ -363,4 +382,26 @@ pub fn stream_ended(reason: &'static str) {
 
 pub fn auth_refused(reason: &'static str) {
     counter!(AUTH_REFUSED, "reason" => reason).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_metric_is_documented() {
+        let doc = include_str!("../docs/metrics.md");
+        let src = include_str!("metrics.rs");
+        let names: Vec<&str> = src
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| l.split('"').nth(1))
+            .filter(|n| n.starts_with("agent_telemetry_"))
+            .collect();
+        assert!(names.len() > 20, "{names:?}");
+        for name in names {
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "docs/metrics.md lacks {name}"
+            );
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! Stage 2: **validate**. Every row is checked before it may be encoded,
-//! because one row the database refuses would abort the whole COPY it is in.
+//! Stage 2, inside intake: **validate**. Every row is checked before it may
+//! be encoded, because one row the database refuses would abort the whole
+//! COPY it is in.
 //!
 //! In: one row's bytes (decoded here, so that a row with invalid UTF-8 is one
 //! rejected row, not an undecodable batch) or a decoded message. Out: a typed,
@@ -7,85 +8,16 @@
 //! [`Rejection`] that names the row's index, the field and what is wrong.
 //! Pure functions: no IO, no clock reads (the caller passes `now`).
 
-use std::borrow::Cow;
-
 use prost::Message;
 use uuid::Uuid;
 
 use crate::{
+    ack::Rejection,
     config::Limits,
     pb,
     row::{AgentSessionRow, ChatSessionRow, EventRow, MessageRow},
     time::{system_time_to_pg_us, timestamp_to_pg_us},
 };
-
-/// Why one row was not accepted. Resending it unchanged will not help.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// Position of the row in its batch, from 0.
-    pub index: u32,
-    pub field: Cow<'static, str>,
-    pub reason: String,
-    pub kind: RejectionKind,
-}
-
-/// What kind of refusal a row got (its `RowRejection.code`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectionKind {
-    /// Content the service cannot store.
-    Invalid,
-    /// The row names a project its API key may not write to.
-    Denied,
-    /// The row's id is stored with another timestamp.
-    Conflict,
-}
-
-impl RejectionKind {
-    pub fn code(self) -> &'static str {
-        match self {
-            RejectionKind::Invalid => "INVALID_ARGUMENT",
-            RejectionKind::Denied => "PERMISSION_DENIED",
-            RejectionKind::Conflict => "ALREADY_EXISTS",
-        }
-    }
-}
-
-impl Rejection {
-    pub fn new(index: u32, field: impl Into<Cow<'static, str>>, reason: impl Into<String>) -> Self {
-        Self {
-            index,
-            field: field.into(),
-            reason: reason.into(),
-            kind: RejectionKind::Invalid,
-        }
-    }
-
-    pub fn denied(index: u32, field: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            kind: RejectionKind::Denied,
-            ..Self::new(index, field, reason)
-        }
-    }
-
-    pub fn conflict(index: u32, reason: impl Into<String>) -> Self {
-        Self {
-            kind: RejectionKind::Conflict,
-            ..Self::new(index, "id", reason)
-        }
-    }
-}
-
-impl From<Rejection> for pb::RowRejection {
-    fn from(r: Rejection) -> Self {
-        pb::RowRejection {
-            index: r.index,
-            field: r.field.into_owned(),
-            reason: r.reason,
-            kind: String::new(),
-            code: r.kind.code().into(),
-        }
-    }
-}
 
 /// The accepted time window, in microseconds since the PostgreSQL epoch.
 #[derive(Debug, Clone, Copy)]

@@ -195,7 +195,7 @@ async fn random_traffic_keeps_every_row_and_every_figure_exact(tsdb: TsDb) {
     let mut generator = Generator::new(seed, 3);
     let mut cfg = tsdb.serve_config();
     cfg.storage.late_refresh_every = Duration::from_millis(200);
-    agent_telemetry::server::run_migrations(&tsdb.conn, &cfg.storage, cfg.limits.max_past)
+    agent_telemetry::db::open::run_migrations(&tsdb.conn, &cfg.storage, cfg.limits.max_past)
         .await
         .expect("migrate");
     off_the_schedule(&tsdb.conn).await;

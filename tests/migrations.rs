@@ -5,11 +5,11 @@ mod common;
 use agent_telemetry::{
     config::{Limits, ServeConfig},
     db::migrate::{MigrateError, Report},
-    server::{ServerError, run_migrations},
+    db::open::{OpenError, run_migrations},
 };
 
 /// Migrates in the mode the test cluster offers (TimescaleDB where installed).
-async fn migrate(conn: &str) -> Result<Report, ServerError> {
+async fn migrate(conn: &str) -> Result<Report, OpenError> {
     run_migrations(
         conn,
         &ServeConfig::defaults().storage,
@@ -88,7 +88,7 @@ async fn an_edited_migration_is_refused() {
     .unwrap();
     let err = migrate(&conn).await.unwrap_err();
     assert!(
-        matches!(err, ServerError::Migrate(MigrateError::Changed { .. })),
+        matches!(err, OpenError::Migrate(MigrateError::Changed { .. })),
         "{err}"
     );
 }

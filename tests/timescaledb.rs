@@ -11,9 +11,9 @@ use std::time::Duration;
 use agent_telemetry::{
     config::{Limits, ServeConfig, StorageConfig, TimescaleMode},
     db::migrate::{Mode, Report},
+    db::open::run_migrations,
     loadgen::{self, LoadgenConfig},
     pb,
-    server::run_migrations,
 };
 use common::{
     TsDb,

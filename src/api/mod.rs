@@ -1,9 +1,10 @@
 //! Stage 1: **receive**. The gRPC edge: the `TelemetryIngest` service.
 //!
 //! In: batches from clients, over a bidirectional stream (one ack per batch,
-//! in order) or a unary call. Each batch goes through [`intake`] (validate →
-//! encode → buffer); its ack is sent when the writer has committed its rows.
-//! Errors become `tonic::Status` only here ([`status`]).
+//! in order) or a unary call. Each batch goes through [`crate::intake`]
+//! (validate → resolve → encode → buffer); its ack is sent when the writer
+//! has committed its rows. Outcomes become wire acks ([`ack`]) and errors
+//! `tonic::Status` ([`status`]) only here.
 //!
 //! A stream reads its next batch only once the previous one is admitted to
 //! the buffer and fewer than `--stream-inflight` batches await their acks:
@@ -15,10 +16,11 @@
 //! before intake sees it: a stream whose key is revoked while it runs ends
 //! with UNAUTHENTICATED after the acks of the batches before.
 
-pub mod intake;
+pub mod ack;
+pub mod health;
 pub mod status;
 
-use std::{future::Future, pin::Pin, sync::Arc, time::SystemTime};
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use futures_util::{StreamExt, stream::FuturesOrdered};
 use tokio::sync::mpsc;
@@ -26,11 +28,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use self::intake::{Accepted, IngestError, Intake};
 use crate::{
+    ack::BatchOutcome,
     auth::{Authenticator, Scope},
+    intake::{Accepted, IngestError, Intake},
     pb::{self, wire},
-    validate::{self, TimeWindow},
 };
 
 type AckFuture = Pin<Box<dyn Future<Output = Result<pb::BatchAck, Status>> + Send>>;
@@ -130,7 +132,7 @@ impl Api {
                     admitted = async { admitting.as_mut().expect("guarded").await }, if admitting.is_some() => {
                         admitting = None;
                         pending.push_back(match admitted {
-                            Admitted::Accepted(a) => Box::pin(async move { Ok(a.ack().await) }),
+                            Admitted::Accepted(a) => Box::pin(async move { Ok(ack::batch_ack(&a.ack().await)) }),
                             Admitted::Refused(ack) => Box::pin(std::future::ready(Ok(ack))),
                             Admitted::EndStream(status) => {
                                 reading = false;
@@ -152,7 +154,8 @@ impl Api {
                                     Ok(accepted) => Admitted::Accepted(accepted),
                                     Err(e) => {
                                         tracing::warn!(error = %e, "batch refused");
-                                        Admitted::Refused(status::to_ack(&e, sequence, received))
+                                        let refused = BatchOutcome::refused(sequence, received, e.failure());
+                                        Admitted::Refused(ack::batch_ack(&refused))
                                     }
                                 }
                             }));
@@ -215,7 +218,7 @@ impl wire::telemetry_ingest_server::TelemetryIngest for Api {
             .events(request.into_inner(), &scope)
             .await
             .map_err(|e| status::to_status(&e))?;
-        Ok(Response::new(accepted.ack().await))
+        Ok(Response::new(ack::batch_ack(&accepted.ack().await)))
     }
 
     async fn ingest_chat_messages(
@@ -228,7 +231,7 @@ impl wire::telemetry_ingest_server::TelemetryIngest for Api {
             .messages(request.into_inner(), &scope)
             .await
             .map_err(|e| status::to_status(&e))?;
-        Ok(Response::new(accepted.ack().await))
+        Ok(Response::new(ack::batch_ack(&accepted.ack().await)))
     }
 
     async fn report_sessions(
@@ -236,110 +239,11 @@ impl wire::telemetry_ingest_server::TelemetryIngest for Api {
         request: Request<pb::SessionReport>,
     ) -> Result<Response<pb::SessionReportAck>, Status> {
         let scope = self.scope(&request).await?;
-        let report = request.into_inner();
-        let limits = &self.intake.limits;
-        let rows = report.chat_sessions.len() + report.agent_sessions.len();
-        if rows > limits.max_batch_rows {
-            return Err(Status::invalid_argument(format!(
-                "{rows} sessions, more than the limit of {} per report",
-                limits.max_batch_rows
-            )));
-        }
-        let window = TimeWindow::around(SystemTime::now(), limits);
-        let dims = &self.intake.dims;
-        let mut ack = pb::SessionReportAck::default();
-        let mut rejected = Vec::new();
-        for (i, s) in report.chat_sessions.iter().enumerate() {
-            let i = i as u32;
-            let stored = match validate::validate_chat_session(s, i, limits, window) {
-                Ok(row) => match self.intake.check_project(
-                    &scope,
-                    i,
-                    "workspace.project.name",
-                    &row.project.name,
-                ) {
-                    Ok(()) => dims
-                        .upsert_chat_session(&row)
-                        .await
-                        .map(drop)
-                        .map_err(Into::into),
-                    Err(r) => Err(r.into()),
-                },
-                Err(r) => Err(r.into()),
-            };
-            outcome(
-                stored,
-                "chat_session",
-                i,
-                &mut ack.chat_sessions_stored,
-                &mut rejected,
-            )?;
-        }
-        for (i, s) in report.agent_sessions.iter().enumerate() {
-            let i = i as u32;
-            let stored = match validate::validate_agent_session(s, i, limits, window) {
-                Ok(row) => match self.intake.check_project(&scope, i, "project", &s.project) {
-                    Ok(()) => dims.upsert_agent_session(&row).await.map_err(Into::into),
-                    Err(r) => Err(r.into()),
-                },
-                Err(r) => Err(r.into()),
-            };
-            outcome(
-                stored,
-                "agent_session",
-                i,
-                &mut ack.agent_sessions_stored,
-                &mut rejected,
-            )?;
-        }
-        ack.rejected = rejected;
-        Ok(Response::new(ack))
+        let outcome = self
+            .intake
+            .report_sessions(&request.into_inner(), &scope)
+            .await
+            .map_err(|e| status::to_status(&e))?;
+        Ok(Response::new(ack::session_report_ack(&outcome)))
     }
-}
-
-/// A session report row's failure: its own fault, or the database's.
-enum SessionFailure {
-    Rejected(validate::Rejection),
-    Db(crate::db::dims::DimsError),
-}
-
-impl From<validate::Rejection> for SessionFailure {
-    fn from(r: validate::Rejection) -> Self {
-        SessionFailure::Rejected(r)
-    }
-}
-
-impl From<crate::db::dims::DimsError> for SessionFailure {
-    fn from(e: crate::db::dims::DimsError) -> Self {
-        match e {
-            crate::db::dims::DimsError::Invalid { field, reason } => {
-                SessionFailure::Rejected(validate::Rejection::new(0, field, reason))
-            }
-            other => SessionFailure::Db(other),
-        }
-    }
-}
-
-/// Counts a stored session or records its rejection; a database failure
-/// fails the whole report (UNAVAILABLE: resend it).
-fn outcome(
-    result: Result<(), SessionFailure>,
-    kind: &str,
-    index: u32,
-    stored: &mut u32,
-    rejected: &mut Vec<pb::RowRejection>,
-) -> Result<(), Status> {
-    match result {
-        Ok(()) => *stored += 1,
-        Err(SessionFailure::Rejected(r)) => rejected.push(pb::RowRejection {
-            kind: kind.into(),
-            ..validate::Rejection { index, ..r }.into()
-        }),
-        Err(SessionFailure::Db(e)) => {
-            return Err(Status::unavailable(format!(
-                "sessions not stored: {e}; resend"
-            )));
-        }
-    }
-    Ok(())
 }

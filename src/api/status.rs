@@ -1,80 +1,19 @@
-//! The one place where errors become gRPC codes. A unary call gets the
-//! error as its status; a stream gets it as that batch's ack (with
-//! `retryable`), so one refused batch does not end the stream and cost the
-//! acks of the batches behind it.
+//! gRPC statuses at the edge. The code of each is read from the code table
+//! ([`crate::codes`]). A unary call gets a refused batch as its status; a
+//! stream gets it as that batch's ack (with `retryable`), so one refused
+//! batch does not end the stream and cost the acks of the batches behind it.
 
 use tonic::{Code, Status};
 
-use super::intake::IngestError;
-use crate::{auth::AuthError, buffer::AdmitError, db::dims::DimsError, pb, spool::log::LogError};
+use crate::{auth::AuthError, codes::ErrorKind, intake::IngestError};
 
-/// Code and whether resending the same batch later can succeed.
-pub(crate) fn classify(e: &IngestError) -> (Code, bool) {
-    match e {
-        IngestError::TooManyRows { .. } => (Code::InvalidArgument, false),
-        IngestError::Admit { source, .. } => match source {
-            AdmitError::Full { .. } => (Code::ResourceExhausted, true),
-            AdmitError::TooLarge { .. } => (Code::InvalidArgument, false),
-            AdmitError::ShuttingDown => (Code::Unavailable, true),
-        },
-        IngestError::Dimensions { source, .. } => match source {
-            DimsError::Invalid { .. } => (Code::InvalidArgument, false),
-            // A missing table or privilege will not pass by itself.
-            DimsError::Pool(e) if !crate::db::error::pool_is_transient(e) => {
-                (Code::Internal, false)
-            }
-            DimsError::Db(e) if !crate::db::error::is_transient(e.code()) => {
-                (Code::Internal, false)
-            }
-            DimsError::Pool(_) | DimsError::Db(_) => (Code::Unavailable, true),
-        },
-        IngestError::Spool { source, .. } => match source {
-            LogError::Full { .. } => (Code::ResourceExhausted, true),
-            LogError::Io { .. } | LogError::Closed => (Code::Unavailable, true),
-        },
-    }
-}
-
-/// Whether resending the same batch later can succeed.
-pub fn retryable(e: &IngestError) -> bool {
-    classify(e).1
+pub fn to_status(e: &IngestError) -> Status {
+    Status::new(e.kind().codes().grpc, e.to_string())
 }
 
 pub fn auth_status(e: &AuthError) -> Status {
-    count_auth_refusal(e);
-    Status::new(auth_code(e), e.to_string())
-}
-
-pub(crate) fn auth_code(e: &AuthError) -> Code {
-    match e {
-        AuthError::Unavailable(_) => Code::Unavailable,
-        _ => Code::Unauthenticated,
-    }
-}
-
-/// Counts a refused request in the metrics, by reason.
-pub(crate) fn count_auth_refusal(e: &AuthError) {
-    crate::metrics::auth_refused(match e {
-        AuthError::Missing => "missing",
-        AuthError::Malformed => "malformed",
-        AuthError::Invalid => "invalid",
-        AuthError::Unavailable(_) => "unavailable",
-    });
-}
-
-pub fn to_status(e: &IngestError) -> Status {
-    Status::new(classify(e).0, e.to_string())
-}
-
-/// The ack a stream sends for a batch refused whole.
-pub fn to_ack(e: &IngestError, sequence: u64, received: usize) -> pb::BatchAck {
-    pb::BatchAck {
-        sequence,
-        received: received as u32,
-        error: e.to_string(),
-        retryable: classify(e).1,
-        ..Default::default()
-    }
+    e.count();
+    Status::new(e.kind().codes().grpc, e.to_string())
 }
 
 /// The status a stream ends with when the client's side of it broke off
@@ -89,14 +28,14 @@ pub(crate) fn stream_end(cause: Status, last_acked: Option<u64>) -> Status {
     };
     let (code, reason, text) = match stream_limit(&cause) {
         Some(Limit::Encoded { size, limit }) => (
-            Code::OutOfRange,
+            ErrorKind::OutOfRange.codes().grpc,
             "message_too_large",
             format!(
                 "message of {size} bytes over the limit of {limit} (--max-message-bytes): split the batch"
             ),
         ),
         Some(Limit::Decompressed { limit }) => (
-            Code::OutOfRange,
+            ErrorKind::OutOfRange.codes().grpc,
             "message_too_large",
             format!(
                 "message over the limit of {limit} bytes once decompressed (--max-message-bytes): split the batch"

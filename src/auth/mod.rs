@@ -36,6 +36,26 @@ pub enum AuthError {
     Unavailable(String),
 }
 
+impl AuthError {
+    /// Its line in the code table.
+    pub fn kind(&self) -> crate::codes::ErrorKind {
+        match self {
+            AuthError::Unavailable(_) => crate::codes::ErrorKind::Unavailable,
+            _ => crate::codes::ErrorKind::Unauthenticated,
+        }
+    }
+
+    /// Counts the refused request in the metrics, by reason.
+    pub fn count(&self) {
+        crate::metrics::auth_refused(match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed => "malformed",
+            AuthError::Invalid => "invalid",
+            AuthError::Unavailable(_) => "unavailable",
+        });
+    }
+}
+
 /// The projects a key may write to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyScope {

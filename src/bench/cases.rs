@@ -22,9 +22,9 @@ use bytes::BytesMut;
 use postgres_types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio::{process::Child, time::Instant};
 
-use super::{BenchError, dataset::Dataset};
+use super::{BenchError, Case, CompareConfig, dataset::Dataset, report::Runs};
 use crate::{
-    config::TimescaleMode,
+    config::{ServeConfig, StorageConfig, TimescaleMode},
     copy::encode,
     db,
     loadgen::{self, LoadgenConfig, Summary},
@@ -332,4 +332,163 @@ fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// What every case of one `bench compare` run shares.
+pub struct Setup<'a> {
+    pub cfg: &'a CompareConfig,
+    pub dataset: &'a Dataset,
+    /// Connection strings: the server's maintenance database, and the
+    /// scratch database every run re-creates.
+    pub admin: String,
+    pub bench: String,
+    pub storage: StorageConfig,
+    /// The settings the service under test runs with.
+    pub serve: ServeConfig,
+    pub psql: PathBuf,
+    /// The `agent-telemetry` binary the service cases run.
+    pub exe: PathBuf,
+    /// The set as one COPY file, and as two halves.
+    pub whole: PathBuf,
+    pub halves: [PathBuf; 2],
+    /// Where each run's service log goes.
+    pub logs: PathBuf,
+}
+
+/// One run of one case on a fresh schema: the rows it stored and how long
+/// it took. One arm per case, each the whole of its case: long because the
+/// cases are many. `service_rate` is the service case's median, which the paced
+/// cases need; `log` takes a started service's output.
+pub async fn run(
+    s: &Setup<'_>,
+    case: Case,
+    run: usize,
+    service_rate: Option<f64>,
+    log: PathBuf,
+    runs: &mut Runs,
+) -> Result<(u64, Duration), BenchError> {
+    let load = LoadgenConfig {
+        streams: s.cfg.streams,
+        window: s.cfg.window,
+        batch_size: s.cfg.batch_size,
+        quiet: true,
+        messages: 0,
+        ..LoadgenConfig::default()
+    };
+    let mut serve_args = s.cfg.serve_args.clone();
+    if case == Case::ServiceNoIdProbe {
+        serve_args.retain(|a| !a.starts_with("--id-conflict-window"));
+        serve_args.push("--id-conflict-window=0s".into());
+    }
+    let start_service = || {
+        Service::start(
+            &s.exe,
+            &s.bench,
+            s.cfg.timescaledb,
+            &serve_args,
+            log.clone(),
+        )
+    };
+    let done = match case {
+        Case::Copy1 => (
+            s.dataset.len() as u64,
+            psql_copy(&s.psql, &s.bench, std::slice::from_ref(&s.whole)).await?,
+        ),
+        Case::Copy2 => (
+            s.dataset.len() as u64,
+            psql_copy(&s.psql, &s.bench, &s.halves).await?,
+        ),
+        Case::InsertMulti => (
+            s.dataset.len() as u64,
+            insert(&s.bench, s.dataset, s.dataset.len(), s.cfg.batch_size).await?,
+        ),
+        Case::InsertSingle => {
+            let n = s.cfg.single_insert_events.min(s.dataset.len());
+            (n as u64, insert(&s.bench, s.dataset, n, 1).await?)
+        }
+        Case::Service | Case::ServiceNoIdProbe | Case::ServiceHalf => {
+            let rate = match case {
+                Case::ServiceHalf => service_rate.unwrap_or(0.0) / 2.0,
+                _ => 0.0,
+            };
+            runs.offered = (rate > 0.0).then_some(rate);
+            let r = through_service(
+                start_service().await?,
+                LoadgenConfig { rate, ..load },
+                s.dataset.batches.clone(),
+                None,
+            )
+            .await?;
+            if r.summary.rows_stored != s.dataset.len() as u64 {
+                return Err(BenchError::Case(format!(
+                    "{case}, run {run}: the service stored {} of {} rows ({} batches failed)",
+                    r.summary.rows_stored,
+                    s.dataset.len(),
+                    r.summary.failed_batches
+                )));
+            }
+            runs.record_service(&r);
+            (r.summary.rows_stored, r.summary.elapsed)
+        }
+        Case::ServiceResend => {
+            let r = resent_through_service(start_service().await?, load, s.dataset.batches.clone())
+                .await?;
+            if r.summary.duplicates != s.dataset.len() as u64 {
+                return Err(BenchError::Case(format!(
+                    "{case}, run {run}: {} of {} resent rows were recognised as duplicates",
+                    r.summary.duplicates,
+                    s.dataset.len()
+                )));
+            }
+            runs.record_service(&r);
+            (s.dataset.len() as u64, r.summary.elapsed)
+        }
+        Case::ServiceResendMixed => {
+            // After every other batch, a resend of the one sent four
+            // batches before: a reconnecting client's pattern.
+            let set = &s.dataset.batches;
+            let mut mixed = Vec::with_capacity(set.len() * 3 / 2);
+            for (i, b) in set.iter().enumerate() {
+                mixed.push(b.clone());
+                if i >= 4 && i % 2 == 0 {
+                    mixed.push(set[i - 4].clone());
+                }
+            }
+            let resent: u64 =
+                mixed.iter().map(|b| b.len() as u64).sum::<u64>() - s.dataset.len() as u64;
+            let r = through_service(start_service().await?, load, Arc::new(mixed), None).await?;
+            if r.summary.rows_stored != s.dataset.len() as u64 || r.summary.duplicates != resent {
+                return Err(BenchError::Case(format!(
+                    "{case}, run {run}: {} stored and {} duplicates; expected {} and {resent}",
+                    r.summary.rows_stored,
+                    r.summary.duplicates,
+                    s.dataset.len()
+                )));
+            }
+            runs.record_service(&r);
+            (r.summary.rows_stored, r.summary.elapsed)
+        }
+        Case::ServiceOverload => {
+            let rate = 3.0 * service_rate.unwrap_or(0.0);
+            runs.offered = Some(rate);
+            // Enough streams and unacked batches per stream that the
+            // clients keep offering the rate while acks are slow;
+            // the set goes round (with new ids) for --overload-for.
+            let r = through_service(
+                start_service().await?,
+                LoadgenConfig {
+                    rate,
+                    streams: 16,
+                    window: 64,
+                    ..load
+                },
+                s.dataset.batches.clone(),
+                Some(s.cfg.overload_for),
+            )
+            .await?;
+            runs.record_service(&r);
+            (r.summary.rows_stored, r.summary.elapsed)
+        }
+    };
+    Ok(done)
 }

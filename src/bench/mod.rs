@@ -11,20 +11,19 @@ pub mod cases;
 pub mod dataset;
 pub mod report;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Subcommand, ValueEnum};
 
 use self::{
-    cases::Service,
     dataset::Dataset,
     report::{Machine, Runs},
 };
 use crate::{
     config::{DatabaseConfig, ServeConfig, StorageConfig, TimescaleMode},
     db::{self, DbError, dims::Dimensions, embedded},
-    loadgen::{LoadgenConfig, LoadgenError},
-    server::{self, ServerError},
+    loadgen::LoadgenError,
+    server::ServerError,
 };
 
 #[derive(Debug, Subcommand)]
@@ -187,8 +186,10 @@ impl std::fmt::Display for Case {
 pub enum BenchError {
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("database error: {}", .0.as_db_error().map_or_else(|| .0.to_string(), ToString::to_string))]
+    #[error("database error: {}", crate::db::error::describe(.0))]
     Query(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Open(#[from] crate::db::open::OpenError),
     #[error(transparent)]
     Server(#[from] ServerError),
     #[error("loadgen: {0}")]
@@ -223,7 +224,7 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
         timescaledb: cfg.timescaledb,
         ..serve.storage.clone()
     };
-    let database = server::open_database(&cfg.database).await?;
+    let database = db::open::open_database(&cfg.database).await?;
     let (admin, bench) = match &database.embedded {
         Some(cluster) => (
             cluster.conn_string("postgres"),
@@ -234,32 +235,25 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
             with_dbname(&database.conn, &cfg.bench_database)?,
         ),
     };
-    let psql = match &cfg.psql {
-        Some(p) => p.clone(),
-        None => embedded::find_bindir(cfg.database.pg_bindir.as_deref())
-            .map(|d| d.join("psql"))
-            .ok()
-            .filter(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from("psql")),
-    };
-    let exe = match &cfg.service_exe {
-        Some(e) => e.clone(),
-        None => std::env::current_exe().map_err(|e| BenchError::Io("current_exe".into(), e))?,
-    };
+    let (psql, exe) = tools(cfg)?;
 
     eprintln!("generating {} events", cfg.events);
     let dataset = Dataset::generate(cfg.events, cfg.batch_size)?;
     let dir = tempfile::tempdir().map_err(|e| BenchError::Io("temp dir".into(), e))?;
-    let whole = dir.path().join("events.bin");
-    let halves = [dir.path().join("half-1.bin"), dir.path().join("half-2.bin")];
-    if cases.contains(&Case::Copy1) {
-        dataset.write_copy_file(&whole, 0..dataset.len())?;
-    }
-    if cases.contains(&Case::Copy2) {
-        let mid = dataset.len() / 2;
-        dataset.write_copy_file(&halves[0], 0..mid)?;
-        dataset.write_copy_file(&halves[1], mid..dataset.len())?;
-    }
+    let (whole, halves) = copy_files(&dataset, dir.path(), &cases)?;
+    let setup = cases::Setup {
+        cfg,
+        dataset: &dataset,
+        admin: admin.clone(),
+        bench,
+        storage,
+        serve: serve.clone(),
+        psql,
+        exe,
+        whole,
+        halves,
+        logs: dir.path().to_owned(),
+    };
 
     let mut machine = None;
     let mut results: Vec<(Case, Runs)> = Vec::new();
@@ -275,156 +269,8 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
         }
         let mut runs = Runs::default();
         for run in 1..=cfg.runs.max(1) {
-            let report =
-                fresh_database(&admin, &bench, &cfg.bench_database, &storage, &serve).await?;
-            let client = db::connect(&bench).await?;
-            create_chunks(&client, dataset.span_us).await?;
-            if machine.is_none() {
-                machine = Some(Machine::describe(&client, report.mode.to_string()).await?);
-            }
-            if !case.is_service() {
-                create_projects(&bench, &dataset.projects).await?;
-            }
-            // Start every run without a checkpoint owed by the one before.
-            // Needs superuser or pg_checkpoint; harmless to skip otherwise.
-            let _ = client.batch_execute("CHECKPOINT").await;
-            let log = dir.path().join(format!("serve-{case}-{run}.log"));
-            let load = LoadgenConfig {
-                streams: cfg.streams,
-                window: cfg.window,
-                batch_size: cfg.batch_size,
-                quiet: true,
-                messages: 0,
-                ..LoadgenConfig::default()
-            };
-            let mut serve_args = cfg.serve_args.clone();
-            if case == Case::ServiceNoIdProbe {
-                serve_args.retain(|a| !a.starts_with("--id-conflict-window"));
-                serve_args.push("--id-conflict-window=0s".into());
-            }
-            let start_service =
-                || Service::start(&exe, &bench, cfg.timescaledb, &serve_args, log.clone());
-            let (stored, elapsed) = match case {
-                Case::Copy1 => (
-                    dataset.len() as u64,
-                    cases::psql_copy(&psql, &bench, std::slice::from_ref(&whole)).await?,
-                ),
-                Case::Copy2 => (
-                    dataset.len() as u64,
-                    cases::psql_copy(&psql, &bench, &halves).await?,
-                ),
-                Case::InsertMulti => (
-                    dataset.len() as u64,
-                    cases::insert(&bench, &dataset, dataset.len(), cfg.batch_size).await?,
-                ),
-                Case::InsertSingle => {
-                    let n = cfg.single_insert_events.min(dataset.len());
-                    (n as u64, cases::insert(&bench, &dataset, n, 1).await?)
-                }
-                Case::Service | Case::ServiceNoIdProbe | Case::ServiceHalf => {
-                    let rate = match case {
-                        Case::ServiceHalf => service_rate.unwrap_or(0.0) / 2.0,
-                        _ => 0.0,
-                    };
-                    runs.offered = (rate > 0.0).then_some(rate);
-                    let r = cases::through_service(
-                        start_service().await?,
-                        LoadgenConfig { rate, ..load },
-                        dataset.batches.clone(),
-                        None,
-                    )
-                    .await?;
-                    if r.summary.rows_stored != dataset.len() as u64 {
-                        return Err(BenchError::Case(format!(
-                            "{case}, run {run}: the service stored {} of {} rows ({} batches failed)",
-                            r.summary.rows_stored,
-                            dataset.len(),
-                            r.summary.failed_batches
-                        )));
-                    }
-                    runs.record_service(&r);
-                    (r.summary.rows_stored, r.summary.elapsed)
-                }
-                Case::ServiceResend => {
-                    let r = cases::resent_through_service(
-                        start_service().await?,
-                        load,
-                        dataset.batches.clone(),
-                    )
-                    .await?;
-                    if r.summary.duplicates != dataset.len() as u64 {
-                        return Err(BenchError::Case(format!(
-                            "{case}, run {run}: {} of {} resent rows were recognised as duplicates",
-                            r.summary.duplicates,
-                            dataset.len()
-                        )));
-                    }
-                    runs.record_service(&r);
-                    (dataset.len() as u64, r.summary.elapsed)
-                }
-                Case::ServiceResendMixed => {
-                    // After every other batch, a resend of the one sent four
-                    // batches before: a reconnecting client's pattern.
-                    let set = &dataset.batches;
-                    let mut mixed = Vec::with_capacity(set.len() * 3 / 2);
-                    for (i, b) in set.iter().enumerate() {
-                        mixed.push(b.clone());
-                        if i >= 4 && i % 2 == 0 {
-                            mixed.push(set[i - 4].clone());
-                        }
-                    }
-                    let resent: u64 =
-                        mixed.iter().map(|b| b.len() as u64).sum::<u64>() - dataset.len() as u64;
-                    let r =
-                        cases::through_service(start_service().await?, load, Arc::new(mixed), None)
-                            .await?;
-                    if r.summary.rows_stored != dataset.len() as u64
-                        || r.summary.duplicates != resent
-                    {
-                        return Err(BenchError::Case(format!(
-                            "{case}, run {run}: {} stored and {} duplicates; expected {} and {resent}",
-                            r.summary.rows_stored,
-                            r.summary.duplicates,
-                            dataset.len()
-                        )));
-                    }
-                    runs.record_service(&r);
-                    (r.summary.rows_stored, r.summary.elapsed)
-                }
-                Case::ServiceOverload => {
-                    let rate = 3.0 * service_rate.unwrap_or(0.0);
-                    runs.offered = Some(rate);
-                    // Enough streams and unacked batches per stream that the
-                    // clients keep offering the rate while acks are slow;
-                    // the set goes round (with new ids) for --overload-for.
-                    let r = cases::through_service(
-                        start_service().await?,
-                        LoadgenConfig {
-                            rate,
-                            streams: 16,
-                            window: 64,
-                            ..load
-                        },
-                        dataset.batches.clone(),
-                        Some(cfg.overload_for),
-                    )
-                    .await?;
-                    runs.record_service(&r);
-                    (r.summary.rows_stored, r.summary.elapsed)
-                }
-            };
-            let found: i64 = client
-                .query_one("SELECT count(*) FROM agent_events", &[])
-                .await?
-                .get(0);
-            if found != stored as i64 {
-                return Err(BenchError::Count {
-                    case,
-                    run,
-                    found,
-                    stored,
-                });
-            }
+            let (stored, elapsed) =
+                one_run(&setup, (case, run), service_rate, &mut runs, &mut machine).await?;
             let rate = stored as f64 / elapsed.as_secs_f64().max(1e-9);
             eprintln!(
                 "{case} run {run}: {stored} rows in {:.2} s, {} rows/s",
@@ -445,12 +291,11 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
         ))
         .await?;
     drop(admin_client);
-    if let Some(cluster) = database.embedded {
-        tokio::task::spawn_blocking(move || cluster.stop())
-            .await
-            .expect("embedded stop panicked")
-            .map_err(ServerError::from)?;
-    }
+    // Only a cluster this run started: a service may be using it.
+    database
+        .release()
+        .await
+        .map_err(|e| BenchError::Open(e.into()))?;
     let machine = machine.ok_or_else(|| BenchError::Settings("no case was run".into()))?;
     let command: Vec<String> = std::env::args().collect();
     let limits = report::Limits {
@@ -474,6 +319,85 @@ impl Runs {
             self.peak_rss.push(rss);
         }
     }
+}
+
+/// The `psql` the COPY cases run (`--psql`, the server's bindir, else
+/// PATH) and the `agent-telemetry` binary the service cases start.
+fn tools(cfg: &CompareConfig) -> Result<(PathBuf, PathBuf), BenchError> {
+    let psql = match &cfg.psql {
+        Some(p) => p.clone(),
+        None => embedded::find_bindir(cfg.database.pg_bindir.as_deref())
+            .map(|d| d.join("psql"))
+            .ok()
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("psql")),
+    };
+    let exe = match &cfg.service_exe {
+        Some(e) => e.clone(),
+        None => std::env::current_exe().map_err(|e| BenchError::Io("current_exe".into(), e))?,
+    };
+    Ok((psql, exe))
+}
+
+/// The set as COPY files: whole (one stream) and in halves (two), for the
+/// cases that run.
+fn copy_files(
+    dataset: &Dataset,
+    dir: &std::path::Path,
+    cases: &[Case],
+) -> Result<(PathBuf, [PathBuf; 2]), BenchError> {
+    let whole = dir.join("events.bin");
+    let halves = [dir.join("half-1.bin"), dir.join("half-2.bin")];
+    if cases.contains(&Case::Copy1) {
+        dataset.write_copy_file(&whole, 0..dataset.len())?;
+    }
+    if cases.contains(&Case::Copy2) {
+        let mid = dataset.len() / 2;
+        dataset.write_copy_file(&halves[0], 0..mid)?;
+        dataset.write_copy_file(&halves[1], mid..dataset.len())?;
+    }
+    Ok((whole, halves))
+}
+
+/// One run of one case: a fresh schema (its day's chunk created, a
+/// checkpoint taken), the case, and a count of the table against what the
+/// case says it stored. Describes the machine on the first run.
+async fn one_run(
+    setup: &cases::Setup<'_>,
+    (case, run): (Case, usize),
+    service_rate: Option<f64>,
+    runs: &mut Runs,
+    machine: &mut Option<Machine>,
+) -> Result<(u64, Duration), BenchError> {
+    let s = setup;
+    let name = &s.cfg.bench_database;
+    let report = fresh_database(&s.admin, &s.bench, name, &s.storage, &s.serve).await?;
+    let client = db::connect(&setup.bench).await?;
+    create_chunks(&client, setup.dataset.span_us).await?;
+    if machine.is_none() {
+        *machine = Some(Machine::describe(&client, report.mode.to_string()).await?);
+    }
+    if !case.is_service() {
+        create_projects(&setup.bench, &setup.dataset.projects).await?;
+    }
+    // Start every run without a checkpoint owed by the one before.
+    // Needs superuser or pg_checkpoint; harmless to skip otherwise.
+    let _ = client.batch_execute("CHECKPOINT").await;
+    let log = s.logs.join(format!("serve-{case}-{run}.log"));
+    let (stored, elapsed) = cases::run(setup, case, run, service_rate, log, runs).await?;
+    let found: i64 = client
+        .query_one("SELECT count(*) FROM agent_events", &[])
+        .await?
+        .get(0);
+    if found != stored as i64 {
+        return Err(BenchError::Count {
+            case,
+            run,
+            found,
+            stored,
+        });
+    }
+    Ok((stored, elapsed))
 }
 
 /// `serve`'s settings with the --serve-arg flags, as the child will see them.
@@ -510,7 +434,7 @@ async fn fresh_database(
         .batch_execute(&format!("CREATE DATABASE {q}"))
         .await?;
     drop(client);
-    Ok(server::run_migrations(bench, storage, serve.limits.max_past).await?)
+    Ok(db::open::run_migrations(bench, storage, serve.limits.max_past).await?)
 }
 
 /// Makes the hypertable chunks the set's rows fall into, as they exist in

@@ -117,6 +117,7 @@ pub struct Limits {
 }
 
 /// The report: machine, one table of all cases, the ratios and targets.
+/// Its sections in the order they are printed; each is a few lines.
 pub fn render(
     machine: &Machine,
     command: &str,

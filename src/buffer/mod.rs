@@ -1,4 +1,4 @@
-//! Stage 5: **buffer**. Bounded admission and batching, per table.
+//! Stage 3: **buffer**. Bounded admission and batching, per table.
 //!
 //! In: a [`Piece`](crate::copy::Piece) — the encoded, accepted rows of one client batch, with
 //! the channel its outcome goes to. Admission takes a byte-weighted permit

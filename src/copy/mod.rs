@@ -1,9 +1,10 @@
-//! Stages 4 and 6: **encode** and **copy**.
+//! Stage 4: **copy**, and the format it copies.
 //!
 //! [`encode`] is pure: checked rows in, bytes of PostgreSQL's binary COPY
-//! format out (one buffer per batch, no per-row allocation). [`writer`] does
-//! the IO: one `COPY … FROM STDIN (FORMAT binary)` per flush, committed before
-//! any piece of it is resolved.
+//! format out (one buffer per batch, no per-row allocation); intake calls it
+//! (stage 2) and hands the bytes on as a [`Piece`]. [`writer`] does the IO:
+//! one `COPY … FROM STDIN (FORMAT binary)` per flush, committed before any
+//! piece of it is resolved.
 
 pub mod encode;
 pub mod writer;
@@ -57,4 +58,3 @@ impl Piece {
         self.data.slice(start..end)
     }
 }
-

@@ -36,12 +36,12 @@ use uuid::Uuid;
 
 use super::encode::{HEADER, TRAILER};
 use crate::{
-    ack::{FlushFailure, PieceOutcome},
+    ack::{Failure, PieceOutcome, Rejection},
+    codes::ErrorKind,
     copy::Piece,
     metrics,
     row::Table,
     time::{pg_us_to_system_time, system_time_to_pg_us},
-    validate::Rejection,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -248,9 +248,13 @@ impl CopyWriter {
                         )
                     };
                     for seg in &set {
-                        outcomes[seg.piece].failure = Some(FlushFailure {
+                        outcomes[seg.piece].failure = Some(Failure {
                             message: message.clone(),
-                            retryable,
+                            kind: if retryable {
+                                ErrorKind::Unavailable
+                            } else {
+                                ErrorKind::Internal
+                            },
                         });
                     }
                 }

@@ -1,11 +1,13 @@
 //! The database: connection pool, migrations ([`migrate`]), the dimension
 //! rows and their cache ([`dims`]), and the embedded PostgreSQL the service
-//! runs when no `DATABASE_URL` is given ([`embedded`]).
+//! runs when no `DATABASE_URL` is given ([`embedded`]), and opening
+//! whichever of the two a command uses ([`open`]).
 
 pub mod dims;
 pub mod embedded;
 pub mod error;
 pub mod migrate;
+pub mod open;
 
 use std::{str::FromStr, time::Duration};
 

@@ -1,4 +1,4 @@
-//! Stage 8: **maintain** — what happens to stored rows after their ack.
+//! Stage 6: **maintain** — what happens to stored rows after their ack.
 //!
 //! - [`refresh`] (TimescaleDB mode): the copy stage reports the hours it
 //!   wrote late rows into; this refreshes exactly those ranges of the

@@ -20,11 +20,10 @@ use opentelemetry_proto::tonic::collector::{
         trace_service_server::TraceService,
     },
 };
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::{OtlpError, OtlpIntake, RequestMeta};
-use crate::api::status;
 
 #[derive(Clone)]
 pub struct OtlpGrpc(pub Arc<OtlpIntake>);
@@ -43,12 +42,7 @@ fn meta<T>(request: &Request<T>) -> RequestMeta {
 }
 
 pub fn to_status(e: &OtlpError) -> Status {
-    let code = match e {
-        OtlpError::Auth(a) => status::auth_code(a),
-        OtlpError::Refused(i) => status::classify(i).0,
-        OtlpError::NotStored(_) => Code::Unavailable,
-        OtlpError::Denied(_) => Code::PermissionDenied,
-    };
+    let code = e.kind().codes().grpc;
     match e.retry_after() {
         Some(delay) => Status::with_error_details(
             code,
@@ -123,8 +117,10 @@ impl MetricsService for OtlpGrpc {
 mod tests {
     use std::time::Duration;
 
+    use tonic::Code;
+
     use super::*;
-    use crate::{api::intake::IngestError, buffer::AdmitError, row::Table};
+    use crate::{buffer::AdmitError, intake::IngestError, row::Table};
 
     #[test]
     fn retry_info_only_where_a_retry_can_help() {

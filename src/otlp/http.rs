@@ -27,7 +27,7 @@ use prost::Message;
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{OtlpError, OtlpIntake, Outcome, RequestMeta};
-use crate::{api::status, auth::AuthError};
+use crate::codes::ErrorKind;
 
 #[derive(Clone)]
 struct HttpState {
@@ -66,6 +66,18 @@ enum BodyError {
     Protobuf(prost::DecodeError),
     #[error("the body is not a valid OTLP JSON message: {0}")]
     Json(serde_json::Error),
+}
+
+impl BodyError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            BodyError::ContentType(_) | BodyError::ContentEncoding(_) => {
+                ErrorKind::UnsupportedMedia
+            }
+            BodyError::TooLarge(_) => ErrorKind::PayloadTooLarge,
+            _ => ErrorKind::InvalidArgument,
+        }
+    }
 }
 
 fn encoding_of(headers: &HeaderMap) -> Result<Encoding, BodyError> {
@@ -130,14 +142,12 @@ fn reply<T: Message + Serialize>(status: StatusCode, encoding: Encoding, msg: &T
     (status, [(header::CONTENT_TYPE, ct)], body).into_response()
 }
 
-/// A failed request's answer: a `google.rpc.Status` in the request's encoding.
-fn failure(
-    status: StatusCode,
-    code: tonic::Code,
-    message: String,
-    encoding: Encoding,
-    retry_after: Option<std::time::Duration>,
-) -> Response {
+/// A failed request's answer: a `google.rpc.Status` in the request's
+/// encoding, with the HTTP status, code and `Retry-After` of the code table.
+fn failure(kind: ErrorKind, message: String, encoding: Encoding) -> Response {
+    let codes = kind.codes();
+    let status = StatusCode::from_u16(codes.http).expect("the code table holds valid statuses");
+    let code = codes.grpc;
     let mut response = match encoding {
         Encoding::Protobuf => {
             let s = tonic_types::pb::Status {
@@ -159,7 +169,7 @@ fn failure(
         )
             .into_response(),
     };
-    if let Some(after) = retry_after {
+    if let Some(after) = codes.retry_after {
         let secs = after.as_secs().max(1).to_string();
         response.headers_mut().insert(
             header::RETRY_AFTER,
@@ -170,23 +180,7 @@ fn failure(
 }
 
 fn error_response(e: &OtlpError, encoding: Encoding) -> Response {
-    let (http, code) = match e {
-        OtlpError::Auth(AuthError::Unavailable(_)) => {
-            (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable)
-        }
-        OtlpError::Auth(_) => (StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated),
-        OtlpError::Refused(i) => match status::classify(i).0 {
-            tonic::Code::ResourceExhausted => (
-                StatusCode::TOO_MANY_REQUESTS,
-                tonic::Code::ResourceExhausted,
-            ),
-            tonic::Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
-            c => (StatusCode::BAD_REQUEST, c),
-        },
-        OtlpError::NotStored(_) => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
-        OtlpError::Denied(_) => (StatusCode::FORBIDDEN, tonic::Code::PermissionDenied),
-    };
-    failure(http, code, e.to_string(), encoding, e.retry_after())
+    failure(e.kind(), e.to_string(), encoding)
 }
 
 fn meta(headers: &HeaderMap) -> RequestMeta {
@@ -217,32 +211,11 @@ where
 {
     let encoding = match encoding_of(headers) {
         Ok(e) => e,
-        Err(e) => {
-            return failure(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                tonic::Code::InvalidArgument,
-                e.to_string(),
-                Encoding::Json,
-                None,
-            );
-        }
+        Err(e) => return failure(e.kind(), e.to_string(), Encoding::Json),
     };
     let request: Req = match decode(headers, body, encoding, state.max_bytes) {
         Ok(r) => r,
-        Err(e) => {
-            let http = match e {
-                BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                BodyError::ContentEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            return failure(
-                http,
-                tonic::Code::InvalidArgument,
-                e.to_string(),
-                encoding,
-                None,
-            );
-        }
+        Err(e) => return failure(e.kind(), e.to_string(), encoding),
     };
     match export(request, meta(headers)).await {
         Ok(outcome) => reply(StatusCode::OK, encoding, &respond(outcome)),

@@ -14,11 +14,14 @@
 //! Errors are [`OtlpError`]; the two edges map them to a gRPC status or an
 //! HTTP status.
 
+pub mod agents;
 pub mod attrs;
 pub mod grpc;
 pub mod http;
 pub mod map;
 pub mod price;
+mod rows;
+pub mod serve;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -26,7 +29,6 @@ use std::{
     time::SystemTime,
 };
 
-use bytes::Bytes;
 use opentelemetry_proto::tonic::{
     collector::{
         logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
@@ -34,7 +36,6 @@ use opentelemetry_proto::tonic::{
     },
     common::v1::{InstrumentationScope, KeyValue},
 };
-use prost::Message;
 use uuid::Uuid;
 
 use self::{
@@ -42,8 +43,10 @@ use self::{
     price::PriceTable,
 };
 use crate::{
-    api::intake::{IngestError, Intake},
+    ack::{BatchOutcome, RejectionKind},
     auth::{AuthError, Authenticator, Scope},
+    codes::ErrorKind,
+    intake::{Batch, IngestError, Intake, Rows},
     pb,
 };
 
@@ -64,18 +67,20 @@ pub enum OtlpError {
 }
 
 impl OtlpError {
-    /// Whether a retry of the same export can succeed (and after how long
-    /// the client should try).
-    pub fn retry_after(&self) -> Option<std::time::Duration> {
-        use std::time::Duration;
+    /// Its line in the code table, which gives both edges their status and
+    /// retry hint.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            OtlpError::Auth(AuthError::Unavailable(_)) => Some(Duration::from_secs(5)),
-            OtlpError::Refused(e) if crate::api::status::retryable(e) => {
-                Some(Duration::from_secs(2))
-            }
-            OtlpError::NotStored(_) => Some(Duration::from_secs(5)),
-            _ => None,
+            OtlpError::Auth(e) => e.kind(),
+            OtlpError::Refused(e) => e.kind(),
+            OtlpError::NotStored(_) => ErrorKind::Unavailable,
+            OtlpError::Denied(_) => ErrorKind::PermissionDenied,
         }
+    }
+
+    /// After how long a retry of the same export can succeed (None: never).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.kind().codes().retry_after
     }
 }
 
@@ -258,7 +263,7 @@ impl OtlpIntake {
             .scope(meta.authorization.as_deref())
             .await
             .map_err(|e| {
-                crate::api::status::count_auth_refusal(&e);
+                e.count();
                 OtlpError::Auth(e)
             })
     }
@@ -333,7 +338,7 @@ impl OtlpIntake {
                 Ok(_) => "ok",
                 Err(OtlpError::Auth(_)) => "unauthenticated",
                 Err(OtlpError::Denied(_)) => "permission_denied",
-                Err(e) if e.retry_after().is_some() => "retry",
+                Err(e) if e.kind().retryable() => "retry",
                 Err(_) => "refused",
             },
         );
@@ -357,12 +362,11 @@ impl OtlpIntake {
         // are awaited together.
         let mut accepted = Vec::new();
         for (c, chunk) in items.chunks(max).enumerate() {
-            let batch = pb::wire::AgentEventBatch {
+            // Handed over decoded: intake validates the rows as they are.
+            let batch = Batch {
                 sequence: c as u64,
-                events: chunk
-                    .iter()
-                    .map(|i| Bytes::from(i.mapped.event.encode_to_vec()))
-                    .collect(),
+                sessions: Vec::new(),
+                rows: Rows::Decoded(chunk.iter().map(|i| i.mapped.event.clone()).collect()),
             };
             accepted.push((c * max, self.intake.events(batch, scope).await?));
         }
@@ -385,13 +389,10 @@ impl OtlpIntake {
                     .entry(item.mapped.session)
                     .or_insert_with(|| chat_session(item, m.timestamp));
             }
-            let batch = pb::wire::ChatMessageBatch {
+            let batch = Batch {
                 sequence: c as u64,
                 sessions: sessions.into_values().collect(),
-                messages: chunk
-                    .iter()
-                    .map(|(_, m)| Bytes::from(m.encode_to_vec()))
-                    .collect(),
+                rows: Rows::Decoded(chunk.iter().map(|(_, m)| (*m).clone()).collect()),
             };
             message_accepted.push((c, self.intake.messages(batch, scope).await?));
         }
@@ -471,22 +472,20 @@ impl Problems {
         }
     }
 
-    fn ack(&mut self, ack: &pb::BatchAck, offset: usize, items: &[Item]) -> Result<(), OtlpError> {
-        if !ack.error.is_empty() {
-            if ack.retryable {
-                return Err(OtlpError::NotStored(ack.error.clone()));
+    fn ack(&mut self, ack: &BatchOutcome, offset: usize, items: &[Item]) -> Result<(), OtlpError> {
+        if let Some(f) = &ack.failure {
+            if f.retryable() {
+                return Err(OtlpError::NotStored(f.message.clone()));
             }
             // Rows the database refused for good: neither stored nor
             // rejected by validation.
-            let lost = ack.received as i64
-                - (ack.stored + ack.duplicates + ack.spooled) as i64
-                - ack.rejected.len() as i64;
-            self.rejected += lost.max(0);
-            self.note(format!("{lost} rows not stored: {}", ack.error));
+            let lost = ack.lost();
+            self.rejected += i64::from(lost);
+            self.note(format!("{lost} rows not stored: {}", f.message));
         }
         for r in &ack.rejected {
             self.rejected += 1;
-            if r.code == "PERMISSION_DENIED" {
+            if r.kind == RejectionKind::Denied {
                 self.denied += 1;
             }
             let at = items
@@ -500,21 +499,22 @@ impl Problems {
 
     /// A text that fails validation does not cost its record: it is
     /// described, not counted.
-    fn message_ack(&mut self, ack: &pb::BatchAck, locators: &[String]) -> Result<(), OtlpError> {
-        if !ack.error.is_empty() {
-            if ack.retryable {
-                return Err(OtlpError::NotStored(ack.error.clone()));
+    fn message_ack(&mut self, ack: &BatchOutcome, locators: &[String]) -> Result<(), OtlpError> {
+        if let Some(f) = &ack.failure {
+            if f.retryable() {
+                return Err(OtlpError::NotStored(f.message.clone()));
             }
-            self.note(format!("chat messages not stored: {}", ack.error));
+            self.note(format!("chat messages not stored: {}", f.message));
         }
-        for r in &ack.rejected {
-            let at = match r.kind.as_str() {
-                "session" => "its session".to_owned(),
-                _ => locators
-                    .get(r.index as usize)
-                    .cloned()
-                    .unwrap_or_else(|| "?".into()),
-            };
+        let sessions = ack
+            .sessions_rejected
+            .iter()
+            .map(|r| ("its session".to_owned(), r));
+        let rows = ack.rejected.iter().map(|r| {
+            let at = locators.get(r.index as usize).cloned();
+            (at.unwrap_or_else(|| "?".into()), r)
+        });
+        for (at, r) in rows.chain(sessions) {
             self.note(format!(
                 "{at}: not stored as a chat message: {}: {}",
                 r.field, r.reason

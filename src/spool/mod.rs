@@ -1,4 +1,4 @@
-//! Stage 4½, optional: the **spool** (`--spool-dir`). With it, a batch is
+//! Optional, beside intake: the **spool** (`--spool-dir`). With it, a batch is
 //! acknowledged once its accepted rows are appended to a local write-ahead
 //! log and fsynced — before the database has seen them — so clients keep
 //! getting acks while the database is down or restarting.
@@ -6,7 +6,7 @@
 //! In: at receipt, intake validates a batch (rejections go in its ack at
 //! once) and appends an [`Entry`] holding the accepted rows' protobuf, the
 //! time it was received and the API key's scope ([`log`] does the files and
-//! the fsyncs). Out: the [`replay`] task reads the entries back in order and
+//! the fsyncs). Out: the [`crate::intake::replay`] task reads the entries back in order and
 //! feeds each through the normal pipeline (dimensions → encode → buffer →
 //! COPY); the log is truncated only behind entries whose rows are committed.
 //! Replaying an entry twice (after a crash) stores nothing twice: its rows
@@ -16,7 +16,6 @@
 //! RESOURCE_EXHAUSTED: nothing is dropped silently.
 
 pub mod log;
-pub mod replay;
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! Replays spooled entries into the database, in order, for as long as the
+//! Spool replay: spooled entries into the database, in order, for as long as the
 //! service runs: each entry goes through intake's normal path (dimensions →
 //! encode → buffer → COPY) and its rows' outcome is awaited like a client's
 //! ack. Several entries are in flight at once (the buffer's admission
@@ -36,11 +36,15 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Batch, Entry,
-    log::{Position, Reader},
+use super::Intake;
+use crate::{
+    ack::BatchOutcome,
+    metrics,
+    spool::{
+        Batch, Entry,
+        log::{Position, Reader},
+    },
 };
-use crate::{api::intake::Intake, metrics, pb};
 
 /// Entries whose rows may be on their way to the database at once.
 const IN_FLIGHT: usize = 32;
@@ -54,13 +58,17 @@ pub struct Backlog {
     pub oldest_us: AtomicI64,
 }
 
-type Pending = Pin<Box<dyn Future<Output = pb::BatchAck> + Send>>;
+type Pending = Pin<Box<dyn Future<Output = BatchOutcome> + Send>>;
 
 struct InFlight {
     end: Position,
     entry: Entry,
 }
 
+/// Replays until drained. One event loop, and long for it: the committed
+/// position, the entries in flight (in order) and the backoff are state
+/// every branch of its `select!` reads and moves; split up, they would
+/// travel as one mutable struct through every piece.
 pub async fn run(
     mut reader: Reader,
     intake: Arc<Intake>,
@@ -102,8 +110,8 @@ pub async fn run(
             biased;
             Some(ack) = acks.next(), if !acks.is_empty() => {
                 let flight = flights.pop_front().expect("one flight per ack");
-                if !ack.error.is_empty() && ack.retryable {
-                    tracing::warn!(error = %ack.error, retry_in = ?backoff, "spool replay: not stored; going back to the oldest uncommitted entry");
+                if let Some(f) = ack.failure.as_ref().filter(|f| f.retryable()) {
+                    tracing::warn!(error = %f.message, retry_in = ?backoff, "spool replay: not stored; going back to the oldest uncommitted entry");
                     metrics::spool_replay_retried();
                     flights.clear();
                     acks = FuturesOrdered::new();
@@ -133,7 +141,7 @@ pub async fn run(
                             acks.push_back(Box::pin(accepted.outcome()));
                             flights.push_back(InFlight { end, entry });
                         }
-                        Err(e) if crate::api::status::retryable(&e) => {
+                        Err(e) if e.kind().retryable() => {
                             tracing::warn!(error = %e, retry_in = ?backoff, "spool replay: cannot take the entry now");
                             metrics::spool_replay_retried();
                             // Let what is in flight finish first, then
@@ -144,7 +152,7 @@ pub async fn run(
                             backoff = (backoff * 2).min(Duration::from_secs(5));
                         }
                         Err(e) => {
-                            let ack = crate::api::status::to_ack(&e, entry.batch.sequence(), entry.batch.rows().len());
+                            let ack = BatchOutcome::refused(entry.batch.sequence(), entry.batch.rows().len(), e.failure());
                             flights_wait(&mut acks, &mut flights, &mut committed, &dead_letters).await;
                             dead_letter(&dead_letters, &entry, &ack);
                             committed = end;
@@ -180,7 +188,7 @@ async fn flights_wait(
     let mut failed = false;
     while let Some(ack) = acks.next().await {
         let flight = flights.pop_front().expect("one flight per ack");
-        if failed || (!ack.error.is_empty() && ack.retryable) {
+        if failed || ack.retryable() {
             failed = true;
             continue;
         }
@@ -197,7 +205,7 @@ async fn wait(d: Duration, drain: &CancellationToken) {
 }
 
 /// Writes the rows of `entry` that its replay refused for good.
-fn dead_letter(path: &PathBuf, entry: &Entry, ack: &pb::BatchAck) {
+fn dead_letter(path: &PathBuf, entry: &Entry, outcome: &BatchOutcome) {
     let rows = entry.batch.rows();
     let kind = match entry.batch {
         Batch::Events(_) => "agent_event",
@@ -206,17 +214,20 @@ fn dead_letter(path: &PathBuf, entry: &Entry, ack: &pb::BatchAck) {
     // Indexes in the client's batch, as its ack would have given them.
     let client_index = |i: usize| entry.indices.get(i).copied().unwrap_or(i as u32);
     let mut lines = Vec::new();
-    if !ack.error.is_empty() {
+    if let Some(f) = &outcome.failure {
         for (i, row) in rows.iter().enumerate() {
-            lines.push(line(entry, client_index(i), kind, row, "", &ack.error));
+            lines.push(line(entry, client_index(i), kind, row, "", &f.message));
         }
     }
-    for r in &ack.rejected {
-        let i = r.index as usize;
-        if r.kind == "session" {
-            if let Batch::Messages(b) = &entry.batch
-                && let Some(s) = b.sessions.get(i)
-            {
+    for r in &outcome.rejected {
+        if let Some(row) = rows.get(r.index as usize) {
+            let i = client_index(r.index as usize);
+            lines.push(line(entry, i, kind, row, &r.field, &r.reason));
+        }
+    }
+    if let Batch::Messages(b) = &entry.batch {
+        for r in &outcome.sessions_rejected {
+            if let Some(s) = b.sessions.get(r.index as usize) {
                 let row = prost::Message::encode_to_vec(s);
                 lines.push(line(
                     entry,
@@ -227,8 +238,6 @@ fn dead_letter(path: &PathBuf, entry: &Entry, ack: &pb::BatchAck) {
                     &r.reason,
                 ));
             }
-        } else if let Some(row) = rows.get(i) {
-            lines.push(line(entry, client_index(i), kind, row, &r.field, &r.reason));
         }
     }
     if lines.is_empty() {

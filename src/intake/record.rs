@@ -1,0 +1,399 @@
+//! The two record kinds, as intake sees them: what a batch of each holds,
+//! how a row is checked, which dimension it names, and how it is encoded.
+//! Intake's steps are written once over [`Record`]; this file holds all
+//! that differs between an agent event and a chat message.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+use uuid::Uuid;
+
+use super::Intake;
+use crate::{
+    ack::{Rejection, RejectionKind},
+    auth::Scope,
+    config::Limits,
+    copy::encode,
+    db::dims::{DimsError, SessionInfo},
+    pb::{self, wire},
+    row::{EventRow, MessageRow, Table},
+    spool,
+    validate::{self, TimeWindow},
+};
+
+/// The rows of a batch: as the client sent them (each row's protobuf,
+/// decoded one by one, so that a row that does not decode is one rejected
+/// row) or already decoded (OTLP maps its records to rows itself).
+#[derive(Debug, Clone)]
+pub enum Rows<W> {
+    Wire(Vec<Bytes>),
+    Decoded(Vec<W>),
+}
+
+impl<W: Message + Default> Rows<W> {
+    pub fn len(&self) -> usize {
+        match self {
+            Rows::Wire(rows) => rows.len(),
+            Rows::Decoded(rows) => rows.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of the rows' protobuf: what admission sizes a batch's working
+    /// set by.
+    pub(super) fn wire_bytes(&self) -> usize {
+        match self {
+            Rows::Wire(rows) => rows.iter().map(Bytes::len).sum(),
+            Rows::Decoded(rows) => rows.iter().map(Message::encoded_len).sum(),
+        }
+    }
+
+    /// Every row decoded, with its index in the batch; rows that do not
+    /// decode become rejections. The wire bytes come back too, for the
+    /// spool to keep (None when the rows came decoded).
+    pub(super) fn decode(
+        self,
+        rejected: &mut Vec<Rejection>,
+    ) -> (Vec<(u32, W)>, Option<Vec<Bytes>>) {
+        match self {
+            Rows::Wire(rows) => (validate::decode_rows(&rows, rejected), Some(rows)),
+            Rows::Decoded(rows) => (
+                rows.into_iter()
+                    .enumerate()
+                    .map(|(i, r)| (i as u32, r))
+                    .collect(),
+                None,
+            ),
+        }
+    }
+}
+
+/// One batch of one record kind, as intake takes it.
+#[derive(Debug, Clone)]
+pub struct Batch<W> {
+    pub sequence: u64,
+    /// Chat sessions the messages name (empty for events).
+    pub sessions: Vec<pb::ChatSession>,
+    pub rows: Rows<W>,
+}
+
+impl From<wire::AgentEventBatch> for Batch<pb::AgentEvent> {
+    fn from(b: wire::AgentEventBatch) -> Self {
+        Self {
+            sequence: b.sequence,
+            sessions: Vec::new(),
+            rows: Rows::Wire(b.events),
+        }
+    }
+}
+
+impl From<wire::ChatMessageBatch> for Batch<pb::ChatMessage> {
+    fn from(b: wire::ChatMessageBatch) -> Self {
+        Self {
+            sequence: b.sequence,
+            sessions: b.sessions,
+            rows: Rows::Wire(b.messages),
+        }
+    }
+}
+
+/// One kind of record: its wire type, the typed row validation makes of
+/// it, the dimension the row names, and its encoding.
+///
+/// Nothing here waits: what needs the database is named by
+/// [`Record::lookup`] and looked up by [`Intake::look_up`], for both kinds.
+pub trait Record: Message + Default + Sized + Send + Sync + 'static {
+    const TABLE: Table;
+    /// The checked row, borrowing the record.
+    type Row<'a>: Send + Sync;
+    /// What the row's dimension resolves to: what encode needs beside it.
+    type Dim: Send;
+
+    fn validate(
+        &self,
+        index: u32,
+        limits: &Limits,
+        window: TimeWindow,
+    ) -> Result<Self::Row<'_>, Rejection>;
+
+    fn index(row: &Self::Row<'_>) -> u32;
+
+    fn ts_us(row: &Self::Row<'_>) -> i64;
+
+    /// What the rows need looked up in the database before they can be
+    /// encoded (`batch_sessions`: the chat sessions of the batch that were
+    /// accepted, which need no look-up).
+    fn lookup<'a>(intake: &Intake, rows: &[Self::Row<'a>], batch_sessions: &[Uuid]) -> Lookup<'a>;
+
+    /// The row's dimension, from what the look-up found, or why the row is
+    /// refused (outside the key's scope, unknown).
+    fn resolve(
+        intake: &Intake,
+        row: &Self::Row<'_>,
+        found: &Found<'_>,
+        scope: &Scope,
+    ) -> Result<Self::Dim, Rejection>;
+
+    /// Spool mode: whether the row may be spooled, decided without writing
+    /// to the database.
+    fn check(
+        intake: &Intake,
+        row: &Self::Row<'_>,
+        found: &Found<'_>,
+        batch_sessions: &[Uuid],
+        scope: &Scope,
+    ) -> Result<(), Rejection>;
+
+    fn encode_row(buf: &mut BytesMut, row: &Self::Row<'_>, dim: &Self::Dim);
+
+    /// The spool's form of the accepted rows of a batch.
+    fn spooled(sequence: u64, sessions: Vec<pb::ChatSession>, rows: Vec<Bytes>) -> spool::Batch;
+}
+
+impl Record for pb::AgentEvent {
+    const TABLE: Table = Table::AgentEvents;
+    type Row<'a> = EventRow<'a>;
+    /// The project's id.
+    type Dim = i32;
+
+    fn validate(
+        &self,
+        index: u32,
+        limits: &Limits,
+        window: TimeWindow,
+    ) -> Result<EventRow<'_>, Rejection> {
+        validate::validate_event(self, index, limits, window)
+    }
+
+    fn index(row: &EventRow<'_>) -> u32 {
+        row.index
+    }
+
+    fn ts_us(row: &EventRow<'_>) -> i64 {
+        row.ts_us
+    }
+
+    fn lookup<'a>(_: &Intake, rows: &[Self::Row<'a>], _: &[Uuid]) -> Lookup<'a> {
+        // Each distinct project once (usually one per batch).
+        let mut names: Vec<&'a str> = Vec::new();
+        for r in rows {
+            let name: &'a str = r.src.project.as_str();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        Lookup::Projects(names)
+    }
+
+    fn resolve(
+        _: &Intake,
+        row: &EventRow<'_>,
+        found: &Found<'_>,
+        _: &Scope,
+    ) -> Result<i32, Rejection> {
+        found.project(&row.src.project, row.index)
+    }
+
+    fn check(
+        _: &Intake,
+        row: &EventRow<'_>,
+        found: &Found<'_>,
+        _: &[Uuid],
+        _: &Scope,
+    ) -> Result<(), Rejection> {
+        found.project(&row.src.project, row.index).map(drop)
+    }
+
+    fn encode_row(buf: &mut BytesMut, row: &EventRow<'_>, project_id: &i32) {
+        encode::encode_event(buf, row, *project_id)
+    }
+
+    fn spooled(sequence: u64, _sessions: Vec<pb::ChatSession>, rows: Vec<Bytes>) -> spool::Batch {
+        spool::Batch::Events(wire::AgentEventBatch {
+            sequence,
+            events: rows,
+        })
+    }
+}
+
+/// How long spool mode waits for the database to name unknown sessions.
+const SESSION_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Record for pb::ChatMessage {
+    const TABLE: Table = Table::ChatMessages;
+    type Row<'a> = MessageRow<'a>;
+    /// The session's project and agent type, which its messages carry.
+    type Dim = SessionInfo;
+
+    fn validate(
+        &self,
+        index: u32,
+        limits: &Limits,
+        window: TimeWindow,
+    ) -> Result<MessageRow<'_>, Rejection> {
+        validate::validate_message(self, index, limits, window)
+    }
+
+    fn index(row: &MessageRow<'_>) -> u32 {
+        row.index
+    }
+
+    fn ts_us(row: &MessageRow<'_>) -> i64 {
+        row.ts_us
+    }
+
+    fn lookup<'a>(intake: &Intake, rows: &[Self::Row<'a>], batch_sessions: &[Uuid]) -> Lookup<'a> {
+        // The sessions neither in this batch nor cached, each once.
+        let mut missing: Vec<Uuid> = rows
+            .iter()
+            .map(|r| r.session_id)
+            .filter(|id| !batch_sessions.contains(id) && intake.dims.cached_session(id).is_none())
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        Lookup::Sessions(missing)
+    }
+
+    fn resolve(
+        intake: &Intake,
+        row: &MessageRow<'_>,
+        _: &Found<'_>,
+        scope: &Scope,
+    ) -> Result<SessionInfo, Rejection> {
+        session_of(intake, scope, row)
+    }
+
+    fn check(
+        intake: &Intake,
+        row: &MessageRow<'_>,
+        found: &Found<'_>,
+        batch_sessions: &[Uuid],
+        scope: &Scope,
+    ) -> Result<(), Rejection> {
+        if batch_sessions.contains(&row.session_id) {
+            return Ok(());
+        }
+        match session_of(intake, scope, row) {
+            Ok(_) => Ok(()),
+            Err(why) if why.kind == RejectionKind::Denied || found.sessions_looked_up => Err(why),
+            // Unknown while the database cannot say: replay decides.
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn encode_row(buf: &mut BytesMut, row: &MessageRow<'_>, session: &SessionInfo) {
+        encode::encode_message(buf, row, session.project_id, &session.agent_type)
+    }
+
+    fn spooled(sequence: u64, sessions: Vec<pb::ChatSession>, rows: Vec<Bytes>) -> spool::Batch {
+        spool::Batch::Messages(wire::ChatMessageBatch {
+            sequence,
+            sessions,
+            messages: rows,
+        })
+    }
+}
+
+/// What the rows of a batch need looked up before they can be encoded.
+pub enum Lookup<'a> {
+    /// The distinct project names the events name.
+    Projects(Vec<&'a str>),
+    /// The chat sessions the messages name that are not cached.
+    Sessions(Vec<Uuid>),
+}
+
+/// What a [`Lookup`] found.
+#[derive(Debug, Default)]
+pub struct Found<'a> {
+    /// Each project name's id, or why rows naming it are refused.
+    pub projects: Vec<(&'a str, Result<i32, Rejection>)>,
+    /// Whether the database answered for the missing sessions (they are
+    /// in the cache now, if they exist).
+    pub sessions_looked_up: bool,
+}
+
+impl Found<'_> {
+    fn project(&self, name: &str, index: u32) -> Result<i32, Rejection> {
+        let (_, verdict) = self
+            .projects
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("every project of the batch was looked up");
+        verdict.as_ref().copied().map_err(|why| why.at(index))
+    }
+}
+
+impl Intake {
+    /// Looks up what `lookup` names: the projects (each checked against the
+    /// key's scope first, and only then named to the database, which would
+    /// create it; in spool mode, `store` false, only checked), or the
+    /// missing chat sessions (in spool mode briefly: with the database down
+    /// they stay unknown until replay).
+    pub(super) async fn look_up<'a>(
+        &self,
+        lookup: Lookup<'a>,
+        scope: &Scope,
+        store: bool,
+    ) -> Result<Found<'a>, DimsError> {
+        let mut found = Found::default();
+        match lookup {
+            Lookup::Projects(names) => {
+                for name in names {
+                    let verdict = match self.check_project(scope, 0, "project", name) {
+                        Err(why) => Err(why),
+                        Ok(()) if !store => Ok(0),
+                        Ok(()) => match self.dims.project_id(name).await {
+                            Ok(id) => Ok(id),
+                            Err(DimsError::Invalid { reason, .. }) => {
+                                Err(Rejection::new(0, "project", reason))
+                            }
+                            Err(e) => return Err(e),
+                        },
+                    };
+                    found.projects.push((name, verdict));
+                }
+            }
+            Lookup::Sessions(missing) if store => {
+                self.dims.load_sessions(&missing).await?;
+                found.sessions_looked_up = true;
+            }
+            Lookup::Sessions(missing) => {
+                let lookup = self.dims.load_sessions(&missing);
+                found.sessions_looked_up = !missing.is_empty()
+                    && matches!(
+                        tokio::time::timeout(SESSION_LOOKUP_TIMEOUT, lookup).await,
+                        Ok(Ok(()))
+                    );
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A message's session from the cache, within the key's scope.
+fn session_of(
+    intake: &Intake,
+    scope: &Scope,
+    r: &MessageRow<'_>,
+) -> Result<SessionInfo, Rejection> {
+    match intake.dims.cached_session(&r.session_id) {
+        Some(s) if !scope.allows_id(s.project_id) => Err(Rejection::denied(
+            r.index,
+            "session_id",
+            scope.denial(&format!("the project of chat session {}", r.session_id)),
+        )),
+        Some(s) => Ok(s),
+        None => Err(Rejection::new(
+            r.index,
+            "session_id",
+            format!(
+                "unknown chat session {}: send it in this batch's `sessions` or through ReportSessions first",
+                r.session_id
+            ),
+        )),
+    }
+}

@@ -1,0 +1,330 @@
+//! The per-agent rules: which agent sent a record, and what each agent's
+//! records mean — the event type, model, tokens (normalised to one
+//! definition: input includes cached, output includes reasoning), cost,
+//! duration, tool and the texts to keep as chat messages. docs/otlp.md has
+//! the table; a new agent is a new function here.
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use serde_json::Value as Json;
+
+use super::attrs::{self, boolean, float, int, text};
+
+/// The agents whose telemetry is mapped field by field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Agent {
+    ClaudeCode,
+    GeminiCli,
+    Codex,
+    Copilot,
+    /// Anything else, by its `service.name`.
+    Other(String),
+}
+
+impl Agent {
+    pub fn id(&self) -> &str {
+        match self {
+            Agent::ClaudeCode => "claude-code",
+            Agent::GeminiCli => "gemini-cli",
+            Agent::Codex => "codex",
+            Agent::Copilot => "github-copilot",
+            Agent::Other(name) => name,
+        }
+    }
+
+    pub(super) fn detect(resource: &[KeyValue], name: &str, record: &[KeyValue]) -> Agent {
+        let service = text(resource, &["service.name"])
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let by_service = match service.as_str() {
+            s if s.starts_with("claude-code") || s.starts_with("claude_code") => {
+                Some(Agent::ClaudeCode)
+            }
+            s if s.starts_with("gemini-cli") || s.starts_with("gemini_cli") => {
+                Some(Agent::GeminiCli)
+            }
+            s if s.starts_with("codex") => Some(Agent::Codex),
+            s if s.contains("copilot") => Some(Agent::Copilot),
+            _ => None,
+        };
+        by_service.unwrap_or_else(|| {
+            if name.starts_with("claude_code.") {
+                Agent::ClaudeCode
+            } else if name.starts_with("gemini_cli.") {
+                Agent::GeminiCli
+            } else if name.starts_with("codex.") {
+                Agent::Codex
+            } else if name.starts_with("copilot_chat.")
+                || record.iter().any(|kv| {
+                    kv.key.starts_with("github.copilot.") || kv.key.starts_with("copilot_chat.")
+                })
+            {
+                Agent::Copilot
+            } else if service.is_empty() || service.starts_with("unknown_service") {
+                Agent::Other("unknown".into())
+            } else {
+                Agent::Other(service)
+            }
+        })
+    }
+}
+
+/// Event types of the native API that OTLP records map to.
+pub mod kind {
+    pub const LLM_REQUEST: &str = "llm_request";
+    pub const TOOL_USE: &str = "tool_use";
+    pub const TOOL_DECISION: &str = "tool_decision";
+    pub const USER_PROMPT: &str = "user_prompt";
+    pub const ERROR: &str = "error_encountered";
+    pub const AGENT_INVOCATION: &str = "agent_invocation";
+    pub const METRIC: &str = "metric";
+}
+
+/// What the agent-specific rules found in a record.
+#[derive(Default)]
+pub struct Found {
+    pub event_type: Option<&'static str>,
+    pub model: Option<String>,
+    /// (input including cached, output including reasoning, cached).
+    pub tokens: Option<(Option<i64>, Option<i64>, Option<i64>)>,
+    pub cost: Option<f64>,
+    pub duration_ms: Option<i64>,
+    pub tool_name: Option<String>,
+    pub success: Option<bool>,
+    pub error: bool,
+    /// (role, text) to store as chat messages.
+    pub texts: Vec<(&'static str, String)>,
+}
+
+/// Claude Code: `input_tokens` excludes the cache, so input is
+/// input + cache read + cache creation.
+pub(super) fn claude(name: &str, a: &[KeyValue]) -> Found {
+    match name {
+        "claude_code.api_request" => {
+            let fresh = int(a, &["input_tokens"]);
+            let read = int(a, &["cache_read_tokens"]);
+            let created = int(a, &["cache_creation_tokens"]);
+            let input = (fresh.is_some() || read.is_some() || created.is_some())
+                .then(|| fresh.unwrap_or(0) + read.unwrap_or(0) + created.unwrap_or(0));
+            Found {
+                event_type: Some(kind::LLM_REQUEST),
+                model: text(a, &["model"]),
+                tokens: Some((input, int(a, &["output_tokens"]), read)),
+                cost: float(a, &["cost_usd"]),
+                duration_ms: int(a, &["duration_ms"]),
+                ..Found::default()
+            }
+        }
+        "claude_code.api_error" => Found {
+            event_type: Some(kind::ERROR),
+            model: text(a, &["model"]),
+            duration_ms: int(a, &["duration_ms"]),
+            error: true,
+            ..Found::default()
+        },
+        "claude_code.tool_result" => Found {
+            event_type: Some(kind::TOOL_USE),
+            duration_ms: int(a, &["duration_ms"]),
+            ..tool(a, &["tool_name"])
+        },
+        "claude_code.tool_decision" => Found {
+            event_type: Some(kind::TOOL_DECISION),
+            tool_name: text(a, &["tool_name"]),
+            ..Found::default()
+        },
+        "claude_code.user_prompt" => prompt(a),
+        _ => Found::default(),
+    }
+}
+
+/// Gemini CLI: `input_token_count` is the whole prompt (cached included);
+/// thoughts are output the model generated, so they join output.
+pub(super) fn gemini(name: &str, a: &[KeyValue]) -> Found {
+    match name {
+        "gemini_cli.api_response" => {
+            let out = int(a, &["output_token_count"]);
+            let thoughts = int(a, &["thoughts_token_count"]);
+            let output = (out.is_some() || thoughts.is_some())
+                .then(|| out.unwrap_or(0) + thoughts.unwrap_or(0));
+            let failed =
+                int(a, &["status_code"]).is_some_and(|c| c >= 400) || text(a, &["error"]).is_some();
+            Found {
+                event_type: Some(kind::LLM_REQUEST),
+                model: text(a, &["model"]),
+                tokens: Some((
+                    int(a, &["input_token_count"]),
+                    output,
+                    int(a, &["cached_content_token_count"]),
+                )),
+                duration_ms: int(a, &["duration_ms"]),
+                error: failed,
+                texts: text(a, &["response_text"])
+                    .map(|t| vec![("assistant", t)])
+                    .unwrap_or_default(),
+                ..Found::default()
+            }
+        }
+        "gemini_cli.api_error" => Found {
+            event_type: Some(kind::ERROR),
+            model: text(a, &["model"]),
+            duration_ms: int(a, &["duration_ms"]),
+            error: true,
+            ..Found::default()
+        },
+        "gemini_cli.tool_call" => Found {
+            event_type: Some(kind::TOOL_USE),
+            duration_ms: int(a, &["duration_ms"]),
+            ..tool(a, &["function_name", "tool_name"])
+        },
+        "gemini_cli.user_prompt" => prompt(a),
+        _ => Found::default(),
+    }
+}
+
+/// Codex: tokens come on the `sse_event` of kind `response.completed`
+/// (OpenAI's input includes cached tokens, output includes reasoning);
+/// numbers arrive as strings.
+pub(super) fn codex(name: &str, a: &[KeyValue]) -> Found {
+    match name {
+        "codex.sse_event" if text(a, &["event.kind"]).as_deref() == Some("response.completed") => {
+            Found {
+                event_type: Some(kind::LLM_REQUEST),
+                model: text(a, &["model"]),
+                tokens: Some((
+                    int(a, &["input_token_count"]),
+                    int(a, &["output_token_count"]),
+                    int(a, &["cached_token_count"]),
+                )),
+                duration_ms: int(a, &["duration_ms"]),
+                ..Found::default()
+            }
+        }
+        "codex.sse_event" | "codex.api_request" if text(a, &["error.message"]).is_some() => Found {
+            model: text(a, &["model"]),
+            error: true,
+            ..Found::default()
+        },
+        "codex.tool_result" => Found {
+            event_type: Some(kind::TOOL_USE),
+            duration_ms: int(a, &["duration_ms"]),
+            ..tool(a, &["tool_name"])
+        },
+        "codex.tool_decision" => Found {
+            event_type: Some(kind::TOOL_DECISION),
+            tool_name: text(a, &["tool_name"]),
+            ..Found::default()
+        },
+        "codex.user_prompt" => prompt(a),
+        _ => Found::default(),
+    }
+}
+
+/// A GenAI semantic-conventions request (a `chat` span, an inference
+/// event): `gen_ai.usage.input_tokens` includes cached tokens by the
+/// conventions' definition.
+pub(super) fn genai_request(a: &[KeyValue]) -> Found {
+    Found {
+        event_type: Some(kind::LLM_REQUEST),
+        model: text(a, &["gen_ai.response.model", "gen_ai.request.model"]),
+        tokens: Some((
+            int(
+                a,
+                &["gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens"],
+            ),
+            int(
+                a,
+                &[
+                    "gen_ai.usage.output_tokens",
+                    "gen_ai.usage.completion_tokens",
+                ],
+            ),
+            int(a, &["gen_ai.usage.cache_read.input_tokens"]),
+        )),
+        error: attrs::get(a, "error.type").is_some(),
+        ..Found::default()
+    }
+}
+
+/// OpenInference spans: `llm.token_count.prompt` includes cached tokens.
+pub(super) fn openinference(kind_: &str, a: &[KeyValue]) -> Found {
+    match kind_ {
+        "LLM" => Found {
+            event_type: Some(kind::LLM_REQUEST),
+            model: text(a, &["llm.model_name"]),
+            tokens: Some((
+                int(a, &["llm.token_count.prompt"]),
+                int(a, &["llm.token_count.completion"]),
+                int(a, &["llm.token_count.prompt_details.cache_read"]),
+            )),
+            cost: float(a, &["llm.cost.total"]),
+            ..Found::default()
+        },
+        "TOOL" => Found {
+            event_type: Some(kind::TOOL_USE),
+            ..tool(a, &["tool.name"])
+        },
+        "AGENT" => Found {
+            event_type: Some(kind::AGENT_INVOCATION),
+            texts: [("user", "input.value"), ("assistant", "output.value")]
+                .into_iter()
+                .filter_map(|(role, key)| text(a, &[key]).map(|t| (role, t)))
+                .collect(),
+            ..Found::default()
+        },
+        _ => Found::default(),
+    }
+}
+
+pub(super) fn tool(a: &[KeyValue], name_keys: &[&str]) -> Found {
+    Found {
+        tool_name: text(a, name_keys),
+        success: boolean(a, &["success"]),
+        duration_ms: int(a, &["duration_ms"]),
+        ..Found::default()
+    }
+}
+
+pub(super) fn prompt(a: &[KeyValue]) -> Found {
+    Found {
+        event_type: Some(kind::USER_PROMPT),
+        texts: text(a, &["prompt"])
+            .map(|t| vec![("user", t)])
+            .unwrap_or_default(),
+        ..Found::default()
+    }
+}
+
+/// The last user message of `gen_ai.input.messages` and the assistant's
+/// reply in `gen_ai.output.messages` (JSON text, or structured values).
+pub(super) fn genai_texts(a: &[KeyValue]) -> Vec<(&'static str, String)> {
+    let parse = |key: &str| -> Option<Json> {
+        match attrs::get(a, key)? {
+            Value::StringValue(s) => serde_json::from_str(s).ok(),
+            other => Some(attrs::to_json(&AnyValue {
+                value: Some(other.clone()),
+            })),
+        }
+    };
+    let text_of = |msg: &Json| -> Option<String> {
+        let parts = msg.get("parts").and_then(Json::as_array)?;
+        let t: Vec<&str> = parts
+            .iter()
+            .filter_map(|p| p.get("content").and_then(Json::as_str))
+            .collect();
+        (!t.is_empty()).then(|| t.join("\n"))
+    };
+    let last_of = |v: Option<Json>, role: &str| -> Option<String> {
+        v?.as_array()?
+            .iter()
+            .rev()
+            .find(|m| m.get("role").and_then(Json::as_str) == Some(role))
+            .and_then(text_of)
+    };
+    let mut out = Vec::new();
+    if let Some(t) = last_of(parse("gen_ai.input.messages"), "user") {
+        out.push(("user", t));
+    }
+    if let Some(t) = last_of(parse("gen_ai.output.messages"), "assistant") {
+        out.push(("assistant", t));
+    }
+    out
+}

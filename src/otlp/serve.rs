@@ -1,0 +1,133 @@
+//! Serving OTLP: the OTLP/gRPC and OTLP/HTTP receivers that are on, each
+//! on its own address, over one [`OtlpIntake`].
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+
+use super::{
+    OtlpIntake, OtlpSettings,
+    grpc::OtlpGrpc,
+    price::{PriceError, PriceTable},
+};
+use crate::{auth::Authenticator, config::ServeConfig, intake::Intake, net::ListenError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
+    Prices(#[from] PriceError),
+    #[error("OTLP/gRPC receiver: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The running OTLP receivers.
+pub struct Receivers {
+    pub grpc_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    /// End once drained: they hold intake, so they end before the batchers.
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts the OTLP/gRPC and OTLP/HTTP receivers that are on; both stop
+/// taking requests when `drain` is cancelled and finish the ones they have.
+pub async fn start(
+    cfg: &ServeConfig,
+    intake: Arc<Intake>,
+    pool: &deadpool_postgres::Pool,
+    drain: &CancellationToken,
+) -> Result<Receivers, ServeError> {
+    let o = &cfg.otlp;
+    let mut receivers = Receivers {
+        grpc_addr: None,
+        http_addr: None,
+        tasks: Vec::new(),
+    };
+    let addrs = [o.otlp_grpc_listen.0, o.otlp_http_listen.0];
+    if addrs.iter().all(Option::is_none) {
+        return Ok(receivers);
+    }
+    let prices = match &o.price_table {
+        Some(path) => PriceTable::load(path)?,
+        None => PriceTable::default(),
+    };
+    // Keys are required as for the native API, by the receivers' own addresses.
+    let required = addrs
+        .iter()
+        .flatten()
+        .any(|a| cfg.security.key_required(*a));
+    let auth = Arc::new(Authenticator::new(
+        pool.clone(),
+        required,
+        cfg.security.key_cache_ttl,
+    ));
+    let otlp = Arc::new(OtlpIntake::new(
+        intake,
+        auth,
+        OtlpSettings {
+            prices,
+            default_project: o.otlp_default_project.clone(),
+        },
+    ));
+    if let Some(addr) = o.otlp_grpc_listen.0 {
+        use opentelemetry_proto::tonic::collector::{
+            logs::v1::logs_service_server::LogsServiceServer,
+            metrics::v1::metrics_service_server::MetricsServiceServer,
+            trace::v1::trace_service_server::TraceServiceServer,
+        };
+        let (listener, local) = crate::net::bind(addr).await?;
+        let svc = OtlpGrpc(otlp.clone());
+        let max = o.otlp_max_message_bytes;
+        // Gemini CLI always compresses with gzip.
+        let serve = crate::net::grpc_builder(cfg)?
+            .add_service(
+                LogsServiceServer::new(svc.clone())
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                TraceServiceServer::new(svc.clone())
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                MetricsServiceServer::new(svc)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(max),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+                let stop = drain.clone();
+                async move { stop.cancelled().await }
+            });
+        tracing::info!(addr = %local, "OTLP/gRPC receiver listening");
+        receivers.grpc_addr = Some(local);
+        receivers.tasks.push(tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "OTLP/gRPC receiver failed");
+            }
+        }));
+    }
+    if let Some(addr) = o.otlp_http_listen.0 {
+        let (listener, local) = crate::net::bind(addr).await?;
+        if cfg.security.tls_cert.is_some() {
+            tracing::warn!(addr = %local, "the OTLP/HTTP receiver serves plain HTTP: put a TLS proxy in front of it");
+        }
+        let app = super::http::router(otlp, o.otlp_max_message_bytes);
+        let stop = drain.clone();
+        tracing::info!(addr = %local, "OTLP/HTTP receiver listening");
+        receivers.http_addr = Some(local);
+        receivers.tasks.push(tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "OTLP/HTTP receiver failed");
+            }
+        }));
+    }
+    Ok(receivers)
+}
