@@ -97,10 +97,24 @@ async fn example_stores_every_event_once(project: &str, command: impl FnOnce() -
     cmd.args(["--events", &EVENTS.to_string(), "--project", project])
         .env("AGENT_TELEMETRY_ENDPOINT", &svc.endpoint)
         .env("AGENT_TELEMETRY_API_KEY", &key);
+    // The example's stderr in a file, to see it meet the outage.
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    cmd.stderr(stderr.reopen().unwrap());
     drop(db);
     pg.cluster.stop().expect("stop PostgreSQL");
     let example = tokio::task::spawn_blocking(move || run(&mut cmd, "the example"));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Its stream is refused (the key cannot be checked) and it backs off:
+    // now the database comes back.
+    common::wait_for(
+        "the example to reconnect",
+        Duration::from_secs(60),
+        || async {
+            std::fs::read_to_string(stderr.path())
+                .unwrap_or_default()
+                .contains("reconnecting")
+        },
+    )
+    .await;
     pg.cluster.start().expect("start PostgreSQL");
     let stats = example.await.unwrap();
     let db = common::db(&conn).await;

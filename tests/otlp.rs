@@ -258,8 +258,22 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
     send("copilot", "http-json", &ep.http, now, &["--gzip"]).await;
     send("unknown", "http-json", &ep.http, now, &[]).await;
 
+    claude_code_logs(&db).await;
+    gemini_cli_logs(&db).await;
+    codex_logs(&db).await;
+    copilot_spans(&db).await;
+    an_unknown_event(&db).await;
+    a_retried_export_stores_nothing_twice(&db, &ep, now).await;
+    metrics_fill_no_token_or_cost_column(&db, &ep, now).await;
+    let panel = requests_by_model_panel(&db).await;
+    assert_eq!(panel.len(), 4, "one line per model");
+    svc.running.shutdown().await.unwrap();
+}
+
+/// Claude Code: logs over gRPC.
+async fn claude_code_logs(db: &Client) {
     // --- Claude Code
-    let claude = rows(&db, CLAUDE).await;
+    let claude = rows(db, CLAUDE).await;
     let c = |t| row(t, "claude-code", "2.0.14", "acme/web");
     assert_eq!(
         claude,
@@ -300,16 +314,19 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
         claude[1].cost
     );
     assert_eq!(
-        messages(&db, CLAUDE).await,
+        messages(db, CLAUDE).await,
         vec![(
             "user".into(),
             "Fix the failing date parser".into(),
             "acme/web".into()
         )]
     );
+}
 
+/// Gemini CLI: logs over gRPC, gzip.
+async fn gemini_cli_logs(db: &Client) {
     // --- Gemini CLI
-    let gemini = rows(&db, GEMINI).await;
+    let gemini = rows(db, GEMINI).await;
     let g = |t| row(t, "gemini-cli", "0.9.0", "acme/gemini-app");
     assert_eq!(
         gemini,
@@ -343,7 +360,7 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
     // 3000 fresh × 1.25 + 6000 cached × 0.31 + 550 × 10, per million.
     assert!(close(gemini[1].cost, 0.01111), "{:?}", gemini[1].cost);
     assert_eq!(
-        messages(&db, GEMINI).await,
+        messages(db, GEMINI).await,
         vec![
             (
                 "user".into(),
@@ -357,9 +374,12 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
             ),
         ]
     );
+}
 
+/// Codex: logs over OTLP/HTTP protobuf.
+async fn codex_logs(db: &Client) {
     // --- Codex: numbers as strings.
-    let codex = rows(&db, CODEX).await;
+    let codex = rows(db, CODEX).await;
     let x = |t| row(t, "codex", "0.46.0", "acme/codex-proj");
     assert_eq!(
         codex,
@@ -392,16 +412,19 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
     // gpt-5-codex is priced as gpt-5: 4000 × 1.25 + 8000 × 0.125 + 900 × 10.
     assert!(close(codex[1].cost, 0.015), "{:?}", codex[1].cost);
     assert_eq!(
-        messages(&db, CODEX).await,
+        messages(db, CODEX).await,
         vec![(
             "user".into(),
             "Refactor the CLI".into(),
             "acme/codex-proj".into()
         )]
     );
+}
 
+/// Copilot: spans over OTLP/HTTP JSON.
+async fn copilot_spans(db: &Client) {
     // --- Copilot: spans; the repository named on invoke_agent only.
-    let copilot = rows(&db, COPILOT).await;
+    let copilot = rows(db, COPILOT).await;
     let p = |t| row(t, "github-copilot", "0.33.0", "acme/copilot-proj");
     assert_eq!(
         copilot,
@@ -432,7 +455,7 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
     // 300 fresh × 2.5 + 1200 cached × 1.25 + 250 × 10.
     assert!(close(copilot[1].cost, 0.00475), "{:?}", copilot[1].cost);
     assert_eq!(
-        messages(&db, COPILOT).await,
+        messages(db, COPILOT).await,
         vec![
             (
                 "user".into(),
@@ -447,7 +470,7 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
         ]
     );
     let linked = common::count(
-        &db,
+        db,
         &format!(
             "SELECT count(*) FROM agent_events c JOIN agent_events r ON r.id = c.parent_event_id
              WHERE c.session_id = '{COPILOT}' AND r.event_type = 'agent_invocation'"
@@ -458,7 +481,10 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
         linked, 2,
         "chat and execute_tool spans point at their invoke_agent"
     );
+}
 
+/// An agent the service has no rules for.
+async fn an_unknown_event(db: &Client) {
     // --- An unknown event: stored under its name with its attributes.
     let unknown = db
         .query_one(
@@ -477,20 +503,26 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
         "unattributed",
         "the default project"
     );
+}
 
+/// The same exports again, as an exporter retries them.
+async fn a_retried_export_stores_nothing_twice(db: &Client, ep: &Endpoints, now: u64) {
     // --- An exporter's retry of the same records stores nothing twice.
-    let before = common::count(&db, "SELECT count(*) FROM agent_events").await;
+    let before = common::count(db, "SELECT count(*) FROM agent_events").await;
     send("claude", "grpc", &ep.grpc, now, &[]).await;
     send("copilot", "http-json", &ep.http, now, &[]).await;
     assert_eq!(
-        common::count(&db, "SELECT count(*) FROM agent_events").await,
+        common::count(db, "SELECT count(*) FROM agent_events").await,
         before
     );
     assert_eq!(
-        common::count(&db, "SELECT count(*) FROM chat_messages").await,
+        common::count(db, "SELECT count(*) FROM chat_messages").await,
         6
     );
+}
 
+/// OTLP metrics beside the events.
+async fn metrics_fill_no_token_or_cost_column(db: &Client, ep: &Endpoints, now: u64) {
     // --- Metrics: accepted, stored as `metric` rows, never in the token
     // and cost columns the events already fill.
     let sums = "SELECT sum(input_tokens)::int8, sum(output_tokens)::int8, sum(cost_usd)::float8, count(*) FILTER (WHERE model IS NOT NULL)
@@ -502,7 +534,7 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
     send("metrics", "grpc", &ep.grpc, now, &[]).await;
     send("metrics", "http-json", &ep.http, now, &[]).await;
     let metric_rows = common::count(
-        &db,
+        db,
         &format!(
             "SELECT count(*) FROM agent_events WHERE event_type = 'metric' AND session_id = '{CLAUDE}'
              AND input_tokens IS NULL AND cost_usd IS NULL AND model IS NULL AND metrics ? 'value'"
@@ -511,7 +543,10 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
     .await;
     assert!(metric_rows >= 6, "metric data points stored: {metric_rows}");
     assert_eq!(totals(db.query_one(sums, &[]).await.unwrap()), before);
+}
 
+/// The rows of the "Requests and latency by model" panel.
+async fn requests_by_model_panel(db: &Client) -> Vec<Vec<String>> {
     // What a team lead sees: the "LLM cost and tokens" dashboard's
     // "Requests and latency by model" panel, its SQL expanded as Grafana
     // does with every variable on "All" (plain PostgreSQL serves
@@ -526,7 +561,7 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
             })
         })
         .expect("the panel");
-    let all = |sql: &'static str| common::strings(&db, sql);
+    let all = |sql: &'static str| common::strings(db, sql);
     let fmt = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
     let grafana = common::grafana::Grafana {
         from: fmt(SystemTime::now() - Duration::from_secs(86_400)),
@@ -565,8 +600,7 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
     for r in &panel {
         common::say(&r.join(" | "));
     }
-    assert_eq!(panel.len(), 4, "one line per model");
-    svc.running.shutdown().await.unwrap();
+    panel
 }
 
 fn kv(key: &str, v: Value) -> KeyValue {

@@ -216,8 +216,13 @@ async fn service_killed_mid_stream_with_the_spool_then_resends_store_everything_
     });
     delivery::when_acked(&progress, 30_000).await;
     svc.kill().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let addr = endpoint.trim_start_matches("http://").parse().unwrap();
+    let addr: std::net::SocketAddr = endpoint.trim_start_matches("http://").parse().unwrap();
+    common::wait_for(
+        "the killed service's port to close",
+        Duration::from_secs(10),
+        || async { tokio::net::TcpStream::connect(addr).await.is_err() },
+    )
+    .await;
     let svc = Service::start_on(addr, exe(), &conn, TimescaleMode::Auto, &args, log)
         .await
         .expect("restart service");
@@ -319,12 +324,13 @@ async fn a_second_signal_exits_at_once_leaving_only_unacknowledged_batches() {
     let pg = common::TestCluster::start();
     let conn = pg.database("signals").await;
     let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("serve.log");
     let svc = Service::start(
         exe(),
         &conn,
         TimescaleMode::Auto,
         &["--shutdown-timeout=10min".to_owned()],
-        work.path().join("serve.log"),
+        log.clone(),
     )
     .await
     .expect("start service");
@@ -342,7 +348,7 @@ async fn a_second_signal_exits_at_once_leaving_only_unacknowledged_batches() {
             })
             .await
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::until_writer_waits_for_lock(&conn).await;
     let pid = svc.pid().expect("pid");
     let term = || {
         nix::sys::signal::kill(
@@ -352,7 +358,16 @@ async fn a_second_signal_exits_at_once_leaving_only_unacknowledged_batches() {
         .unwrap()
     };
     term();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::wait_for(
+        "the first signal's drain",
+        Duration::from_secs(30),
+        || async {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("shutting down: draining")
+        },
+    )
+    .await;
     let mut svc = svc;
     assert!(
         svc.is_running(),

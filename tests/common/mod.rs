@@ -388,3 +388,60 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result
     s.read_to_string(&mut body).await?;
     Ok(body)
 }
+
+/// Waits until `ready` says so, checking every 50 ms; panics naming `what`
+/// after `limit`. Tests wait on what they need, never on a clock.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !ready().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {limit:?} for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the service's writer waits for a lock a test holds on a
+/// table: the rows of its flush are read and buffered, not stored (its
+/// first statement, the id probe or the COPY, is the one that waits).
+/// Asked on a connection of its own: the locking transaction's view of
+/// pg_stat_activity is fixed at its first read.
+pub async fn until_writer_waits_for_lock(conn: &str) {
+    let watch = db(conn).await;
+    let sql = "SELECT count(*) FROM pg_stat_activity
+               WHERE wait_event_type = 'Lock' AND datname = current_database()
+                 AND pid <> pg_backend_pid()";
+    wait_for(
+        "the writer to wait for the lock",
+        Duration::from_secs(30),
+        || async { count(&watch, sql).await > 0 },
+    )
+    .await;
+}
+
+/// Waits until the service at `endpoint` no longer reports SERVING (its
+/// drain has begun), asking over a channel opened beforehand: a draining
+/// server takes no new connections.
+pub async fn until_draining(channel: Channel) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let health = HealthClient::new(channel);
+    wait_for("the drain to begin", Duration::from_secs(30), || {
+        let mut health = health.clone();
+        async move {
+            let asked = health
+                .check(HealthCheckRequest {
+                    service: "agent_telemetry.v1.TelemetryIngest".into(),
+                })
+                .await;
+            !matches!(asked, Ok(r) if r.get_ref().status() == ServingStatus::Serving)
+        }
+    })
+    .await;
+}
