@@ -312,6 +312,13 @@ pub struct SpoolConfig {
     /// its batches are in the database.
     #[arg(long, env = "AGENT_TELEMETRY_SPOOL_SEGMENT_BYTES", default_value_t = 64 << 20)]
     pub spool_segment_bytes: u64,
+
+    /// Free space the spool leaves on its filesystem (at most a tenth of
+    /// the filesystem): below it, batches are refused with
+    /// RESOURCE_EXHAUSTED before the disk is full, whatever
+    /// --spool-max-bytes says.
+    #[arg(long, env = "AGENT_TELEMETRY_SPOOL_RESERVE_BYTES", default_value_t = 64 << 20)]
+    pub spool_reserve_bytes: u64,
 }
 
 /// Whether to use TimescaleDB.

@@ -32,6 +32,7 @@ pub const RETENTION_DELETED: &str = "agent_telemetry_retention_deleted_rows_tota
 pub const ROWS_SPOOLED: &str = "agent_telemetry_rows_spooled_total";
 pub const SPOOL_BYTES: &str = "agent_telemetry_spool_bytes";
 pub const SPOOL_OLDEST_AGE: &str = "agent_telemetry_spool_oldest_age_seconds";
+pub const SPOOL_DISK_FREE: &str = "agent_telemetry_spool_disk_free_bytes";
 pub const SPOOL_REPLAY_RETRIES: &str = "agent_telemetry_spool_replay_retries_total";
 pub const SPOOL_REJECTED: &str = "agent_telemetry_spool_rejected_rows_total";
 pub const AUTH_REFUSED: &str = "agent_telemetry_auth_refused_total";
@@ -137,6 +138,10 @@ pub fn describe() {
     );
     describe_gauge!(SPOOL_BYTES, "Bytes in the disk spool's files");
     describe_gauge!(
+        SPOOL_DISK_FREE,
+        "Free bytes on the spool's filesystem (appends stop at --spool-reserve-bytes)"
+    );
+    describe_gauge!(
         SPOOL_OLDEST_AGE,
         "Age of the oldest spooled batch not yet in the database (0 when none)"
     );
@@ -241,6 +246,7 @@ pub const BATCH_REFUSALS: &[&str] = &[
     "too_large",
     "shutdown",
     "spool_full",
+    "spool_disk_full",
     "spool_error",
 ];
 
@@ -345,9 +351,12 @@ pub fn rows_spooled(table: Table, n: usize) {
     counter!(ROWS_SPOOLED, "table" => table.name()).increment(n as u64);
 }
 
-pub fn spool_state(bytes: u64, oldest_age: Duration) {
+pub fn spool_state(bytes: u64, oldest_age: Duration, disk_free: Option<u64>) {
     gauge!(SPOOL_BYTES).set(bytes as f64);
     gauge!(SPOOL_OLDEST_AGE).set(oldest_age.as_secs_f64());
+    if let Some(free) = disk_free {
+        gauge!(SPOOL_DISK_FREE).set(free as f64);
+    }
 }
 
 pub fn spool_replay_retried() {

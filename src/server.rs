@@ -67,7 +67,15 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
     Otlp(#[from] otlp::serve::ServeError),
+    #[error(
+        "shutdown took longer than --shutdown-timeout ({0:?}): batches still owed were answered \"not stored, resend\""
+    )]
+    DeadlinePassed(Duration),
 }
+
+/// After the shutdown deadline: how long the acks "not stored, resend" of
+/// the batches still owed may take to reach their clients.
+const OWED_ACKS_GRACE: Duration = Duration::from_secs(5);
 
 /// A started service.
 pub struct Running {
@@ -226,7 +234,8 @@ fn open_spool(
         .spool_segment_bytes
         .min(cfg.spool_max_bytes / 4)
         .max(1 << 20);
-    let (log, reader, recovery) = spool::log::open(dir, cfg.spool_max_bytes, segment)?;
+    let (log, reader, recovery) =
+        spool::log::open(dir, cfg.spool_max_bytes, segment, cfg.spool_reserve_bytes)?;
     tracing::info!(dir = %dir.display(), segments = recovery.segments, bytes = log.used(), torn_bytes = recovery.torn_bytes, "spool open; acks mean fsynced to the spool");
     let backlog = Arc::new(Backlog::default());
     spawn_spool_gauges(log.clone(), backlog.clone(), drain.clone());
@@ -297,8 +306,11 @@ struct Tasks {
     refresher: Option<JoinHandle<()>>,
 }
 
-/// Waits for the drain, then for every task in order within `deadline`;
-/// past it, `give_up` stops the writer's retries. Stops the embedded
+/// Waits for the drain, then for every task in order within `deadline`.
+/// Past it, `give_up` makes the writer answer every batch still owed "not
+/// stored, resend" at once, those acks go out (within [`OWED_ACKS_GRACE`]),
+/// and the result is [`ServerError::DeadlinePassed`], so that the process
+/// exits non-zero and a supervisor sees an unclean stop. Stops the embedded
 /// database last.
 async fn stop_in_order(
     serve: JoinHandle<Served>,
@@ -309,7 +321,7 @@ async fn stop_in_order(
     drain: CancellationToken,
 ) -> Result<(), ServerError> {
     drain.cancelled().await;
-    let drained = tokio::time::timeout(deadline, async {
+    let mut all_done = Box::pin(async {
         let served = serve.await.expect("gRPC server panicked");
         for task in tasks.otlp {
             let _ = task.await;
@@ -324,17 +336,24 @@ async fn stop_in_order(
             let _ = r.await;
         }
         served
-    })
-    .await;
-    let result = match drained {
+    });
+    let result = match tokio::time::timeout(deadline, &mut all_done).await {
         Ok(r) => r.map_err(ServerError::from),
         Err(_) => {
             tracing::error!(
                 ?deadline,
-                "shutdown deadline passed: exiting with unacknowledged batches left to their clients"
+                "shutdown deadline passed: answering the batches still owed \"not stored, resend\""
             );
             give_up.cancel();
-            Ok(())
+            if tokio::time::timeout(OWED_ACKS_GRACE, &mut all_done)
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "some owed acks could not be sent; their clients resend unacknowledged batches"
+                );
+            }
+            Err(ServerError::DeadlinePassed(deadline))
         }
     };
     // The service owns its embedded cluster, even one a crash left running.
@@ -370,7 +389,7 @@ fn spawn_spool_gauges(log: Log, backlog: Arc<Backlog>, stop: CancellationToken) 
                     .duration_since(crate::time::from_unix_us(oldest))
                     .unwrap_or_default()
             };
-            metrics::spool_state(log.used(), age);
+            metrics::spool_state(log.used(), age, log.disk_free());
         }
     });
 }

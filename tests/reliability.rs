@@ -319,26 +319,54 @@ async fn overload_keeps_memory_bounded_and_loses_nothing() {
     svc.stop().await.expect("clean stop");
 }
 
+/// A `serve` process on a fresh database whose `agent_events` a test
+/// transaction holds locked (`db`): nothing can be written until it ends.
+struct Locked {
+    _pg: common::TestCluster,
+    conn: String,
+    _work: tempfile::TempDir,
+    /// The service's stdout and stderr.
+    log: std::path::PathBuf,
+    svc: Service,
+    db: tokio_postgres::Client,
+}
+
+impl Locked {
+    async fn start(name: &str, shutdown_timeout: &str) -> Self {
+        let pg = common::TestCluster::start();
+        let conn = pg.database(name).await;
+        let work = tempfile::tempdir().unwrap();
+        let log = work.path().join("serve.log");
+        let args = [format!("--shutdown-timeout={shutdown_timeout}")];
+        let svc = Service::start(exe(), &conn, TimescaleMode::Auto, &args, log.clone())
+            .await
+            .expect("start service");
+        let db = common::db(&conn).await;
+        db.batch_execute("BEGIN; LOCK TABLE agent_events IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        Self {
+            _pg: pg,
+            conn,
+            _work: work,
+            log,
+            svc,
+            db,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_second_signal_exits_at_once_leaving_only_unacknowledged_batches() {
-    let pg = common::TestCluster::start();
-    let conn = pg.database("signals").await;
-    let work = tempfile::tempdir().unwrap();
-    let log = work.path().join("serve.log");
-    let svc = Service::start(
-        exe(),
-        &conn,
-        TimescaleMode::Auto,
-        &["--shutdown-timeout=10min".to_owned()],
-        log.clone(),
-    )
-    .await
-    .expect("start service");
     // A database that takes nothing: the drain cannot finish by itself.
-    let db = common::db(&conn).await;
-    db.batch_execute("BEGIN; LOCK TABLE agent_events IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let Locked {
+        _pg,
+        conn,
+        _work,
+        log,
+        svc,
+        db,
+    } = Locked::start("signals", "10min").await;
     let mut client = common::client(&svc.endpoint).await;
     let pending = tokio::spawn(async move {
         client
@@ -385,6 +413,85 @@ async fn a_second_signal_exits_at_once_leaving_only_unacknowledged_batches() {
         "the unacknowledged batch got no ack: {answer:?}"
     );
     db.batch_execute("ROLLBACK").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_shutdown_deadline_owed_batches_are_acked_not_stored_and_the_exit_is_unclean() {
+    // A table the database does not let anyone write: the drain cannot
+    // finish by the deadline.
+    let Locked {
+        _pg,
+        conn,
+        _work,
+        log,
+        svc,
+        db,
+    } = Locked::start("deadline", "2s").await;
+    let mut client = common::client(&svc.endpoint).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut acks = client
+        .stream_agent_events(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for sequence in 1..=3 {
+        tx.send(pb::AgentEventBatch {
+            sequence,
+            events: (0..50)
+                .map(|_| common::event("acme/deadline", 60))
+                .collect(),
+        })
+        .await
+        .unwrap();
+    }
+    common::until_writer_waits_for_lock(&conn).await;
+    let pid = svc.pid().expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // Every batch read gets its ack: not stored, resend.
+    let mut got = Vec::new();
+    while let Some(ack) = tokio_stream::StreamExt::next(&mut acks).await {
+        got.push(ack.expect("the stream ends with its acks, not GOAWAY"));
+    }
+    drop(tx);
+    assert_eq!(
+        got.iter().map(|a| a.sequence).collect::<Vec<_>>(),
+        [1, 2, 3],
+        "{got:?}"
+    );
+    for a in &got {
+        assert!(
+            a.stored == 0
+                && a.retryable
+                && a.error.contains("not stored")
+                && a.error.contains("resend"),
+            "{a:?}"
+        );
+    }
+    let status = svc
+        .wait(Duration::from_secs(30))
+        .await
+        .expect("exited after the deadline");
+    assert_eq!(status.code(), Some(1), "an unclean stop is not exit 0");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("shutdown took longer than --shutdown-timeout"),
+        "{logged}"
+    );
+    db.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_events").await,
+        0
+    );
+    say(&format!(
+        "past the shutdown deadline: {} owed batches acked \"{}\", exit status {:?}",
+        got.len(),
+        got[0].error,
+        status.code()
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -523,11 +630,14 @@ async fn the_spool_keeps_key_scopes_and_keeps_what_replay_cannot_store() {
     assert_eq!(ack.spooled, 1, "{ack:?}");
     pg.cluster.start().expect("start PostgreSQL");
     let db = common::db(&conn).await;
-    assert_eq!(
-        delivery::until_stored(&db, 2, Duration::from_secs(60)).await,
-        2
-    );
     let dead = spool.path().join("rejected.jsonl");
+    let stored = delivery::until_stored(&db, 2, Duration::from_secs(60)).await;
+    assert_eq!(
+        stored,
+        2,
+        "both spooled events stored; refused at replay: {}",
+        std::fs::read_to_string(&dead).unwrap_or_default()
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !dead.exists() && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -545,4 +655,147 @@ async fn the_spool_keeps_key_scopes_and_keeps_what_replay_cannot_store() {
     );
     assert_eq!(line["sequence"], 2);
     svc.running.shutdown().await.unwrap();
+}
+
+/// A tmpfs of `mib` MiB mounted at a temporary directory, unmounted on drop.
+/// None (and a SKIPPED line saying why) where this process may not mount.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u64, test: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Self { dir }),
+            Ok(o) => {
+                say(&format!(
+                    "SKIPPED: {test}: cannot mount a tmpfs here ({}); it runs as root",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ));
+                None
+            }
+            Err(e) => {
+                say(&format!("SKIPPED: {test}: no mount command ({e})"));
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazily: a failed test may leave files open on it.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_under_the_spool_refuses_then_recovers_by_itself() {
+    let test = "a_full_disk_under_the_spool_refuses_then_recovers_by_itself";
+    // About 30 MB of spool entries: twice what the filesystem holds.
+    const EVENTS: usize = 100_000;
+    let Some(disk) = SmallDisk::mount(16, test) else {
+        return;
+    };
+    let dir = disk.dir.path().join("spool");
+    let (pg, conn, svc) = common::service_with("spool_disk", |c| {
+        c.spool.spool_dir = Some(dir.clone());
+        // Far more than the filesystem holds: the disk is the limit.
+        c.spool.spool_max_bytes = 1 << 30;
+        c.spool.spool_segment_bytes = 1 << 20;
+        c.spool.spool_reserve_bytes = 1 << 20;
+    })
+    .await;
+    pg.cluster.stop().expect("stop PostgreSQL");
+    let mut client = common::client(&svc.endpoint).await;
+    let mut acked = Delivery::default();
+    let mut refused = Vec::new();
+    let mut message = String::new();
+    for b in delivery::batches("acme/disk", EVENTS, 500, 0) {
+        match client.ingest_agent_events(b.clone()).await {
+            Ok(ack) => {
+                let ack = ack.into_inner();
+                assert!(delivery::done(&ack) && ack.spooled == 500, "{ack:?}");
+                acked.sent_rows += 500;
+                acked.spooled += 500;
+                acked
+                    .acked_ids
+                    .extend(b.events.iter().map(|e| e.id.parse::<uuid::Uuid>().unwrap()));
+            }
+            Err(status) => {
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::ResourceExhausted,
+                    "refused as full, not as a broken writer: {status:?}"
+                );
+                message = status.message().to_owned();
+                refused.push(b);
+            }
+        }
+    }
+    assert!(
+        message.contains("the spool is full: its filesystem has")
+            && message.contains("resend later"),
+        "{message}"
+    );
+    assert!(
+        !refused.is_empty() && acked.spooled > 0,
+        "the disk filled up"
+    );
+    let (free, _) = agent_telemetry::spool::log::disk_space(&dir).unwrap();
+    say(&format!(
+        "full disk (16 MiB tmpfs, database down): {} events acked as spooled, {} refused with RESOURCE_EXHAUSTED, {free} bytes left free; {message}",
+        acked.spooled,
+        refused.len() * 500,
+    ));
+    // Something else takes the rest of the disk: replay must record its
+    // position and delete segments with no byte free.
+    let filler = disk.dir.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.write_all(&[0u8; 512]);
+        let _ = f.sync_all();
+    }
+    assert!(agent_telemetry::spool::log::disk_space(&dir).unwrap().0 < 64 << 10);
+    // The database comes back: the same service drains the spool, frees
+    // the disk and takes the refused batches.
+    pg.cluster.start().expect("start PostgreSQL");
+    let db = common::db(&conn).await;
+    delivery::until_stored(&db, acked.spooled as i64, Duration::from_secs(120)).await;
+    common::wait_for(
+        "replay to free the disk",
+        Duration::from_secs(60),
+        || async { agent_telemetry::spool::log::disk_space(&dir).unwrap().0 > 8 << 20 },
+    )
+    .await;
+    let progress = Arc::new(AtomicU64::new(0));
+    let again = delivery::deliver(svc.endpoint.clone(), refused, None, progress, LIMIT).await;
+    acked.add(&again);
+    delivery::until_stored(&db, EVENTS as i64, Duration::from_secs(120)).await;
+    let s = delivery::stored(&db, &acked.acked_ids).await;
+    report(
+        "full disk, then the database back and the refused batches resent",
+        &acked,
+        &s,
+    );
+    exactly_once(&acked, &s);
+    svc.running.shutdown().await.unwrap();
+    drop(disk);
 }

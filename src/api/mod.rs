@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     ack::BatchOutcome,
     auth::{Authenticator, Scope},
-    intake::{Accepted, IngestError, Intake},
+    intake::{Accepted, Batch, Intake, record::Record},
     pb::{self, wire},
 };
 
@@ -78,25 +78,47 @@ impl Api {
             .map_err(|e| status::auth_status(&e))
     }
 
-    /// Runs one stream: `accept` admits a batch, the acks go out in order.
-    /// `header` is the stream's `authorization`, checked again per batch.
-    fn run_stream<B, F, Fut>(
+    /// A stream of batches of one record kind.
+    async fn stream<B, R>(
         &self,
-        mut inbound: Streaming<B>,
-        header: Option<String>,
-        size: fn(&B) -> (u64, usize),
-        accept: F,
-    ) -> AckStream
+        request: Request<Streaming<B>>,
+    ) -> Result<Response<AckStream>, Status>
     where
-        B: Send + 'static,
-        F: Fn(Arc<Intake>, B, Scope) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Accepted, IngestError>> + Send + 'static,
+        B: Into<Batch<R>> + Send + 'static,
+        R: Record,
+    {
+        // Refuse a stream without a valid key at once, not at its first batch.
+        self.scope(&request).await?;
+        let header = bearer(&request);
+        Ok(Response::new(self.run_stream(request.into_inner(), header)))
+    }
+
+    /// One batch of one record kind, answered when its rows are committed.
+    async fn unary<B, R>(&self, request: Request<B>) -> Result<Response<pb::BatchAck>, Status>
+    where
+        B: Into<Batch<R>>,
+        R: Record,
+    {
+        let scope = self.scope(&request).await?;
+        let accepted = self
+            .intake
+            .take(request.into_inner().into(), &scope)
+            .await
+            .map_err(|e| status::to_status(&e))?;
+        Ok(Response::new(ack::batch_ack(&accepted.ack().await)))
+    }
+
+    /// Runs one stream: each batch goes to intake, the acks go out in order.
+    /// `header` is the stream's `authorization`, checked again per batch.
+    fn run_stream<B, R>(&self, mut inbound: Streaming<B>, header: Option<String>) -> AckStream
+    where
+        B: Into<Batch<R>> + Send + 'static,
+        R: Record,
     {
         let inflight = self.intake.pipeline.stream_inflight.max(1);
         let (tx, rx) = mpsc::channel(inflight);
         let intake = self.intake.clone();
         let auth = self.auth.clone();
-        let accept = Arc::new(accept);
         let drain = self.drain.clone();
         tokio::spawn(async move {
             let mut pending: FuturesOrdered<AckFuture> = FuturesOrdered::new();
@@ -142,15 +164,16 @@ impl Api {
                     }
                     msg = inbound.message(), if can_read => match msg {
                         Ok(Some(batch)) => {
-                            let (sequence, received) = size(&batch);
-                            let (intake, auth, accept, header) =
-                                (intake.clone(), auth.clone(), accept.clone(), header.clone());
+                            let batch: Batch<R> = batch.into();
+                            let (sequence, received) = (batch.sequence, batch.rows.len());
+                            let (intake, auth, header) =
+                                (intake.clone(), auth.clone(), header.clone());
                             admitting = Some(Box::pin(async move {
                                 let scope = match auth.scope(header.as_deref()).await {
                                     Ok(scope) => scope,
                                     Err(e) => return Admitted::EndStream(status::auth_status(&e)),
                                 };
-                                match accept(intake, batch, scope).await {
+                                match intake.take(batch, &scope).await {
                                     Ok(accepted) => Admitted::Accepted(accepted),
                                     Err(e) => {
                                         tracing::warn!(error = %e, "batch refused");
@@ -183,55 +206,28 @@ impl wire::telemetry_ingest_server::TelemetryIngest for Api {
         &self,
         request: Request<Streaming<wire::AgentEventBatch>>,
     ) -> Result<Response<AckStream>, Status> {
-        // Refuse a stream without a valid key at once, not at its first batch.
-        self.scope(&request).await?;
-        let header = bearer(&request);
-        Ok(Response::new(self.run_stream(
-            request.into_inner(),
-            header,
-            |b| (b.sequence, b.events.len()),
-            |intake, batch, scope| async move { intake.events(batch, &scope).await },
-        )))
+        self.stream(request).await
     }
 
     async fn stream_chat_messages(
         &self,
         request: Request<Streaming<wire::ChatMessageBatch>>,
     ) -> Result<Response<AckStream>, Status> {
-        self.scope(&request).await?;
-        let header = bearer(&request);
-        Ok(Response::new(self.run_stream(
-            request.into_inner(),
-            header,
-            |b| (b.sequence, b.messages.len()),
-            |intake, batch, scope| async move { intake.messages(batch, &scope).await },
-        )))
+        self.stream(request).await
     }
 
     async fn ingest_agent_events(
         &self,
         request: Request<wire::AgentEventBatch>,
     ) -> Result<Response<pb::BatchAck>, Status> {
-        let scope = self.scope(&request).await?;
-        let accepted = self
-            .intake
-            .events(request.into_inner(), &scope)
-            .await
-            .map_err(|e| status::to_status(&e))?;
-        Ok(Response::new(ack::batch_ack(&accepted.ack().await)))
+        self.unary(request).await
     }
 
     async fn ingest_chat_messages(
         &self,
         request: Request<wire::ChatMessageBatch>,
     ) -> Result<Response<pb::BatchAck>, Status> {
-        let scope = self.scope(&request).await?;
-        let accepted = self
-            .intake
-            .messages(request.into_inner(), &scope)
-            .await
-            .map_err(|e| status::to_status(&e))?;
-        Ok(Response::new(ack::batch_ack(&accepted.ack().await)))
+        self.unary(request).await
     }
 
     async fn report_sessions(

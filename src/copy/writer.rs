@@ -161,6 +161,37 @@ impl CopyWriter {
         let started = Instant::now();
         let rows: usize = pieces.iter().map(Piece::rows).sum();
         let mut outcomes = vec![PieceOutcome::default(); pieces.len()];
+        // Past the shutdown deadline, what has not been copied is answered
+        // "not stored, resend" at once instead of waiting for a database
+        // that does not take it (a COPY waiting for a lock, say).
+        let copied = tokio::select! {
+            biased;
+            _ = self.give_up.cancelled() => false,
+            () = self.copy_all(table, &pieces, &mut outcomes) => true,
+        };
+        if !copied {
+            for (piece, outcome) in pieces.iter().zip(&mut outcomes) {
+                let settled = outcome.stored + outcome.duplicates + outcome.rejected.len() as u32;
+                if settled < piece.rows() as u32 && outcome.failure.is_none() {
+                    outcome.failure = Some(Failure {
+                        message: "not stored: the service shut down (--shutdown-timeout passed) before the database took these rows; resend the batch".into(),
+                        kind: ErrorKind::Unavailable,
+                    });
+                }
+            }
+        }
+        metrics::flush_done(table, rows, started.elapsed());
+        for (piece, outcome) in pieces.into_iter().zip(outcomes) {
+            metrics::rows_stored(table, outcome.stored as u64, outcome.duplicates as u64);
+            metrics::ack_latency(table, piece.enqueued.elapsed());
+            // The client may have gone away; its rows are stored regardless.
+            let _ = piece.done.send(outcome);
+        }
+    }
+
+    /// The probe, then COPYs until every row of `pieces` is stored, found
+    /// stored, rejected or failed, each recorded in `outcomes`.
+    async fn copy_all(&self, table: Table, pieces: &[Piece], outcomes: &mut [PieceOutcome]) {
         let all: Vec<Segment> = pieces
             .iter()
             .enumerate()
@@ -173,7 +204,7 @@ impl CopyWriter {
         // counted as duplicates and not copied, which spares the resend path
         // a failed COPY; rows whose id is stored with another timestamp are
         // rejected (docs/reliability.md, "One id, one row").
-        let all = match self.probe(table, &pieces, &all).await {
+        let all = match self.probe(table, pieces, &all).await {
             Ok(probed) => {
                 let mut conflicting = 0;
                 let rows = all
@@ -189,13 +220,13 @@ impl CopyWriter {
                             conflicting += 1;
                             outcomes[seg].conflicts += 1;
                             outcomes[seg].rejected.push(Rejection::conflict(
-                                index,
-                                format!(
-                                    "a row with this id is stored with timestamp {}; this one has {}: an id names one row, so it was not stored (give a new row a new id)",
-                                    rfc3339_us(stored_us),
-                                    rfc3339_us(ts)
-                                ),
-                            ));
+                            index,
+                            format!(
+                                "a row with this id is stored with timestamp {}; this one has {}: an id names one row, so it was not stored (give a new row a new id)",
+                                rfc3339_us(stored_us),
+                                rfc3339_us(ts)
+                            ),
+                        ));
                         }
                     }
                 }
@@ -212,8 +243,8 @@ impl CopyWriter {
         // Work list instead of recursion: sets of rows still to copy.
         let mut work = if all.is_empty() { vec![] } else { vec![all] };
         while let Some(set) = work.pop() {
-            match self.copy_with_retry(table, &pieces, &set).await {
-                Ok(copied) => record(&set, copied, &mut outcomes),
+            match self.copy_with_retry(table, pieces, &set).await {
+                Ok(copied) => record(&set, copied, outcomes),
                 Err(e) if e.is_row_error() => {
                     let n: usize = set.iter().map(|s| s.rows.len()).sum();
                     if n == 1 {
@@ -259,13 +290,6 @@ impl CopyWriter {
                     }
                 }
             }
-        }
-        metrics::flush_done(table, rows, started.elapsed());
-        for (piece, outcome) in pieces.into_iter().zip(outcomes) {
-            metrics::rows_stored(table, outcome.stored as u64, outcome.duplicates as u64);
-            metrics::ack_latency(table, piece.enqueued.elapsed());
-            // The client may have gone away; its rows are stored regardless.
-            let _ = piece.done.send(outcome);
         }
     }
 
@@ -527,7 +551,7 @@ async fn copy_deduplicated(
         let inserted = client
             .query(
                 &format!(
-                    "INSERT INTO {name} ({cols}) SELECT {cols} FROM {name}_staging ON CONFLICT DO NOTHING \
+                    "INSERT INTO {name} ({cols}) SELECT {cols} FROM {name}_staging ORDER BY id, \"timestamp\" ON CONFLICT DO NOTHING \
                      RETURNING id, \"timestamp\""
                 ),
                 &[],

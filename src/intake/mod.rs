@@ -43,7 +43,7 @@ use crate::{
     codes::ErrorKind,
     config::{Limits, PipelineConfig},
     db::dims::{Dimensions, DimsError, ProjectName},
-    metrics, pb,
+    metrics,
     row::Table,
     spool::{
         self, Entry,
@@ -95,7 +95,7 @@ impl IngestError {
                 dims_kind(source)
             }
             IngestError::Spool { source, .. } => match source {
-                LogError::Full { .. } => ErrorKind::Exhausted,
+                LogError::Full { .. } | LogError::DiskFull { .. } => ErrorKind::Exhausted,
                 LogError::Io { .. } | LogError::Closed => ErrorKind::Unavailable,
             },
         }
@@ -180,24 +180,6 @@ impl Accepted {
 }
 
 impl Intake {
-    /// A client's batch of events: spooled (with `--spool-dir`) or stored.
-    pub async fn events(
-        &self,
-        batch: impl Into<Batch<pb::AgentEvent>>,
-        scope: &Scope,
-    ) -> Result<Accepted, IngestError> {
-        self.take(batch.into(), scope).await
-    }
-
-    /// A client's batch of chat messages: spooled (with `--spool-dir`) or stored.
-    pub async fn messages(
-        &self,
-        batch: impl Into<Batch<pb::ChatMessage>>,
-        scope: &Scope,
-    ) -> Result<Accepted, IngestError> {
-        self.take(batch.into(), scope).await
-    }
-
     /// A spooled entry, replayed: through the same path as a client's batch,
     /// with timestamps checked against the time it was received.
     pub async fn store(&self, entry: Entry) -> Result<Accepted, IngestError> {
@@ -210,7 +192,9 @@ impl Intake {
         }
     }
 
-    async fn take<R: Record>(
+    /// A client's batch (events or chat messages): spooled (with
+    /// `--spool-dir`) or stored.
+    pub async fn take<R: Record>(
         &self,
         batch: Batch<R>,
         scope: &Scope,
@@ -399,6 +383,7 @@ impl Intake {
                     table,
                     match source {
                         LogError::Full { .. } => "spool_full",
+                        LogError::DiskFull { .. } => "spool_disk_full",
                         _ => "spool_error",
                     },
                 );

@@ -152,10 +152,20 @@ pub async fn run(
                             backoff = (backoff * 2).min(Duration::from_secs(5));
                         }
                         Err(e) => {
-                            let ack = BatchOutcome::refused(entry.batch.sequence(), entry.batch.rows().len(), e.failure());
-                            flights_wait(&mut acks, &mut flights, &mut committed, &dead_letters).await;
-                            dead_letter(&dead_letters, &entry, &ack);
-                            committed = end;
+                            // Refused for good; but the committed position
+                            // may pass it only if every entry before it is
+                            // stored: one still failing is retried first,
+                            // and this one comes round again after it.
+                            if flights_wait(&mut acks, &mut flights, &mut committed, &dead_letters).await {
+                                let ack = BatchOutcome::refused(entry.batch.sequence(), entry.batch.rows().len(), e.failure());
+                                dead_letter(&dead_letters, &entry, &ack);
+                                committed = end;
+                            } else {
+                                metrics::spool_replay_retried();
+                                reader.seek(committed);
+                                wait(backoff, &drain).await;
+                                backoff = (backoff * 2).min(Duration::from_secs(5));
+                            }
                         }
                     }
                 }
@@ -178,13 +188,14 @@ pub async fn run(
 }
 
 /// Waits for every entry in flight, in order, advancing `committed` over
-/// those stored; stops advancing at the first that was not.
+/// those stored; stops advancing at the first that was not. Whether all
+/// were stored.
 async fn flights_wait(
     acks: &mut FuturesOrdered<Pending>,
     flights: &mut VecDeque<InFlight>,
     committed: &mut Position,
     dead_letters: &PathBuf,
-) {
+) -> bool {
     let mut failed = false;
     while let Some(ack) = acks.next().await {
         let flight = flights.pop_front().expect("one flight per ack");
@@ -195,6 +206,7 @@ async fn flights_wait(
         dead_letter(dead_letters, &flight.entry, &ack);
         *committed = flight.end;
     }
+    !failed
 }
 
 async fn wait(d: Duration, drain: &CancellationToken) {

@@ -368,7 +368,7 @@ impl OtlpIntake {
                 sessions: Vec::new(),
                 rows: Rows::Decoded(chunk.iter().map(|i| i.mapped.event.clone()).collect()),
             };
-            accepted.push((c * max, self.intake.events(batch, scope).await?));
+            accepted.push((c * max, self.intake.take(batch, scope).await?));
         }
         let mut problems = Problems::default();
         for (offset, a) in accepted {
@@ -394,7 +394,7 @@ impl OtlpIntake {
                 sessions: sessions.into_values().collect(),
                 rows: Rows::Decoded(chunk.iter().map(|(_, m)| (*m).clone()).collect()),
             };
-            message_accepted.push((c, self.intake.messages(batch, scope).await?));
+            message_accepted.push((c, self.intake.take(batch, scope).await?));
         }
         for (c, a) in message_accepted {
             let ack = a.ack().await;

@@ -11,18 +11,30 @@
 //! so segments written before are never modified again.
 //!
 //! Where replay has got to (the *committed* position: everything before it
-//! is in the database) is kept in the file `committed`. Segments wholly
-//! before it are deleted; the position itself may lag after a crash, which
-//! only makes replay offer rows again that the database recognises as
-//! duplicates.
+//! is in the database) is kept in the file `committed`: two fixed slots,
+//! written in turn in place (no new file, no new block), each with a
+//! sequence number and a checksum, so that recording it needs no free space
+//! and a torn write leaves the other slot. Segments wholly before it are
+//! deleted first, which frees space on a full disk; the position itself may
+//! lag after a crash, which only makes replay offer rows again that the
+//! database recognises as duplicates.
+//!
+//! A full disk: an append is refused before the disk fills, when the
+//! spool's filesystem has less free space than the append plus a reserve
+//! ([`LogError::DiskFull`], RESOURCE_EXHAUSTED for the client). A write or
+//! fsync that fails all the same (ENOSPC, EIO) fails its appends only: the
+//! segment is cut back to its last durable record and the next append goes
+//! to a new segment, so no acknowledged record ever follows bytes of
+//! unknown state in a file.
 
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Read, Seek, SeekFrom, Write},
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -48,8 +60,27 @@ pub enum LogError {
         "the spool is full ({used} of {limit} bytes): the database has not taken the spooled rows yet; resend later"
     )]
     Full { used: u64, limit: u64 },
+    #[error(
+        "the spool is full: its filesystem has {free} bytes free, and {reserve} stay in reserve ({needed} needed for this batch); the database has not taken the spooled rows yet; resend later"
+    )]
+    DiskFull {
+        free: u64,
+        needed: u64,
+        reserve: u64,
+    },
     #[error("the spool writer has stopped")]
     Closed,
+}
+
+/// Free bytes of the filesystem holding `dir` (for an unprivileged user),
+/// and its size.
+pub fn disk_space(dir: &Path) -> io::Result<(u64, u64)> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(io::Error::from)?;
+    let unit = st.fragment_size() as u64;
+    Ok((
+        st.blocks_available() as u64 * unit,
+        st.blocks() as u64 * unit,
+    ))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
@@ -147,17 +178,28 @@ pub struct Log {
     /// Bytes in segment files, plus appends accepted and not yet written.
     used: Arc<AtomicU64>,
     limit: u64,
+    /// Free space the spool leaves on its filesystem (see [`open`]).
+    reserve: u64,
+    /// Bytes of appends accepted and not yet written: the free space the
+    /// filesystem reports does not count them yet.
+    unwritten: Arc<AtomicU64>,
+    /// Whether appends are being refused for lack of disk space (logged
+    /// when it changes).
+    refusing: Arc<AtomicBool>,
     /// Segment files' ends as known durable: what the reader may read up to.
     durable: watch::Receiver<Position>,
 }
 
 /// Opens (creating if needed) the spool in `dir`, repairs a torn tail, and
 /// starts the writer thread on a new segment. Returns the log, a reader at
-/// the committed position, and what recovery did.
+/// the committed position, and what recovery did. `reserve` is the free
+/// space appends leave on the filesystem, at most a tenth of its size (a
+/// small filesystem would otherwise take nothing).
 pub fn open(
     dir: &Path,
     limit: u64,
     segment_bytes: u64,
+    reserve: u64,
 ) -> Result<(Log, Reader, Recovery), LogError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let existing = segments(dir)?;
@@ -188,12 +230,18 @@ pub fn open(
         used += end;
         ends.insert(n, end);
     }
-    let committed = read_committed(dir)
-        .filter(|p| ends.contains_key(&p.segment))
-        .unwrap_or(Position {
-            segment: existing.first().copied().unwrap_or(1),
-            offset: 0,
-        });
+    let (committed, seq) = match read_committed(dir) {
+        Some((p, seq)) if ends.contains_key(&p.segment) => (p, seq),
+        found => (
+            Position {
+                segment: existing.first().copied().unwrap_or(1),
+                offset: 0,
+            },
+            found.map_or(0, |(_, seq)| seq),
+        ),
+    };
+    let (_, size) = disk_space(dir).map_err(io_err(dir))?;
+    let reserve = reserve.min(size / 10);
     let first_new = existing.last().map_or(1, |n| n + 1);
     let path = segment_path(dir, first_new);
     let file = OpenOptions::new()
@@ -209,6 +257,7 @@ pub fn open(
     let (durable_tx, durable) = watch::channel(start);
     let (appends, rx) = mpsc::unbounded_channel();
     let used = Arc::new(AtomicU64::new(used));
+    let unwritten = Arc::new(AtomicU64::new(0));
     let dir = Arc::new(dir.to_owned());
     let writer = Writer {
         dir: dir.clone(),
@@ -216,6 +265,10 @@ pub fn open(
         at: start,
         segment_bytes,
         durable: durable_tx,
+        unwritten: unwritten.clone(),
+        needs_new_segment: false,
+        #[cfg(test)]
+        fail_next: FAIL_NEXT_WRITE.with(|f| f.clone()),
     };
     std::thread::Builder::new()
         .name("spool-writer".into())
@@ -226,15 +279,25 @@ pub fn open(
         appends,
         used: used.clone(),
         limit,
+        reserve,
+        unwritten,
+        refusing: Arc::default(),
         durable: durable.clone(),
     };
-    let reader = Reader {
+    let mut reader = Reader {
         dir,
         at: committed,
         file: None,
         durable,
         used,
+        committed: None,
+        seq,
     };
+    // Slots for the position, made now while there is likely room; on a
+    // full disk, the first commit makes them after deleting segments.
+    if let Err(e) = reader.prepare_committed(committed) {
+        tracing::warn!(error = %e, "spool: cannot prepare the committed-position file yet; retried at the next commit");
+    }
     Ok((log, reader, recovery))
 }
 
@@ -245,14 +308,51 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
 }
 
 const COMMITTED: &str = "committed";
+/// Bytes of one slot of the `committed` file.
+const SLOT: usize = 64;
 
-fn read_committed(dir: &Path) -> Option<Position> {
-    let text = fs::read_to_string(dir.join(COMMITTED)).ok()?;
-    let (s, o) = text.trim().split_once(':')?;
-    Some(Position {
+/// One slot: `seq segment:offset crc` padded to [`SLOT`] bytes.
+fn slot_text(seq: u64, pos: Position) -> [u8; SLOT] {
+    let body = format!("{seq} {}:{}", pos.segment, pos.offset);
+    let line = format!("{body} {:08x}", crc32fast::hash(body.as_bytes()));
+    let mut out = [b' '; SLOT];
+    out[..line.len()].copy_from_slice(line.as_bytes());
+    out[SLOT - 1] = b'\n';
+    out
+}
+
+fn parse_slot(slot: &[u8]) -> Option<(Position, u64)> {
+    let text = std::str::from_utf8(slot).ok()?.trim();
+    let (body, crc) = text.rsplit_once(' ')?;
+    if u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(body.as_bytes()) {
+        return None;
+    }
+    let (seq, pos) = body.split_once(' ')?;
+    let (s, o) = pos.split_once(':')?;
+    let pos = Position {
         segment: s.parse().ok()?,
         offset: o.parse().ok()?,
-    })
+    };
+    Some((pos, seq.parse().ok()?))
+}
+
+/// The committed position and its slot's sequence number: the newer of
+/// the two valid slots, or the one-line text of older spools (sequence 0).
+fn read_committed(dir: &Path) -> Option<(Position, u64)> {
+    let bytes = fs::read(dir.join(COMMITTED)).ok()?;
+    if bytes.len() == 2 * SLOT {
+        return bytes
+            .chunks(SLOT)
+            .filter_map(parse_slot)
+            .max_by_key(|(_, seq)| *seq);
+    }
+    let text = String::from_utf8(bytes).ok()?;
+    let (s, o) = text.trim().split_once(':')?;
+    let pos = Position {
+        segment: s.parse().ok()?,
+        offset: o.parse().ok()?,
+    };
+    Some((pos, 0))
 }
 
 impl Log {
@@ -269,12 +369,53 @@ impl Log {
                 limit: self.limit,
             });
         }
+        let pending = self.unwritten.fetch_add(n, Ordering::AcqRel);
+        let undo = || {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+            self.unwritten.fetch_sub(n, Ordering::AcqRel);
+        };
+        if let Err(e) = self.check_disk(pending + n) {
+            undo();
+            return Err(e);
+        }
         let (done, rx) = oneshot::channel();
         if self.appends.send(Append { framed, done }).is_err() {
-            self.used.fetch_sub(n, Ordering::AcqRel);
+            undo();
             return Err(LogError::Closed);
         }
-        rx.await.map_err(|_| LogError::Closed)?
+        // The writer has taken the bytes off `unwritten` once it tried them.
+        let written = rx.await.map_err(|_| LogError::Closed)?;
+        if written.is_err() {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+        }
+        written
+    }
+
+    /// Refuses an append of `needed` bytes (with those accepted before it
+    /// and not yet written) that would leave less than the reserve free.
+    fn check_disk(&self, needed: u64) -> Result<(), LogError> {
+        let (free, _) = disk_space(&self.dir).map_err(io_err(&self.dir))?;
+        let short = free < needed.saturating_add(self.reserve);
+        if short != self.refusing.swap(short, Ordering::AcqRel) {
+            if short {
+                tracing::warn!(dir = %self.dir.display(), free, reserve = self.reserve, "spool: its filesystem is nearly full; batches are refused (RESOURCE_EXHAUSTED) until replay frees space");
+            } else {
+                tracing::info!(dir = %self.dir.display(), free, "spool: disk space again; batches are taken");
+            }
+        }
+        if short {
+            return Err(LogError::DiskFull {
+                free,
+                needed,
+                reserve: self.reserve,
+            });
+        }
+        Ok(())
+    }
+
+    /// Free bytes on the spool's filesystem (None when it cannot be read).
+    pub fn disk_free(&self) -> Option<u64> {
+        disk_space(&self.dir).ok().map(|(free, _)| free)
     }
 
     /// Bytes the spool holds on disk (and is about to write).
@@ -302,6 +443,18 @@ struct Writer {
     at: Position,
     segment_bytes: u64,
     durable: watch::Sender<Position>,
+    unwritten: Arc<AtomicU64>,
+    /// After a failed write: the next one starts a new segment first.
+    needs_new_segment: bool,
+    /// Test hook: the next write fails half-way with ENOSPC.
+    #[cfg(test)]
+    fail_next: Arc<AtomicBool>,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// What `open` hands the writer as its fault hook (tests only).
+    static FAIL_NEXT_WRITE: Arc<AtomicBool> = Arc::default();
 }
 
 impl Writer {
@@ -321,6 +474,14 @@ impl Writer {
                 }
             }
             let result = self.write(&group);
+            self.unwritten.fetch_sub(bytes as u64, Ordering::AcqRel);
+            if let Err(e) = &result {
+                // Its batches are not acknowledged (the clients resend);
+                // what the disk holds of them is cut off or left behind in
+                // this segment, and the next append goes to a new one.
+                tracing::warn!(error = %e, dir = %self.dir.display(), "spool write failed; its batches are refused (resend), the next append starts a new segment");
+                self.recover();
+            }
             for a in group {
                 let _ = a
                     .done
@@ -329,38 +490,65 @@ impl Writer {
                         source: io::Error::new(e.kind(), e.to_string()),
                     }));
             }
-            if let Err(e) = result {
-                // A disk that fails a write or fsync may have lost what it
-                // said it had: acknowledge nothing more.
-                tracing::error!(error = %e, "spool write failed; the spool accepts nothing more");
-                return;
-            }
         }
     }
 
     fn write(&mut self, group: &[Append]) -> io::Result<()> {
+        if self.needs_new_segment {
+            self.rotate()?;
+            self.needs_new_segment = false;
+        }
         let mut buf = Vec::with_capacity(group.iter().map(|a| a.framed.len()).sum());
         for a in group {
             buf.extend_from_slice(&a.framed);
+        }
+        #[cfg(test)]
+        if self.fail_next.swap(false, Ordering::AcqRel) {
+            self.file.write_all(&buf[..buf.len() / 2])?;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         self.file.write_all(&buf)?;
         self.file.sync_data()?;
         self.at.offset += buf.len() as u64;
         self.durable.send_replace(self.at);
-        if self.at.offset >= self.segment_bytes {
-            let next = self.at.segment + 1;
-            let path = segment_path(&self.dir, next);
-            self.file = OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .open(&path)?;
-            File::open(&*self.dir)?.sync_all()?;
-            self.at = Position {
-                segment: next,
-                offset: 0,
-            };
-            self.durable.send_replace(self.at);
+        if self.at.offset >= self.segment_bytes
+            && let Err(e) = self.rotate()
+        {
+            // The group is durable: only the next one must wait for a new
+            // segment.
+            tracing::warn!(error = %e, "spool: cannot start a new segment yet; the next append tries again");
+            self.needs_new_segment = true;
         }
+        Ok(())
+    }
+
+    /// After a failed write: the segment cut back to its last durable
+    /// record (best effort: a reader stops at what is not a whole record
+    /// anyway), and a new segment for the next append, now or then.
+    fn recover(&mut self) {
+        let _ = self.file.set_len(self.at.offset);
+        self.needs_new_segment = true;
+        match self.rotate() {
+            Ok(()) => self.needs_new_segment = false,
+            Err(e) => {
+                tracing::warn!(error = %e, "spool: cannot start a new segment yet; the next append tries again")
+            }
+        }
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let next = self.at.segment + 1;
+        let path = segment_path(&self.dir, next);
+        self.file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
+        File::open(&*self.dir)?.sync_all()?;
+        self.at = Position {
+            segment: next,
+            offset: 0,
+        };
+        self.durable.send_replace(self.at);
         Ok(())
     }
 }
@@ -372,6 +560,10 @@ pub struct Reader {
     file: Option<File>,
     durable: watch::Receiver<Position>,
     used: Arc<AtomicU64>,
+    /// The `committed` file with its two slots, once made.
+    committed: Option<File>,
+    /// Sequence number of the last slot written.
+    seq: u64,
 }
 
 impl Reader {
@@ -449,24 +641,56 @@ impl Reader {
         self.file = None;
     }
 
-    /// Everything before `pos` is in the database: records it, and deletes
-    /// the segments wholly before it.
+    /// Everything before `pos` is in the database: deletes the segments
+    /// wholly before it, then records it. In that order, so that on a full
+    /// disk the deletes make room first; a crash between the two only
+    /// replays rows again (recognised as duplicates).
     pub fn commit(&mut self, pos: Position) -> Result<(), LogError> {
-        let dir = self.dir.as_path();
-        let tmp = dir.join("committed.tmp");
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        write!(f, "{}:{}", pos.segment, pos.offset).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, dir.join(COMMITTED)).map_err(io_err(dir))?;
-        for n in segments(dir)? {
+        let dir = self.dir.clone();
+        for n in segments(&dir)? {
             if n >= pos.segment {
                 break;
             }
-            let path = segment_path(dir, n);
+            let path = segment_path(&dir, n);
             let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             fs::remove_file(&path).map_err(io_err(&path))?;
             self.used.fetch_sub(len, Ordering::AcqRel);
         }
+        let Some(file) = &self.committed else {
+            return self.prepare_committed(pos);
+        };
+        // In place, in the slot not holding the newest position.
+        let seq = self.seq + 1;
+        let path = dir.join(COMMITTED);
+        file.write_all_at(&slot_text(seq, pos), (seq % 2) * SLOT as u64)
+            .and_then(|()| file.sync_data())
+            .map_err(io_err(&path))?;
+        self.seq = seq;
+        Ok(())
+    }
+
+    /// Makes the `committed` file with both slots holding `pos` (through a
+    /// temporary file and a rename: it needs a little free space, once).
+    fn prepare_committed(&mut self, pos: Position) -> Result<(), LogError> {
+        let dir = self.dir.clone();
+        let tmp = dir.join("committed.tmp");
+        let seq = self.seq + 1;
+        let mut content = slot_text(seq, pos).to_vec();
+        content.extend_from_slice(&slot_text(seq, pos));
+        let written =
+            File::create(&tmp).and_then(|mut f| f.write_all(&content).and_then(|()| f.sync_all()));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(&tmp)(e));
+        }
+        fs::rename(&tmp, dir.join(COMMITTED)).map_err(io_err(&dir))?;
+        sync_dir(&dir)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(dir.join(COMMITTED))
+            .map_err(io_err(&dir))?;
+        self.committed = Some(file);
+        self.seq = seq;
         Ok(())
     }
 }
@@ -487,7 +711,7 @@ mod tests {
     async fn a_torn_tail_is_cut_off_and_earlier_records_survive() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (log, _, _) = open(dir.path(), 1 << 30, 1 << 20).unwrap();
+            let (log, _, _) = open(dir.path(), 1 << 30, 1 << 20, 0).unwrap();
             for i in 0..3u8 {
                 log.append(&[i; 100]).await.unwrap();
             }
@@ -504,7 +728,7 @@ mod tests {
             .write_all(&torn)
             .unwrap();
 
-        let (log, mut reader, recovery) = open(dir.path(), 1 << 30, 1 << 20).unwrap();
+        let (log, mut reader, recovery) = open(dir.path(), 1 << 30, 1 << 20, 0).unwrap();
         assert_eq!(recovery.torn_bytes, 60);
         log.append(&[7u8; 10]).await.unwrap();
         let got = read_all(&mut reader, 4).await;
@@ -518,7 +742,7 @@ mod tests {
     #[tokio::test]
     async fn commit_deletes_read_segments_and_reopening_resumes_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, mut reader, _) = open(dir.path(), 1 << 30, 1000).unwrap();
+        let (log, mut reader, _) = open(dir.path(), 1 << 30, 1000, 0).unwrap();
         for i in 0..10u8 {
             log.append(&[i; 400]).await.unwrap();
         }
@@ -533,7 +757,7 @@ mod tests {
         assert!(segments(dir.path()).unwrap().len() < before);
         assert!(log.used() < used);
         drop((log, reader));
-        let (_log, mut reader, _) = open(dir.path(), 1 << 30, 1000).unwrap();
+        let (_log, mut reader, _) = open(dir.path(), 1 << 30, 1000, 0).unwrap();
         let rest = read_all(&mut reader, 4).await;
         assert_eq!(rest[0], Bytes::from(vec![6u8; 400]));
         assert_eq!(rest[3], Bytes::from(vec![9u8; 400]));
@@ -542,12 +766,74 @@ mod tests {
     #[tokio::test]
     async fn a_full_spool_refuses_the_append() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _, _) = open(dir.path(), 1000, 1 << 20).unwrap();
+        let (log, _, _) = open(dir.path(), 1000, 1 << 20, 0).unwrap();
         log.append(&[1u8; 600]).await.unwrap();
         assert!(matches!(
             log.append(&[2u8; 600]).await,
             Err(LogError::Full { .. })
         ));
         log.append(&[3u8; 100]).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_its_append_only_and_the_next_goes_to_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut reader, _) = open(dir.path(), 1 << 30, 1 << 20, 0).unwrap();
+        log.append(&[1u8; 100]).await.unwrap();
+        let used = log.used();
+        let segments_before = segments(dir.path()).unwrap().len();
+        // ENOSPC half-way through the next write.
+        FAIL_NEXT_WRITE.with(|f| f.store(true, Ordering::Release));
+        let failed = log.append(&[2u8; 100]).await;
+        assert!(matches!(failed, Err(LogError::Io { .. })), "{failed:?}");
+        assert_eq!(log.used(), used, "the failed append takes no room");
+        // The writer goes on, in a new segment.
+        log.append(&[3u8; 100]).await.unwrap();
+        assert_eq!(segments(dir.path()).unwrap().len(), segments_before + 1);
+        let got = read_all(&mut reader, 2).await;
+        assert_eq!(got, [vec![1u8; 100], vec![3u8; 100]].map(Bytes::from));
+        // After a restart the same records, and nothing of the failed one.
+        drop((log, reader));
+        let (_log, mut reader, recovery) = open(dir.path(), 1 << 30, 1 << 20, 0).unwrap();
+        assert_eq!(recovery.damaged_bytes, 0, "{recovery:?}");
+        let got = read_all(&mut reader, 2).await;
+        assert_eq!(got, [vec![1u8; 100], vec![3u8; 100]].map(Bytes::from));
+    }
+
+    #[tokio::test]
+    async fn the_committed_position_is_written_in_place_and_a_torn_slot_leaves_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut reader, _) = open(dir.path(), 1 << 30, 1 << 20, 0).unwrap();
+        for i in 0..3u8 {
+            log.append(&[i; 100]).await.unwrap();
+        }
+        let first = reader.next().await.unwrap().unwrap().1;
+        reader.commit(first).unwrap();
+        let second = reader.next().await.unwrap().unwrap().1;
+        reader.commit(second).unwrap();
+        let path = dir.path().join(COMMITTED);
+        let inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path).unwrap());
+        assert_eq!(read_committed(dir.path()).unwrap().0, second);
+        // No new file per commit: the same inode, two slots.
+        reader.commit(second).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::ino(&meta), inode);
+        assert_eq!(meta.len(), 2 * SLOT as u64);
+        // Tear the newest slot: the one before it is read.
+        let (_, seq) = read_committed(dir.path()).unwrap();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"garbage", (seq % 2) * SLOT as u64).unwrap();
+        assert_eq!(read_committed(dir.path()).unwrap().0, second);
+        // A spool of the one-line format still opens where it was.
+        fs::write(&path, format!("{}:{}", first.segment, first.offset)).unwrap();
+        assert_eq!(read_committed(dir.path()), Some((first, 0)));
+        drop((log, reader));
+        let (_log, reader, _) = open(dir.path(), 1 << 30, 1 << 20, 0).unwrap();
+        assert_eq!(reader.position(), first);
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            2 * SLOT as u64,
+            "rewritten as slots"
+        );
     }
 }
