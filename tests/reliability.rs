@@ -359,14 +359,8 @@ impl Locked {
 #[tokio::test]
 async fn a_second_signal_exits_at_once_leaving_only_unacknowledged_batches() {
     // A database that takes nothing: the drain cannot finish by itself.
-    let Locked {
-        _pg,
-        conn,
-        _work,
-        log,
-        svc,
-        db,
-    } = Locked::start("signals", "10min").await;
+    let locked = Locked::start("signals", "10min").await;
+    let (conn, log, svc, db) = (&locked.conn, &locked.log, locked.svc, &locked.db);
     let mut client = common::client(&svc.endpoint).await;
     let pending = tokio::spawn(async move {
         client
@@ -376,7 +370,7 @@ async fn a_second_signal_exits_at_once_leaving_only_unacknowledged_batches() {
             })
             .await
     });
-    common::until_writer_waits_for_lock(&conn).await;
+    common::until_writer_waits_for_lock(conn).await;
     let pid = svc.pid().expect("pid");
     let term = || {
         nix::sys::signal::kill(
@@ -390,7 +384,7 @@ async fn a_second_signal_exits_at_once_leaving_only_unacknowledged_batches() {
         "the first signal's drain",
         Duration::from_secs(30),
         || async {
-            std::fs::read_to_string(&log)
+            std::fs::read_to_string(log)
                 .unwrap_or_default()
                 .contains("shutting down: draining")
         },
@@ -419,14 +413,8 @@ async fn a_second_signal_exits_at_once_leaving_only_unacknowledged_batches() {
 async fn past_the_shutdown_deadline_owed_batches_are_acked_not_stored_and_the_exit_is_unclean() {
     // A table the database does not let anyone write: the drain cannot
     // finish by the deadline.
-    let Locked {
-        _pg,
-        conn,
-        _work,
-        log,
-        svc,
-        db,
-    } = Locked::start("deadline", "2s").await;
+    let locked = Locked::start("deadline", "2s").await;
+    let (conn, log, svc, db) = (&locked.conn, &locked.log, locked.svc, &locked.db);
     let mut client = common::client(&svc.endpoint).await;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let mut acks = client
@@ -444,7 +432,7 @@ async fn past_the_shutdown_deadline_owed_batches_are_acked_not_stored_and_the_ex
         .await
         .unwrap();
     }
-    common::until_writer_waits_for_lock(&conn).await;
+    common::until_writer_waits_for_lock(conn).await;
     let pid = svc.pid().expect("pid");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -476,14 +464,14 @@ async fn past_the_shutdown_deadline_owed_batches_are_acked_not_stored_and_the_ex
         .await
         .expect("exited after the deadline");
     assert_eq!(status.code(), Some(1), "an unclean stop is not exit 0");
-    let logged = std::fs::read_to_string(&log).unwrap();
+    let logged = std::fs::read_to_string(log).unwrap();
     assert!(
         logged.contains("shutdown took longer than --shutdown-timeout"),
         "{logged}"
     );
     db.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(
-        common::count(&db, "SELECT count(*) FROM agent_events").await,
+        common::count(db, "SELECT count(*) FROM agent_events").await,
         0
     );
     say(&format!(
@@ -492,6 +480,43 @@ async fn past_the_shutdown_deadline_owed_batches_are_acked_not_stored_and_the_ex
         got[0].error,
         status.code()
     ));
+}
+
+/// Sends `batches` one by one to a spooling service whose database is
+/// down: each is acked as spooled, or refused with RESOURCE_EXHAUSTED
+/// "… spool is full …". What was acked, what was refused, and the last
+/// refusal's message.
+async fn spool_until_refused(
+    endpoint: &str,
+    batches: Vec<pb::AgentEventBatch>,
+) -> (Delivery, Vec<pb::AgentEventBatch>, String) {
+    let mut client = common::client(endpoint).await;
+    let mut acked = Delivery::default();
+    let (mut refused, mut message) = (Vec::new(), String::new());
+    for b in batches {
+        match client.ingest_agent_events(b.clone()).await {
+            Ok(ack) => {
+                let ack = ack.into_inner();
+                assert!(delivery::done(&ack) && ack.spooled == 500, "{ack:?}");
+                acked.sent_rows += 500;
+                acked.spooled += 500;
+                acked
+                    .acked_ids
+                    .extend(b.events.iter().map(|e| e.id.parse::<uuid::Uuid>().unwrap()));
+            }
+            Err(status) => {
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::ResourceExhausted,
+                    "refused as full, not as a broken writer: {status:?}"
+                );
+                assert!(status.message().contains("spool is full"), "{status:?}");
+                message = status.message().to_owned();
+                refused.push(b);
+            }
+        }
+    }
+    (acked, refused, message)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -504,31 +529,11 @@ async fn a_full_spool_refuses_with_resource_exhausted_and_drops_nothing() {
     })
     .await;
     pg.cluster.stop().expect("stop PostgreSQL");
-    let mut client = common::client(&svc.endpoint).await;
-    let mut acked = Delivery::default();
-    let mut refused = Vec::new();
-    for b in delivery::batches("acme/full", 40_000, 500, 0) {
-        match client.ingest_agent_events(b.clone()).await {
-            Ok(ack) => {
-                let ack = ack.into_inner();
-                assert!(delivery::done(&ack) && ack.spooled == 500, "{ack:?}");
-                acked.sent_rows += 500;
-                acked.spooled += 500;
-                acked
-                    .acked_ids
-                    .extend(b.events.iter().map(|e| e.id.parse::<uuid::Uuid>().unwrap()));
-            }
-            Err(status) => {
-                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
-                assert!(
-                    status.message().contains("spool is full"),
-                    "{}",
-                    status.message()
-                );
-                refused.push(b);
-            }
-        }
-    }
+    let (acked, refused, _) = spool_until_refused(
+        &svc.endpoint,
+        delivery::batches("acme/full", 40_000, 500, 0),
+    )
+    .await;
     assert!(
         !refused.is_empty() && acked.spooled > 0,
         "the spool filled up"
@@ -539,19 +544,29 @@ async fn a_full_spool_refuses_with_resource_exhausted_and_drops_nothing() {
         refused.len() * 500
     ));
     pg.cluster.start().expect("start PostgreSQL");
+    let db = common::db(&conn).await;
+    let what = "spool full, then the database back and the refused batches resent";
+    resend_and_check_once(&svc, &db, refused, acked, 40_000, what).await;
+    svc.running.shutdown().await.unwrap();
+}
+
+/// Resends the `refused` batches until acked, waits for `total` rows, and
+/// checks that every acknowledged event is stored exactly once.
+async fn resend_and_check_once(
+    svc: &common::TestService,
+    db: &tokio_postgres::Client,
+    refused: Vec<pb::AgentEventBatch>,
+    mut acked: Delivery,
+    total: i64,
+    what: &str,
+) {
     let progress = Arc::new(AtomicU64::new(0));
     let again = delivery::deliver(svc.endpoint.clone(), refused, None, progress, LIMIT).await;
     acked.add(&again);
-    let db = common::db(&conn).await;
-    delivery::until_stored(&db, 40_000, Duration::from_secs(120)).await;
-    let s = delivery::stored(&db, &acked.acked_ids).await;
-    report(
-        "spool full, then the database back and the refused batches resent",
-        &acked,
-        &s,
-    );
+    delivery::until_stored(db, total, Duration::from_secs(120)).await;
+    let s = delivery::stored(db, &acked.acked_ids).await;
+    report(what, &acked, &s);
     exactly_once(&acked, &s);
-    svc.running.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -721,32 +736,11 @@ async fn a_full_disk_under_the_spool_refuses_then_recovers_by_itself() {
     })
     .await;
     pg.cluster.stop().expect("stop PostgreSQL");
-    let mut client = common::client(&svc.endpoint).await;
-    let mut acked = Delivery::default();
-    let mut refused = Vec::new();
-    let mut message = String::new();
-    for b in delivery::batches("acme/disk", EVENTS, 500, 0) {
-        match client.ingest_agent_events(b.clone()).await {
-            Ok(ack) => {
-                let ack = ack.into_inner();
-                assert!(delivery::done(&ack) && ack.spooled == 500, "{ack:?}");
-                acked.sent_rows += 500;
-                acked.spooled += 500;
-                acked
-                    .acked_ids
-                    .extend(b.events.iter().map(|e| e.id.parse::<uuid::Uuid>().unwrap()));
-            }
-            Err(status) => {
-                assert_eq!(
-                    status.code(),
-                    tonic::Code::ResourceExhausted,
-                    "refused as full, not as a broken writer: {status:?}"
-                );
-                message = status.message().to_owned();
-                refused.push(b);
-            }
-        }
-    }
+    let (acked, refused, message) = spool_until_refused(
+        &svc.endpoint,
+        delivery::batches("acme/disk", EVENTS, 500, 0),
+    )
+    .await;
     assert!(
         message.contains("the spool is full: its filesystem has")
             && message.contains("resend later"),
@@ -785,17 +779,8 @@ async fn a_full_disk_under_the_spool_refuses_then_recovers_by_itself() {
         || async { agent_telemetry::spool::log::disk_space(&dir).unwrap().0 > 8 << 20 },
     )
     .await;
-    let progress = Arc::new(AtomicU64::new(0));
-    let again = delivery::deliver(svc.endpoint.clone(), refused, None, progress, LIMIT).await;
-    acked.add(&again);
-    delivery::until_stored(&db, EVENTS as i64, Duration::from_secs(120)).await;
-    let s = delivery::stored(&db, &acked.acked_ids).await;
-    report(
-        "full disk, then the database back and the refused batches resent",
-        &acked,
-        &s,
-    );
-    exactly_once(&acked, &s);
+    let what = "full disk, then the database back and the refused batches resent";
+    resend_and_check_once(&svc, &db, refused, acked, EVENTS as i64, what).await;
     svc.running.shutdown().await.unwrap();
     drop(disk);
 }
