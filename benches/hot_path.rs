@@ -50,7 +50,7 @@ fn validate_all<'a>(
 fn encode_all(rows: &[EventRow<'_>], capacity: usize) -> BytesMut {
     let mut buf = BytesMut::with_capacity(capacity);
     for r in rows {
-        encode_event(&mut buf, r, 7);
+        encode_event(&mut buf, r, 7, Some(3));
     }
     buf
 }

@@ -255,6 +255,7 @@ const DB_OPERATIONS: &[&str] = &[
     "upsert_project",
     "upsert_chat_session",
     "upsert_agent_session",
+    "upsert_user",
     "load_sessions",
     "late_refresh",
     "retention",

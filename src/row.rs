@@ -44,6 +44,7 @@ const EVENT_LAYOUT: &[Column] = &[
     col("cached_tokens", "cached_tokens"),
     col("cost_usd", "cost_usd"),
     col("model", "model"),
+    col("user_id", "user"),
 ];
 
 const MESSAGE_LAYOUT: &[Column] = &[
@@ -248,7 +249,7 @@ mod tests {
                 .columns()
                 .starts_with("id, \"timestamp\", event_type")
         );
-        assert_eq!(Table::AgentEvents.field_count(), 20);
+        assert_eq!(Table::AgentEvents.field_count(), 21);
         assert_eq!(Table::AgentEvents.key_fields(), (0, 1));
         assert_eq!(Table::ChatMessages.key_fields(), (0, 4));
         assert_eq!(

@@ -118,6 +118,7 @@ pub fn validate_event<'a>(
     text(&ev.agent_version, limits.max_text_bytes).map_err(|r| rej("agent_version", r))?;
     let session_id = required_uuid(&ev.session_id).map_err(|r| rej("session_id", r))?;
     required_key(&ev.project, k).map_err(|r| rej("project", r))?;
+    user(ev.user.as_ref(), k).map_err(|(f, r)| rej(f, r))?;
     json_object(&ev.context_json, limits.max_json_bytes).map_err(|r| rej("context_json", r))?;
     json_object(&ev.data_json, limits.max_json_bytes).map_err(|r| rej("data_json", r))?;
     json_object(&ev.metrics_json, limits.max_json_bytes).map_err(|r| rej("metrics_json", r))?;
@@ -232,6 +233,7 @@ pub fn validate_chat_session<'a>(
     let t = limits.max_text_bytes;
     let k = key_limit(limits);
     let session_id = required_uuid(&s.session_id).map_err(|r| rej("session_id", r))?;
+    user(s.user.as_ref(), k).map_err(|(f, r)| rej(f, r))?;
     let workspace = s
         .workspace
         .as_ref()
@@ -328,6 +330,7 @@ pub fn validate_agent_session<'a>(
     required_key(&s.agent_id, k).map_err(|r| rej("agent_id", r))?;
     text(&s.agent_version, t).map_err(|r| rej("agent_version", r))?;
     required_key(&s.project, k).map_err(|r| rej("project", r))?;
+    user(s.user.as_ref(), k).map_err(|(f, r)| rej(f, r))?;
     let start_us = check_time(s.start_time.as_ref(), window).map_err(|r| rej("start_time", r))?;
     let end_us = s
         .end_time
@@ -370,6 +373,16 @@ fn too_many(n: usize, max: usize) -> String {
 }
 
 /// Text PostgreSQL will take: no NUL character, at most `max` bytes.
+/// A developer, when one is named: its key like any key field; its name
+/// and email are shown and grouped by in dashboards, so held to the same
+/// bound. The error names the field.
+pub fn user(u: Option<&pb::User>, max: usize) -> Result<(), (&'static str, String)> {
+    let Some(u) = u else { return Ok(()) };
+    required_key(&u.key, max).map_err(|r| ("user.key", r))?;
+    key(&u.display_name, max).map_err(|r| ("user.display_name", r))?;
+    key(&u.email, max).map_err(|r| ("user.email", r))
+}
+
 pub fn text(s: &str, max: usize) -> Result<(), String> {
     if s.len() > max {
         return Err(format!("{} bytes, more than the limit of {max}", s.len()));

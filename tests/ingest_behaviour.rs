@@ -787,3 +787,114 @@ async fn an_id_resent_with_another_timestamp_is_a_conflict_not_a_second_row() {
     );
     svc.running.shutdown().await.unwrap();
 }
+
+fn user(key: &str, name: &str, email: &str) -> Option<pb::User> {
+    Some(pb::User {
+        key: key.into(),
+        display_name: name.into(),
+        email: email.into(),
+    })
+}
+
+#[tokio::test]
+async fn events_and_sessions_carry_their_developer() {
+    let (_pg, conn, svc) = common::service("users").await;
+    let mut client = common::client(&svc.endpoint).await;
+    let ada = user("acct-ada", "Ada", "ada@example.com");
+    let mut events: Vec<pb::AgentEvent> = (0..4).map(|_| common::event("acme/users", 30)).collect();
+    events[0].user = ada.clone();
+    events[1].user = ada.clone();
+    events[2].user = user("acct-bob", "", "");
+    // No developer (an older client, a CI run): stored with none.
+    events[3].user = None;
+    // A key at its limit, one over, and a user without a key.
+    let mut at_limit = common::event("acme/users", 30);
+    at_limit.user = user(&"k".repeat(1024), "", "");
+    let mut over = common::event("acme/users", 30);
+    over.user = user(&"k".repeat(1025), "", "");
+    let mut keyless = common::event("acme/users", 30);
+    keyless.user = user("", "Nobody", "");
+    events.extend([at_limit, over, keyless]);
+    let ack = common::ingest(&mut client, 1, events).await;
+    assert_eq!(ack.stored, 5, "{ack:?}");
+    let refused: Vec<(u32, &str)> = ack
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.field.as_str()))
+        .collect();
+    assert_eq!(refused, [(5, "user.key"), (6, "user.key")], "{ack:?}");
+    assert!(ack.rejected[0].reason.contains("1025 bytes"), "{ack:?}");
+
+    // Sessions name their developer too; a later report may add a name.
+    let mut generator = agent_telemetry::loadgen::r#gen::Generator::new(5, 3);
+    let mut chat = generator.chat_session();
+    chat.user = user("acct-bob", "Bob", "bob@example.com");
+    let agent_session = pb::AgentSession {
+        id: uuid::Uuid::new_v4().to_string(),
+        agent_id: "claude-code".into(),
+        agent_version: "2.0.14".into(),
+        project: "acme/users".into(),
+        start_time: chat.started_at,
+        user: ada.clone(),
+        ..Default::default()
+    };
+    let ack = client
+        .report_sessions(pb::SessionReport {
+            chat_sessions: vec![chat.clone()],
+            agent_sessions: vec![agent_session.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (ack.chat_sessions_stored, ack.agent_sessions_stored),
+        (1, 1),
+        "{ack:?}"
+    );
+
+    let db = common::db(&conn).await;
+    assert_eq!(
+        common::strings(
+            &db,
+            "SELECT key || ' ' || coalesce(display_name, '-') || ' ' || coalesce(email, '-')
+             FROM users WHERE length(key) < 100 ORDER BY key"
+        )
+        .await,
+        [
+            "acct-ada Ada ada@example.com",
+            "acct-bob Bob bob@example.com"
+        ]
+    );
+    assert_eq!(
+        common::strings(
+            &db,
+            "SELECT k || ' ' || n::text FROM (
+                 SELECT coalesce(left(u.key, 8), 'none') AS k, count(*) AS n
+                 FROM agent_events e LEFT JOIN users u ON u.id = e.user_id GROUP BY 1
+             ) t ORDER BY 1"
+        )
+        .await,
+        ["acct-ada 2", "acct-bob 1", "kkkkkkkk 1", "none 1"]
+    );
+    let session_users = format!(
+        "SELECT (SELECT u.key FROM chat_sessions s JOIN users u ON u.id = s.user_id WHERE s.session_id = '{}')
+             || ' ' || (SELECT u.key FROM agent_sessions s JOIN users u ON u.id = s.user_id WHERE s.id = '{}')",
+        chat.session_id, agent_session.id
+    );
+    assert_eq!(
+        common::strings(&db, &session_users).await,
+        ["acct-bob acct-ada"]
+    );
+    // Dashboards may name developers, not mail them.
+    let reader_may = |column: &str| {
+        format!(
+            "SELECT has_column_privilege('agent_telemetry_reader', 'users', '{column}', 'SELECT')::text"
+        )
+    };
+    assert_eq!(
+        common::strings(&db, &reader_may("display_name")).await,
+        ["true"]
+    );
+    assert_eq!(common::strings(&db, &reader_may("email")).await, ["false"]);
+    svc.running.shutdown().await.unwrap();
+}

@@ -263,6 +263,7 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
     codex_logs(&db).await;
     copilot_spans(&db).await;
     an_unknown_event(&db).await;
+    developers_of_the_records(&db).await;
     a_retried_export_stores_nothing_twice(&db, &ep, now).await;
     metrics_fill_no_token_or_cost_column(&db, &ep, now).await;
     let panel = requests_by_model_panel(&db).await;
@@ -502,6 +503,36 @@ async fn an_unknown_event(db: &Client) {
         unknown.get::<_, String>(3),
         "unattributed",
         "the default project"
+    );
+}
+
+/// Each agent's developer attributes: Claude Code's account id, Gemini
+/// CLI's email (the key when nothing steadier is sent); none for Codex and
+/// Copilot, whose fixtures send none.
+async fn developers_of_the_records(db: &Client) {
+    let of = |session: &str| {
+        format!(
+            "SELECT DISTINCT coalesce(u.key || ' ' || coalesce(u.email, '-'), 'none')
+             FROM agent_events e LEFT JOIN users u ON u.id = e.user_id
+             WHERE e.session_id = '{session}' AND e.event_type <> 'metric'"
+        )
+    };
+    assert_eq!(
+        common::strings(db, &of(CLAUDE)).await,
+        ["4a5b6c7d-2222-4e8f-9a0b-1c2d3e4f5a6b -"]
+    );
+    assert_eq!(
+        common::strings(db, &of(GEMINI)).await,
+        ["dev@example.com dev@example.com"]
+    );
+    assert_eq!(common::strings(db, &of(CODEX)).await, ["none"]);
+    // Prompts keep their session's developer.
+    let chat = format!(
+        "SELECT u.key FROM chat_sessions s JOIN users u ON u.id = s.user_id WHERE s.session_id = '{CLAUDE}'"
+    );
+    assert_eq!(
+        common::strings(db, &chat).await,
+        ["4a5b6c7d-2222-4e8f-9a0b-1c2d3e4f5a6b"]
     );
 }
 

@@ -47,7 +47,7 @@ use common::strings;
 async fn text(db: &Client, sql: &str) -> String {
     db.query_one(sql, &[])
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .unwrap_or_else(|e| panic!("{sql}: {}", agent_telemetry::db::error::describe(&e)))
         .get(0)
 }
 
@@ -82,13 +82,14 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "timescaledb/0008_activity_aggregates.sql",
             "0009_group_key.sql",
             "timescaledb/0010_bounded_activity_keys.sql",
-            "0011_project_identity.sql"
+            "0011_project_identity.sql",
+            "0012_users.sql"
         ]
     );
     assert_eq!(first.policies_changed().count(), 16, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 11);
+    assert_eq!(second.already, 12);
     assert_eq!(
         second.policies_changed().count(),
         0,
@@ -765,7 +766,8 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "plain/0008_activity_aggregates.sql",
             "0009_group_key.sql",
             "plain/0010_bounded_activity_keys.sql",
-            "0011_project_identity.sql"
+            "0011_project_identity.sql",
+            "0012_users.sql"
         ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());

@@ -25,7 +25,7 @@ fn events(rows: &[Bytes], window: TimeWindow) {
     let mut buf = BytesMut::new();
     for (i, ev) in &decoded {
         if let Ok(row) = validate::validate_event(ev, *i, &LIMITS, window) {
-            encode::encode_event(&mut buf, &row, 1);
+            encode::encode_event(&mut buf, &row, 1, None);
         }
     }
 }

@@ -36,8 +36,8 @@ pub fn row_fields(row: &[u8]) -> Vec<Option<&[u8]>> {
     out
 }
 
-/// Appends one agent_events row.
-pub fn encode_event(buf: &mut BytesMut, row: &EventRow<'_>, project_id: i32) {
+/// Appends one agent_events row; `user_id` is the developer's, if named.
+pub fn encode_event(buf: &mut BytesMut, row: &EventRow<'_>, project_id: i32, user_id: Option<i32>) {
     let ev = row.src;
     buf.put_i16(Table::AgentEvents.field_count());
     put_sql(buf, &row.id, &Type::UUID);
@@ -69,6 +69,10 @@ pub fn encode_event(buf: &mut BytesMut, row: &EventRow<'_>, project_id: i32) {
         None => put_null(buf),
     }
     put_opt_text(buf, ev.model.as_deref());
+    match user_id {
+        Some(id) => put_i32(buf, id),
+        None => put_null(buf),
+    }
 }
 
 /// Appends one chat_messages row; project and agent type come from its session.
@@ -226,7 +230,7 @@ mod tests {
             cost_nanos: None,
         };
         let mut buf = BytesMut::new();
-        encode_event(&mut buf, &row, 42);
+        encode_event(&mut buf, &row, 42, Some(9));
         let t = Table::AgentEvents;
         assert_eq!(row_fields(&buf).len(), t.field_count() as usize);
         let (i, ts) = t.key_fields();
@@ -245,6 +249,10 @@ mod tests {
             Some(session.as_bytes().as_slice())
         );
         assert_eq!(field(t, &buf, "model"), Some(b"m".as_slice()));
+        assert_eq!(
+            field(t, &buf, "user_id"),
+            Some(9i32.to_be_bytes().as_slice())
+        );
 
         let m = crate::pb::ChatMessage {
             role: "user".into(),

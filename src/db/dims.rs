@@ -14,6 +14,7 @@ use std::{
 };
 
 use deadpool_postgres::Pool;
+use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::{
@@ -151,6 +152,26 @@ impl ProjectName {
     }
 }
 
+/// Creates or updates the user `key` names; given fields replace stored
+/// ones, empty ones keep them.
+async fn upsert_user(client: &impl GenericClient, u: &pb::User) -> Result<i32, DimsError> {
+    let name = (!u.display_name.is_empty()).then_some(u.display_name.as_str());
+    let email = (!u.email.is_empty()).then_some(u.email.as_str());
+    let row = client
+        .query_one(
+            "INSERT INTO users (key, display_name, email) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO UPDATE SET
+                display_name = COALESCE(EXCLUDED.display_name, users.display_name),
+                email = COALESCE(EXCLUDED.email, users.email),
+                updated_at = now()
+             RETURNING id",
+            &[&u.key, &name, &email],
+        )
+        .await
+        .inspect_err(|_| metrics::db_error("upsert_user"))?;
+    Ok(row.get(0))
+}
+
 /// What chat messages need from their session.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
@@ -166,6 +187,8 @@ pub struct Dimensions {
     projects: RwLock<HashMap<String, i32>>,
     /// Chat session → what its messages carry. Updated on every session upsert.
     chat_sessions: RwLock<HashMap<Uuid, SessionInfo>>,
+    /// User key → id. Never invalidated: user ids do not change.
+    users: RwLock<HashMap<String, i32>>,
 }
 
 impl Dimensions {
@@ -175,6 +198,7 @@ impl Dimensions {
             projects_cfg,
             projects: RwLock::default(),
             chat_sessions: RwLock::default(),
+            users: RwLock::default(),
         }
     }
 
@@ -193,6 +217,37 @@ impl Dimensions {
             .expect("cache lock")
             .insert(name.to_owned(), id);
         Ok(id)
+    }
+
+    /// Resolves a user to its id, creating the user on first sight with
+    /// the display name and email given then. Later sightings are served
+    /// from the cache (one upsert per user and process); a session report
+    /// updates the row (see [`Self::upsert_user`]).
+    pub async fn user_id(&self, user: &pb::User) -> Result<i32, DimsError> {
+        if let Some(id) = self.users.read().expect("cache lock").get(&user.key) {
+            return Ok(*id);
+        }
+        let client = self.pool.get().await?;
+        let id = upsert_user(&**client, user).await?;
+        self.users
+            .write()
+            .expect("cache lock")
+            .insert(user.key.clone(), id);
+        Ok(id)
+    }
+
+    /// A session's user: its id, always upserted (sessions are few, and they
+    /// are where a display name or email changes), None when none is named.
+    async fn session_user(
+        &self,
+        client: &impl GenericClient,
+        user: Option<&pb::User>,
+    ) -> Result<Option<i32>, DimsError> {
+        let Some(user) = user else {
+            return Ok(None);
+        };
+        // Not cached: the session's transaction may still roll back.
+        Ok(Some(upsert_user(client, user).await?))
     }
 
     async fn upsert_project(
@@ -301,6 +356,7 @@ impl Dimensions {
             .await?
             .get(0);
         let src = s.src;
+        let user_id = self.session_user(&*tx, src.user.as_ref()).await?;
         // A session's project and agent type are fixed by its first
         // announcement: its messages carry both, so a later announcement
         // naming others would split them between two projects while the
@@ -308,10 +364,11 @@ impl Dimensions {
         // nothing (the WHERE below) and is rejected whole.
         let updated = tx
             .query_opt(
-            "INSERT INTO chat_sessions (session_id, workspace_id, project_id, agent_type, model_id, started_at, ended_at, message_count, total_tokens)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8::int4, 0), COALESCE($9::int8, 0))
+            "INSERT INTO chat_sessions (session_id, workspace_id, project_id, agent_type, model_id, started_at, ended_at, message_count, total_tokens, user_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE($8::int4, 0), COALESCE($9::int8, 0), $10)
              ON CONFLICT (session_id) DO UPDATE SET
                 workspace_id = EXCLUDED.workspace_id,
+                user_id = COALESCE(EXCLUDED.user_id, chat_sessions.user_id),
                 model_id = COALESCE(EXCLUDED.model_id, chat_sessions.model_id),
                 started_at = LEAST(chat_sessions.started_at, EXCLUDED.started_at),
                 ended_at = COALESCE(EXCLUDED.ended_at, chat_sessions.ended_at),
@@ -330,6 +387,7 @@ impl Dimensions {
                 &s.ended_us.map(pg_us_to_system_time),
                 &src.message_count,
                 &src.total_tokens,
+                &user_id,
             ],
         )
         .await?;
@@ -396,12 +454,14 @@ impl Dimensions {
         let outcome = (!src.outcome.is_empty()).then_some(src.outcome.as_str());
         let quality = src.quality_score.map(|q| format!("{q:.2}"));
         let client = self.pool.get().await?;
+        let user_id = self.session_user(&**client, src.user.as_ref()).await?;
         client
             .execute(
-                "INSERT INTO agent_sessions (id, agent_id, agent_version, project_id, start_time, end_time, duration, context, metrics, outcome, quality_score)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9::text::jsonb, $10, $11::text::numeric)
+                "INSERT INTO agent_sessions (id, agent_id, agent_version, project_id, start_time, end_time, duration, context, metrics, outcome, quality_score, user_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9::text::jsonb, $10, $11::text::numeric, $12)
                  ON CONFLICT (id) DO UPDATE SET
                     agent_version = EXCLUDED.agent_version, project_id = EXCLUDED.project_id,
+                    user_id = COALESCE(EXCLUDED.user_id, agent_sessions.user_id),
                     start_time = LEAST(agent_sessions.start_time, EXCLUDED.start_time),
                     end_time = COALESCE(EXCLUDED.end_time, agent_sessions.end_time),
                     duration = COALESCE(EXCLUDED.duration, agent_sessions.duration),
@@ -422,6 +482,7 @@ impl Dimensions {
                     &metrics_json,
                     &outcome,
                     &quality,
+                    &user_id,
                 ],
             )
             .await

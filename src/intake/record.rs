@@ -157,8 +157,8 @@ pub trait Record: Message + Default + Sized + Send + Sync + 'static {
 impl Record for pb::AgentEvent {
     const TABLE: Table = Table::AgentEvents;
     type Row<'a> = EventRow<'a>;
-    /// The project's id.
-    type Dim = i32;
+    /// The project's id, and the developer's if one is named.
+    type Dim = (i32, Option<i32>);
 
     fn validate(
         &self,
@@ -178,15 +178,20 @@ impl Record for pb::AgentEvent {
     }
 
     fn lookup<'a>(_: &Intake, rows: &[Self::Row<'a>], _: &[Uuid]) -> Lookup<'a> {
-        // Each distinct project once (usually one per batch).
-        let mut names: Vec<&'a str> = Vec::new();
+        // Each distinct project and user once (usually one of each per batch).
+        let (mut projects, mut users): (Vec<&'a str>, Vec<&'a pb::User>) = Default::default();
         for r in rows {
             let name: &'a str = r.src.project.as_str();
-            if !names.contains(&name) {
-                names.push(name);
+            if !projects.contains(&name) {
+                projects.push(name);
+            }
+            if let Some(u) = r.src.user.as_ref()
+                && !users.iter().any(|k| k.key == u.key)
+            {
+                users.push(u);
             }
         }
-        Lookup::Projects(names)
+        Lookup::Events { projects, users }
     }
 
     fn resolve(
@@ -194,8 +199,9 @@ impl Record for pb::AgentEvent {
         row: &EventRow<'_>,
         found: &Found<'_>,
         _: &Scope,
-    ) -> Result<i32, Rejection> {
-        found.project(&row.src.project, row.index)
+    ) -> Result<(i32, Option<i32>), Rejection> {
+        let project = found.project(&row.src.project, row.index)?;
+        Ok((project, row.src.user.as_ref().map(|u| found.user(&u.key))))
     }
 
     fn check(
@@ -208,8 +214,8 @@ impl Record for pb::AgentEvent {
         found.project(&row.src.project, row.index).map(drop)
     }
 
-    fn encode_row(buf: &mut BytesMut, row: &EventRow<'_>, project_id: &i32) {
-        encode::encode_event(buf, row, *project_id)
+    fn encode_row(buf: &mut BytesMut, row: &EventRow<'_>, &(project, user): &(i32, Option<i32>)) {
+        encode::encode_event(buf, row, project, user)
     }
 
     fn spooled(sequence: u64, _sessions: Vec<pb::ChatSession>, rows: Vec<Bytes>) -> spool::Batch {
@@ -300,8 +306,11 @@ impl Record for pb::ChatMessage {
 
 /// What the rows of a batch need looked up before they can be encoded.
 pub enum Lookup<'a> {
-    /// The distinct project names the events name.
-    Projects(Vec<&'a str>),
+    /// The distinct projects and users the events name.
+    Events {
+        projects: Vec<&'a str>,
+        users: Vec<&'a pb::User>,
+    },
     /// The chat sessions the messages name that are not cached.
     Sessions(Vec<Uuid>),
 }
@@ -311,6 +320,8 @@ pub enum Lookup<'a> {
 pub struct Found<'a> {
     /// Each project name's id, or why rows naming it are refused.
     pub projects: Vec<(&'a str, Result<i32, Rejection>)>,
+    /// Each user key's id (store mode only).
+    pub users: Vec<(&'a str, i32)>,
     /// Whether the database answered for the missing sessions (they are
     /// in the cache now, if they exist).
     pub sessions_looked_up: bool,
@@ -324,6 +335,14 @@ impl Found<'_> {
             .find(|(n, _)| *n == name)
             .expect("every project of the batch was looked up");
         verdict.as_ref().copied().map_err(|why| why.at(index))
+    }
+
+    fn user(&self, key: &str) -> i32 {
+        self.users
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, id)| *id)
+            .expect("every user of the batch was looked up")
     }
 }
 
@@ -341,8 +360,15 @@ impl Intake {
     ) -> Result<Found<'a>, DimsError> {
         let mut found = Found::default();
         match lookup {
-            Lookup::Projects(names) => {
-                for name in names {
+            Lookup::Events { projects, users } => {
+                if store {
+                    for u in users {
+                        found
+                            .users
+                            .push((u.key.as_str(), self.dims.user_id(u).await?));
+                    }
+                }
+                for name in projects {
                     let verdict = match self.check_project(scope, 0, "project", name) {
                         Err(why) => Err(why),
                         Ok(()) if !store => Ok(0),

@@ -448,6 +448,7 @@ fn chat_session(item: &Item, started: Option<prost_types::Timestamp>) -> pb::Cha
         ended_at: None,
         message_count: None,
         total_tokens: None,
+        user: item.mapped.event.user.clone(),
     }
 }
 

@@ -183,6 +183,7 @@ pub(super) fn build(ctx: &Context, draft: Draft<'_>) -> Mapped {
             output_tokens: figures.output,
             cached_tokens: figures.cached.filter(|v| *v >= 0),
             cost_usd: figures.cost.filter(|c| c.is_finite() && *c >= 0.0),
+            user: user_of(ctx.resource, attrs),
             model,
         },
         session,
@@ -190,6 +191,21 @@ pub(super) fn build(ctx: &Context, draft: Draft<'_>) -> Mapped {
         project,
         messages,
     }
+}
+
+/// Attributes naming the developer, most stable first: Claude Code's
+/// account id, then the GenAI conventions' user ids, then an email.
+const USER_KEYS: &[&str] = &["user.account_uuid", "user.id", "enduser.id", "user.email"];
+
+/// The developer a record names (on the record, else its resource).
+fn user_of(resource: &[KeyValue], attrs: &[KeyValue]) -> Option<pb::User> {
+    let either = |keys: &[&str]| text(attrs, keys).or_else(|| text(resource, keys));
+    let key = either(USER_KEYS)?;
+    Some(pb::User {
+        key,
+        display_name: either(&["user.name"]).unwrap_or_default(),
+        email: either(&["user.email"]).unwrap_or_default(),
+    })
 }
 
 /// A record's tokens and cost, normalised.

@@ -180,7 +180,7 @@ pub async fn db(conn: &str) -> Client {
 pub async fn strings(db: &Client, sql: &str) -> Vec<String> {
     db.query(sql, &[])
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .unwrap_or_else(|e| panic!("{sql}: {}", agent_telemetry::db::error::describe(&e)))
         .iter()
         .map(|r| r.get(0))
         .collect()
@@ -189,7 +189,7 @@ pub async fn strings(db: &Client, sql: &str) -> Vec<String> {
 pub async fn count(db: &Client, sql: &str) -> i64 {
     db.query_one(sql, &[])
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .unwrap_or_else(|e| panic!("{sql}: {}", agent_telemetry::db::error::describe(&e)))
         .get(0)
 }
 
