@@ -24,6 +24,8 @@ pub struct Dataset {
     /// Project names in the order their ids are assigned (1, 2, …) on a
     /// fresh database.
     pub projects: Vec<String>,
+    /// The developers the events name, in key order (their ids are 1, 2, …).
+    pub users: Vec<pb::User>,
     /// Every row in binary COPY format, back to back.
     pub rows: BytesMut,
     /// End offset of each row in `rows`.
@@ -61,6 +63,19 @@ impl Dataset {
             .enumerate()
             .map(|(i, p)| (p.as_str(), i as i32 + 1))
             .collect();
+        // The developers, numbered in key order as `create_dims` makes them.
+        let mut users: Vec<pb::User> = Vec::new();
+        for u in batches.iter().flatten().filter_map(|e| e.user.as_ref()) {
+            if !users.iter().any(|k| k.key == u.key) {
+                users.push(u.clone());
+            }
+        }
+        users.sort_by(|a, b| a.key.cmp(&b.key));
+        let user_ids: BTreeMap<&str, i32> = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.key.as_str(), i as i32 + 1))
+            .collect();
         let limits = Limits::default();
         let window = TimeWindow::around(SystemTime::now(), &limits);
         let mut rows = BytesMut::with_capacity(events * 700);
@@ -69,13 +84,15 @@ impl Dataset {
         for (index, ev) in batches.iter().flatten().enumerate() {
             let row = validate::validate_event(ev, index as u32, &limits, window)
                 .map_err(|r| BenchError::Dataset(format!("generated event {index}: {r:?}")))?;
-            encode::encode_event(&mut rows, &row, ids[ev.project.as_str()], None);
+            let user = ev.user.as_ref().map(|u| user_ids[u.key.as_str()]);
+            encode::encode_event(&mut rows, &row, ids[ev.project.as_str()], user);
             span_us = (span_us.0.min(row.ts_us), span_us.1.max(row.ts_us));
             row_ends.push(rows.len());
         }
         Ok(Self {
             batches: Arc::new(batches),
             projects,
+            users,
             rows,
             row_ends,
             span_us,

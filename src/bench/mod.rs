@@ -378,7 +378,7 @@ async fn one_run(
         *machine = Some(Machine::describe(&client, report.mode.to_string()).await?);
     }
     if !case.is_service() {
-        create_projects(&setup.bench, &setup.dataset.projects).await?;
+        create_dims(&setup.bench, setup.dataset).await?;
     }
     // Start every run without a checkpoint owed by the one before.
     // Needs superuser or pg_checkpoint; harmless to skip otherwise.
@@ -460,9 +460,24 @@ async fn create_chunks(
 
 /// The set's projects, created through the service's own code in the
 /// order the encoded rows number them.
-async fn create_projects(bench: &str, projects: &[String]) -> Result<(), BenchError> {
+/// The projects and developers the set's rows name, with the ids its COPY
+/// file carries (the COPY and INSERT cases skip the service's look-ups).
+async fn create_dims(bench: &str, dataset: &Dataset) -> Result<(), BenchError> {
     let dims = Dimensions::new(db::pool(bench, 1)?, Default::default());
-    for (i, name) in projects.iter().enumerate() {
+    for (i, u) in dataset.users.iter().enumerate() {
+        let id = dims
+            .user_id(u)
+            .await
+            .map_err(|e| BenchError::Case(format!("user {}: {e}", u.key)))?;
+        if id != i as i32 + 1 {
+            return Err(BenchError::Case(format!(
+                "user {} got id {id} on a fresh database, expected {}",
+                u.key,
+                i + 1
+            )));
+        }
+    }
+    for (i, name) in dataset.projects.iter().enumerate() {
         let id = dims
             .project_id(name)
             .await

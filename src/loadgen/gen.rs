@@ -103,6 +103,18 @@ const WORDS: &[&str] = &[
     "timeout",
 ];
 
+/// Developer `n`: one per machine, named as an editor extension would.
+pub fn developer(n: u32) -> pb::User {
+    const NAMES: [&str; 8] = [
+        "Ada", "Bob", "Chen", "Dana", "Emil", "Fatima", "Goran", "Hana",
+    ];
+    pb::User {
+        key: format!("dev-{n}@example.com"),
+        display_name: format!("{} {}", NAMES[n as usize % NAMES.len()], n),
+        email: format!("dev-{n}@example.com"),
+    }
+}
+
 /// One agent session being generated.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -113,6 +125,8 @@ pub struct Session {
     pub project: String,
     pub workspace_id: String,
     pub machine_id: String,
+    /// The developer at that machine (one per machine).
+    pub developer: u32,
     pub branch: &'static str,
     /// Next event time, µs since the Unix epoch.
     pub clock_us: i64,
@@ -164,6 +178,7 @@ impl Generator {
             project: format!("org{}/service-{p}", p % 5),
             workspace_id: Uuid::from_u128(self.rng.random()).to_string(),
             machine_id: format!("dev-machine-{m}"),
+            developer: m,
             branch: BRANCHES.choose(&mut self.rng).expect("branches"),
             clock_us: self.base_us + self.rng.random_range(0..600_000_000),
             remaining: self.rng.random_range(200..400),
@@ -231,6 +246,7 @@ impl Generator {
             project: s.project.clone(),
             context_json: context.to_string(),
             tags: vec![s.agent.to_string(), s.branch.to_string()],
+            user: Some(developer(s.developer)),
             severity: pb::Severity::Info as i32,
             duration_ms: Some(rng.random_range(1..2_000)),
             ..Default::default()
@@ -313,6 +329,7 @@ impl Generator {
                 seconds: s.clock_us / 1_000_000,
                 nanos: 0,
             }),
+            user: Some(developer(s.developer)),
             ..Default::default()
         }
     }
