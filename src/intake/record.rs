@@ -361,16 +361,10 @@ impl Intake {
         let mut found = Found::default();
         match lookup {
             Lookup::Events { projects, users } => {
-                if store {
-                    for u in users {
-                        found
-                            .users
-                            .push((u.key.as_str(), self.dims.user_id(u).await?));
-                    }
-                }
                 for name in projects {
                     let verdict = match self.check_project(scope, 0, "project", name) {
                         Err(why) => Err(why),
+                        // Spool mode only checks: the id is not needed.
                         Ok(()) if !store => Ok(0),
                         Ok(()) => match self.dims.project_id(name).await {
                             Ok(id) => Ok(id),
@@ -381,6 +375,15 @@ impl Intake {
                         },
                     };
                     found.projects.push((name, verdict));
+                }
+                // Users only for a batch with rows to store: a request
+                // whose every project is outside the key's scope creates
+                // no user row.
+                if store && found.projects.iter().any(|(_, v)| v.is_ok()) {
+                    for u in users {
+                        let id = self.dims.user_id(u).await?;
+                        found.users.push((u.key.as_str(), id));
+                    }
                 }
             }
             Lookup::Sessions(missing) if store => {

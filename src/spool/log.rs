@@ -293,9 +293,16 @@ pub fn open(
         committed: None,
         seq,
     };
-    // Slots for the position, made now while there is likely room; on a
-    // full disk, the first commit makes them after deleting segments.
-    if let Err(e) = reader.prepare_committed(committed) {
+    // The position's slots: kept when they exist, else made now while
+    // there is likely room (on a full disk, the first commit makes them
+    // after deleting segments).
+    let slots = reader.dir.join(COMMITTED);
+    if fs::metadata(&slots).is_ok_and(|m| m.len() == 2 * SLOT as u64) {
+        reader.committed = OpenOptions::new().write(true).open(&slots).ok();
+    }
+    if reader.committed.is_none()
+        && let Err(e) = reader.prepare_committed(committed)
+    {
         tracing::warn!(error = %e, "spool: cannot prepare the committed-position file yet; retried at the next commit");
     }
     Ok((log, reader, recovery))
