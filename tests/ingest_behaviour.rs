@@ -408,12 +408,15 @@ async fn shutdown_stores_and_acks_everything_buffered() {
     for s in 0..5 {
         tx.send(pb::AgentEventBatch {
             sequence: s,
-            events: (0..300).map(|_| common::event("acme/widgets", 5)).collect(),
+            events: (0..300)
+                .map(|_| common::event(&format!("acme/widgets-{s}"), 5))
+                .collect(),
         })
         .await
         .unwrap();
     }
-    // The service has read them and its COPY waits: nothing is stored.
+    // The service has read them all and its COPY waits: nothing is stored.
+    common::until_projects(&conn, 5).await;
     common::until_writer_waits_for_lock(&conn).await;
     let health = tonic::transport::Endpoint::from_shared(svc.endpoint.clone())
         .unwrap()

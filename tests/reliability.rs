@@ -426,12 +426,13 @@ async fn past_the_shutdown_deadline_owed_batches_are_acked_not_stored_and_the_ex
         tx.send(pb::AgentEventBatch {
             sequence,
             events: (0..50)
-                .map(|_| common::event("acme/deadline", 60))
+                .map(|_| common::event(&format!("acme/deadline-{sequence}"), 60))
                 .collect(),
         })
         .await
         .unwrap();
     }
+    common::until_projects(conn, 3).await;
     common::until_writer_waits_for_lock(conn).await;
     let pid = svc.pid().expect("pid");
     nix::sys::signal::kill(

@@ -424,6 +424,20 @@ pub async fn until_writer_waits_for_lock(conn: &str) {
     .await;
 }
 
+/// Waits until the service has read `n` batches that each name a project
+/// of their own (`until_projects` counts the projects intake created): a
+/// batch sent is not yet read, and a batch the drain finds unread is owed no
+/// ack. Asked on a connection of its own, as above.
+pub async fn until_projects(conn: &str, n: i64) {
+    let watch = db(conn).await;
+    wait_for(
+        &format!("intake to read {n} batches"),
+        Duration::from_secs(30),
+        || async { count(&watch, "SELECT count(*) FROM projects").await >= n },
+    )
+    .await;
+}
+
 /// Waits until the service at `endpoint` no longer reports SERVING (its
 /// drain has begun), asking over a channel opened beforehand: a draining
 /// server takes no new connections.
