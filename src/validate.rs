@@ -119,6 +119,7 @@ pub fn validate_event<'a>(
     let session_id = required_uuid(&ev.session_id).map_err(|r| rej("session_id", r))?;
     required_key(&ev.project, k).map_err(|r| rej("project", r))?;
     user(ev.user.as_ref(), k).map_err(|(f, r)| rej(f, r))?;
+    organization(ev.organization.as_ref(), "organization", k).map_err(|(f, r)| rej(f, r))?;
     json_object(&ev.context_json, limits.max_json_bytes).map_err(|r| rej("context_json", r))?;
     json_object(&ev.data_json, limits.max_json_bytes).map_err(|r| rej("data_json", r))?;
     json_object(&ev.metrics_json, limits.max_json_bytes).map_err(|r| rej("metrics_json", r))?;
@@ -312,7 +313,11 @@ fn validate_project(
     if let Some(d) = &p.description {
         text(d, max).map_err(|r| ("workspace.project.description", r))?;
     }
-    Ok(())
+    organization(
+        p.organization.as_ref(),
+        "workspace.project.organization",
+        key_max,
+    )
 }
 
 pub const OUTCOMES: [&str; 4] = ["success", "failure", "partial", "cancelled"];
@@ -331,6 +336,7 @@ pub fn validate_agent_session<'a>(
     text(&s.agent_version, t).map_err(|r| rej("agent_version", r))?;
     required_key(&s.project, k).map_err(|r| rej("project", r))?;
     user(s.user.as_ref(), k).map_err(|(f, r)| rej(f, r))?;
+    organization(s.organization.as_ref(), "organization", k).map_err(|(f, r)| rej(f, r))?;
     let start_us = check_time(s.start_time.as_ref(), window).map_err(|r| rej("start_time", r))?;
     let end_us = s
         .end_time
@@ -372,7 +378,6 @@ fn too_many(n: usize, max: usize) -> String {
     format!("{n} items, more than the limit of {max}")
 }
 
-/// Text PostgreSQL will take: no NUL character, at most `max` bytes.
 /// A developer, when one is named: its key like any key field; its name
 /// and email are shown and grouped by in dashboards, so held to the same
 /// bound. The error names the field.
@@ -383,6 +388,27 @@ pub fn user(u: Option<&pb::User>, max: usize) -> Result<(), (&'static str, Strin
     key(&u.email, max).map_err(|r| ("user.email", r))
 }
 
+/// An organisation, when one is named (`at` is its proto field): key and
+/// name as the user's. The error names the field.
+pub fn organization(
+    o: Option<&pb::Organization>,
+    at: &'static str,
+    max: usize,
+) -> Result<(), (&'static str, String)> {
+    let Some(o) = o else { return Ok(()) };
+    let field = |f: &'static str| -> &'static str {
+        match (at, f) {
+            ("organization", "key") => "organization.key",
+            ("organization", _) => "organization.display_name",
+            (_, "key") => "workspace.project.organization.key",
+            _ => "workspace.project.organization.display_name",
+        }
+    };
+    required_key(&o.key, max).map_err(|r| (field("key"), r))?;
+    key(&o.display_name, max).map_err(|r| (field("display_name"), r))
+}
+
+/// Text PostgreSQL will take: no NUL character, at most `max` bytes.
 pub fn text(s: &str, max: usize) -> Result<(), String> {
     if s.len() > max {
         return Err(format!("{} bytes, more than the limit of {max}", s.len()));

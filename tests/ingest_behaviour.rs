@@ -905,3 +905,158 @@ async fn events_and_sessions_carry_their_developer() {
     assert_eq!(common::strings(&db, &reader_may("email")).await, ["false"]);
     svc.running.shutdown().await.unwrap();
 }
+
+fn org(key: &str, name: &str) -> Option<pb::Organization> {
+    Some(pb::Organization {
+        key: key.into(),
+        display_name: name.into(),
+    })
+}
+
+#[tokio::test]
+async fn a_project_joins_the_first_organisation_named_for_it_and_stays() {
+    let (_pg, conn, svc) = common::service("organisations").await;
+    let mut client = common::client(&svc.endpoint).await;
+    let mut events: Vec<pb::AgentEvent> = Vec::new();
+    let mut push = |project: &str, user: &str, o: Option<pb::Organization>| {
+        let mut e = common::event(project, 30);
+        e.user = self::user(user, "", "");
+        e.organization = o;
+        events.push(e);
+    };
+    // 0–1: acme/api joins Acme; 2: named without one, it stays in Acme.
+    push("acme/api", "ada", org("acme", "Acme Inc."));
+    push("acme/api", "bob", org("acme", ""));
+    push("acme/api", "bob", None);
+    // 3: another organisation for acme/api: refused, the rest stored.
+    push("acme/api", "ada", org("globex", "Globex"));
+    // 4: a project of Globex; 5: a project of no organisation.
+    push("globex/web", "ada", org("globex", "Globex"));
+    push("solo/tool", "chen", None);
+    // 6–7: keys at the limit and one over (a row refused in validation
+    // creates no project).
+    let noise: String = (0..32)
+        .map(|_| uuid::Uuid::new_v4().simple().to_string())
+        .collect();
+    push("big/one", "chen", org(&noise[..1024], ""));
+    push("big/two", "chen", org(&"o".repeat(1025), ""));
+    let ack = common::ingest(&mut client, 1, events).await;
+    assert_eq!(ack.stored, 6, "{ack:?}");
+    let refused: Vec<(u32, &str)> = ack
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.field.as_str()))
+        .collect();
+    assert_eq!(
+        refused,
+        [(3, "organization.key"), (7, "organization.key")],
+        "{ack:?}"
+    );
+    assert!(
+        ack.rejected[0]
+            .reason
+            .contains("project \"acme/api\" belongs to organisation \"acme\", not \"globex\""),
+        "{ack:?}"
+    );
+    assert!(ack.rejected[1].reason.contains("1025 bytes"), "{ack:?}");
+
+    // A session naming another organisation for acme/api is refused whole;
+    // one naming Globex for a new project puts it there.
+    let mut generator = agent_telemetry::loadgen::r#gen::Generator::new(5, 3);
+    let mut conflicting = generator.chat_session();
+    {
+        let p = conflicting
+            .workspace
+            .as_mut()
+            .unwrap()
+            .project
+            .as_mut()
+            .unwrap();
+        p.name = "acme/api".into();
+        p.organization = org("globex", "");
+    }
+    let agent_session = pb::AgentSession {
+        id: uuid::Uuid::new_v4().to_string(),
+        agent_id: "claude-code".into(),
+        agent_version: "2.0.14".into(),
+        project: "globex/mobile".into(),
+        start_time: conflicting.started_at,
+        user: self::user("dana", "", ""),
+        organization: org("globex", ""),
+        ..Default::default()
+    };
+    let ack = client
+        .report_sessions(pb::SessionReport {
+            chat_sessions: vec![conflicting],
+            agent_sessions: vec![agent_session],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (ack.chat_sessions_stored, ack.agent_sessions_stored),
+        (0, 1),
+        "{ack:?}"
+    );
+    assert_eq!(
+        ack.rejected
+            .iter()
+            .map(|r| r.field.as_str())
+            .collect::<Vec<_>>(),
+        ["workspace.project.organization.key"],
+        "{ack:?}"
+    );
+
+    let db = common::db(&conn).await;
+    assert_eq!(
+        common::strings(
+            &db,
+            "SELECT p.full_name || ' ' || coalesce(o.key, '-') || ' ' || coalesce(o.display_name, '-')
+             FROM projects p LEFT JOIN organizations o ON o.id = p.organization_id
+             WHERE length(coalesce(o.key, '')) < 100 ORDER BY 1"
+        )
+        .await,
+        [
+            "acme/api acme Acme Inc.",
+            "globex/mobile globex Globex",
+            "globex/web globex Globex",
+            "solo/tool - -",
+        ]
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM projects p JOIN organizations o ON o.id = p.organization_id
+             WHERE p.full_name = 'big/one' AND length(o.key) = 1024"
+        )
+        .await,
+        1
+    );
+    // Members: who wrote to a project of the organisation.
+    assert_eq!(
+        common::strings(
+            &db,
+            "SELECT o.key || ' ' || u.key || ' ' || m.role FROM organization_members m
+             JOIN organizations o ON o.id = m.organization_id JOIN users u ON u.id = m.user_id
+             WHERE length(o.key) < 100 ORDER BY 1"
+        )
+        .await,
+        [
+            "acme ada member",
+            "acme bob member",
+            "globex ada member",
+            "globex dana member"
+        ]
+    );
+    // Dashboards may read both.
+    assert_eq!(
+        common::strings(
+            &db,
+            "SELECT has_table_privilege('agent_telemetry_reader', 'organizations', 'SELECT')::text
+                 || ' ' || has_table_privilege('agent_telemetry_reader', 'organization_members', 'SELECT')::text"
+        )
+        .await,
+        ["true true"]
+    );
+    svc.running.shutdown().await.unwrap();
+}

@@ -534,6 +534,31 @@ async fn developers_of_the_records(db: &Client) {
         common::strings(db, &chat).await,
         ["4a5b6c7d-2222-4e8f-9a0b-1c2d3e4f5a6b"]
     );
+    // Claude Code's organization.id puts its project in that organisation,
+    // with its developer as a member; agents that send none leave theirs
+    // in none.
+    assert_eq!(
+        common::strings(
+            db,
+            "SELECT p.full_name || ' ' || coalesce(o.key, '-') FROM projects p
+             LEFT JOIN organizations o ON o.id = p.organization_id
+             WHERE p.id IN (SELECT DISTINCT project_id FROM agent_events) ORDER BY 1"
+        )
+        .await
+        .iter()
+        .filter(|l| l.starts_with("acme/web "))
+        .collect::<Vec<_>>(),
+        ["acme/web 9d2f6a3c-1111-4c2e-8a4b-5e6f7a8b9c0d"]
+    );
+    assert_eq!(
+        common::strings(
+            db,
+            "SELECT o.key || ' ' || u.key FROM organization_members m
+             JOIN organizations o ON o.id = m.organization_id JOIN users u ON u.id = m.user_id"
+        )
+        .await,
+        ["9d2f6a3c-1111-4c2e-8a4b-5e6f7a8b9c0d 4a5b6c7d-2222-4e8f-9a0b-1c2d3e4f5a6b"]
+    );
 }
 
 /// The same exports again, as an exporter retries them.

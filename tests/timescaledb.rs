@@ -83,13 +83,14 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "0009_group_key.sql",
             "timescaledb/0010_bounded_activity_keys.sql",
             "0011_project_identity.sql",
-            "0012_users.sql"
+            "0012_users.sql",
+            "0013_organizations.sql"
         ]
     );
     assert_eq!(first.policies_changed().count(), 16, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 12);
+    assert_eq!(second.already, 13);
     assert_eq!(
         second.policies_changed().count(),
         0,

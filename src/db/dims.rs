@@ -9,7 +9,7 @@
 //! racing on the same name end with one row.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, RwLock},
 };
 
@@ -127,6 +127,16 @@ impl ProjectName {
         repo_url: Option<&str>,
         description: Option<&str>,
     ) -> Result<i32, tokio_postgres::Error> {
+        Ok(self.upsert_in_org(client, repo_url, description).await?.0)
+    }
+
+    /// As [`Self::upsert`], with the project's organisation, if it has one.
+    pub async fn upsert_in_org(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        repo_url: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<(i32, Option<i32>), tokio_postgres::Error> {
         let repo_url = repo_url.or(self.repo_url.as_deref());
         let row = client
             .query_one(
@@ -136,7 +146,7 @@ impl ProjectName {
                     repo_url = COALESCE(projects.repo_url, EXCLUDED.repo_url),
                     description = COALESCE(EXCLUDED.description, projects.description),
                     updated_at = now()
-                 RETURNING id",
+                 RETURNING id, organization_id",
                 &[
                     &self.name,
                     &self.full_name,
@@ -148,7 +158,7 @@ impl ProjectName {
                 ],
             )
             .await?;
-        Ok(row.get(0))
+        Ok((row.get(0), row.get(1)))
     }
 }
 
@@ -172,6 +182,78 @@ async fn upsert_user(client: &impl GenericClient, u: &pb::User) -> Result<i32, D
     Ok(row.get(0))
 }
 
+/// Creates or updates the organisation `key` names; a given display name
+/// replaces the stored one.
+async fn upsert_organization(
+    client: &impl GenericClient,
+    o: &pb::Organization,
+) -> Result<i32, DimsError> {
+    let name = (!o.display_name.is_empty()).then_some(o.display_name.as_str());
+    let row = client
+        .query_one(
+            "INSERT INTO organizations (key, display_name) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET
+                display_name = COALESCE(EXCLUDED.display_name, organizations.display_name),
+                updated_at = now()
+             RETURNING id",
+            &[&o.key, &name],
+        )
+        .await
+        .inspect_err(|_| metrics::db_error("upsert_organization"))?;
+    Ok(row.get(0))
+}
+
+/// Puts a project in organisation `org_id` unless it is in one already.
+/// Ok(Err(reason)) when it is in another: a project belongs to the first
+/// organisation named for it (docs/schema.md, "Organisations").
+async fn join_organization(
+    client: &impl GenericClient,
+    project_id: i32,
+    org_id: i32,
+    org_key: &str,
+) -> Result<Result<(), String>, DimsError> {
+    // The outer SELECT sees the row as before the UPDATE: a project moved
+    // now still shows no organisation there.
+    let row = client
+        .query_one(
+            "WITH moved AS (
+                 UPDATE projects SET organization_id = $2, updated_at = now()
+                 WHERE id = $1 AND organization_id IS NULL RETURNING organization_id)
+             SELECT COALESCE((SELECT organization_id FROM moved), p.organization_id), p.full_name, o.key
+             FROM projects p LEFT JOIN organizations o ON o.id = p.organization_id
+             WHERE p.id = $1",
+            &[&project_id, &org_id],
+        )
+        .await
+        .inspect_err(|_| metrics::db_error("join_organization"))?;
+    let (now, project, other): (i32, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
+    if now == org_id {
+        return Ok(Ok(()));
+    }
+    Ok(Err(format!(
+        "project {project:?} belongs to organisation {:?}, not {org_key:?}; a project stays in the first organisation named for it",
+        other.unwrap_or_default()
+    )))
+}
+
+/// Records a developer as a member of an organisation (role member unless
+/// set otherwise by hand).
+async fn add_member(
+    client: &impl GenericClient,
+    org_id: i32,
+    user_id: i32,
+) -> Result<(), DimsError> {
+    client
+        .execute(
+            "INSERT INTO organization_members (organization_id, user_id) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING",
+            &[&org_id, &user_id],
+        )
+        .await
+        .inspect_err(|_| metrics::db_error("add_member"))?;
+    Ok(())
+}
+
 /// What chat messages need from their session.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
@@ -189,6 +271,13 @@ pub struct Dimensions {
     chat_sessions: RwLock<HashMap<Uuid, SessionInfo>>,
     /// User key → id. Never invalidated: user ids do not change.
     users: RwLock<HashMap<String, i32>>,
+    /// Organisation key → id. Never invalidated, as users.
+    organizations: RwLock<HashMap<String, i32>>,
+    /// Project id → its organisation, once known (a project never leaves
+    /// one by ingest; moved by hand, a restart forgets the old one).
+    project_orgs: RwLock<HashMap<i32, i32>>,
+    /// (organisation, user) pairs recorded as members.
+    members: RwLock<HashSet<(i32, i32)>>,
 }
 
 impl Dimensions {
@@ -199,7 +288,76 @@ impl Dimensions {
             projects: RwLock::default(),
             chat_sessions: RwLock::default(),
             users: RwLock::default(),
+            organizations: RwLock::default(),
+            project_orgs: RwLock::default(),
+            members: RwLock::default(),
         }
+    }
+
+    /// Resolves an organisation to its id, creating it on first sight.
+    pub async fn organization_id(&self, o: &pb::Organization) -> Result<i32, DimsError> {
+        if let Some(id) = self.organizations.read().expect("cache lock").get(&o.key) {
+            return Ok(*id);
+        }
+        let client = self.pool.get().await?;
+        let id = upsert_organization(&**client, o).await?;
+        self.organizations
+            .write()
+            .expect("cache lock")
+            .insert(o.key.clone(), id);
+        Ok(id)
+    }
+
+    /// The organisation a project is known to belong to.
+    pub fn cached_project_org(&self, project_id: i32) -> Option<i32> {
+        self.project_orgs
+            .read()
+            .expect("cache lock")
+            .get(&project_id)
+            .copied()
+    }
+
+    /// Puts the project in the organisation unless it is in one; Ok(Err)
+    /// with the reason when it is in another.
+    pub async fn join_organization(
+        &self,
+        project_id: i32,
+        o: &pb::Organization,
+    ) -> Result<Result<i32, String>, DimsError> {
+        let org_id = self.organization_id(o).await?;
+        match self.cached_project_org(project_id) {
+            Some(known) if known == org_id => return Ok(Ok(org_id)),
+            _ => {}
+        }
+        let client = self.pool.get().await?;
+        if let Err(why) = join_organization(&**client, project_id, org_id, &o.key).await? {
+            return Ok(Err(why));
+        }
+        self.project_orgs
+            .write()
+            .expect("cache lock")
+            .insert(project_id, org_id);
+        Ok(Ok(org_id))
+    }
+
+    /// Records the developer as a member of the organisation, once per
+    /// process.
+    pub async fn add_member(&self, org_id: i32, user_id: i32) -> Result<(), DimsError> {
+        if self
+            .members
+            .read()
+            .expect("cache lock")
+            .contains(&(org_id, user_id))
+        {
+            return Ok(());
+        }
+        let client = self.pool.get().await?;
+        add_member(&**client, org_id, user_id).await?;
+        self.members
+            .write()
+            .expect("cache lock")
+            .insert((org_id, user_id));
+        Ok(())
     }
 
     pub fn cached_project(&self, name: &str) -> Option<i32> {
@@ -262,10 +420,16 @@ impl Dimensions {
                 reason,
             })?;
         let client = self.pool.get().await?;
-        let id = p
-            .upsert(&**client, repo_url, description)
+        let (id, org) = p
+            .upsert_in_org(&**client, repo_url, description)
             .await
             .inspect_err(|_| metrics::db_error("upsert_project"))?;
+        if let Some(org) = org {
+            self.project_orgs
+                .write()
+                .expect("cache lock")
+                .insert(id, org);
+        }
         Ok(id)
     }
 
@@ -357,6 +521,14 @@ impl Dimensions {
             .get(0);
         let src = s.src;
         let user_id = self.session_user(&*tx, src.user.as_ref()).await?;
+        session_organization(
+            &*tx,
+            project_id,
+            s.project.organization.as_ref(),
+            user_id,
+            "workspace.project.organization.key",
+        )
+        .await?;
         // A session's project and agent type are fixed by its first
         // announcement: its messages carry both, so a later announcement
         // naming others would split them between two projects while the
@@ -453,9 +625,18 @@ impl Dimensions {
         };
         let outcome = (!src.outcome.is_empty()).then_some(src.outcome.as_str());
         let quality = src.quality_score.map(|q| format!("{q:.2}"));
-        let client = self.pool.get().await?;
-        let user_id = self.session_user(&**client, src.user.as_ref()).await?;
-        client
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let user_id = self.session_user(&*tx, src.user.as_ref()).await?;
+        session_organization(
+            &*tx,
+            project_id,
+            src.organization.as_ref(),
+            user_id,
+            "organization.key",
+        )
+        .await?;
+        tx
             .execute(
                 "INSERT INTO agent_sessions (id, agent_id, agent_version, project_id, start_time, end_time, duration, context, metrics, outcome, quality_score, user_id)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9::text::jsonb, $10, $11::text::numeric, $12)
@@ -487,8 +668,43 @@ impl Dimensions {
             )
             .await
             .inspect_err(|_| metrics::db_error("upsert_agent_session"))?;
+        tx.commit()
+            .await
+            .inspect_err(|_| metrics::db_error("upsert_agent_session"))?;
         Ok(())
     }
+}
+
+/// A session's organisation, inside its transaction (nothing cached: it may
+/// still roll back): the project joins it, or the session is refused when
+/// the project is in another; its developer becomes a member of the
+/// project's organisation.
+async fn session_organization(
+    tx: &impl GenericClient,
+    project_id: i32,
+    org: Option<&pb::Organization>,
+    user_id: Option<i32>,
+    field: &'static str,
+) -> Result<(), DimsError> {
+    if let Some(o) = org {
+        let org_id = upsert_organization(tx, o).await?;
+        join_organization(tx, project_id, org_id, &o.key)
+            .await?
+            .map_err(|reason| DimsError::Invalid { field, reason })?;
+    }
+    if let Some(user_id) = user_id {
+        let org: Option<i32> = tx
+            .query_one(
+                "SELECT organization_id FROM projects WHERE id = $1",
+                &[&project_id],
+            )
+            .await?
+            .get(0);
+        if let Some(org_id) = org {
+            add_member(tx, org_id, user_id).await?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

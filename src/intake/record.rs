@@ -178,20 +178,32 @@ impl Record for pb::AgentEvent {
     }
 
     fn lookup<'a>(_: &Intake, rows: &[Self::Row<'a>], _: &[Uuid]) -> Lookup<'a> {
-        // Each distinct project and user once (usually one of each per batch).
-        let (mut projects, mut users): (Vec<&'a str>, Vec<&'a pb::User>) = Default::default();
+        // Each distinct project, user, (project, organisation) and
+        // (project, user) once: usually one or two of each per batch.
+        let mut lookup = EventLookup::default();
         for r in rows {
             let name: &'a str = r.src.project.as_str();
-            if !projects.contains(&name) {
-                projects.push(name);
+            if !lookup.projects.contains(&name) {
+                lookup.projects.push(name);
             }
-            if let Some(u) = r.src.user.as_ref()
-                && !users.iter().any(|k| k.key == u.key)
+            if let Some(u) = r.src.user.as_ref() {
+                if !lookup.users.iter().any(|k| k.key == u.key) {
+                    lookup.users.push(u);
+                }
+                if !lookup.members.contains(&(name, u.key.as_str())) {
+                    lookup.members.push((name, u.key.as_str()));
+                }
+            }
+            if let Some(o) = r.src.organization.as_ref()
+                && !lookup
+                    .organizations
+                    .iter()
+                    .any(|(p, k)| *p == name && k.key == o.key)
             {
-                users.push(u);
+                lookup.organizations.push((name, o));
             }
         }
-        Lookup::Events { projects, users }
+        Lookup::Events(lookup)
     }
 
     fn resolve(
@@ -201,6 +213,9 @@ impl Record for pb::AgentEvent {
         _: &Scope,
     ) -> Result<(i32, Option<i32>), Rejection> {
         let project = found.project(&row.src.project, row.index)?;
+        if let Some(o) = row.src.organization.as_ref() {
+            found.organization(&row.src.project, &o.key, row.index)?;
+        }
         Ok((project, row.src.user.as_ref().map(|u| found.user(&u.key))))
     }
 
@@ -306,13 +321,21 @@ impl Record for pb::ChatMessage {
 
 /// What the rows of a batch need looked up before they can be encoded.
 pub enum Lookup<'a> {
-    /// The distinct projects and users the events name.
-    Events {
-        projects: Vec<&'a str>,
-        users: Vec<&'a pb::User>,
-    },
+    Events(EventLookup<'a>),
     /// The chat sessions the messages name that are not cached.
     Sessions(Vec<Uuid>),
+}
+
+/// What the events of a batch name, each once.
+#[derive(Default)]
+pub struct EventLookup<'a> {
+    pub projects: Vec<&'a str>,
+    pub users: Vec<&'a pb::User>,
+    /// (project, the organisation a row names for it).
+    pub organizations: Vec<(&'a str, &'a pb::Organization)>,
+    /// (project, user key): the developer becomes a member of the
+    /// project's organisation.
+    pub members: Vec<(&'a str, &'a str)>,
 }
 
 /// What a [`Lookup`] found.
@@ -322,6 +345,9 @@ pub struct Found<'a> {
     pub projects: Vec<(&'a str, Result<i32, Rejection>)>,
     /// Each user key's id (store mode only).
     pub users: Vec<(&'a str, i32)>,
+    /// (project, organisation key): whether the project is in it (store
+    /// mode only; in spool mode, replay finds out).
+    pub organizations: Vec<(&'a str, &'a str, Result<(), Rejection>)>,
     /// Whether the database answered for the missing sessions (they are
     /// in the cache now, if they exist).
     pub sessions_looked_up: bool,
@@ -335,6 +361,17 @@ impl Found<'_> {
             .find(|(n, _)| *n == name)
             .expect("every project of the batch was looked up");
         verdict.as_ref().copied().map_err(|why| why.at(index))
+    }
+
+    fn organization(&self, project: &str, key: &str, index: u32) -> Result<(), Rejection> {
+        match self
+            .organizations
+            .iter()
+            .find(|(p, k, _)| *p == project && *k == key)
+        {
+            Some((_, _, Err(why))) => Err(why.at(index)),
+            _ => Ok(()),
+        }
     }
 
     fn user(&self, key: &str) -> i32 {
@@ -360,8 +397,9 @@ impl Intake {
     ) -> Result<Found<'a>, DimsError> {
         let mut found = Found::default();
         match lookup {
-            Lookup::Events { projects, users } => {
-                for name in projects {
+            Lookup::Events(lookup) => {
+                let users = lookup.users;
+                for name in lookup.projects {
                     let verdict = match self.check_project(scope, 0, "project", name) {
                         Err(why) => Err(why),
                         // Spool mode only checks: the id is not needed.
@@ -384,6 +422,8 @@ impl Intake {
                         let id = self.dims.user_id(u).await?;
                         found.users.push((u.key.as_str(), id));
                     }
+                    self.join_organizations(lookup.organizations, lookup.members, &mut found)
+                        .await?;
                 }
             }
             Lookup::Sessions(missing) if store => {
@@ -400,6 +440,48 @@ impl Intake {
             }
         }
         Ok(found)
+    }
+}
+
+impl Intake {
+    /// The projects join the organisations their rows name (or the rows
+    /// are refused where a project is in another one); each developer
+    /// becomes a member of their projects' organisations.
+    async fn join_organizations<'a>(
+        &self,
+        organizations: Vec<(&'a str, &'a pb::Organization)>,
+        members: Vec<(&'a str, &'a str)>,
+        found: &mut Found<'a>,
+    ) -> Result<(), DimsError> {
+        let project_id = |found: &Found<'_>, name: &str| {
+            found
+                .projects
+                .iter()
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, v)| v.as_ref().ok().copied())
+        };
+        for (project, o) in organizations {
+            let Some(id) = project_id(found, project) else {
+                continue;
+            };
+            let verdict = self
+                .dims
+                .join_organization(id, o)
+                .await?
+                .map(drop)
+                .map_err(|reason| Rejection::new(0, "organization.key", reason));
+            found.organizations.push((project, o.key.as_str(), verdict));
+        }
+        for (project, key) in members {
+            let Some(org) =
+                project_id(found, project).and_then(|id| self.dims.cached_project_org(id))
+            else {
+                continue;
+            };
+            let user = found.user(key);
+            self.dims.add_member(org, user).await?;
+        }
+        Ok(())
     }
 }
 

@@ -115,6 +115,14 @@ pub fn developer(n: u32) -> pb::User {
     }
 }
 
+/// Organisation `n`: the owner of the projects `org{n}/…`.
+pub fn organization(n: u32) -> pb::Organization {
+    pb::Organization {
+        key: format!("org{n}"),
+        display_name: format!("Organisation {n}"),
+    }
+}
+
 /// One agent session being generated.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -123,6 +131,8 @@ pub struct Session {
     pub agent_version: &'static str,
     pub model: &'static str,
     pub project: String,
+    /// The project's organisation.
+    pub organization: u32,
     pub workspace_id: String,
     pub machine_id: String,
     /// The developer at that machine (one per machine).
@@ -176,6 +186,7 @@ impl Generator {
             agent_version: version,
             model: models.choose(&mut self.rng).expect("models"),
             project: format!("org{}/service-{p}", p % 5),
+            organization: p % 5,
             workspace_id: Uuid::from_u128(self.rng.random()).to_string(),
             machine_id: format!("dev-machine-{m}"),
             developer: m,
@@ -247,6 +258,7 @@ impl Generator {
             context_json: context.to_string(),
             tags: vec![s.agent.to_string(), s.branch.to_string()],
             user: Some(developer(s.developer)),
+            organization: Some(organization(s.organization)),
             severity: pb::Severity::Info as i32,
             duration_ms: Some(rng.random_range(1..2_000)),
             ..Default::default()
@@ -311,6 +323,7 @@ impl Generator {
                     name: s.project.clone(),
                     repo_url: Some(format!("https://github.com/{}.git", s.project)),
                     description: None,
+                    organization: Some(organization(s.organization)),
                 }),
                 machine: Some(pb::Machine {
                     machine_id: s.machine_id.clone(),

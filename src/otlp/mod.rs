@@ -430,6 +430,7 @@ fn chat_session(item: &Item, started: Option<prost_types::Timestamp>) -> pb::Cha
                 name: project.clone(),
                 repo_url: None,
                 description: None,
+                organization: item.mapped.event.organization.clone(),
             }),
             machine: Some(pb::Machine {
                 machine_id: h.machine_id.clone(),

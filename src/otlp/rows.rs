@@ -184,6 +184,7 @@ pub(super) fn build(ctx: &Context, draft: Draft<'_>) -> Mapped {
             cached_tokens: figures.cached.filter(|v| *v >= 0),
             cost_usd: figures.cost.filter(|c| c.is_finite() && *c >= 0.0),
             user: user_of(ctx.resource, attrs),
+            organization: organization_of(ctx.resource, attrs),
             model,
         },
         session,
@@ -205,6 +206,19 @@ fn user_of(resource: &[KeyValue], attrs: &[KeyValue]) -> Option<pb::User> {
         key,
         display_name: either(&["user.name"]).unwrap_or_default(),
         email: either(&["user.email"]).unwrap_or_default(),
+    })
+}
+
+/// Attributes naming the developer's organisation: Claude Code's
+/// `organization.id`, else the tenant id of the general conventions.
+const ORGANIZATION_KEYS: &[&str] = &["organization.id", "tenant.id"];
+
+/// The organisation a record names (on the record, else its resource).
+fn organization_of(resource: &[KeyValue], attrs: &[KeyValue]) -> Option<pb::Organization> {
+    let either = |keys: &[&str]| text(attrs, keys).or_else(|| text(resource, keys));
+    Some(pb::Organization {
+        key: either(ORGANIZATION_KEYS)?,
+        display_name: either(&["organization.name"]).unwrap_or_default(),
     })
 }
 
