@@ -84,13 +84,16 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "timescaledb/0010_bounded_activity_keys.sql",
             "0011_project_identity.sql",
             "0012_users.sql",
-            "0013_organizations.sql"
+            "0013_organizations.sql",
+            "0014_safe_figures.sql",
+            "timescaledb/0015_developer_daily.sql",
+            "0016_team_daily_and_session_results.sql"
         ]
     );
-    assert_eq!(first.policies_changed().count(), 16, "{:?}", first.policies);
+    assert_eq!(first.policies_changed().count(), 18, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 13);
+    assert_eq!(second.already, 16);
     assert_eq!(
         second.policies_changed().count(),
         0,
@@ -129,11 +132,12 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "agent_events_daily false",
             "agent_events_hourly false",
             "chat_activity_hourly false",
+            "developer_daily false",
             "file_activity_daily false",
             "llm_usage_daily false",
             "tool_usage_daily false"
         ],
-        "all six aggregates, real-time"
+        "all seven aggregates, real-time"
     );
     assert_eq!(
         strings(
@@ -167,6 +171,7 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
         "agent_events_daily",
         "llm_usage_daily",
         "chat_activity_hourly",
+        "developer_daily",
     ] {
         assert_eq!(
             job_setting(&db, "policy_retention", view, "drop_after").await,
@@ -467,7 +472,26 @@ async fn every_accepted_value_fits_the_indexes_and_every_refresh(tsdb: TsDb) {
     file.event_type = "file_write".into();
     file.data_json =
         serde_json::json!({ "path": noise(&mut rng, 100_000), "lines_added": 3 }).to_string();
-    let accepted = vec![at_limit, long_type, tool_a, tool_b, tool_at_limit, file];
+    // Line counts that are no count: "1.5", "many", 1e30 and 20 digits are
+    // valid JSON but no bigint; a cast of them failed every refresh of
+    // file_activity_daily. Not counted now, by it and developer_daily.
+    let lines = |v: serde_json::Value| {
+        let mut e = common::event("acme/limits", 120);
+        e.event_type = "file_modify".into();
+        e.data_json =
+            serde_json::json!({ "path": "src/lib.rs", "lines_added": v, "lines_removed": 2 })
+                .to_string();
+        e
+    };
+    let counts = [
+        lines("1.5".into()),
+        lines("many".into()),
+        lines(serde_json::json!(1e30)),
+        lines(serde_json::from_str("99999999999999999999").unwrap()),
+        lines(serde_json::json!(7)),
+    ];
+    let mut accepted = vec![at_limit, long_type, tool_a, tool_b, tool_at_limit, file];
+    accepted.extend(counts);
 
     // One byte over, field by field: each rejected, naming its field.
     let mut over = Vec::new();
@@ -595,6 +619,16 @@ async fn every_accepted_value_fits_the_indexes_and_every_refresh(tsdb: TsDb) {
     )
     .await;
     assert!(longest <= K as i64, "bounded file path: {longest} bytes");
+    // Of the five line counts, only the 7 is one.
+    assert_eq!(
+        strings(
+            &db,
+            "SELECT lines_added::text || ' ' || lines_removed::text || ' ' || writes::text
+             FROM file_activity_daily WHERE file_path = 'src/lib.rs'"
+        )
+        .await,
+        ["7 10 5"]
+    );
 }
 
 async fn copy_into_a_compressed_chunk_stores_late_rows_and_counts_resends(tsdb: TsDb) {
@@ -768,7 +802,11 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "0009_group_key.sql",
             "plain/0010_bounded_activity_keys.sql",
             "0011_project_identity.sql",
-            "0012_users.sql"
+            "0012_users.sql",
+            "0013_organizations.sql",
+            "0014_safe_figures.sql",
+            "plain/0015_developer_daily.sql",
+            "0016_team_daily_and_session_results.sql"
         ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());
@@ -782,9 +820,12 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
         [
             "agent_events_daily",
             "agent_events_hourly",
+            "agent_session_results",
             "chat_activity_hourly",
+            "developer_daily",
             "file_activity_daily",
             "llm_usage_daily",
+            "team_daily",
             "tool_usage_daily"
         ]
     );

@@ -79,7 +79,8 @@ BEGIN
                      ('retention',   'llm_usage_daily',      'drop_after', 'aggregates_retention'),
                      ('retention',   'chat_activity_hourly', 'drop_after', 'aggregates_retention'),
                      ('retention',   'tool_usage_daily',     'drop_after', 'aggregates_retention'),
-                     ('retention',   'file_activity_daily',  'drop_after', 'aggregates_retention'))
+                     ('retention',   'file_activity_daily',  'drop_after', 'aggregates_retention'),
+                     ('retention',   'developer_daily',      'drop_after', 'aggregates_retention'))
              AS v(kind, r, k, s)
     LOOP
         relation := rel;
@@ -104,7 +105,8 @@ BEGIN
                      ('agent_events_daily', 'daily'),
                      ('llm_usage_daily', 'daily'),
                      ('tool_usage_daily', 'daily'),
-                     ('file_activity_daily', 'daily')) AS v(r, k)
+                     ('file_activity_daily', 'daily'),
+                     ('developer_daily', 'daily')) AS v(r, k)
     LOOP
         policy := 'refresh';
         relation := rel;

@@ -54,6 +54,7 @@ fn aggregates(table: Table) -> &'static [(&'static str, i64)] {
             ("llm_usage_daily", 24),
             ("tool_usage_daily", 24),
             ("file_activity_daily", 24),
+            ("developer_daily", 24),
         ],
         Table::ChatMessages => &[("chat_activity_hourly", 1)],
     }

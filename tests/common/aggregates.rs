@@ -100,7 +100,28 @@ pub fn direct_aggregates() -> Vec<(&'static str, &'static str, String)> {
                 "project_id, agent_id, agent_telemetry_group_key(data ->> 'path')",
                 "count(*) FILTER (WHERE event_type = 'file_read'),
                  count(*) FILTER (WHERE event_type <> 'file_read'),
-                 sum((data ->> 'lines_added')::bigint), sum((data ->> 'lines_removed')::bigint)",
+                 sum(agent_telemetry_count(data ->> 'lines_added')),
+                 sum(agent_telemetry_count(data ->> 'lines_removed'))",
+            ),
+        ),
+        (
+            "developer_daily",
+            DEVELOPER_COLUMNS,
+            developer_direct(),
+        ),
+        (
+            "team_daily",
+            "bucket, organization_id, developers, sessions, events, llm_requests, input_tokens,
+             output_tokens, cached_tokens, cost_usd, tool_calls, tool_errors, files_modified,
+             lines_added, lines_removed, commands, errors, active_minutes",
+            format!(
+                "SELECT d.bucket, p.organization_id, count(DISTINCT d.user_id), sum(d.sessions),
+                        sum(d.events), sum(d.llm_requests), sum(d.input_tokens), sum(d.output_tokens),
+                        sum(d.cached_tokens), sum(d.cost_usd), sum(d.tool_calls), sum(d.tool_errors),
+                        sum(d.files_modified), sum(d.lines_added), sum(d.lines_removed),
+                        sum(d.commands), sum(d.errors), sum(d.active_minutes)
+                 FROM ({}) d JOIN projects p ON p.id = d.project_id GROUP BY 1, 2",
+                developer_direct()
             ),
         ),
         (
@@ -113,6 +134,35 @@ pub fn direct_aggregates() -> Vec<(&'static str, &'static str, String)> {
             ),
         ),
     ]
+}
+
+const DEVELOPER_COLUMNS: &str = "bucket, user_id, project_id, agent_id, sessions, events,
+    llm_requests, input_tokens, output_tokens, cached_tokens, cost_usd, tool_calls, tool_errors,
+    files_modified, lines_added, lines_removed, commands, errors, active_minutes";
+
+/// developer_daily's figures, from the raw rows (an active minute: a
+/// minute with at least one event; a modified file: a distinct path).
+fn developer_direct() -> String {
+    format!(
+        "SELECT date_bin(INTERVAL '1 day', \"timestamp\", {ORIGIN}) AS bucket, user_id, project_id, agent_id,
+                count(DISTINCT session_id) AS sessions, count(*) AS events,
+                count(*) FILTER (WHERE model IS NOT NULL) AS llm_requests,
+                sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+                sum(cached_tokens) AS cached_tokens, sum(cost_usd) AS cost_usd,
+                count(*) FILTER (WHERE event_type = 'tool_use') AS tool_calls,
+                count(*) FILTER (WHERE event_type = 'tool_use'
+                                   AND (data ->> 'success' = 'false' OR severity = 'error')) AS tool_errors,
+                count(DISTINCT CASE WHEN event_type IN ('file_write', 'file_modify')
+                                    THEN agent_telemetry_group_key(data ->> 'path') END) AS files_modified,
+                sum(agent_telemetry_count(data ->> 'lines_added'))
+                    FILTER (WHERE event_type IN ('file_write', 'file_modify')) AS lines_added,
+                sum(agent_telemetry_count(data ->> 'lines_removed'))
+                    FILTER (WHERE event_type IN ('file_write', 'file_modify')) AS lines_removed,
+                count(*) FILTER (WHERE event_type = 'command_execution') AS commands,
+                count(*) FILTER (WHERE severity = 'error' OR event_type = 'error_encountered') AS errors,
+                count(DISTINCT date_trunc('minute', \"timestamp\")) AS active_minutes
+         FROM agent_events GROUP BY 1, 2, 3, 4"
+    )
 }
 
 /// Asserts each aggregate holds exactly the direct figures, and is not empty.
@@ -150,12 +200,13 @@ pub fn is_hourly(view: &str) -> bool {
     view.ends_with("_hourly")
 }
 
-pub const VIEWS_IN_REFRESH_ORDER: [&str; 6] = [
+pub const VIEWS_IN_REFRESH_ORDER: [&str; 7] = [
     "agent_events_hourly",
     "agent_events_daily",
     "llm_usage_daily",
     "tool_usage_daily",
     "file_activity_daily",
+    "developer_daily",
     "chat_activity_hourly",
 ];
 
