@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use agent_telemetry::{
     config::{ServeConfig, TimescaleMode},
     loadgen::{self, LoadgenConfig},
+    pb,
 };
 use serde_json::Value;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -37,8 +38,8 @@ fn is_db(v: &Value) -> bool {
     v["datasource"]["uid"] == DB_UID
 }
 
-async fn fill(cfg: ServeConfig) {
-    let svc = common::start_service(cfg).await;
+async fn fill(cfg: ServeConfig, conn: &str) {
+    let svc = common::start_service(cfg.clone()).await;
     let summary = loadgen::run(&LoadgenConfig {
         endpoint: svc.endpoint.clone(),
         events: 6_000,
@@ -56,12 +57,71 @@ async fn fill(cfg: ServeConfig) {
     .expect("loadgen");
     assert_eq!(summary.rows_stored, 7_500, "{summary}");
     svc.running.shutdown().await.unwrap();
+    report_agent_sessions(cfg, conn).await;
+}
+
+/// Each generated session reported as an editor extension reports it at
+/// its end (loadgen sends events only): its time span, an outcome, its
+/// branch and a client's estimate of hours saved.
+async fn report_agent_sessions(cfg: ServeConfig, conn: &str) {
+    // Read while the service is stopped: PGlite serves one client at a time.
+    let db = common::db(conn).await;
+    let sessions = db
+        .query(
+            "SELECT e.session_id::text, min(e.agent_id), min(p.full_name), min(e.\"timestamp\"), max(e.\"timestamp\"),
+                    min(u.key), min(e.context ->> 'git_branch')
+             FROM agent_events e JOIN projects p ON p.id = e.project_id LEFT JOIN users u ON u.id = e.user_id
+             GROUP BY e.session_id",
+            &[],
+        )
+        .await
+        .expect("the generated sessions");
+    let ts = |t: std::time::SystemTime| Some(prost_types::Timestamp::from(t));
+    let agent_sessions: Vec<pb::AgentSession> = sessions
+        .iter()
+        .enumerate()
+        .map(|(i, r)| pb::AgentSession {
+            id: r.get(0),
+            agent_id: r.get(1),
+            agent_version: "1.0".into(),
+            project: r.get(2),
+            start_time: ts(r.get(3)),
+            end_time: ts(r.get(4)),
+            context_json: serde_json::json!({ "git_branch": r.get::<_, Option<String>>(6) })
+                .to_string(),
+            metrics_json: serde_json::json!({ "estimated_hours_saved": (i % 4) as f64 * 0.5 })
+                .to_string(),
+            outcome: ["success", "partial", "failure"][i % 3].into(),
+            user: r.get::<_, Option<String>>(5).map(|key| pb::User {
+                key,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    drop(db);
+    let svc = common::start_service(cfg).await;
+    let mut client = common::client(&svc.endpoint).await;
+    let ack = client
+        .report_sessions(pb::SessionReport {
+            chat_sessions: Vec::new(),
+            agent_sessions: agent_sessions.clone(),
+        })
+        .await
+        .expect("report the sessions")
+        .into_inner();
+    assert_eq!(
+        ack.agent_sessions_stored as usize,
+        agent_sessions.len(),
+        "{ack:?}"
+    );
+    svc.running.shutdown().await.unwrap();
 }
 
 /// Fills the database, then runs every query as the reader role.
 async fn every_query_returns_rows(conn: &str, mut cfg: ServeConfig, label: &str) {
     cfg.storage.reader_password = Some("grafana".into());
-    fill(cfg).await;
+    fill(cfg, conn).await;
     let db = common::db(conn).await;
     db.batch_execute("SET ROLE agent_telemetry_reader")
         .await

@@ -87,13 +87,14 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "0013_organizations.sql",
             "0014_safe_figures.sql",
             "timescaledb/0015_developer_daily.sql",
-            "0016_team_daily_and_session_results.sql"
+            "0016_team_daily_and_session_results.sql",
+            "timescaledb/0017_developer_models_and_tools.sql"
         ]
     );
-    assert_eq!(first.policies_changed().count(), 18, "{:?}", first.policies);
+    assert_eq!(first.policies_changed().count(), 22, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 16);
+    assert_eq!(second.already, 17);
     assert_eq!(
         second.policies_changed().count(),
         0,
@@ -133,11 +134,13 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "agent_events_hourly false",
             "chat_activity_hourly false",
             "developer_daily false",
+            "developer_models_daily false",
+            "developer_tools_daily false",
             "file_activity_daily false",
             "llm_usage_daily false",
             "tool_usage_daily false"
         ],
-        "all seven aggregates, real-time"
+        "all nine aggregates, real-time"
     );
     assert_eq!(
         strings(
@@ -806,7 +809,8 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "0013_organizations.sql",
             "0014_safe_figures.sql",
             "plain/0015_developer_daily.sql",
-            "0016_team_daily_and_session_results.sql"
+            "0016_team_daily_and_session_results.sql",
+            "plain/0017_developer_models_and_tools.sql"
         ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());
@@ -823,6 +827,8 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "agent_session_results",
             "chat_activity_hourly",
             "developer_daily",
+            "developer_models_daily",
+            "developer_tools_daily",
             "file_activity_daily",
             "llm_usage_daily",
             "team_daily",

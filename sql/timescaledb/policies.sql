@@ -80,7 +80,9 @@ BEGIN
                      ('retention',   'chat_activity_hourly', 'drop_after', 'aggregates_retention'),
                      ('retention',   'tool_usage_daily',     'drop_after', 'aggregates_retention'),
                      ('retention',   'file_activity_daily',  'drop_after', 'aggregates_retention'),
-                     ('retention',   'developer_daily',      'drop_after', 'aggregates_retention'))
+                     ('retention',   'developer_daily',      'drop_after', 'aggregates_retention'),
+                     ('retention',   'developer_models_daily', 'drop_after', 'aggregates_retention'),
+                     ('retention',   'developer_tools_daily', 'drop_after', 'aggregates_retention'))
              AS v(kind, r, k, s)
     LOOP
         relation := rel;
@@ -106,7 +108,9 @@ BEGIN
                      ('llm_usage_daily', 'daily'),
                      ('tool_usage_daily', 'daily'),
                      ('file_activity_daily', 'daily'),
-                     ('developer_daily', 'daily')) AS v(r, k)
+                     ('developer_daily', 'daily'),
+                     ('developer_models_daily', 'daily'),
+                     ('developer_tools_daily', 'daily')) AS v(r, k)
     LOOP
         policy := 'refresh';
         relation := rel;

@@ -55,6 +55,8 @@ fn aggregates(table: Table) -> &'static [(&'static str, i64)] {
             ("tool_usage_daily", 24),
             ("file_activity_daily", 24),
             ("developer_daily", 24),
+            ("developer_models_daily", 24),
+            ("developer_tools_daily", 24),
         ],
         Table::ChatMessages => &[("chat_activity_hourly", 1)],
     }

@@ -110,6 +110,30 @@ pub fn direct_aggregates() -> Vec<(&'static str, &'static str, String)> {
             developer_direct(),
         ),
         (
+            "developer_models_daily",
+            "bucket, user_id, project_id, agent_id, model, requests, error_count, input_tokens,
+             output_tokens, cached_tokens, cost_usd",
+            events(
+                "1 day",
+                "WHERE model IS NOT NULL",
+                "user_id, project_id, agent_id, model",
+                "count(*), count(*) FILTER (WHERE severity = 'error'), sum(input_tokens),
+                 sum(output_tokens), sum(cached_tokens), sum(cost_usd)",
+            ),
+        ),
+        (
+            "developer_tools_daily",
+            "bucket, user_id, project_id, agent_id, tool_name, calls, failures, duration_count,
+             duration_ms_sum",
+            events(
+                "1 day",
+                "WHERE event_type = 'tool_use' AND data ? 'tool_name'",
+                "user_id, project_id, agent_id, agent_telemetry_group_key(data ->> 'tool_name')",
+                "count(*), count(*) FILTER (WHERE data ->> 'success' = 'false' OR severity = 'error'),
+                 count(duration_ms), sum(duration_ms)",
+            ),
+        ),
+        (
             "team_daily",
             "bucket, organization_id, developers, sessions, events, llm_requests, input_tokens,
              output_tokens, cached_tokens, cost_usd, tool_calls, tool_errors, files_modified,
@@ -200,13 +224,15 @@ pub fn is_hourly(view: &str) -> bool {
     view.ends_with("_hourly")
 }
 
-pub const VIEWS_IN_REFRESH_ORDER: [&str; 7] = [
+pub const VIEWS_IN_REFRESH_ORDER: [&str; 9] = [
     "agent_events_hourly",
     "agent_events_daily",
     "llm_usage_daily",
     "tool_usage_daily",
     "file_activity_daily",
     "developer_daily",
+    "developer_models_daily",
+    "developer_tools_daily",
     "chat_activity_hourly",
 ];
 
