@@ -604,54 +604,10 @@ async fn metrics_fill_no_token_or_cost_column(db: &Client, ep: &Endpoints, now: 
 /// The rows of the "Requests and latency by model" panel.
 async fn requests_by_model_panel(db: &Client) -> Vec<Vec<String>> {
     // What a team lead sees: the "LLM cost and tokens" dashboard's
-    // "Requests and latency by model" panel, its SQL expanded as Grafana
-    // does with every variable on "All" (plain PostgreSQL serves
+    // "Requests and latency by model" panel (plain PostgreSQL serves
     // llm_usage_daily as a view).
-    let panel_sql = common::grafana::dashboards()
-        .into_iter()
-        .find(|(file, _)| file == "llm-cost.json")
-        .and_then(|(_, d)| {
-            d["panels"].as_array().unwrap().iter().find_map(|p| {
-                (p["title"] == "Requests and latency by model")
-                    .then(|| p["targets"][0]["rawSql"].as_str().unwrap().to_owned())
-            })
-        })
-        .expect("the panel");
-    let all = |sql: &'static str| common::strings(db, sql);
-    let fmt = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
-    let grafana = common::grafana::Grafana {
-        from: fmt(SystemTime::now() - Duration::from_secs(86_400)),
-        to: fmt(SystemTime::now() + Duration::from_secs(60)),
-        vars: [
-            (
-                "project".to_owned(),
-                all("SELECT id::text FROM projects").await,
-            ),
-            (
-                "agent".to_owned(),
-                all("SELECT DISTINCT agent_id FROM agent_events").await,
-            ),
-            (
-                "model".to_owned(),
-                all("SELECT DISTINCT model FROM agent_events WHERE model IS NOT NULL").await,
-            ),
-        ]
-        .into_iter()
-        .collect(),
-    };
-    let expanded = grafana.expand(&panel_sql, "1d");
-    let panel = db.simple_query(&expanded).await.unwrap();
-    let panel: Vec<Vec<String>> = panel
-        .iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("").to_owned())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect();
+    let panel =
+        common::grafana::panel(db, "llm-cost.json", "Requests and latency by model", 1).await;
     common::say("model | requests | errors | cost USD | avg latency ms | worst daily p95 ms");
     for r in &panel {
         common::say(&r.join(" | "));
@@ -931,4 +887,176 @@ async fn http_post(
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     (status, headers.to_owned(), body.to_owned())
+}
+
+use common::{
+    TsDb,
+    aggregates::{assert_aggregates_exact, materialise_all, set_materialized_only},
+};
+
+on_timescaledb!(developer_and_team_figures_are_exact_over_native_and_otlp);
+
+/// Claude Code's account and organisation in the OTLP fixtures.
+const CLAUDE_ACCOUNT: &str = "4a5b6c7d-2222-4e8f-9a0b-1c2d3e4f5a6b";
+const CLAUDE_ORG: &str = "9d2f6a3c-1111-4c2e-8a4b-5e6f7a8b9c0d";
+
+/// What an editor extension sends for three developers in two
+/// organisations, `age_s` old: the Claude Code account again (natively, in
+/// its organisation), the Gemini CLI user (in Globex) and a third one.
+fn native_work(age_s: i64) -> Vec<agent_telemetry::pb::AgentEvent> {
+    use agent_telemetry::pb;
+    let who = [
+        (CLAUDE_ACCOUNT, "Ada", CLAUDE_ORG, "acme/api"),
+        ("dev@example.com", "Bob", "globex", "globex/shop"),
+        ("carol@globex.example", "Carol", "globex", "globex/mobile"),
+    ];
+    let mut out = Vec::new();
+    for (n, (key, name, org, project)) in who.into_iter().enumerate() {
+        let session = uuid::Uuid::new_v4().to_string();
+        for i in 0..(6 + 3 * n as i64) {
+            let mut e = common::event(project, age_s + 50 * i);
+            e.session_id = session.clone();
+            e.user = Some(pb::User {
+                key: key.into(),
+                display_name: name.into(),
+                email: String::new(),
+            });
+            e.organization = Some(pb::Organization {
+                key: org.into(),
+                display_name: String::new(),
+            });
+            match i % 4 {
+                0 => {
+                    e.event_type = "llm_request".into();
+                    e.model = Some("claude-sonnet-4-5".into());
+                    e.input_tokens = Some(1_000 + i);
+                    e.output_tokens = Some(200);
+                    e.cached_tokens = Some(500);
+                    e.cost_usd = Some(0.01 * (n + 1) as f64);
+                }
+                1 => {
+                    e.event_type = "file_modify".into();
+                    e.data_json = serde_json::json!({
+                        "path": format!("src/{}.rs", i % 3), "lines_added": 10 + i, "lines_removed": 2
+                    })
+                    .to_string();
+                }
+                2 => {
+                    e.event_type = "command_execution".into();
+                    e.data_json = r#"{"command":"cargo test"}"#.into();
+                }
+                _ => {
+                    e.data_json = r#"{"tool_name":"Edit","success":false}"#.into();
+                }
+            }
+            out.push(e);
+        }
+    }
+    out
+}
+
+/// Three developers in two organisations, over OTLP (Claude Code and
+/// Gemini CLI, the official exporters) and the native API, then late rows
+/// two and three days old: developer_daily, team_daily and the others equal
+/// the raw rows in real time and materialised only, and the Developers
+/// dashboard's main table shows each developer once.
+async fn developer_and_team_figures_are_exact_over_native_and_otlp(tsdb: TsDb) {
+    let mut cfg = tsdb.serve_config();
+    with_otlp(&mut cfg);
+    cfg.storage.late_refresh_every = Duration::from_millis(200);
+    let svc = common::start_service(cfg.clone()).await;
+    let ep = endpoints(&svc);
+    let now = now_ms();
+    send("claude", "grpc", &ep.grpc, now, &[]).await;
+    send(
+        "gemini",
+        "grpc",
+        &ep.grpc,
+        now,
+        &["--header", "x-project=globex/shop"],
+    )
+    .await;
+    let mut client = common::client(&svc.endpoint).await;
+    let ack = common::ingest(&mut client, 1, native_work(120)).await;
+    assert!(ack.rejected.is_empty(), "{ack:?}");
+    drop(client);
+    // PGlite serves one client at a time: read once the service is stopped.
+    svc.running.shutdown().await.unwrap();
+    {
+        let db = common::db(&tsdb.conn).await;
+        assert_aggregates_exact(&db).await;
+        materialise_all(&db).await;
+        set_materialized_only(&db, true).await;
+        assert_aggregates_exact(&db).await;
+    }
+
+    // Late rows, in buckets already materialised: the late-data refresher
+    // (its round at shutdown, at the latest) brings them in.
+    let svc = common::start_service(cfg).await;
+    let mut client = common::client(&svc.endpoint).await;
+    let mut late = native_work(2 * 86_400);
+    late.extend(native_work(3 * 86_400));
+    let ack = common::ingest(&mut client, 2, late).await;
+    assert!(ack.rejected.is_empty(), "{ack:?}");
+    drop(client);
+    svc.running.shutdown().await.unwrap();
+    let db = common::db(&tsdb.conn).await;
+    assert_aggregates_exact(&db).await;
+    set_materialized_only(&db, false).await;
+    assert_aggregates_exact(&db).await;
+
+    let table = common::grafana::panel(&db, "developers.json", "Per developer", 7).await;
+    let head = "developer | sessions | active hours | events | LLM requests | input tokens | output tokens | cost USD | tool calls | tool errors | files modified | lines added | lines removed | commands | errors";
+    common::say(&format!(
+        "Developers dashboard, \"Per developer\", last 7 days (native: {}):\n{head}\n{}",
+        tsdb.native,
+        table
+            .iter()
+            .map(|r| r.join(" | "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    ));
+    let developers: Vec<&str> = table.iter().map(|r| r[0].as_str()).collect();
+    let mut sorted = developers.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["Ada", "Bob", "Carol"], "{table:?}");
+    // Ada's Claude Code rows over OTLP and her native rows are one
+    // developer; Bob's Gemini CLI rows and his native ones too.
+    let sessions = |name: &str| -> i64 {
+        table.iter().find(|r| r[0] == name).unwrap()[1]
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        sessions("Ada"),
+        4,
+        "the Claude Code session and three native ones"
+    );
+    assert_eq!(
+        sessions("Bob"),
+        4,
+        "the Gemini CLI session and three native ones"
+    );
+    assert_eq!(sessions("Carol"), 3);
+
+    let teams = common::grafana::panel(&db, "teams.json", "Per organisation", 7).await;
+    common::say(&format!(
+        "Teams dashboard, \"Per organisation\": {}",
+        teams
+            .iter()
+            .map(|r| format!("{} {} developers, cost {}", r[0], r[1], r[7]))
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
+    let mut orgs: Vec<(String, String)> =
+        teams.iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+    orgs.sort();
+    assert_eq!(
+        orgs,
+        [
+            (CLAUDE_ORG.to_owned(), "1".to_owned()),
+            ("globex".to_owned(), "2".to_owned())
+        ],
+        "{teams:?}"
+    );
 }

@@ -269,8 +269,9 @@ pub struct Dimensions {
     projects: RwLock<HashMap<String, i32>>,
     /// Chat session → what its messages carry. Updated on every session upsert.
     chat_sessions: RwLock<HashMap<Uuid, SessionInfo>>,
-    /// User key → id. Never invalidated: user ids do not change.
-    users: RwLock<HashMap<String, i32>>,
+    /// User key → (id, whether a display name or email is stored). Never
+    /// invalidated: user ids do not change.
+    users: RwLock<HashMap<String, (i32, bool)>>,
     /// Organisation key → id. Never invalidated, as users.
     organizations: RwLock<HashMap<String, i32>>,
     /// Project id → its organisation, once known (a project never leaves
@@ -379,18 +380,22 @@ impl Dimensions {
 
     /// Resolves a user to its id, creating the user on first sight with
     /// the display name and email given then. Later sightings are served
-    /// from the cache (one upsert per user and process); a session report
-    /// updates the row (see [`Self::upsert_user`]).
+    /// from the cache (one upsert per user and process, and one more when a
+    /// user first seen without a name or email is named); a session report
+    /// updates the row (see [`Self::session_user`]).
     pub async fn user_id(&self, user: &pb::User) -> Result<i32, DimsError> {
-        if let Some(id) = self.users.read().expect("cache lock").get(&user.key) {
-            return Ok(*id);
+        let gives = !user.display_name.is_empty() || !user.email.is_empty();
+        if let Some(&(id, named)) = self.users.read().expect("cache lock").get(&user.key)
+            && (named || !gives)
+        {
+            return Ok(id);
         }
         let client = self.pool.get().await?;
         let id = upsert_user(&**client, user).await?;
         self.users
             .write()
             .expect("cache lock")
-            .insert(user.key.clone(), id);
+            .insert(user.key.clone(), (id, gives));
         Ok(id)
     }
 

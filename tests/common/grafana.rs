@@ -142,3 +142,69 @@ fn split_args(s: &str) -> (Vec<String>, &str) {
     }
     panic!("unbalanced parentheses in {s}");
 }
+
+/// Rows of a query, each column as text ("" for NULL), run with the simple
+/// protocol as psql runs it.
+pub async fn text_rows(db: &tokio_postgres::Client, sql: &str) -> Vec<Vec<String>> {
+    db.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{sql}"))
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a team lead sees in one panel: its SQL expanded as Grafana expands
+/// it over the last `days` days, every variable on "All" (each variable's
+/// own query run first, in the dashboard's order, as Grafana does).
+pub async fn panel(
+    db: &tokio_postgres::Client,
+    file: &str,
+    title: &str,
+    days: u64,
+) -> Vec<Vec<String>> {
+    let (_, dash) = dashboards()
+        .into_iter()
+        .find(|(f, _)| f == file)
+        .unwrap_or_else(|| panic!("no dashboard {file}"));
+    let now = std::time::SystemTime::now();
+    let fmt = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let mut grafana = Grafana {
+        from: fmt(now - std::time::Duration::from_secs(days * 86_400)),
+        to: fmt(now + std::time::Duration::from_secs(60)),
+        vars: BTreeMap::new(),
+    };
+    for var in dash["templating"]["list"].as_array().unwrap() {
+        if var["datasource"]["uid"] != DB_UID {
+            continue;
+        }
+        let sql = grafana.expand(var["query"].as_str().unwrap(), "1h");
+        let col = usize::from(sql.contains("__value"));
+        let values = text_rows(db, &sql)
+            .await
+            .into_iter()
+            .map(|r| r[col].clone())
+            .collect();
+        grafana
+            .vars
+            .insert(var["name"].as_str().unwrap().to_owned(), values);
+    }
+    let target = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["title"] == title)
+        .unwrap_or_else(|| panic!("no panel {title:?} in {file}"));
+    let sql = grafana.expand(
+        target["targets"][0]["rawSql"].as_str().unwrap(),
+        target["interval"].as_str().unwrap_or("1h"),
+    );
+    text_rows(db, &sql).await
+}
