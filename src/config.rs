@@ -42,14 +42,39 @@ pub struct KeysConfig {
     pub action: KeysAction,
 }
 
+/// `agent-telemetry users …`: what the service keeps of developers.
+#[derive(Debug, Clone, Args)]
+pub struct UsersConfig {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    #[command(subcommand)]
+    pub action: UsersAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum UsersAction {
+    /// Delete one developer's rows everywhere (events, chat messages and
+    /// sessions, agent sessions, memberships, the user), record it in the
+    /// audit log, refresh the aggregates over their days, and print the
+    /// counts. KEY is the developer's key as clients send it; with
+    /// AGENT_TELEMETRY_PSEUDONYM_SECRET set, its pseudonym is found too.
+    Forget { key: String },
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub enum KeysAction {
-    /// Create a key that may write to the given projects; prints it once.
+    /// Create a key that may write to the given projects and to every
+    /// project of the given organisations; prints it once.
     Create {
         /// A project the key may write to (repeatable), as clients name it:
         /// "owner/repo", a repository URL, or a bare name.
-        #[arg(long = "project", required = true)]
+        #[arg(long = "project", required_unless_present = "organizations")]
         projects: Vec<String>,
+        /// An organisation (its key, as clients send it; repeatable): the
+        /// key writes to all its projects and creates new ones inside it.
+        #[arg(long = "organization")]
+        organizations: Vec<String>,
         /// A label for `keys list`.
         #[arg(long, default_value = "")]
         name: String,
@@ -276,6 +301,18 @@ pub struct SecurityConfig {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "AGENT_TELEMETRY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// Store developers as pseudonyms: an HMAC-SHA256 (keyed with
+    /// AGENT_TELEMETRY_PSEUDONYM_SECRET) of each developer's key in place of
+    /// the key, and no name or email; OTLP rows keep no user attribute in
+    /// their JSON. docs/reliability.md, "Privacy".
+    #[arg(long, env = "AGENT_TELEMETRY_PSEUDONYMIZE_USERS")]
+    pub pseudonymize_users: bool,
+
+    /// The secret of --pseudonymize-users (at least 32 bytes). From the
+    /// environment: a command line is visible to every local user.
+    #[arg(skip = std::env::var("AGENT_TELEMETRY_PSEUDONYM_SECRET").ok())]
+    pub pseudonym_secret: Option<String>,
 
     /// Concurrent gRPC streams per connection (HTTP/2 SETTINGS).
     #[arg(

@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod net;
 pub mod otlp;
 pub mod pb;
+pub mod privacy;
 pub mod row;
 pub mod server;
 pub mod shutdown;

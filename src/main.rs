@@ -31,6 +31,8 @@ enum Command {
     Bench(agent_telemetry::bench::BenchCommand),
     /// Manage API keys: create, list, revoke.
     Keys(config::KeysConfig),
+    /// What is kept of developers: `users forget KEY`.
+    Users(config::UsersConfig),
     /// Ask a running service whether it is serving (gRPC health check);
     /// exits 0 if it is. For container health checks: the runtime image
     /// needs no other probe.
@@ -60,6 +62,7 @@ async fn main() -> ExitCode {
             .map(|s| println!("{s}"))
             .map_err(Into::into),
         Command::Keys(cfg) => keys(cfg).await,
+        Command::Users(cfg) => users(cfg).await,
         Command::Health(cfg) => agent_telemetry::api::health::check(&cfg.endpoint, cfg.timeout)
             .await
             .map(|status| println!("{status}"))
@@ -113,6 +116,30 @@ async fn migrate(
     Ok(())
 }
 
+async fn users(
+    cfg: agent_telemetry::config::UsersConfig,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use agent_telemetry::{config::UsersAction, maintain::forget, privacy::Pseudonyms};
+    let db = agent_telemetry::db::open::open_database(&cfg.database).await?;
+    let mut client = agent_telemetry::db::connect(&db.conn).await?;
+    let secret = std::env::var("AGENT_TELEMETRY_PSEUDONYM_SECRET").ok();
+    let pseudonyms = secret.as_deref().map(Pseudonyms::new).transpose()?;
+    let actor = format!(
+        "{} (agent-telemetry users)",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    let result = match cfg.action {
+        UsersAction::Forget { key } => {
+            forget::forget(&mut client, &key, pseudonyms.as_ref(), &actor)
+                .await
+                .map(|f| println!("{f}"))
+        }
+    };
+    drop(client);
+    db.release().await?;
+    Ok(result?)
+}
+
 async fn keys(cfg: agent_telemetry::config::KeysConfig) -> Result<(), Box<dyn std::error::Error>> {
     use agent_telemetry::{auth::keys, config::KeysAction};
     let db = agent_telemetry::db::open::open_database(&cfg.database).await?;
@@ -126,18 +153,26 @@ async fn keys(cfg: agent_telemetry::config::KeysConfig) -> Result<(), Box<dyn st
     .await?;
     let mut client = agent_telemetry::db::connect(&db.conn).await?;
     let result = match cfg.action {
-        KeysAction::Create { projects, name } => {
-            keys::create(&mut client, &name, &projects, &cfg.projects)
-                .await
-                .map(|k| {
-                    eprintln!(
-                        "key {} for {}; it is shown only now:",
-                        k.id,
-                        k.projects.join(", ")
-                    );
-                    println!("{}", k.key);
-                })
-        }
+        KeysAction::Create {
+            projects,
+            organizations,
+            name,
+        } => keys::create_scoped(&mut client, &name, &projects, &organizations, &cfg.projects)
+            .await
+            .map(|k| {
+                let scope: Vec<String> = k
+                    .projects
+                    .iter()
+                    .cloned()
+                    .chain(organizations.iter().map(|o| format!("organization {o}")))
+                    .collect();
+                eprintln!(
+                    "key {} for {}; it is shown only now:",
+                    k.id,
+                    scope.join(", ")
+                );
+                println!("{}", k.key);
+            }),
         KeysAction::List => keys::list(&client).await.map(|list| {
             println!("id\tname\tprefix\tstate\tprojects\tcreated\tlast used");
             for k in list {

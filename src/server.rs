@@ -67,6 +67,8 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
     Otlp(#[from] otlp::serve::ServeError),
+    #[error(transparent)]
+    Privacy(#[from] crate::privacy::PrivacyError),
     #[error(
         "shutdown took longer than --shutdown-timeout ({0:?}): batches still owed were answered \"not stored, resend\""
     )]
@@ -120,6 +122,10 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
     let pipeline = Pipeline::start(&cfg, &pool, timescaledb, &drain);
     let spool = open_spool(&cfg.spool, &drain)?;
     let [events, messages] = pipeline.buffers.clone();
+    let pseudonyms = crate::privacy::Pseudonyms::configured(
+        cfg.security.pseudonymize_users,
+        cfg.security.pseudonym_secret.as_deref(),
+    )?;
     let intake = Arc::new(Intake {
         events,
         messages,
@@ -128,6 +134,7 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         pipeline: cfg.pipeline.clone(),
         late_after: timescaledb.then_some(cfg.storage.late_after),
         spool: spool.as_ref().map(|s| s.log.clone()),
+        pseudonyms,
     });
     // With the spool, the replayer is intake's first client: it must end
     // before the batchers can.

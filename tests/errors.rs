@@ -80,11 +80,12 @@ async fn a_copy_the_database_refuses_for_good_is_acked_with_its_cause_not_retrya
 async fn a_row_the_database_refuses_names_its_proto_field_and_detail() {
     let (_pg, conn, svc) = common::service("errors_row").await;
     let db = common::db(&conn).await;
-    // A domain the `context` column's values must fit: the error names the
-    // column, which the rejection gives as the proto field.
+    // A domain the `metrics` column's values must fit (no view reads that
+    // column, so its type can change): the error names the column, which
+    // the rejection gives as the proto field.
     db.batch_execute(
         "CREATE DOMAIN small_json AS jsonb CHECK (octet_length(VALUE::text) < 100);
-         ALTER TABLE agent_events ALTER COLUMN context TYPE small_json",
+         ALTER TABLE agent_events ALTER COLUMN metrics TYPE small_json",
     )
     .await
     .unwrap();
@@ -92,14 +93,14 @@ async fn a_row_the_database_refuses_names_its_proto_field_and_detail() {
         common::event("acme/errors", 5),
         common::event("acme/errors", 5),
     ];
-    events[1].context_json = format!(r#"{{"file_path":"{}"}}"#, "y".repeat(200));
+    events[1].metrics_json = format!(r#"{{"file_path":"{}"}}"#, "y".repeat(200));
     let mut client = common::client(&svc.endpoint).await;
     let ack = common::ingest(&mut client, 1, events).await;
     assert_eq!(ack.stored, 1, "{ack:?}");
     assert_eq!(ack.rejected.len(), 1, "{ack:?}");
     let r = &ack.rejected[0];
     assert_eq!(r.index, 1);
-    assert_eq!(r.field, "context_json", "{r:?}");
+    assert_eq!(r.field, "metrics_json", "{r:?}");
     assert!(
         r.reason.contains("small_json_check") && r.reason.contains("23514"),
         "{r:?}"

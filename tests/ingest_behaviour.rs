@@ -1060,3 +1060,49 @@ async fn a_project_joins_the_first_organisation_named_for_it_and_stays() {
     );
     svc.running.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_batches_put_a_project_in_its_organisation_once() {
+    // Batches on several connections naming the same project, in no
+    // organisation yet, with the same organisation: one UPDATE moves it,
+    // the others wait for it and then see it moved. (The first version read
+    // the project's organisation from the waiting statement's snapshot, got
+    // NULL and ended the streams without their acks.)
+    let (_pg, conn, svc) = common::service("org_race").await;
+    let mut client = common::client(&svc.endpoint).await;
+    let ack = common::ingest(&mut client, 0, vec![common::event("race/api", 30)]).await;
+    assert_eq!(ack.stored, 1, "{ack:?}");
+    for round in 0..5 {
+        let sends = (0..8).map(|i| {
+            let endpoint = svc.endpoint.clone();
+            async move {
+                let mut client = common::client(&endpoint).await;
+                let events = (0..20)
+                    .map(|_| {
+                        let mut e = common::event(&format!("race/p{round}"), 30);
+                        if i == 0 {
+                            e.project = "race/api".into();
+                        }
+                        e.organization = org("race", "");
+                        e
+                    })
+                    .collect();
+                common::ingest(&mut client, i, events).await
+            }
+        });
+        for ack in futures_util::future::join_all(sends).await {
+            assert_eq!((ack.stored, ack.rejected.len()), (20, 0), "{ack:?}");
+        }
+    }
+    let db = common::db(&conn).await;
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM projects p JOIN organizations o ON o.id = p.organization_id
+             WHERE o.key = 'race'"
+        )
+        .await,
+        6
+    );
+    svc.running.shutdown().await.unwrap();
+}

@@ -894,7 +894,10 @@ use common::{
     aggregates::{assert_aggregates_exact, materialise_all, set_materialized_only},
 };
 
-on_timescaledb!(developer_and_team_figures_are_exact_over_native_and_otlp);
+on_timescaledb!(
+    developer_and_team_figures_are_exact_over_native_and_otlp,
+    pseudonymised_developers_leave_no_email_or_account_id_and_can_be_forgotten,
+);
 
 /// Claude Code's account and organisation in the OTLP fixtures.
 const CLAUDE_ACCOUNT: &str = "4a5b6c7d-2222-4e8f-9a0b-1c2d3e4f5a6b";
@@ -1058,5 +1061,253 @@ async fn developer_and_team_figures_are_exact_over_native_and_otlp(tsdb: TsDb) {
             ("globex".to_owned(), "2".to_owned())
         ],
         "{teams:?}"
+    );
+}
+
+/// What names the people of the pseudonymised test: the Claude Code
+/// account, the Gemini CLI user's email, and a native client's developer.
+const PERSONAL: [&str; 5] = [
+    CLAUDE_ACCOUNT,
+    "dev@example.com",
+    "ada@example.com",
+    "Ada Lovelace",
+    "bob@example.com",
+];
+
+/// Rows of every table and view of the schema (chunks included, through
+/// their hypertables) whose text holds one of `needles`.
+async fn rows_naming(db: &Client, needles: &[&str]) -> Vec<String> {
+    let relations = common::strings(
+        db,
+        "SELECT table_name::text FROM information_schema.tables
+         WHERE table_schema = current_schema() ORDER BY 1",
+    )
+    .await;
+    let patterns = needles
+        .iter()
+        .map(|n| format!("'%{}%'", n.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut found = Vec::new();
+    for rel in relations {
+        let n = common::count(
+            db,
+            &format!(
+                "SELECT count(*) FROM \"{rel}\" r WHERE r::text ILIKE ANY (ARRAY[{patterns}])"
+            ),
+        )
+        .await;
+        if n > 0 {
+            found.push(format!("{rel}: {n}"));
+        }
+    }
+    found
+}
+
+/// A developer's work natively: events (one with a file edit), a chat
+/// session with a message, an agent session.
+fn personal_work(
+    key: &str,
+    name: &str,
+    age_s: i64,
+) -> (
+    Vec<agent_telemetry::pb::AgentEvent>,
+    agent_telemetry::pb::SessionReport,
+) {
+    use agent_telemetry::pb;
+    let user = Some(pb::User {
+        key: key.into(),
+        display_name: name.into(),
+        email: key.into(),
+    });
+    let events = (0..5)
+        .map(|i| {
+            let mut e = common::event("acme/private", age_s + i);
+            e.user = user.clone();
+            e
+        })
+        .collect();
+    let mut generator = agent_telemetry::loadgen::r#gen::Generator::new(age_s as u64, 1);
+    let mut chat = generator.chat_session();
+    chat.user = user.clone();
+    let agent = pb::AgentSession {
+        id: uuid::Uuid::new_v4().to_string(),
+        agent_id: "claude-code".into(),
+        agent_version: "2.0.14".into(),
+        project: "acme/private".into(),
+        start_time: common::event("x/y", age_s).timestamp,
+        user,
+        ..Default::default()
+    };
+    (
+        events,
+        pb::SessionReport {
+            chat_sessions: vec![chat],
+            agent_sessions: vec![agent],
+        },
+    )
+}
+
+/// With --pseudonymize-users: Claude Code and Gemini CLI over OTLP and two
+/// developers natively (one of them 10 days back, in a compressed chunk);
+/// no table holds an email, an account id or a name, yet each developer is
+/// one pseudonymous user. Then `users forget` one of them: none of their
+/// rows is left, the audit log has the counts, and every aggregate
+/// (materialised only) equals the raw rows.
+async fn pseudonymised_developers_leave_no_email_or_account_id_and_can_be_forgotten(tsdb: TsDb) {
+    use agent_telemetry::pb;
+    const SECRET: &str = "an operator's secret of at least 32 bytes";
+    let mut cfg = tsdb.serve_config();
+    with_otlp(&mut cfg);
+    cfg.security.pseudonymize_users = true;
+    cfg.security.pseudonym_secret = Some(SECRET.into());
+    let svc = common::start_service(cfg).await;
+    let ep = endpoints(&svc);
+    let now = now_ms();
+    send("claude", "grpc", &ep.grpc, now, &[]).await;
+    send(
+        "gemini",
+        "grpc",
+        &ep.grpc,
+        now,
+        &["--header", "x-project=acme/private"],
+    )
+    .await;
+    let mut client = common::client(&svc.endpoint).await;
+    for (i, (key, name, age)) in [
+        ("ada@example.com", "Ada Lovelace", 60),
+        ("ada@example.com", "Ada Lovelace", 10 * 86_400),
+        ("bob@example.com", "Bob", 120),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (events, report) = personal_work(key, name, age);
+        let ack = client
+            .report_sessions(report.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (ack.chat_sessions_stored, ack.agent_sessions_stored),
+            (1, 1),
+            "{ack:?}"
+        );
+        let ack = common::ingest(&mut client, i as u64, events).await;
+        assert_eq!(ack.stored, 5, "{ack:?}");
+        let message = pb::ChatMessage {
+            id: uuid::Uuid::new_v4().to_string(),
+            session_id: report.chat_sessions[0].session_id.clone(),
+            role: "user".into(),
+            content: "fix the build".into(),
+            timestamp: common::event("x/y", age).timestamp,
+            ..Default::default()
+        };
+        let ack = client
+            .ingest_chat_messages(pb::ChatMessageBatch {
+                sequence: 10 + i as u64,
+                sessions: vec![],
+                messages: vec![message],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ack.stored, 1, "{ack:?}");
+    }
+    drop(client);
+    svc.running.shutdown().await.unwrap();
+
+    let db = common::db(&tsdb.conn).await;
+    assert_eq!(rows_naming(&db, &PERSONAL).await, Vec::<String>::new());
+    // The scan finds what is there: the project's name is in several tables.
+    assert!(
+        rows_naming(&db, &["acme/private"]).await.len() >= 3,
+        "the scan reads every table"
+    );
+    assert_eq!(
+        common::strings(
+            &db,
+            "SELECT (count(*) FILTER (WHERE key LIKE 'pseudonym:%'))::text || ' of ' || count(*)::text
+                 || ', named ' || count(display_name)::text || ', mailed ' || count(email)::text
+             FROM users"
+        )
+        .await,
+        ["4 of 4, named 0, mailed 0"],
+        "the Claude Code account, the Gemini CLI user, Ada and Bob"
+    );
+    // Compressed chunks hold Ada's old rows; the aggregates are materialised.
+    db.batch_execute(
+        "SELECT compress_chunk(c) FROM show_chunks('agent_events', older_than => now() - INTERVAL '8 days') c",
+    )
+    .await
+    .expect("compress the old chunk");
+    materialise_all(&db).await;
+    set_materialized_only(&db, true).await;
+    let ada = common::count(
+        &db,
+        "SELECT count(*) FROM agent_events e JOIN users u ON u.id = e.user_id
+         WHERE u.key LIKE 'pseudonym:%' AND e.project_id = (SELECT id FROM projects WHERE full_name = 'acme/private')",
+    )
+    .await;
+    assert!(ada >= 10, "{ada}");
+    drop(db);
+
+    // Forgotten, by the key the operator knows (the CLI hashes it).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+        .args(["users", "forget", "ada@example.com"])
+        .env("DATABASE_URL", &tsdb.conn)
+        .env("AGENT_TELEMETRY_PSEUDONYM_SECRET", SECRET)
+        .output()
+        .expect("run users forget");
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::say(&format!(
+        "users forget (native: {}): {}",
+        tsdb.native,
+        printed.trim()
+    ));
+    assert!(
+        printed.contains(": 10 events, 2 chat messages, 2 chat sessions, 2 agent sessions"),
+        "{printed}"
+    );
+    let db = common::db(&tsdb.conn).await;
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM users").await,
+        3,
+        "the others stay"
+    );
+    assert_eq!(
+        common::strings(
+            &db,
+            "SELECT details ->> 'events' FROM audit_log WHERE action = 'user.forget'"
+        )
+        .await,
+        ["10"]
+    );
+    // Materialised only: the refresh took Ada out of every aggregate (this
+    // data has no file events, so not every aggregate has rows).
+    common::aggregates::assert_aggregates_match(&db, |_| "true".into()).await;
+    assert!(
+        common::count(&db, "SELECT count(*) FROM developer_daily").await > 0,
+        "the others' figures stay"
+    );
+    // A second time: nobody has that key any more. (PGlite serves one
+    // client at a time.)
+    drop(db);
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+        .args(["users", "forget", "ada@example.com"])
+        .env("DATABASE_URL", &tsdb.conn)
+        .env("AGENT_TELEMETRY_PSEUDONYM_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("no developer has the key"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
     );
 }

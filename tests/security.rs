@@ -304,3 +304,240 @@ async fn tls_serves_clients_that_trust_the_certificate_and_only_them() {
     }
     svc.running.shutdown().await.unwrap();
 }
+
+/// An event of `project` naming organisation `org` (if any) and developer
+/// `user`.
+fn org_event(project: &str, org: Option<&str>, user: &str) -> pb::AgentEvent {
+    let mut e = common::event(project, 60);
+    e.organization = org.map(|key| pb::Organization {
+        key: key.into(),
+        display_name: String::new(),
+    });
+    e.user = Some(pb::User {
+        key: user.into(),
+        ..Default::default()
+    });
+    e
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_organisation_key_writes_to_its_organisation_and_never_to_another() {
+    let (_pg, conn, svc) = common::service_with("org_keys", |c| {
+        c.security.require_api_key = true;
+    })
+    .await;
+    let acme = keys_cli(
+        &conn,
+        &["create", "--organization", "acme", "--name", "acme"],
+    )
+    .trim()
+    .to_owned();
+    let globex = keys_cli(&conn, &["create", "--organization", "globex"])
+        .trim()
+        .to_owned();
+    let both = keys_cli(
+        &conn,
+        &[
+            "create",
+            "--organization",
+            "acme",
+            "--organization",
+            "globex",
+        ],
+    )
+    .trim()
+    .to_owned();
+    let solo = keys_cli(&conn, &["create", "--project", "solo/tool"])
+        .trim()
+        .to_owned();
+    let listed = keys_cli(&conn, &["list"]);
+    assert!(
+        listed.contains("organization:acme,organization:globex"),
+        "{listed}"
+    );
+    let mut client = common::client(&svc.endpoint).await;
+    let mut send = async |key: &str, seq: u64, events: Vec<pb::AgentEvent>| {
+        client
+            .ingest_agent_events(with_key(
+                pb::AgentEventBatch {
+                    sequence: seq,
+                    events,
+                },
+                key,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let denied = |ack: &pb::BatchAck| -> Vec<(u32, String)> {
+        ack.rejected
+            .iter()
+            .inspect(|r| assert_eq!(r.code, "PERMISSION_DENIED", "{r:?}"))
+            .map(|r| (r.index, r.field.clone()))
+            .collect()
+    };
+
+    // Globex's key creates its project inside Globex; a project-scoped key
+    // creates one in no organisation.
+    let ack = send(&globex, 1, vec![org_event("globex/web", None, "gina")]).await;
+    assert_eq!(ack.stored, 1, "{ack:?}");
+    let ack = send(&solo, 2, vec![org_event("solo/tool", None, "sam")]).await;
+    assert_eq!(ack.stored, 1, "{ack:?}");
+
+    // Acme's key: new projects are created in Acme (named or not); Globex's
+    // project, a project in no organisation, and a new project claimed for
+    // Globex are refused beside them.
+    let ack = send(
+        &acme,
+        3,
+        vec![
+            org_event("acme/api", None, "ada"),
+            org_event("acme/web", Some("acme"), "ada"),
+            org_event("globex/web", None, "ada"),
+            org_event("solo/tool", None, "ada"),
+            org_event("globex/new", Some("globex"), "ada"),
+        ],
+    )
+    .await;
+    assert_eq!(ack.stored, 2, "{ack:?}");
+    assert_eq!(
+        denied(&ack),
+        [
+            (2, "project".to_owned()),
+            (3, "project".to_owned()),
+            (4, "project".to_owned())
+        ]
+    );
+    let reasons: Vec<&str> = ack.rejected.iter().map(|r| r.reason.as_str()).collect();
+    assert!(
+        reasons[0].contains("the project is in another organisation")
+            && reasons[1].contains("the project is in no organisation")
+            && reasons[2].contains("organisation \"globex\" is not one the key writes to"),
+        "{reasons:?}"
+    );
+    // Globex's key, the other way round.
+    let ack = send(&globex, 4, vec![org_event("acme/api", None, "mallory")]).await;
+    assert_eq!(ack.stored, 0, "{ack:?}");
+    assert_eq!(denied(&ack), [(0, "project".to_owned())]);
+    // A key of two organisations writes to both, and must name the
+    // organisation of a project it creates.
+    let ack = send(
+        &both,
+        5,
+        vec![
+            org_event("acme/api", None, "bob"),
+            org_event("globex/web", None, "bob"),
+            org_event("initech/app", None, "bob"),
+            org_event("globex/shop", Some("globex"), "bob"),
+        ],
+    )
+    .await;
+    assert_eq!(ack.stored, 3, "{ack:?}");
+    assert_eq!(denied(&ack), [(2, "project".to_owned())]);
+    assert!(
+        ack.rejected[0]
+            .reason
+            .contains("name the organisation of the new project \"initech/app\""),
+        "{ack:?}"
+    );
+
+    // Sessions: Acme's key may not announce a chat session in Globex's
+    // project, nor send messages to Globex's session.
+    let mut generator = agent_telemetry::loadgen::r#gen::Generator::new(3, 1);
+    let mut globex_chat = generator.chat_session();
+    {
+        let p = globex_chat
+            .workspace
+            .as_mut()
+            .unwrap()
+            .project
+            .as_mut()
+            .unwrap();
+        p.name = "globex/web".into();
+        p.organization = None;
+    }
+    let ack = client
+        .report_sessions(with_key(
+            pb::SessionReport {
+                chat_sessions: vec![globex_chat.clone()],
+                agent_sessions: vec![],
+            },
+            &acme,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.chat_sessions_stored, 0, "{ack:?}");
+    assert_eq!(ack.rejected[0].code, "PERMISSION_DENIED", "{ack:?}");
+    let ack = client
+        .report_sessions(with_key(
+            pb::SessionReport {
+                chat_sessions: vec![globex_chat.clone()],
+                agent_sessions: vec![],
+            },
+            &globex,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.chat_sessions_stored, 1, "{ack:?}");
+    let message = pb::ChatMessage {
+        id: uuid::Uuid::new_v4().to_string(),
+        session_id: globex_chat.session_id.clone(),
+        role: "user".into(),
+        content: "hello".into(),
+        timestamp: common::event("x/y", 30).timestamp,
+        ..Default::default()
+    };
+    let ack = client
+        .ingest_chat_messages(with_key(
+            pb::ChatMessageBatch {
+                sequence: 6,
+                sessions: vec![],
+                messages: vec![message],
+            },
+            &acme,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.stored, 0, "{ack:?}");
+    assert_eq!(denied(&ack), [(0, "session_id".to_owned())]);
+
+    let db = common::db(&conn).await;
+    // Where each project is, and who wrote to Globex's.
+    assert_eq!(
+        common::strings(
+            &db,
+            "SELECT p.full_name || ' ' || coalesce(o.key, '-') FROM projects p
+             LEFT JOIN organizations o ON o.id = p.organization_id ORDER BY 1"
+        )
+        .await,
+        [
+            "acme/api acme",
+            "acme/web acme",
+            "globex/shop globex",
+            "globex/web globex",
+            "solo/tool -"
+        ]
+    );
+    assert_eq!(
+        common::strings(
+            &db,
+            "SELECT DISTINCT u.key FROM agent_events e JOIN projects p ON p.id = e.project_id
+             JOIN users u ON u.id = e.user_id WHERE p.full_name LIKE 'globex/%' ORDER BY 1"
+        )
+        .await,
+        ["bob", "gina"]
+    );
+    // A request refused whole creates no developer.
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM users WHERE key = 'mallory'").await,
+        0
+    );
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM chat_messages").await,
+        0
+    );
+    svc.running.shutdown().await.unwrap();
+}

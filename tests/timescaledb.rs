@@ -88,13 +88,14 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "0014_safe_figures.sql",
             "timescaledb/0015_developer_daily.sql",
             "0016_team_daily_and_session_results.sql",
-            "timescaledb/0017_developer_models_and_tools.sql"
+            "timescaledb/0017_developer_models_and_tools.sql",
+            "0018_organization_keys.sql"
         ]
     );
     assert_eq!(first.policies_changed().count(), 22, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 17);
+    assert_eq!(second.already, 18);
     assert_eq!(
         second.policies_changed().count(),
         0,
@@ -810,7 +811,8 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "0014_safe_figures.sql",
             "plain/0015_developer_daily.sql",
             "0016_team_daily_and_session_results.sql",
-            "plain/0017_developer_models_and_tools.sql"
+            "plain/0017_developer_models_and_tools.sql",
+            "0018_organization_keys.sql"
         ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());

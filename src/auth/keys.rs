@@ -22,8 +22,10 @@ pub enum KeyError {
     Db(#[from] tokio_postgres::Error),
     #[error("project {name:?}: {reason}")]
     Project { name: String, reason: String },
-    #[error("a key needs at least one --project")]
+    #[error("a key needs at least one --project or --organization")]
     NoProject,
+    #[error("an --organization needs a key (the organisation's key, as clients send it)")]
+    Organization,
     #[error("no key matches {0:?} (give its id or the prefix `keys list` shows)")]
     NotFound(String),
     #[error("{0:?} matches several keys; give more of it")]
@@ -57,7 +59,20 @@ pub async fn create(
     projects: &[String],
     projects_cfg: &ProjectsConfig,
 ) -> Result<Created, KeyError> {
-    if projects.is_empty() {
+    create_scoped(db, name, projects, &[], projects_cfg).await
+}
+
+/// A key for the given projects and for every project of the given
+/// organisations (by key; created when missing), as `keys create
+/// --project … --organization …` makes it.
+pub async fn create_scoped(
+    db: &mut Client,
+    name: &str,
+    projects: &[String],
+    organizations: &[String],
+    projects_cfg: &ProjectsConfig,
+) -> Result<Created, KeyError> {
+    if projects.is_empty() && organizations.is_empty() {
         return Err(KeyError::NoProject);
     }
     let mut secret = [0u8; 32];
@@ -84,11 +99,26 @@ pub async fn create(
         .await?;
         full_names.push(parsed.full_name);
     }
+    for org in organizations {
+        if org.is_empty() {
+            return Err(KeyError::Organization);
+        }
+        tx.execute(
+            "WITH o AS (
+                 INSERT INTO organizations (key) VALUES ($2)
+                 ON CONFLICT (key) DO UPDATE SET updated_at = organizations.updated_at
+                 RETURNING id)
+             INSERT INTO api_key_organizations (key_id, organization_id) SELECT $1, id FROM o
+             ON CONFLICT DO NOTHING",
+            &[&id, org],
+        )
+        .await?;
+    }
     audit(
         &tx,
         "key.create",
         id,
-        json!({"name": name, "projects": full_names, "key_prefix": &key[..SHOWN]}),
+        json!({"name": name, "projects": full_names, "organizations": organizations, "key_prefix": &key[..SHOWN]}),
     )
     .await?;
     tx.commit().await?;
@@ -117,6 +147,10 @@ pub async fn list(db: &Client) -> Result<Vec<KeyInfo>, KeyError> {
             "SELECT k.id, k.name, k.key_prefix, k.is_active, k.created_at, k.last_used_at,
                     coalesce(array_agg(p.full_name ORDER BY p.full_name)
                              FILTER (WHERE p.id IS NOT NULL), '{}')
+                    || coalesce((SELECT array_agg('organization:' || o.key ORDER BY o.key)
+                                 FROM api_key_organizations ko
+                                 JOIN organizations o ON o.id = ko.organization_id
+                                 WHERE ko.key_id = k.id), '{}')
              FROM api_keys k
              LEFT JOIN api_key_projects kp ON kp.key_id = k.id
              LEFT JOIN projects p ON p.id = kp.project_id

@@ -62,6 +62,9 @@ pub struct KeyScope {
     pub key_id: Uuid,
     /// (project id, identity: docs/schema.md, "Project identity").
     pub projects: Vec<(i32, String)>,
+    /// (organisation id, key): every project of these, and new projects
+    /// created inside them.
+    pub organizations: Vec<(i32, String)>,
 }
 
 /// What a request may write.
@@ -81,10 +84,24 @@ impl Scope {
         }
     }
 
-    pub fn allows_id(&self, id: i32) -> bool {
+    /// Whether rows of project `id`, in organisation `org` (if known), may
+    /// be written.
+    pub fn allows_id(&self, id: i32, org: Option<i32>) -> bool {
         match self {
             Scope::Any => true,
-            Scope::Key(k) => k.projects.iter().any(|(i, _)| *i == id),
+            Scope::Key(k) => {
+                k.projects.iter().any(|(i, _)| *i == id)
+                    || org.is_some_and(|o| k.organizations.iter().any(|(i, _)| *i == o))
+            }
+        }
+    }
+
+    /// The organisations a key may write to (none without a key: there,
+    /// every project is allowed anyway).
+    pub fn organizations(&self) -> &[(i32, String)] {
+        match self {
+            Scope::Any => &[],
+            Scope::Key(k) => &k.organizations,
         }
     }
 
@@ -93,7 +110,18 @@ impl Scope {
     pub fn denial(&self, what: &str) -> String {
         match self {
             Scope::Any => String::new(),
-            Scope::Key(k) => format!("the API key {} may not write to {what}", k.key_id),
+            Scope::Key(k) if k.organizations.is_empty() => {
+                format!("the API key {} may not write to {what}", k.key_id)
+            }
+            Scope::Key(k) => format!(
+                "the API key {} may not write to {what} (it writes to the projects of organisation {})",
+                k.key_id,
+                k.organizations
+                    .iter()
+                    .map(|(_, key)| format!("{key:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     }
 }
@@ -182,12 +210,20 @@ impl Authenticator {
     async fn look_up(&self, hash: &[u8; 32]) -> Result<Option<Arc<KeyScope>>, String> {
         use crate::db::error::{describe, describe_pool};
         let client = self.pool.get().await.map_err(|e| describe_pool(&e))?;
+        // One row per project and per organisation of the key (a key has
+        // at least one of either).
         let rows = client
             .query(
-                "SELECT k.id, p.id, p.identity
+                "SELECT k.id, p.id, p.identity, NULL::integer, NULL::text
                  FROM api_keys k
                  JOIN api_key_projects kp ON kp.key_id = k.id
                  JOIN projects p ON p.id = kp.project_id
+                 WHERE k.key_hash = $1 AND k.is_active
+                 UNION ALL
+                 SELECT k.id, NULL, NULL, o.id, o.key
+                 FROM api_keys k
+                 JOIN api_key_organizations ko ON ko.key_id = k.id
+                 JOIN organizations o ON o.id = ko.organization_id
                  WHERE k.key_hash = $1 AND k.is_active",
                 &[&hash.as_slice()],
             )
@@ -206,9 +242,18 @@ impl Authenticator {
             )
             .await
             .map_err(|e| describe(&e))?;
+        let (mut projects, mut organizations) = (Vec::new(), Vec::new());
+        for r in &rows {
+            match (r.get::<_, Option<i32>>(1), r.get::<_, Option<i32>>(3)) {
+                (Some(id), _) => projects.push((id, r.get(2))),
+                (None, Some(id)) => organizations.push((id, r.get(4))),
+                (None, None) => {}
+            }
+        }
         Ok(Some(Arc::new(KeyScope {
             key_id,
-            projects: rows.iter().map(|r| (r.get(1), r.get(2))).collect(),
+            projects,
+            organizations,
         })))
     }
 }

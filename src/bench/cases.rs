@@ -421,10 +421,10 @@ pub async fn run(
             .await?;
             if r.summary.rows_stored != s.dataset.len() as u64 {
                 return Err(BenchError::Case(format!(
-                    "{case}, run {run}: the service stored {} of {} rows ({} batches failed)",
+                    "{case}, run {run}: the service stored {} of {} rows; what loadgen saw:\n{}",
                     r.summary.rows_stored,
                     s.dataset.len(),
-                    r.summary.failed_batches
+                    r.summary
                 )));
             }
             runs.record_service(&r);

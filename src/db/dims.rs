@@ -226,14 +226,38 @@ async fn join_organization(
         )
         .await
         .inspect_err(|_| metrics::db_error("join_organization"))?;
-    let (now, project, other): (i32, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
-    if now == org_id {
+    let (mut now, project, mut other): (Option<i32>, String, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    if now.is_none() {
+        // Another writer put the project in an organisation after this
+        // statement's snapshot was taken (its UPDATE waited for that one and
+        // then matched nothing): read what it committed.
+        let row = client
+            .query_one(
+                "SELECT p.organization_id, o.key FROM projects p
+                 LEFT JOIN organizations o ON o.id = p.organization_id WHERE p.id = $1",
+                &[&project_id],
+            )
+            .await
+            .inspect_err(|_| metrics::db_error("join_organization"))?;
+        (now, other) = (row.get(0), row.get(1));
+    }
+    if now == Some(org_id) {
         return Ok(Ok(()));
     }
     Ok(Err(format!(
         "project {project:?} belongs to organisation {:?}, not {org_key:?}; a project stays in the first organisation named for it",
         other.unwrap_or_default()
     )))
+}
+
+/// Whether organisation `org` is one of `orgs`, and why not.
+fn in_organizations(org: i32, orgs: &[(i32, String)]) -> Result<(), String> {
+    if orgs.iter().any(|(id, _)| *id == org) {
+        Ok(())
+    } else {
+        Err("the project is in another organisation".into())
+    }
 }
 
 /// Records a developer as a member of an organisation (role member unless
@@ -307,6 +331,83 @@ impl Dimensions {
             .expect("cache lock")
             .insert(o.key.clone(), id);
         Ok(id)
+    }
+
+    /// What the cache knows of whether a key scoped to `orgs` may write to
+    /// project `name`: None when it does not know.
+    pub fn cached_project_for_organizations(
+        &self,
+        name: &str,
+        orgs: &[(i32, String)],
+    ) -> Option<Result<(), String>> {
+        let id = self.cached_project(name)?;
+        let org = self.cached_project_org(id)?;
+        Some(in_organizations(org, orgs))
+    }
+
+    /// Whether a key scoped to `orgs` may write to project `name`: yes when
+    /// the project is in one of them; a project that does not exist yet is
+    /// created inside `named` (one of them) or the key's only one.
+    pub async fn project_for_organizations(
+        &self,
+        name: &str,
+        p: &ProjectName,
+        orgs: &[(i32, String)],
+        named: Option<&str>,
+    ) -> Result<Result<(), String>, DimsError> {
+        if let Some(known) = self.cached_project_for_organizations(name, orgs) {
+            return Ok(known);
+        }
+        let client = self.pool.get().await?;
+        let found = client
+            .query_opt(
+                "SELECT id, organization_id FROM projects WHERE identity = $1",
+                &[&p.identity],
+            )
+            .await
+            .inspect_err(|_| metrics::db_error("project_for_organizations"))?;
+        let (id, org) = match found {
+            Some(r) => (r.get::<_, i32>(0), r.get::<_, Option<i32>>(1)),
+            None => {
+                let target = match (named, orgs) {
+                    (Some(key), _) => orgs.iter().find(|(_, k)| k == key).ok_or_else(|| {
+                        format!("organisation {key:?} is not one the key writes to")
+                    }),
+                    (None, [only]) => Ok(only),
+                    (None, _) => Err(format!(
+                        "the key writes to several organisations: name the organisation of the new project {:?}",
+                        p.full_name
+                    )),
+                };
+                let (org_id, org_key) = match target {
+                    Ok(t) => t,
+                    Err(why) => return Ok(Err(why)),
+                };
+                let (id, org) = p
+                    .upsert_in_org(&**client, None, None)
+                    .await
+                    .inspect_err(|_| metrics::db_error("upsert_project"))?;
+                match org {
+                    Some(org) => (id, Some(org)),
+                    None => match join_organization(&**client, id, *org_id, org_key).await? {
+                        Ok(()) => (id, Some(*org_id)),
+                        Err(why) => return Ok(Err(why)),
+                    },
+                }
+            }
+        };
+        self.projects
+            .write()
+            .expect("cache lock")
+            .insert(name.to_owned(), id);
+        let Some(org) = org else {
+            return Ok(Err("the project is in no organisation".into()));
+        };
+        self.project_orgs
+            .write()
+            .expect("cache lock")
+            .insert(id, org);
+        Ok(in_organizations(org, orgs))
     }
 
     /// The organisation a project is known to belong to.
@@ -453,9 +554,24 @@ impl Dimensions {
         }
         let client = self.pool.get().await?;
         let rows = client
-            .query("SELECT session_id, project_id, agent_type FROM chat_sessions WHERE session_id = ANY($1)", &[&ids])
+            .query(
+                "SELECT s.session_id, s.project_id, s.agent_type, p.organization_id
+                 FROM chat_sessions s JOIN projects p ON p.id = s.project_id
+                 WHERE s.session_id = ANY($1)",
+                &[&ids],
+            )
             .await
             .inspect_err(|_| metrics::db_error("load_sessions"))?;
+        {
+            // The projects' organisations: a key scoped to organisations
+            // checks a message's project by them.
+            let mut orgs = self.project_orgs.write().expect("cache lock");
+            for r in &rows {
+                if let Some(org) = r.get::<_, Option<i32>>(3) {
+                    orgs.insert(r.get(1), org);
+                }
+            }
+        }
         let mut cache = self.chat_sessions.write().expect("cache lock");
         for r in rows {
             let agent_type: String = r.get(2);
@@ -526,7 +642,7 @@ impl Dimensions {
             .get(0);
         let src = s.src;
         let user_id = self.session_user(&*tx, src.user.as_ref()).await?;
-        session_organization(
+        let org = session_organization(
             &*tx,
             project_id,
             s.project.organization.as_ref(),
@@ -601,6 +717,12 @@ impl Dimensions {
         tx.commit()
             .await
             .inspect_err(|_| metrics::db_error("upsert_chat_session"))?;
+        if let Some(org) = org {
+            self.project_orgs
+                .write()
+                .expect("cache lock")
+                .insert(project_id, org);
+        }
         let info = SessionInfo {
             project_id,
             agent_type: src.agent_type.as_str().into(),
@@ -683,33 +805,31 @@ impl Dimensions {
 /// A session's organisation, inside its transaction (nothing cached: it may
 /// still roll back): the project joins it, or the session is refused when
 /// the project is in another; its developer becomes a member of the
-/// project's organisation.
+/// project's organisation. Returns the project's organisation.
 async fn session_organization(
     tx: &impl GenericClient,
     project_id: i32,
     org: Option<&pb::Organization>,
     user_id: Option<i32>,
     field: &'static str,
-) -> Result<(), DimsError> {
+) -> Result<Option<i32>, DimsError> {
     if let Some(o) = org {
         let org_id = upsert_organization(tx, o).await?;
         join_organization(tx, project_id, org_id, &o.key)
             .await?
             .map_err(|reason| DimsError::Invalid { field, reason })?;
     }
-    if let Some(user_id) = user_id {
-        let org: Option<i32> = tx
-            .query_one(
-                "SELECT organization_id FROM projects WHERE id = $1",
-                &[&project_id],
-            )
-            .await?
-            .get(0);
-        if let Some(org_id) = org {
-            add_member(tx, org_id, user_id).await?;
-        }
+    let org: Option<i32> = tx
+        .query_one(
+            "SELECT organization_id FROM projects WHERE id = $1",
+            &[&project_id],
+        )
+        .await?
+        .get(0);
+    if let (Some(org_id), Some(user_id)) = (org, user_id) {
+        add_member(tx, org_id, user_id).await?;
     }
-    Ok(())
+    Ok(org)
 }
 
 #[cfg(test)]

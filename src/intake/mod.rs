@@ -135,6 +135,8 @@ pub struct Intake {
     pub(crate) late_after: Option<Duration>,
     /// The disk spool (`--spool-dir`): batches are acked once appended to it.
     pub(crate) spool: Option<Log>,
+    /// `--pseudonymize-users`: developers stored as pseudonyms.
+    pub(crate) pseudonyms: Option<crate::privacy::Pseudonyms>,
 }
 
 /// A batch whose accepted rows are in the buffer (or the spool).
@@ -206,25 +208,75 @@ impl Intake {
         }
     }
 
-    /// Whether `name` is a project this scope may write to (without
-    /// touching the database).
-    pub fn check_project(
+    /// Whether `name` is a project this scope may write to. A key's own
+    /// projects are known without the database. For a key scoped to
+    /// organisations, the project's organisation decides, and a new
+    /// project is created inside the organisation the rows name (`named`),
+    /// or the key's only one. In spool mode (`store` false) only what the
+    /// cache knows is decided; the rest is decided at replay.
+    pub async fn admit_project(
         &self,
         scope: &Scope,
         index: u32,
         field: &'static str,
         name: &str,
-    ) -> Result<(), Rejection> {
-        let p = ProjectName::parse(name, &self.dims.projects_cfg)
-            .map_err(|r| Rejection::new(index, field, r))?;
+        named: Option<&str>,
+        store: bool,
+    ) -> Result<Result<(), Rejection>, DimsError> {
+        let p = match ProjectName::parse(name, &self.dims.projects_cfg) {
+            Ok(p) => p,
+            Err(r) => return Ok(Err(Rejection::new(index, field, r))),
+        };
         if scope.allows_identity(&p.identity) {
-            Ok(())
-        } else {
-            Err(Rejection::denied(
+            return Ok(Ok(()));
+        }
+        let denied = |why: String| {
+            Rejection::denied(
+                index,
+                field,
+                format!(
+                    "{}: {why}",
+                    scope.denial(&format!("project {:?}", p.full_name))
+                ),
+            )
+        };
+        if scope.organizations().is_empty() {
+            return Ok(Err(Rejection::denied(
                 index,
                 field,
                 scope.denial(&format!("project {:?}", p.full_name)),
-            ))
+            )));
+        }
+        let verdict = if store {
+            self.dims
+                .project_for_organizations(name, &p, scope.organizations(), named)
+                .await?
+        } else {
+            self.dims
+                .cached_project_for_organizations(name, scope.organizations())
+                .unwrap_or(Ok(()))
+        };
+        Ok(verdict.map_err(denied))
+    }
+
+    /// With `--pseudonymize-users`, each row's developer as stored: a
+    /// pseudonym, no name, no email (before anything is looked up, spooled
+    /// or stored from the decoded rows).
+    fn pseudonymize<R: Record>(&self, rows: &mut [(u32, R)]) {
+        if let Some(p) = &self.pseudonyms {
+            for (_, r) in rows {
+                if let Some(u) = r.user_mut() {
+                    p.user(u);
+                }
+            }
+        }
+    }
+
+    pub(super) fn pseudonymize_sessions(&self, sessions: &mut [crate::pb::ChatSession]) {
+        if let Some(p) = &self.pseudonyms {
+            for u in sessions.iter_mut().filter_map(|s| s.user.as_mut()) {
+                p.user(u);
+            }
         }
     }
 
@@ -243,7 +295,8 @@ impl Intake {
         scope: &Scope,
     ) -> Result<Accepted, IngestError> {
         let (sequence, received) = self.check_batch(&batch)?;
-        let (sessions, rows) = (batch.sessions, batch.rows);
+        let (mut sessions, rows) = (batch.sessions, batch.rows);
+        self.pseudonymize_sessions(&mut sessions);
         let raw = rows.wire_bytes();
         let buffer = self.buffer(R::TABLE);
         let permit = self.admit(buffer, sequence, raw).await?;
@@ -255,7 +308,8 @@ impl Intake {
             .map_err(dims_error)?
             .rejected;
         let mut rejected = Vec::new();
-        let (decoded, wire) = rows.decode(&mut rejected);
+        let (mut decoded, wire) = rows.decode(&mut rejected);
+        self.pseudonymize(&mut decoded);
         drop(wire);
         let checked = self.validate_all(&decoded, window, &mut rejected);
         let lookup = R::lookup(self, &checked, &[]);
@@ -298,7 +352,8 @@ impl Intake {
         scope: &Scope,
     ) -> Result<Accepted, IngestError> {
         let (sequence, received) = self.check_batch(&batch)?;
-        let (sessions, rows) = (batch.sessions, batch.rows);
+        let (mut sessions, rows) = (batch.sessions, batch.rows);
+        self.pseudonymize_sessions(&mut sessions);
         let now = SystemTime::now();
         let window = TimeWindow::around(now, &self.limits);
         let checked_sessions = self
@@ -306,7 +361,8 @@ impl Intake {
             .await
             .map_err(|source| IngestError::Dimensions { sequence, source })?;
         let mut rejected = Vec::new();
-        let (decoded, wire) = rows.decode(&mut rejected);
+        let (mut decoded, wire) = rows.decode(&mut rejected);
+        self.pseudonymize(&mut decoded);
         let checked = self.validate_all(&decoded, window, &mut rejected);
         let batch_sessions = checked_sessions.ids();
         let lookup = R::lookup(self, &checked, &batch_sessions);

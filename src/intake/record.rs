@@ -152,6 +152,9 @@ pub trait Record: Message + Default + Sized + Send + Sync + 'static {
 
     /// The spool's form of the accepted rows of a batch.
     fn spooled(sequence: u64, sessions: Vec<pb::ChatSession>, rows: Vec<Bytes>) -> spool::Batch;
+
+    /// The developer the row names, for `--pseudonymize-users`.
+    fn user_mut(&mut self) -> Option<&mut pb::User>;
 }
 
 impl Record for pb::AgentEvent {
@@ -233,6 +236,10 @@ impl Record for pb::AgentEvent {
         encode::encode_event(buf, row, project, user)
     }
 
+    fn user_mut(&mut self) -> Option<&mut pb::User> {
+        self.user.as_mut()
+    }
+
     fn spooled(sequence: u64, _sessions: Vec<pb::ChatSession>, rows: Vec<Bytes>) -> spool::Batch {
         spool::Batch::Events(wire::AgentEventBatch {
             sequence,
@@ -308,6 +315,11 @@ impl Record for pb::ChatMessage {
 
     fn encode_row(buf: &mut BytesMut, row: &MessageRow<'_>, session: &SessionInfo) {
         encode::encode_message(buf, row, session.project_id, &session.agent_type)
+    }
+
+    fn user_mut(&mut self) -> Option<&mut pb::User> {
+        // A message's developer is its session's.
+        None
     }
 
     fn spooled(sequence: u64, sessions: Vec<pb::ChatSession>, rows: Vec<Bytes>) -> spool::Batch {
@@ -400,7 +412,17 @@ impl Intake {
             Lookup::Events(lookup) => {
                 let users = lookup.users;
                 for name in lookup.projects {
-                    let verdict = match self.check_project(scope, 0, "project", name) {
+                    // The organisation the batch's rows name for it, if any:
+                    // where a key scoped to organisations creates it.
+                    let named = lookup
+                        .organizations
+                        .iter()
+                        .find(|(p, _)| *p == name)
+                        .map(|(_, o)| o.key.as_str());
+                    let admitted = self
+                        .admit_project(scope, 0, "project", name, named, store)
+                        .await?;
+                    let verdict = match admitted {
                         Err(why) => Err(why),
                         // Spool mode only checks: the id is not needed.
                         Ok(()) if !store => Ok(0),
@@ -492,11 +514,13 @@ fn session_of(
     r: &MessageRow<'_>,
 ) -> Result<SessionInfo, Rejection> {
     match intake.dims.cached_session(&r.session_id) {
-        Some(s) if !scope.allows_id(s.project_id) => Err(Rejection::denied(
-            r.index,
-            "session_id",
-            scope.denial(&format!("the project of chat session {}", r.session_id)),
-        )),
+        Some(s) if !scope.allows_id(s.project_id, intake.dims.cached_project_org(s.project_id)) => {
+            Err(Rejection::denied(
+                r.index,
+                "session_id",
+                scope.denial(&format!("the project of chat session {}", r.session_id)),
+            ))
+        }
         Some(s) => Ok(s),
         None => Err(Rejection::new(
             r.index,

@@ -66,7 +66,12 @@ impl Intake {
             Err(why) => return Ok(Err(why)),
         };
         let project = &row.project.name;
-        if let Err(why) = self.check_project(scope, index, "workspace.project.name", project) {
+        let named = row.project.organization.as_ref().map(|o| o.key.as_str());
+        let field = "workspace.project.name";
+        if let Err(why) = self
+            .admit_project(scope, index, field, project, named, store)
+            .await?
+        {
             return Ok(Err(why));
         }
         if store && let Err(e) = self.dims.upsert_chat_session(&row).await {
@@ -101,6 +106,19 @@ impl Intake {
         report: &pb::SessionReport,
         scope: &Scope,
     ) -> Result<SessionsOutcome, IngestError> {
+        let pseudonymized;
+        let report = match &self.pseudonyms {
+            Some(p) => {
+                let mut r = report.clone();
+                self.pseudonymize_sessions(&mut r.chat_sessions);
+                for u in r.agent_sessions.iter_mut().filter_map(|s| s.user.as_mut()) {
+                    p.user(u);
+                }
+                pseudonymized = r;
+                &pseudonymized
+            }
+            None => report,
+        };
         let rows = report.chat_sessions.len() + report.agent_sessions.len();
         if rows > self.limits.max_batch_rows {
             return Err(IngestError::TooManySessions {
@@ -139,7 +157,11 @@ impl Intake {
             Ok(row) => row,
             Err(why) => return Ok(Err(why)),
         };
-        if let Err(why) = self.check_project(scope, index, "project", &s.project) {
+        let named = s.organization.as_ref().map(|o| o.key.as_str());
+        if let Err(why) = self
+            .admit_project(scope, index, "project", &s.project, named, true)
+            .await?
+        {
             return Ok(Err(why));
         }
         match self.dims.upsert_agent_session(&row).await {

@@ -101,6 +101,8 @@ pub struct Summary {
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
     pub latency_max_ms: f64,
+    /// The first rejection or batch error, to say why rows went missing.
+    pub first_problem: Option<String>,
 }
 
 impl Summary {
@@ -128,7 +130,11 @@ impl std::fmt::Display for Summary {
             f,
             "ack latency    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             self.latency_p50_ms, self.latency_p99_ms, self.latency_max_ms
-        )
+        )?;
+        if let Some(p) = &self.first_problem {
+            write!(f, "\nfirst problem  {p}")?;
+        }
+        Ok(())
     }
 }
 
@@ -142,10 +148,27 @@ struct Tally {
     failed: AtomicU64,
     batches: AtomicU64,
     latency_us: Mutex<Option<Histogram<u64>>>,
+    first_problem: Mutex<Option<String>>,
 }
 
 impl Tally {
     fn record(&self, ack: &pb::BatchAck, latency: Duration) {
+        let problem = if !ack.error.is_empty() {
+            Some(format!("batch {}: {}", ack.sequence, ack.error))
+        } else {
+            ack.rejected.first().map(|r| {
+                format!(
+                    "batch {}, row {}: {}: {} ({})",
+                    ack.sequence, r.index, r.field, r.reason, r.code
+                )
+            })
+        };
+        if let Some(p) = problem {
+            self.first_problem
+                .lock()
+                .expect("problem lock")
+                .get_or_insert(p);
+        }
         // Spooled rows are durable and on their way (--spool-dir).
         self.stored
             .fetch_add(u64::from(ack.stored + ack.spooled), Ordering::Relaxed);
@@ -313,6 +336,7 @@ async fn send(
         rows_stored: tally.stored.load(Ordering::Relaxed),
         duplicates: tally.duplicates.load(Ordering::Relaxed),
         rejected: tally.rejected.load(Ordering::Relaxed),
+        first_problem: tally.first_problem.lock().expect("problem lock").take(),
         failed_batches: tally.failed.load(Ordering::Relaxed),
         batches: tally.batches.load(Ordering::Relaxed),
         elapsed,

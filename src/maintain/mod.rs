@@ -5,11 +5,14 @@
 //!   continuous aggregates, merged and rate-limited.
 //! - [`retention`] (plain PostgreSQL mode): deletes rows past their
 //!   retention window on a timer, as TimescaleDB's retention jobs would.
+//! - [`forget`] (`users forget`): one person's rows out of every table, and
+//!   the aggregates refreshed over their days.
 //!
 //! Both are per database, not per instance: when several instances share
 //! one database, each round runs in whichever instance takes its lock
 //! ([`exclusively`]); the others skip that round.
 
+pub mod forget;
 pub mod refresh;
 pub mod retention;
 

@@ -62,6 +62,13 @@ fn aggregates(table: Table) -> &'static [(&'static str, i64)] {
     }
 }
 
+/// Every continuous aggregate, each after those it reads.
+pub fn all_in_refresh_order() -> impl Iterator<Item = &'static str> {
+    Table::ALL
+        .into_iter()
+        .flat_map(|t| aggregates(t).iter().map(|(view, _)| *view))
+}
+
 /// The hour (since 2000-01-01 UTC, PostgreSQL's epoch) a timestamp falls in.
 pub fn hour_of(pg_us: i64) -> i64 {
     pg_us.div_euclid(HOUR_US)

@@ -343,6 +343,7 @@ mod tests {
             "test",
             prices,
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+            false,
         )
     }
 

@@ -175,7 +175,13 @@ impl OtlpIntake {
     }
 
     fn context<'a>(&'a self, resource: &'a [KeyValue], scope: &'a str) -> Context<'a> {
-        Context::new(resource, scope, &self.settings.prices, SystemTime::now())
+        Context::new(
+            resource,
+            scope,
+            &self.settings.prices,
+            SystemTime::now(),
+            self.intake.pseudonyms.is_some(),
+        )
     }
 
     pub async fn logs(

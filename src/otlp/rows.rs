@@ -17,7 +17,7 @@ use super::{
     attrs::{self, int, text},
     price::PriceTable,
 };
-use crate::pb;
+use crate::{pb, privacy::IDENTITY_ATTRIBUTES};
 
 /// What every record of one `ResourceLogs`/`ResourceSpans`/`ResourceMetrics` shares.
 pub struct Context<'a> {
@@ -29,6 +29,9 @@ pub struct Context<'a> {
     /// row id): the same for all records of a scope, so built once.
     context_json: String,
     resource_bytes: Vec<u8>,
+    /// `--pseudonymize-users`: no attribute that names a person is kept in
+    /// `data` or `context` (the developer is the row's pseudonymous user).
+    strip_identity: bool,
 }
 
 impl<'a> Context<'a> {
@@ -37,8 +40,12 @@ impl<'a> Context<'a> {
         scope: &str,
         prices: &'a PriceTable,
         now: SystemTime,
+        strip_identity: bool,
     ) -> Self {
         let mut context = attrs::to_map(resource);
+        if strip_identity {
+            context.retain(|k, _| !IDENTITY_ATTRIBUTES.contains(&k.as_str()));
+        }
         if !scope.is_empty() {
             context.insert("otel.scope.name".into(), scope.into());
         }
@@ -53,6 +60,7 @@ impl<'a> Context<'a> {
             now,
             context_json: Json::Object(context).to_string(),
             resource_bytes,
+            strip_identity,
         }
     }
 }
@@ -118,7 +126,8 @@ pub(super) fn build(ctx: &Context, draft: Draft<'_>) -> Mapped {
     // count rows with a model as LLM requests. Other rows keep it in `data`.
     let model = found.model.clone();
     for (k, v) in attrs::to_map(attrs) {
-        if !TEXT_KEYS.contains(&k.as_str()) {
+        let identity = ctx.strip_identity && IDENTITY_ATTRIBUTES.contains(&k.as_str());
+        if !TEXT_KEYS.contains(&k.as_str()) && !identity {
             data.entry(k).or_insert(v);
         }
     }

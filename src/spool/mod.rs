@@ -79,13 +79,13 @@ impl Entry {
         match &self.scope {
             Scope::Any => out.put_u8(0),
             Scope::Key(k) => {
-                out.put_u8(1);
+                // Tag 1: projects only (what older versions wrote); tag 2:
+                // projects, then organisations.
+                out.put_u8(if k.organizations.is_empty() { 1 } else { 2 });
                 out.put_slice(k.key_id.as_bytes());
-                out.put_u32_le(k.projects.len() as u32);
-                for (id, name) in &k.projects {
-                    out.put_i32_le(*id);
-                    out.put_u32_le(name.len() as u32);
-                    out.put_slice(name.as_bytes());
+                put_pairs(&mut out, &k.projects);
+                if !k.organizations.is_empty() {
+                    put_pairs(&mut out, &k.organizations);
                 }
             }
         }
@@ -109,21 +109,20 @@ impl Entry {
         let received_at_us = b.get_i64_le();
         let scope = match b.get_u8() {
             0 => Scope::Any,
-            1 => {
+            tag @ (1 | 2) => {
                 need(&b, 20)?;
                 let key_id = Uuid::from_slice(&b.split_to(16)).map_err(|e| e.to_string())?;
-                let n = b.get_u32_le() as usize;
-                let mut projects = Vec::with_capacity(n.min(1024));
-                for _ in 0..n {
-                    need(&b, 8)?;
-                    let id = b.get_i32_le();
-                    let len = b.get_u32_le() as usize;
-                    need(&b, len)?;
-                    let name =
-                        String::from_utf8(b.split_to(len).to_vec()).map_err(|e| e.to_string())?;
-                    projects.push((id, name));
-                }
-                Scope::Key(Arc::new(KeyScope { key_id, projects }))
+                let projects = get_pairs(&mut b)?;
+                let organizations = if tag == 2 {
+                    get_pairs(&mut b)?
+                } else {
+                    Vec::new()
+                };
+                Scope::Key(Arc::new(KeyScope {
+                    key_id,
+                    projects,
+                    organizations,
+                }))
             }
             other => return Err(format!("unknown scope tag {other}")),
         };
@@ -147,6 +146,37 @@ impl Entry {
     }
 }
 
+/// (id, name) pairs: a count, then each id and length-prefixed name.
+fn put_pairs(out: &mut Vec<u8>, pairs: &[(i32, String)]) {
+    out.put_u32_le(pairs.len() as u32);
+    for (id, name) in pairs {
+        out.put_i32_le(*id);
+        out.put_u32_le(name.len() as u32);
+        out.put_slice(name.as_bytes());
+    }
+}
+
+fn get_pairs(b: &mut Bytes) -> Result<Vec<(i32, String)>, String> {
+    if b.remaining() < 4 {
+        return Err("entry cut short".into());
+    }
+    let n = b.get_u32_le() as usize;
+    let mut pairs = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        if b.remaining() < 8 {
+            return Err("entry cut short".into());
+        }
+        let id = b.get_i32_le();
+        let len = b.get_u32_le() as usize;
+        if b.remaining() < len {
+            return Err("entry cut short".into());
+        }
+        let name = String::from_utf8(b.split_to(len).to_vec()).map_err(|e| e.to_string())?;
+        pairs.push((id, name));
+    }
+    Ok(pairs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +188,7 @@ mod tests {
             scope: Scope::Key(Arc::new(KeyScope {
                 key_id: Uuid::new_v4(),
                 projects: vec![(3, "acme/api".into()), (9, "web".into())],
+                organizations: vec![],
             })),
             indices: vec![0, 2, 5],
             batch: Batch::Messages(wire::ChatMessageBatch {
@@ -167,6 +198,21 @@ mod tests {
             }),
         };
         assert_eq!(Entry::decode(Bytes::from(entry.encode())).unwrap(), entry);
+        // An organisation key (tag 2), with and without projects.
+        for projects in [vec![], vec![(3, "acme/api".to_owned())]] {
+            let org_key = Entry {
+                scope: Scope::Key(Arc::new(KeyScope {
+                    key_id: Uuid::new_v4(),
+                    projects,
+                    organizations: vec![(4, "globex".into()), (5, "initech".into())],
+                })),
+                ..entry.clone()
+            };
+            assert_eq!(
+                Entry::decode(Bytes::from(org_key.encode())).unwrap(),
+                org_key
+            );
+        }
         let plain = Entry {
             scope: Scope::Any,
             batch: Batch::Events(wire::AgentEventBatch {

@@ -1,0 +1,135 @@
+//! Pseudonymous developers (`--pseudonymize-users`): a keyed hash in place
+//! of each developer's key (an account id or an email address), and neither
+//! name nor email stored. The same key always gives the same pseudonym, so
+//! per-developer figures still add up; without the secret nobody can tell
+//! whose it is, and whoever knows a person's key and the secret can find
+//! their rows (`users forget`). Below every stage: intake, OTLP and the
+//! `users` command use it. docs/reliability.md, "Privacy".
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::pb;
+
+/// What a pseudonym starts with: tells one from a key a client sent.
+pub const PREFIX: &str = "pseudonym:";
+
+/// Secrets shorter than this are refused: HMAC-SHA256 wants at least its
+/// output's 32 bytes of key to be as strong as its output.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrivacyError {
+    #[error(
+        "--pseudonymize-users needs a secret: set AGENT_TELEMETRY_PSEUDONYM_SECRET (at least {MIN_SECRET_BYTES} bytes; keep it: a new one gives everyone new pseudonyms)"
+    )]
+    NoSecret,
+    #[error(
+        "AGENT_TELEMETRY_PSEUDONYM_SECRET has {0} bytes, fewer than {MIN_SECRET_BYTES}: use a longer random secret"
+    )]
+    ShortSecret(usize),
+}
+
+/// Turns developers' keys into pseudonyms.
+#[derive(Clone)]
+pub struct Pseudonyms {
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for Pseudonyms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.write_str("Pseudonyms")
+    }
+}
+
+impl Pseudonyms {
+    pub fn new(secret: &str) -> Result<Self, PrivacyError> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(PrivacyError::ShortSecret(secret.len()));
+        }
+        let mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+        Ok(Self { mac })
+    }
+
+    /// From the configuration: None when off.
+    pub fn configured(on: bool, secret: Option<&str>) -> Result<Option<Self>, PrivacyError> {
+        match (on, secret) {
+            (false, _) => Ok(None),
+            (true, None) => Err(PrivacyError::NoSecret),
+            (true, Some(s)) => Self::new(s).map(Some),
+        }
+    }
+
+    /// The pseudonym of a developer's key: the prefix and 32 hex digits
+    /// (128 bits of the HMAC). A key that is already a pseudonym (a spooled
+    /// batch replayed, say) stays as it is.
+    pub fn of(&self, key: &str) -> String {
+        if key.starts_with(PREFIX) {
+            return key.to_owned();
+        }
+        let mut mac = self.mac.clone();
+        mac.update(key.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{PREFIX}{hex}")
+    }
+
+    /// A developer as stored: the pseudonym, no name, no email.
+    pub fn user(&self, u: &mut pb::User) {
+        u.key = self.of(&u.key);
+        u.display_name.clear();
+        u.email.clear();
+    }
+}
+
+/// Attributes agents send that name a person; with pseudonyms on, OTLP rows
+/// keep none of them in `data` or `context` (the developer is the row's
+/// `user_id`).
+pub const IDENTITY_ATTRIBUTES: &[&str] = &[
+    "user.account_uuid",
+    "user.account_id",
+    "user.id",
+    "enduser.id",
+    "user.email",
+    "user.name",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_key_gives_the_same_pseudonym_and_a_secret_is_required() {
+        let p = Pseudonyms::new(&"s".repeat(32)).unwrap();
+        let a = p.of("ada@example.com");
+        assert_eq!(a, p.of("ada@example.com"));
+        assert_ne!(a, p.of("bob@example.com"));
+        assert!(a.starts_with(PREFIX) && a.len() == PREFIX.len() + 32, "{a}");
+        assert!(!a.contains("ada"));
+        // Applied twice (a replayed spool entry), it does not change.
+        assert_eq!(p.of(&a), a);
+        // Another secret, other pseudonyms.
+        let q = Pseudonyms::new(&"t".repeat(32)).unwrap();
+        assert_ne!(q.of("ada@example.com"), a);
+        let mut u = pb::User {
+            key: "ada@example.com".into(),
+            display_name: "Ada".into(),
+            email: "ada@example.com".into(),
+        };
+        p.user(&mut u);
+        assert_eq!(
+            (u.key.as_str(), u.display_name.as_str(), u.email.as_str()),
+            (a.as_str(), "", "")
+        );
+        assert!(matches!(
+            Pseudonyms::configured(true, None),
+            Err(PrivacyError::NoSecret)
+        ));
+        assert!(matches!(
+            Pseudonyms::configured(true, Some("short")),
+            Err(PrivacyError::ShortSecret(5))
+        ));
+        assert!(Pseudonyms::configured(false, None).unwrap().is_none());
+    }
+}
