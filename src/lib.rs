@@ -25,12 +25,13 @@
 //! 5. [`ack`] — the typed outcomes: a row's rejection, a piece's and a
 //!    batch's outcome.
 //! 6. [`maintain`] — after the ack: refreshes the continuous aggregates over
-//!    the hours late rows went into (TimescaleDB), or deletes expired rows
-//!    (plain PostgreSQL, where no retention job does it).
+//!    the hours late rows went into (TimescaleDB), deletes expired rows
+//!    (plain PostgreSQL, where no retention job does it), and forgets one
+//!    person's rows on request (`users forget`).
 //!
 //! Below every stage: [`row`] (tables, their column layout, typed rows),
 //! [`codes`] (the error code table), [`time`], [`config`] (all settings),
-//! [`metrics`], [`pb`]. Around them: [`db`] (pool, migrations, the embedded
+//! [`metrics`], [`pb`], [`privacy`] (pseudonyms). Around them: [`db`] (pool, migrations, the embedded
 //! PostgreSQL), [`auth`], [`net`], [`server`] (wiring and shutdown order),
 //! [`loadgen`], [`bench`].
 
