@@ -119,7 +119,7 @@ pub fn validate_event<'a>(
     let session_id = required_uuid(&ev.session_id).map_err(|r| rej("session_id", r))?;
     required_key(&ev.project, k).map_err(|r| rej("project", r))?;
     user(ev.user.as_ref(), k).map_err(|(f, r)| rej(f, r))?;
-    organization(ev.organization.as_ref(), "organization", k).map_err(|(f, r)| rej(f, r))?;
+    organization(ev.organization.as_ref(), ORGANIZATION, k).map_err(|(f, r)| rej(f, r))?;
     json_object(&ev.context_json, limits.max_json_bytes).map_err(|r| rej("context_json", r))?;
     json_object(&ev.data_json, limits.max_json_bytes).map_err(|r| rej("data_json", r))?;
     json_object(&ev.metrics_json, limits.max_json_bytes).map_err(|r| rej("metrics_json", r))?;
@@ -315,7 +315,10 @@ fn validate_project(
     }
     organization(
         p.organization.as_ref(),
-        "workspace.project.organization",
+        [
+            "workspace.project.organization.key",
+            "workspace.project.organization.display_name",
+        ],
         key_max,
     )
 }
@@ -336,7 +339,7 @@ pub fn validate_agent_session<'a>(
     text(&s.agent_version, t).map_err(|r| rej("agent_version", r))?;
     required_key(&s.project, k).map_err(|r| rej("project", r))?;
     user(s.user.as_ref(), k).map_err(|(f, r)| rej(f, r))?;
-    organization(s.organization.as_ref(), "organization", k).map_err(|(f, r)| rej(f, r))?;
+    organization(s.organization.as_ref(), ORGANIZATION, k).map_err(|(f, r)| rej(f, r))?;
     let start_us = check_time(s.start_time.as_ref(), window).map_err(|r| rej("start_time", r))?;
     let end_us = s
         .end_time
@@ -388,25 +391,21 @@ pub fn user(u: Option<&pb::User>, max: usize) -> Result<(), (&'static str, Strin
     key(&u.email, max).map_err(|r| ("user.email", r))
 }
 
-/// An organisation, when one is named (`at` is its proto field): key and
-/// name as the user's. The error names the field.
+/// An organisation, when one is named: key and name as the user's. The
+/// error names the field (`fields`: the key's and the name's proto field
+/// where this message sits).
 pub fn organization(
     o: Option<&pb::Organization>,
-    at: &'static str,
+    fields: [&'static str; 2],
     max: usize,
 ) -> Result<(), (&'static str, String)> {
     let Some(o) = o else { return Ok(()) };
-    let field = |f: &'static str| -> &'static str {
-        match (at, f) {
-            ("organization", "key") => "organization.key",
-            ("organization", _) => "organization.display_name",
-            (_, "key") => "workspace.project.organization.key",
-            _ => "workspace.project.organization.display_name",
-        }
-    };
-    required_key(&o.key, max).map_err(|r| (field("key"), r))?;
-    key(&o.display_name, max).map_err(|r| (field("display_name"), r))
+    required_key(&o.key, max).map_err(|r| (fields[0], r))?;
+    key(&o.display_name, max).map_err(|r| (fields[1], r))
 }
+
+/// Where `Organization` sits on events and agent sessions.
+const ORGANIZATION: [&str; 2] = ["organization.key", "organization.display_name"];
 
 /// Text PostgreSQL will take: no NUL character, at most `max` bytes.
 pub fn text(s: &str, max: usize) -> Result<(), String> {
