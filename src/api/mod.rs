@@ -120,7 +120,8 @@ impl Api {
         let intake = self.intake.clone();
         let auth = self.auth.clone();
         let drain = self.drain.clone();
-        tokio::spawn(async move {
+        let ends = tx.clone();
+        supervised(ends, async move {
             let mut pending: FuturesOrdered<AckFuture> = FuturesOrdered::new();
             let mut admitting: Option<Pin<Box<dyn Future<Output = Admitted> + Send>>> = None;
             let mut reading = true;
@@ -197,6 +198,31 @@ impl Api {
     }
 }
 
+/// Runs a stream's task so that it cannot end the stream as if all were
+/// well: should it panic (a bug), the stream ends with INTERNAL, saying that
+/// the batches without an ack were not stored, instead of with OK. (A
+/// panicking task drops its sender, and a response stream that simply ends
+/// is an OK status to the client.)
+fn supervised(
+    ends: mpsc::Sender<Result<pb::BatchAck, Status>>,
+    task: impl Future<Output = ()> + Send + 'static,
+) {
+    let task = tokio::spawn(task);
+    tokio::spawn(async move {
+        if let Err(e) = task.await
+            && e.is_panic()
+        {
+            tracing::error!(error = %e, "a stream's task failed; the stream ends with INTERNAL");
+            let _ = ends
+                .send(Err(Status::new(
+                    crate::codes::ErrorKind::Internal.codes().grpc,
+                    "the service failed while taking this stream's batches (a bug, logged); batches without an ack were not stored: resend them",
+                )))
+                .await;
+        }
+    });
+}
+
 #[tonic::async_trait]
 impl wire::telemetry_ingest_server::TelemetryIngest for Api {
     type StreamAgentEventsStream = AckStream;
@@ -241,5 +267,37 @@ impl wire::telemetry_ingest_server::TelemetryIngest for Api {
             .await
             .map_err(|e| status::to_status(&e))?;
         Ok(Response::new(ack::session_report_ack(&outcome)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stream_whose_task_panics_ends_with_internal_not_ok() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let acks = tx.clone();
+        supervised(tx, async move {
+            acks.send(Ok(pb::BatchAck {
+                sequence: 1,
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+            panic!("a bug in intake");
+        });
+        assert_eq!(rx.recv().await.unwrap().unwrap().sequence, 1);
+        let end = rx.recv().await.unwrap().unwrap_err();
+        assert_eq!(end.code(), tonic::Code::Internal, "{end:?}");
+        assert!(end.message().contains("resend"), "{end:?}");
+        assert!(rx.recv().await.is_none(), "then the stream ends");
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_task_ends_normally_gets_nothing_more() {
+        let (tx, mut rx) = mpsc::channel::<Result<pb::BatchAck, Status>>(4);
+        supervised(tx, async {});
+        assert!(rx.recv().await.is_none());
     }
 }
