@@ -63,9 +63,10 @@ impl Pseudonyms {
 
     /// The pseudonym of a developer's key: the prefix and 32 hex digits
     /// (128 bits of the HMAC). A key that is already a pseudonym (a spooled
-    /// batch replayed, say) stays as it is.
+    /// batch replayed, say) stays as it is; anything else after the prefix
+    /// ("pseudonym:ada@example.com") is hashed like any key.
     pub fn of(&self, key: &str) -> String {
-        if key.starts_with(PREFIX) {
+        if is_pseudonym(key) {
             return key.to_owned();
         }
         let mut mac = self.mac.clone();
@@ -81,6 +82,13 @@ impl Pseudonyms {
         u.display_name.clear();
         u.email.clear();
     }
+}
+
+/// Whether `key` has exactly a pseudonym's form.
+fn is_pseudonym(key: &str) -> bool {
+    key.strip_prefix(PREFIX).is_some_and(|hex| {
+        hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
 }
 
 /// Attributes agents send that name a person; with pseudonyms on, OTLP rows
@@ -109,6 +117,9 @@ mod tests {
         assert!(!a.contains("ada"));
         // Applied twice (a replayed spool entry), it does not change.
         assert_eq!(p.of(&a), a);
+        // Only a pseudonym's exact form passes; a key dressed as one is hashed.
+        let dressed = format!("{PREFIX}ada@example.com");
+        assert!(p.of(&dressed) != dressed && !p.of(&dressed).contains("ada"));
         // Another secret, other pseudonyms.
         let q = Pseudonyms::new(&"t".repeat(32)).unwrap();
         assert_ne!(q.of("ada@example.com"), a);
