@@ -124,10 +124,7 @@ async fn users(
     let mut client = agent_telemetry::db::connect(&db.conn).await?;
     let secret = std::env::var("AGENT_TELEMETRY_PSEUDONYM_SECRET").ok();
     let pseudonyms = secret.as_deref().map(Pseudonyms::new).transpose()?;
-    let actor = format!(
-        "{} (agent-telemetry users)",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-    );
+    let actor = agent_telemetry::auth::keys::actor("users");
     let result = match cfg.action {
         UsersAction::Forget { key } => {
             forget::forget(&mut client, &key, pseudonyms.as_ref(), &actor)

@@ -105,6 +105,11 @@ impl Running {
 /// Opens the database, migrates, and starts serving. `drain` starts the
 /// shutdown when cancelled.
 pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running, ServerError> {
+    // Settings checked before anything starts.
+    let pseudonyms = crate::privacy::Pseudonyms::configured(
+        cfg.security.pseudonymize_users,
+        cfg.security.pseudonym_secret.as_deref(),
+    )?;
     if let Some(addr) = cfg.metrics_addr() {
         metrics::install(addr).map_err(|source| ServerError::Metrics { addr, source })?;
         tracing::info!(%addr, "Prometheus metrics at /metrics");
@@ -122,10 +127,6 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
     let pipeline = Pipeline::start(&cfg, &pool, timescaledb, &drain);
     let spool = open_spool(&cfg.spool, &drain)?;
     let [events, messages] = pipeline.buffers.clone();
-    let pseudonyms = crate::privacy::Pseudonyms::configured(
-        cfg.security.pseudonymize_users,
-        cfg.security.pseudonym_secret.as_deref(),
-    )?;
     let intake = Arc::new(Intake {
         events,
         messages,

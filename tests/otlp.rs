@@ -903,6 +903,16 @@ on_timescaledb!(
 const CLAUDE_ACCOUNT: &str = "4a5b6c7d-2222-4e8f-9a0b-1c2d3e4f5a6b";
 const CLAUDE_ORG: &str = "9d2f6a3c-1111-4c2e-8a4b-5e6f7a8b9c0d";
 
+/// Claude Code's and Gemini CLI's fixtures over OTLP/gRPC, now; Gemini's
+/// rows in `gemini_project`.
+async fn claude_and_gemini(svc: &common::TestService, gemini_project: &str) {
+    let ep = endpoints(svc);
+    let now = now_ms();
+    send("claude", "grpc", &ep.grpc, now, &[]).await;
+    let header = format!("x-project={gemini_project}");
+    send("gemini", "grpc", &ep.grpc, now, &["--header", &header]).await;
+}
+
 /// What an editor extension sends for three developers in two
 /// organisations, `age_s` old: the Claude Code account again (natively, in
 /// its organisation), the Gemini CLI user (in Globex) and a third one.
@@ -968,17 +978,7 @@ async fn developer_and_team_figures_are_exact_over_native_and_otlp(tsdb: TsDb) {
     with_otlp(&mut cfg);
     cfg.storage.late_refresh_every = Duration::from_millis(200);
     let svc = common::start_service(cfg.clone()).await;
-    let ep = endpoints(&svc);
-    let now = now_ms();
-    send("claude", "grpc", &ep.grpc, now, &[]).await;
-    send(
-        "gemini",
-        "grpc",
-        &ep.grpc,
-        now,
-        &["--header", "x-project=globex/shop"],
-    )
-    .await;
+    claude_and_gemini(&svc, "globex/shop").await;
     let mut client = common::client(&svc.endpoint).await;
     let ack = common::ingest(&mut client, 1, native_work(120)).await;
     assert!(ack.rejected.is_empty(), "{ack:?}");
@@ -1162,17 +1162,7 @@ async fn pseudonymised_developers_leave_no_email_or_account_id_and_can_be_forgot
     cfg.security.pseudonymize_users = true;
     cfg.security.pseudonym_secret = Some(SECRET.into());
     let svc = common::start_service(cfg).await;
-    let ep = endpoints(&svc);
-    let now = now_ms();
-    send("claude", "grpc", &ep.grpc, now, &[]).await;
-    send(
-        "gemini",
-        "grpc",
-        &ep.grpc,
-        now,
-        &["--header", "x-project=acme/private"],
-    )
-    .await;
+    claude_and_gemini(&svc, "acme/private").await;
     let mut client = common::client(&svc.endpoint).await;
     for (i, (key, name, age)) in [
         ("ada@example.com", "Ada Lovelace", 60),
@@ -1252,12 +1242,15 @@ async fn pseudonymised_developers_leave_no_email_or_account_id_and_can_be_forgot
     drop(db);
 
     // Forgotten, by the key the operator knows (the CLI hashes it).
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
-        .args(["users", "forget", "ada@example.com"])
-        .env("DATABASE_URL", &tsdb.conn)
-        .env("AGENT_TELEMETRY_PSEUDONYM_SECRET", SECRET)
-        .output()
-        .expect("run users forget");
+    let forget = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+            .args(["users", "forget", "ada@example.com"])
+            .env("DATABASE_URL", &tsdb.conn)
+            .env("AGENT_TELEMETRY_PSEUDONYM_SECRET", SECRET)
+            .output()
+            .expect("run users forget")
+    };
+    let out = forget();
     let printed = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -1297,12 +1290,7 @@ async fn pseudonymised_developers_leave_no_email_or_account_id_and_can_be_forgot
     // A second time: nobody has that key any more. (PGlite serves one
     // client at a time.)
     drop(db);
-    let again = std::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
-        .args(["users", "forget", "ada@example.com"])
-        .env("DATABASE_URL", &tsdb.conn)
-        .env("AGENT_TELEMETRY_PSEUDONYM_SECRET", SECRET)
-        .output()
-        .unwrap();
+    let again = forget();
     assert!(!again.status.success());
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("no developer has the key"),

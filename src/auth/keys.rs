@@ -36,12 +36,13 @@ pub fn hash(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// Who runs the command, for the audit trail.
-fn actor() -> String {
+/// Who runs `command` (`keys`, `users`), for the audit trail: the
+/// operating-system user.
+pub fn actor(command: &str) -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| format!("uid {}", nix::unistd::Uid::effective()));
-    format!("{user} (agent-telemetry keys)")
+    format!("{user} (agent-telemetry {command})")
 }
 
 /// A new key, as created.
@@ -103,14 +104,11 @@ pub async fn create_scoped(
         if org.is_empty() {
             return Err(KeyError::Organization);
         }
+        let org_id = crate::db::dims::upsert_organization(&tx, org, None).await?;
         tx.execute(
-            "WITH o AS (
-                 INSERT INTO organizations (key) VALUES ($2)
-                 ON CONFLICT (key) DO UPDATE SET updated_at = organizations.updated_at
-                 RETURNING id)
-             INSERT INTO api_key_organizations (key_id, organization_id) SELECT $1, id FROM o
+            "INSERT INTO api_key_organizations (key_id, organization_id) VALUES ($1, $2)
              ON CONFLICT DO NOTHING",
-            &[&id, org],
+            &[&id, &org_id],
         )
         .await?;
     }
@@ -206,7 +204,7 @@ async fn audit(
 ) -> Result<(), KeyError> {
     tx.execute(
         "INSERT INTO audit_log (actor, action, key_id, details) VALUES ($1, $2, $3, $4)",
-        &[&actor(), &action, &key_id, &details],
+        &[&actor("keys"), &action, &key_id, &details],
     )
     .await?;
     Ok(())

@@ -183,12 +183,13 @@ async fn upsert_user(client: &impl GenericClient, u: &pb::User) -> Result<i32, D
 }
 
 /// Creates or updates the organisation `key` names; a given display name
-/// replaces the stored one.
-async fn upsert_organization(
+/// replaces the stored one. The one upsert ingest and `keys create
+/// --organization` share.
+pub async fn upsert_organization(
     client: &impl GenericClient,
-    o: &pb::Organization,
-) -> Result<i32, DimsError> {
-    let name = (!o.display_name.is_empty()).then_some(o.display_name.as_str());
+    key: &str,
+    display_name: Option<&str>,
+) -> Result<i32, tokio_postgres::Error> {
     let row = client
         .query_one(
             "INSERT INTO organizations (key, display_name) VALUES ($1, $2)
@@ -196,11 +197,20 @@ async fn upsert_organization(
                 display_name = COALESCE(EXCLUDED.display_name, organizations.display_name),
                 updated_at = now()
              RETURNING id",
-            &[&o.key, &name],
+            &[&key, &display_name],
         )
         .await
         .inspect_err(|_| metrics::db_error("upsert_organization"))?;
     Ok(row.get(0))
+}
+
+/// A client's organisation, upserted.
+async fn upsert_client_organization(
+    client: &impl GenericClient,
+    o: &pb::Organization,
+) -> Result<i32, DimsError> {
+    let name = (!o.display_name.is_empty()).then_some(o.display_name.as_str());
+    Ok(upsert_organization(client, &o.key, name).await?)
 }
 
 /// Puts a project in organisation `org_id` unless it is in one already.
@@ -325,7 +335,7 @@ impl Dimensions {
             return Ok(*id);
         }
         let client = self.pool.get().await?;
-        let id = upsert_organization(&**client, o).await?;
+        let id = upsert_client_organization(&**client, o).await?;
         self.organizations
             .write()
             .expect("cache lock")
@@ -425,11 +435,10 @@ impl Dimensions {
         &self,
         project_id: i32,
         o: &pb::Organization,
-    ) -> Result<Result<i32, String>, DimsError> {
+    ) -> Result<Result<(), String>, DimsError> {
         let org_id = self.organization_id(o).await?;
-        match self.cached_project_org(project_id) {
-            Some(known) if known == org_id => return Ok(Ok(org_id)),
-            _ => {}
+        if self.cached_project_org(project_id) == Some(org_id) {
+            return Ok(Ok(()));
         }
         let client = self.pool.get().await?;
         if let Err(why) = join_organization(&**client, project_id, org_id, &o.key).await? {
@@ -439,7 +448,7 @@ impl Dimensions {
             .write()
             .expect("cache lock")
             .insert(project_id, org_id);
-        Ok(Ok(org_id))
+        Ok(Ok(()))
     }
 
     /// Records the developer as a member of the organisation, once per
@@ -814,7 +823,7 @@ async fn session_organization(
     field: &'static str,
 ) -> Result<Option<i32>, DimsError> {
     if let Some(o) = org {
-        let org_id = upsert_organization(tx, o).await?;
+        let org_id = upsert_client_organization(tx, o).await?;
         join_organization(tx, project_id, org_id, &o.key)
             .await?
             .map_err(|reason| DimsError::Invalid { field, reason })?;

@@ -490,7 +490,6 @@ impl Intake {
                 .dims
                 .join_organization(id, o)
                 .await?
-                .map(drop)
                 .map_err(|reason| Rejection::new(0, "organization.key", reason));
             found.organizations.push((project, o.key.as_str(), verdict));
         }
