@@ -62,6 +62,41 @@ pub enum UsersAction {
     Forget { key: String },
 }
 
+/// `agent-telemetry readers …`: read-only roles of one organisation.
+#[derive(Debug, Clone, Args)]
+pub struct ReadersConfig {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// The password `readers create` gives the role (it may log in only
+    /// with one). From the environment: a command line is visible to every
+    /// local user.
+    #[arg(skip = std::env::var("AGENT_TELEMETRY_ORG_READER_PASSWORD").ok())]
+    pub password: Option<String>,
+
+    #[command(subcommand)]
+    pub action: ReadersAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ReadersAction {
+    /// Create (or update) a role that reads one organisation's rows and
+    /// nothing else: a Grafana organisation's datasource user. With
+    /// AGENT_TELEMETRY_ORG_READER_PASSWORD set it may log in with it.
+    Create {
+        /// The organisation (its key, as clients send it).
+        #[arg(long)]
+        organization: String,
+        /// The role's name; default agent_telemetry_reader_org_<id>.
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// List the organisation readers: role, organisation, schema, views.
+    List,
+    /// Drop an organisation reader role.
+    Drop { role: String },
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub enum KeysAction {
     /// Create a key that may write to the given projects and to every

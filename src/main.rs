@@ -33,6 +33,8 @@ enum Command {
     Keys(config::KeysConfig),
     /// What is kept of developers: `users forget KEY`.
     Users(config::UsersConfig),
+    /// Read-only roles of one organisation: create, list, drop.
+    Readers(config::ReadersConfig),
     /// Ask a running service whether it is serving (gRPC health check);
     /// exits 0 if it is. For container health checks: the runtime image
     /// needs no other probe.
@@ -63,6 +65,7 @@ async fn main() -> ExitCode {
             .map_err(Into::into),
         Command::Keys(cfg) => keys(cfg).await,
         Command::Users(cfg) => users(cfg).await,
+        Command::Readers(cfg) => readers(cfg).await,
         Command::Health(cfg) => agent_telemetry::api::health::check(&cfg.endpoint, cfg.timeout)
             .await
             .map(|status| println!("{status}"))
@@ -137,17 +140,55 @@ async fn users(
     Ok(result?)
 }
 
+/// The database, migrated: the tables `keys` and `readers` manage come
+/// with the migrations, and a fresh database gets them here. Policies stay
+/// as `serve` set them: these commands do not know its settings.
+async fn open_migrated(
+    cfg: &agent_telemetry::config::DatabaseConfig,
+) -> Result<agent_telemetry::db::open::Database, Box<dyn std::error::Error>> {
+    let db = agent_telemetry::db::open::open_database(cfg).await?;
+    agent_telemetry::db::open::run_pending_migrations(&db.conn).await?;
+    Ok(db)
+}
+
+async fn readers(
+    cfg: agent_telemetry::config::ReadersConfig,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use agent_telemetry::{config::ReadersAction, db::readers};
+    let db = open_migrated(&cfg.database).await?;
+    let mut client = agent_telemetry::db::connect(&db.conn).await?;
+    let actor = agent_telemetry::auth::keys::actor("readers");
+    let result = match cfg.action {
+        ReadersAction::Create { organization, role } => readers::create(
+            &mut client,
+            &organization,
+            role.as_deref(),
+            cfg.password.as_deref(),
+            &actor,
+        )
+        .await
+        .map(|r| println!("{r}")),
+        ReadersAction::List => readers::list(&client).await.map(|list| {
+            println!("role\torganization\tschema\tviews\tlogin");
+            for r in list {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    r.role, r.organization, r.schema, r.views, r.login
+                );
+            }
+        }),
+        ReadersAction::Drop { role } => readers::drop(&mut client, &role, &actor)
+            .await
+            .map(|()| println!("dropped {role}")),
+    };
+    drop(client);
+    db.release().await?;
+    Ok(result?)
+}
+
 async fn keys(cfg: agent_telemetry::config::KeysConfig) -> Result<(), Box<dyn std::error::Error>> {
     use agent_telemetry::{auth::keys, config::KeysAction};
-    let db = agent_telemetry::db::open::open_database(&cfg.database).await?;
-    // The key tables come with the migrations; a fresh database gets them here.
-    let defaults = agent_telemetry::config::ServeConfig::defaults();
-    agent_telemetry::db::open::run_migrations(
-        &db.conn,
-        &defaults.storage,
-        defaults.limits.max_past,
-    )
-    .await?;
+    let db = open_migrated(&cfg.database).await?;
     let mut client = agent_telemetry::db::connect(&db.conn).await?;
     let result = match cfg.action {
         KeysAction::Create {

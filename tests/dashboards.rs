@@ -118,7 +118,9 @@ async fn report_agent_sessions(cfg: ServeConfig, conn: &str) {
     svc.running.shutdown().await.unwrap();
 }
 
-/// Fills the database, then runs every query as the reader role.
+/// Fills the database, then runs every query as the reader role, and again
+/// as a reader of one organisation (src/db/readers.rs): Grafana's
+/// organisation of one tenant reads the same dashboards through its views.
 async fn every_query_returns_rows(conn: &str, mut cfg: ServeConfig, label: &str) {
     cfg.storage.reader_password = Some("grafana".into());
     fill(cfg, conn).await;
@@ -126,6 +128,53 @@ async fn every_query_returns_rows(conn: &str, mut cfg: ServeConfig, label: &str)
     db.batch_execute("SET ROLE agent_telemetry_reader")
         .await
         .expect("the reader role exists");
+    let queries = every_query(&db).await;
+    common::say(&format!(
+        "dashboards ({label}): {queries} queries ran as agent_telemetry_reader, each returned rows"
+    ));
+    assert!(queries >= 25, "only {queries} SQL queries found");
+    drop(db);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+        .args([
+            "readers",
+            "create",
+            "--organization",
+            "org1",
+            "--role",
+            "grafana_org1",
+        ])
+        .env("DATABASE_URL", conn)
+        .output()
+        .expect("run agent-telemetry readers");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = common::db(conn).await;
+    // As a login would: the role and its search_path.
+    let path = common::strings(
+        &db,
+        "SELECT substr(c, 13) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole,
+                unnest(s.setconfig) c
+         WHERE r.rolname = 'grafana_org1' AND c LIKE 'search_path=%'",
+    )
+    .await
+    .remove(0);
+    db.batch_execute(&format!("SET ROLE grafana_org1; SET search_path = {path}"))
+        .await
+        .unwrap();
+    let again = every_query(&db).await;
+    assert_eq!(again, queries);
+    common::say(&format!(
+        "dashboards ({label}): the same {again} queries ran as org1's reader, each returned rows"
+    ));
+}
+
+/// Runs every variable and panel query; returns how many.
+async fn every_query(db: &Client) -> usize {
+    let db = &db;
     let now = std::time::SystemTime::now();
     let fmt = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
     let mut grafana = Grafana {
@@ -144,7 +193,7 @@ async fn every_query_returns_rows(conn: &str, mut cfg: ServeConfig, label: &str)
             let name = var["name"].as_str().unwrap();
             let sql = grafana.expand(var["query"].as_str().unwrap(), "1h");
             let what = format!("{file}: variable ${name}");
-            let found = rows(&db, &sql, &what).await;
+            let found = rows(db, &sql, &what).await;
             assert!(!found.is_empty(), "{what} has no values\n{sql}");
             // `__value` is the second column where the query names one.
             let col = if sql.contains("__value") { 1 } else { 0 };
@@ -161,16 +210,13 @@ async fn every_query_returns_rows(conn: &str, mut cfg: ServeConfig, label: &str)
                 }
                 let sql = grafana.expand(target["rawSql"].as_str().unwrap(), interval);
                 let what = format!("{file}: panel {title:?}");
-                let found = rows(&db, &sql, &what).await;
+                let found = rows(db, &sql, &what).await;
                 assert!(!found.is_empty(), "{what} returned no rows\n{sql}");
                 queries += 1;
             }
         }
     }
-    common::say(&format!(
-        "dashboards ({label}): {queries} queries ran as agent_telemetry_reader, each returned rows"
-    ));
-    assert!(queries >= 25, "only {queries} SQL queries found");
+    queries
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

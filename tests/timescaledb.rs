@@ -89,13 +89,14 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "timescaledb/0015_developer_daily.sql",
             "0016_team_daily_and_session_results.sql",
             "timescaledb/0017_developer_models_and_tools.sql",
-            "0018_organization_keys.sql"
+            "0018_organization_keys.sql",
+            "0019_organization_readers.sql"
         ]
     );
     assert_eq!(first.policies_changed().count(), 22, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 18);
+    assert_eq!(second.already, 19);
     assert_eq!(
         second.policies_changed().count(),
         0,
@@ -270,6 +271,36 @@ async fn a_changed_setting_alters_only_its_policy(tsdb: TsDb) {
         strings(&db, jobs).await,
         after,
         "unchanged settings, same jobs"
+    );
+    drop(db);
+
+    // The commands that migrate without the operator's settings (keys,
+    // readers) leave the policies alone: with the defaults they reset the
+    // 400-day retention to 365, dropping a month the operator kept.
+    for args in [
+        &["keys", "create", "--project", "acme/api"][..],
+        &["readers", "list"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+            .args(args)
+            .env("DATABASE_URL", &tsdb.conn)
+            .output()
+            .expect("run agent-telemetry");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let db = common::db(&tsdb.conn).await;
+    assert_eq!(
+        job_setting(&db, "policy_retention", "agent_events", "drop_after").await,
+        "400 days"
+    );
+    assert_eq!(
+        strings(&db, jobs).await,
+        after,
+        "keys and readers changed no job"
     );
 }
 
@@ -812,7 +843,8 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "plain/0015_developer_daily.sql",
             "0016_team_daily_and_session_results.sql",
             "plain/0017_developer_models_and_tools.sql",
-            "0018_organization_keys.sql"
+            "0018_organization_keys.sql",
+            "0019_organization_readers.sql"
         ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());

@@ -55,6 +55,8 @@ pub enum MigrateError {
     ReaderRole(#[source] tokio_postgres::Error),
     #[error("applying the TimescaleDB policies failed: {}", crate::db::error::describe(.0))]
     Policies(#[source] tokio_postgres::Error),
+    #[error("re-creating the organisation readers' views failed: {0}")]
+    Readers(#[from] crate::db::readers::ReadersError),
 }
 
 /// How the data is stored.
@@ -120,11 +122,32 @@ impl Report {
     }
 }
 
+/// Applies pending migrations and makes the policies and the reader
+/// password match `storage`: what `serve` and `migrate` do.
 pub async fn run(client: &mut Client, storage: &StorageConfig) -> Result<Report, MigrateError> {
+    locked(client, storage, true).await
+}
+
+/// Applies pending migrations only, leaving the policies and the reader
+/// role as they are: for commands (`keys`, `readers`) that need the schema
+/// but do not know the operator's storage settings. With the defaults they
+/// would reset a retention the operator set, deleting or keeping rows
+/// against their choice.
+pub async fn run_pending(client: &mut Client) -> Result<Report, MigrateError> {
+    // The settings only decide the mode of a database not yet migrated.
+    let defaults = crate::config::ServeConfig::defaults().storage;
+    locked(client, &defaults, false).await
+}
+
+async fn locked(
+    client: &mut Client,
+    storage: &StorageConfig,
+    settings: bool,
+) -> Result<Report, MigrateError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await?;
-    let result = migrate_locked(client, storage).await;
+    let result = migrate_locked(client, storage, settings).await;
     // The lock is session-level: release it even when a migration failed.
     let unlock = client
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
@@ -137,6 +160,7 @@ pub async fn run(client: &mut Client, storage: &StorageConfig) -> Result<Report,
 async fn migrate_locked(
     client: &mut Client,
     storage: &StorageConfig,
+    settings: bool,
 ) -> Result<Report, MigrateError> {
     client
         .batch_execute(
@@ -223,6 +247,9 @@ async fn migrate_locked(
                 source,
             })?;
     }
+    if !settings {
+        return finish(client, report).await;
+    }
     if let Some(password) = &storage.reader_password {
         set_reader_password(client, password).await?;
     }
@@ -230,6 +257,19 @@ async fn migrate_locked(
         report.policies = apply_policies(client, storage).await?;
         for p in report.policies_changed() {
             tracing::info!(policy = %p.policy, relation = %p.relation, action = %p.action, "policy");
+        }
+    }
+    finish(client, report).await
+}
+
+/// What follows the migrations whatever the settings: a migration may have
+/// granted the reader a new relation or changed one's columns, and every
+/// organisation's views follow (src/db/readers.rs).
+async fn finish(client: &mut Client, report: Report) -> Result<Report, MigrateError> {
+    if !report.applied.is_empty() {
+        let schemas = crate::db::readers::rebuild_all(client).await?;
+        if schemas > 0 {
+            tracing::info!(schemas, "organisation readers' views re-created");
         }
     }
     Ok(report)

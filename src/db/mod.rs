@@ -1,13 +1,15 @@
 //! The database: connection pool, migrations ([`migrate`]), the dimension
 //! rows and their cache ([`dims`]), and the embedded PostgreSQL the service
 //! runs when no `DATABASE_URL` is given ([`embedded`]), and opening
-//! whichever of the two a command uses ([`open`]).
+//! whichever of the two a command uses ([`open`]), and the read-only roles
+//! of one organisation ([`readers`]).
 
 pub mod dims;
 pub mod embedded;
 pub mod error;
 pub mod migrate;
 pub mod open;
+pub mod readers;
 
 use std::{str::FromStr, time::Duration};
 

@@ -126,3 +126,10 @@ pub async fn run_migrations(
     let mut client = super::connect(conn).await?;
     Ok(migrate::run(&mut client, storage).await?)
 }
+
+/// Applies pending migrations only, the policies and the reader role left
+/// as they are (`keys`, `readers`: [`migrate::run_pending`]).
+pub async fn run_pending_migrations(conn: &str) -> Result<migrate::Report, OpenError> {
+    let mut client = super::connect(conn).await?;
+    Ok(migrate::run_pending(&mut client).await?)
+}
