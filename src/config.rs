@@ -110,6 +110,11 @@ pub enum KeysAction {
         /// key writes to all its projects and creates new ones inside it.
         #[arg(long = "organization")]
         organizations: Vec<String>,
+        /// The developer the key belongs to (their key, as clients send
+        /// it): rows sent with it that name no developer are theirs. With
+        /// AGENT_TELEMETRY_PSEUDONYM_SECRET set, their pseudonym is stored.
+        #[arg(long)]
+        user: Option<String>,
         /// A label for `keys list`.
         #[arg(long, default_value = "")]
         name: String,

@@ -122,11 +122,10 @@ async fn migrate(
 async fn users(
     cfg: agent_telemetry::config::UsersConfig,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use agent_telemetry::{config::UsersAction, maintain::forget, privacy::Pseudonyms};
+    use agent_telemetry::{config::UsersAction, maintain::forget};
     let db = agent_telemetry::db::open::open_database(&cfg.database).await?;
     let mut client = agent_telemetry::db::connect(&db.conn).await?;
-    let secret = std::env::var("AGENT_TELEMETRY_PSEUDONYM_SECRET").ok();
-    let pseudonyms = secret.as_deref().map(Pseudonyms::new).transpose()?;
+    let pseudonyms = pseudonyms()?;
     let actor = agent_telemetry::auth::keys::actor("users");
     let result = match cfg.action {
         UsersAction::Forget { key } => {
@@ -138,6 +137,17 @@ async fn users(
     drop(client);
     db.release().await?;
     Ok(result?)
+}
+
+/// The pseudonyms of `--pseudonymize-users`, when its secret is in the
+/// environment: commands that name a developer find or store theirs.
+fn pseudonyms() -> Result<Option<agent_telemetry::privacy::Pseudonyms>, Box<dyn std::error::Error>>
+{
+    let secret = std::env::var("AGENT_TELEMETRY_PSEUDONYM_SECRET").ok();
+    Ok(secret
+        .as_deref()
+        .map(agent_telemetry::privacy::Pseudonyms::new)
+        .transpose()?)
 }
 
 /// The database, migrated: the tables `keys` and `readers` manage come
@@ -194,8 +204,22 @@ async fn keys(cfg: agent_telemetry::config::KeysConfig) -> Result<(), Box<dyn st
         KeysAction::Create {
             projects,
             organizations,
+            user,
             name,
-        } => keys::create_scoped(&mut client, &name, &projects, &organizations, &cfg.projects)
+        } => {
+            // A key's developer is stored as intake would store them.
+            let user = match (&user, pseudonyms()?) {
+                (Some(u), Some(p)) => Some(p.of(u)),
+                (u, _) => u.clone(),
+            };
+            keys::create_scoped(
+                &mut client,
+                &name,
+                &projects,
+                &organizations,
+                user.as_deref(),
+                &cfg.projects,
+            )
             .await
             .map(|k| {
                 let scope: Vec<String> = k
@@ -210,7 +234,8 @@ async fn keys(cfg: agent_telemetry::config::KeysConfig) -> Result<(), Box<dyn st
                     scope.join(", ")
                 );
                 println!("{}", k.key);
-            }),
+            })
+        }
         KeysAction::List => keys::list(&client).await.map(|list| {
             println!("id\tname\tprefix\tstate\tprojects\tcreated\tlast used");
             for k in list {

@@ -222,10 +222,14 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
     let ep = endpoints(&svc);
     let db = common::db(&conn).await;
     let mut admin = common::db(&conn).await;
-    let key = agent_telemetry::auth::keys::create(
+    // A developer's key: Codex sends no user attribute, so its records are
+    // the key's developer's.
+    let key = agent_telemetry::auth::keys::create_scoped(
         &mut admin,
         "codex",
         &["acme/codex-proj".into()],
+        &[],
+        Some("codex-dev@example.com"),
         &Default::default(),
     )
     .await
@@ -525,7 +529,10 @@ async fn developers_of_the_records(db: &Client) {
         common::strings(db, &of(GEMINI)).await,
         ["dev@example.com dev@example.com"]
     );
-    assert_eq!(common::strings(db, &of(CODEX)).await, ["none"]);
+    assert_eq!(
+        common::strings(db, &of(CODEX)).await,
+        ["codex-dev@example.com -"]
+    );
     // Prompts keep their session's developer.
     let chat = format!(
         "SELECT u.key FROM chat_sessions s JOIN users u ON u.id = s.user_id WHERE s.session_id = '{CLAUDE}'"

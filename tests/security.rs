@@ -541,3 +541,167 @@ async fn an_organisation_key_writes_to_its_organisation_and_never_to_another() {
     );
     svc.running.shutdown().await.unwrap();
 }
+
+/// A developer's key (`keys create --user`): rows sent with it that name no
+/// developer are the key's developer's, through the spool and its replay
+/// (the spool keeps the key's scope with each batch); rows that name one
+/// keep theirs. `users forget` revokes the key, which names the person.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_developers_key_names_the_developer_of_rows_that_name_none() {
+    let spool = tempfile::tempdir().unwrap();
+    let dir = spool.path().to_owned();
+    let (_pg, conn, svc) = common::service_with("key_users", |c| {
+        c.security.require_api_key = true;
+        c.spool.spool_dir = Some(dir);
+    })
+    .await;
+    let key = keys_cli(
+        &conn,
+        &[
+            "create",
+            "--organization",
+            "org0",
+            "--user",
+            "ada@example.com",
+        ],
+    )
+    .trim()
+    .to_owned();
+    let listed = keys_cli(&conn, &["list"]);
+    assert!(
+        listed.contains("organization:org0,user:ada@example.com"),
+        "{listed}"
+    );
+    let too_long = "u".repeat(1025);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+        .args([
+            "keys",
+            "create",
+            "--organization",
+            "org0",
+            "--user",
+            &too_long,
+        ])
+        .env("DATABASE_URL", &conn)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--user: 1025 bytes"),
+        "{err}"
+    );
+
+    // One project, in org0: the generator's sessions and events.
+    let mut generator = agent_telemetry::loadgen::r#gen::Generator::new(3, 1);
+    let mut events = generator.events(4);
+    for e in &mut events[..3] {
+        e.user = None;
+    }
+    events[3].user = Some(pb::User {
+        key: "bob@example.com".into(),
+        ..Default::default()
+    });
+    let mut chat = generator.chat_session();
+    chat.user = None;
+    let mut client = common::client(&svc.endpoint).await;
+    let ack = client
+        .ingest_agent_events(with_key(
+            pb::AgentEventBatch {
+                sequence: 1,
+                events: events.clone(),
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.spooled, 4, "{ack:?}");
+    let message = pb::ChatMessage {
+        id: uuid::Uuid::new_v4().to_string(),
+        session_id: chat.session_id.clone(),
+        role: "user".into(),
+        content: "hello".into(),
+        timestamp: chat.started_at,
+        sequence: 1,
+        ..Default::default()
+    };
+    let ack = client
+        .ingest_chat_messages(with_key(
+            pb::ChatMessageBatch {
+                sequence: 2,
+                sessions: vec![chat.clone()],
+                messages: vec![message],
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.spooled, 1, "{ack:?}");
+    let agent_session = pb::AgentSession {
+        id: events[0].session_id.clone(),
+        agent_id: events[0].agent_id.clone(),
+        agent_version: "1.0".into(),
+        project: events[0].project.clone(),
+        start_time: events[0].timestamp,
+        outcome: "success".into(),
+        ..Default::default()
+    };
+    let ack = client
+        .report_sessions(with_key(
+            pb::SessionReport {
+                chat_sessions: Vec::new(),
+                agent_sessions: vec![agent_session],
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.agent_sessions_stored, 1, "{ack:?}");
+
+    let db = common::db(&conn).await;
+    common::wait_for("the spooled rows", Duration::from_secs(20), || async {
+        common::count(&db, "SELECT count(*) FROM agent_events").await == 4
+            && common::count(&db, "SELECT count(*) FROM chat_messages").await == 1
+    })
+    .await;
+    let developers = |sql: &'static str| {
+        let db = &db;
+        async move { common::strings(db, sql).await }
+    };
+    assert_eq!(
+        developers(
+            "SELECT u.key || ' ' || count(*) FROM agent_events e JOIN users u ON u.id = e.user_id
+             GROUP BY u.key ORDER BY 1"
+        )
+        .await,
+        ["ada@example.com 3", "bob@example.com 1"]
+    );
+    assert_eq!(
+        developers(
+            "SELECT u.key FROM chat_sessions s JOIN users u ON u.id = s.user_id
+             UNION ALL SELECT u.key FROM agent_sessions s JOIN users u ON u.id = s.user_id"
+        )
+        .await,
+        ["ada@example.com", "ada@example.com"]
+    );
+    drop(db);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+        .args(["users", "forget", "ada@example.com"])
+        .env("DATABASE_URL", &conn)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("1 keys revoked"),
+        "{said}"
+    );
+    let listed = keys_cli(&conn, &["list"]);
+    assert!(
+        listed.contains("revoked") && !listed.contains("ada@"),
+        "{listed}"
+    );
+    svc.running.shutdown().await.unwrap();
+}

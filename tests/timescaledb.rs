@@ -90,13 +90,14 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "0016_team_daily_and_session_results.sql",
             "timescaledb/0017_developer_models_and_tools.sql",
             "0018_organization_keys.sql",
-            "0019_organization_readers.sql"
+            "0019_organization_readers.sql",
+            "0020_key_users.sql"
         ]
     );
     assert_eq!(first.policies_changed().count(), 22, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 19);
+    assert_eq!(second.already, 20);
     assert_eq!(
         second.policies_changed().count(),
         0,
@@ -844,7 +845,8 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "0016_team_daily_and_session_results.sql",
             "plain/0017_developer_models_and_tools.sql",
             "0018_organization_keys.sql",
-            "0019_organization_readers.sql"
+            "0019_organization_readers.sql",
+            "0020_key_users.sql"
         ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());

@@ -26,6 +26,8 @@ pub enum KeyError {
     NoProject,
     #[error("an --organization needs a key (the organisation's key, as clients send it)")]
     Organization,
+    #[error("--user: {0}")]
+    User(String),
     #[error("no key matches {0:?} (give its id or the prefix `keys list` shows)")]
     NotFound(String),
     #[error("{0:?} matches several keys; give more of it")]
@@ -60,21 +62,27 @@ pub async fn create(
     projects: &[String],
     projects_cfg: &ProjectsConfig,
 ) -> Result<Created, KeyError> {
-    create_scoped(db, name, projects, &[], projects_cfg).await
+    create_scoped(db, name, projects, &[], None, projects_cfg).await
 }
 
 /// A key for the given projects and for every project of the given
-/// organisations (by key; created when missing), as `keys create
-/// --project … --organization …` makes it.
+/// organisations (by key; created when missing), belonging to developer
+/// `user` if given, as `keys create --project … --organization … --user …`
+/// makes it. `user` is stored as given: with `--pseudonymize-users`, the
+/// caller passes the pseudonym.
 pub async fn create_scoped(
     db: &mut Client,
     name: &str,
     projects: &[String],
     organizations: &[String],
+    user: Option<&str>,
     projects_cfg: &ProjectsConfig,
 ) -> Result<Created, KeyError> {
     if projects.is_empty() && organizations.is_empty() {
         return Err(KeyError::NoProject);
+    }
+    if let Some(u) = user {
+        crate::validate::required_key(u, crate::validate::MAX_KEY_BYTES).map_err(KeyError::User)?;
     }
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
@@ -82,8 +90,8 @@ pub async fn create_scoped(
     let id = Uuid::new_v4();
     let tx = db.transaction().await?;
     tx.execute(
-        "INSERT INTO api_keys (id, name, key_hash, key_prefix) VALUES ($1, $2, $3, $4)",
-        &[&id, &name, &hash(&key).as_slice(), &&key[..SHOWN]],
+        "INSERT INTO api_keys (id, name, key_hash, key_prefix, user_key) VALUES ($1, $2, $3, $4, $5)",
+        &[&id, &name, &hash(&key).as_slice(), &&key[..SHOWN], &user],
     )
     .await?;
     let mut full_names = Vec::new();
@@ -149,6 +157,7 @@ pub async fn list(db: &Client) -> Result<Vec<KeyInfo>, KeyError> {
                                  FROM api_key_organizations ko
                                  JOIN organizations o ON o.id = ko.organization_id
                                  WHERE ko.key_id = k.id), '{}')
+                    || CASE WHEN k.user_key IS NULL THEN '{}' ELSE array['user:' || k.user_key] END
              FROM api_keys k
              LEFT JOIN api_key_projects kp ON kp.key_id = k.id
              LEFT JOIN projects p ON p.id = kp.project_id

@@ -65,6 +65,9 @@ pub struct KeyScope {
     /// (organisation id, key): every project of these, and new projects
     /// created inside them.
     pub organizations: Vec<(i32, String)>,
+    /// The developer the key belongs to (`keys create --user`): rows that
+    /// name none are theirs.
+    pub user: Option<String>,
 }
 
 /// What a request may write.
@@ -98,6 +101,14 @@ impl Scope {
 
     /// The organisations a key may write to (none without a key: there,
     /// every project is allowed anyway).
+    /// The key's developer, for rows that name none.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Scope::Any => None,
+            Scope::Key(k) => k.user.as_deref(),
+        }
+    }
+
     pub fn organizations(&self) -> &[(i32, String)] {
         match self {
             Scope::Any => &[],
@@ -214,13 +225,13 @@ impl Authenticator {
         // at least one of either).
         let rows = client
             .query(
-                "SELECT k.id, p.id, p.identity, NULL::integer, NULL::text
+                "SELECT k.id, p.id, p.identity, NULL::integer, NULL::text, k.user_key
                  FROM api_keys k
                  JOIN api_key_projects kp ON kp.key_id = k.id
                  JOIN projects p ON p.id = kp.project_id
                  WHERE k.key_hash = $1 AND k.is_active
                  UNION ALL
-                 SELECT k.id, NULL, NULL, o.id, o.key
+                 SELECT k.id, NULL, NULL, o.id, o.key, k.user_key
                  FROM api_keys k
                  JOIN api_key_organizations ko ON ko.key_id = k.id
                  JOIN organizations o ON o.id = ko.organization_id
@@ -254,6 +265,7 @@ impl Authenticator {
             key_id,
             projects,
             organizations,
+            user: first.get(5),
         })))
     }
 }

@@ -259,24 +259,40 @@ impl Intake {
         Ok(verdict.map_err(denied))
     }
 
-    /// With `--pseudonymize-users`, each row's developer as stored: a
-    /// pseudonym, no name, no email (before anything is looked up, spooled
-    /// or stored from the decoded rows).
-    fn pseudonymize<R: Record>(&self, rows: &mut [(u32, R)]) {
-        if let Some(p) = &self.pseudonyms {
-            for (_, r) in rows {
-                if let Some(u) = r.user_mut() {
-                    p.user(u);
-                }
+    /// Each row's developer as stored: the key's developer where the row
+    /// names none (`keys create --user`), then, with
+    /// `--pseudonymize-users`, a pseudonym with no name or email (before
+    /// anything is looked up, spooled or stored from the decoded rows).
+    fn developers<R: Record>(&self, rows: &mut [(u32, R)], scope: &Scope) {
+        for (_, r) in rows {
+            if let Some(slot) = r.user_slot() {
+                self.developer(slot, scope);
             }
         }
     }
 
-    pub(super) fn pseudonymize_sessions(&self, sessions: &mut [crate::pb::ChatSession]) {
-        if let Some(p) = &self.pseudonyms {
-            for u in sessions.iter_mut().filter_map(|s| s.user.as_mut()) {
-                p.user(u);
-            }
+    /// The same for the sessions of a batch or a report.
+    pub(super) fn session_developers<'a>(
+        &self,
+        slots: impl Iterator<Item = &'a mut Option<crate::pb::User>>,
+        scope: &Scope,
+    ) {
+        for slot in slots {
+            self.developer(slot, scope);
+        }
+    }
+
+    fn developer(&self, slot: &mut Option<crate::pb::User>, scope: &Scope) {
+        if slot.as_ref().is_none_or(|u| u.key.is_empty())
+            && let Some(key) = scope.user()
+        {
+            *slot = Some(crate::pb::User {
+                key: key.to_owned(),
+                ..Default::default()
+            });
+        }
+        if let (Some(p), Some(u)) = (&self.pseudonyms, slot.as_mut()) {
+            p.user(u);
         }
     }
 
@@ -296,7 +312,7 @@ impl Intake {
     ) -> Result<Accepted, IngestError> {
         let (sequence, received) = self.check_batch(&batch)?;
         let (mut sessions, rows) = (batch.sessions, batch.rows);
-        self.pseudonymize_sessions(&mut sessions);
+        self.session_developers(sessions.iter_mut().map(|s| &mut s.user), scope);
         let raw = rows.wire_bytes();
         let buffer = self.buffer(R::TABLE);
         let permit = self.admit(buffer, sequence, raw).await?;
@@ -309,7 +325,7 @@ impl Intake {
             .rejected;
         let mut rejected = Vec::new();
         let (mut decoded, wire) = rows.decode(&mut rejected);
-        self.pseudonymize(&mut decoded);
+        self.developers(&mut decoded, scope);
         drop(wire);
         let checked = self.validate_all(&decoded, window, &mut rejected);
         let lookup = R::lookup(self, &checked, &[]);
@@ -353,7 +369,7 @@ impl Intake {
     ) -> Result<Accepted, IngestError> {
         let (sequence, received) = self.check_batch(&batch)?;
         let (mut sessions, rows) = (batch.sessions, batch.rows);
-        self.pseudonymize_sessions(&mut sessions);
+        self.session_developers(sessions.iter_mut().map(|s| &mut s.user), scope);
         let now = SystemTime::now();
         let window = TimeWindow::around(now, &self.limits);
         let checked_sessions = self
@@ -362,7 +378,7 @@ impl Intake {
             .map_err(|source| IngestError::Dimensions { sequence, source })?;
         let mut rejected = Vec::new();
         let (mut decoded, wire) = rows.decode(&mut rejected);
-        self.pseudonymize(&mut decoded);
+        self.developers(&mut decoded, scope);
         let checked = self.validate_all(&decoded, window, &mut rejected);
         let batch_sessions = checked_sessions.ids();
         let lookup = R::lookup(self, &checked, &batch_sessions);

@@ -153,8 +153,9 @@ pub trait Record: Message + Default + Sized + Send + Sync + 'static {
     /// The spool's form of the accepted rows of a batch.
     fn spooled(sequence: u64, sessions: Vec<pb::ChatSession>, rows: Vec<Bytes>) -> spool::Batch;
 
-    /// The developer the row names, for `--pseudonymize-users`.
-    fn user_mut(&mut self) -> Option<&mut pb::User>;
+    /// The row's developer, where a row of this kind has one of its own
+    /// (the key's developer fills it, `--pseudonymize-users` hashes it).
+    fn user_slot(&mut self) -> Option<&mut Option<pb::User>>;
 }
 
 impl Record for pb::AgentEvent {
@@ -236,8 +237,8 @@ impl Record for pb::AgentEvent {
         encode::encode_event(buf, row, project, user)
     }
 
-    fn user_mut(&mut self) -> Option<&mut pb::User> {
-        self.user.as_mut()
+    fn user_slot(&mut self) -> Option<&mut Option<pb::User>> {
+        Some(&mut self.user)
     }
 
     fn spooled(sequence: u64, _sessions: Vec<pb::ChatSession>, rows: Vec<Bytes>) -> spool::Batch {
@@ -317,7 +318,7 @@ impl Record for pb::ChatMessage {
         encode::encode_message(buf, row, session.project_id, &session.agent_type)
     }
 
-    fn user_mut(&mut self) -> Option<&mut pb::User> {
+    fn user_slot(&mut self) -> Option<&mut Option<pb::User>> {
         // A message's developer is its session's.
         None
     }

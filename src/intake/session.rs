@@ -106,18 +106,20 @@ impl Intake {
         report: &pb::SessionReport,
         scope: &Scope,
     ) -> Result<SessionsOutcome, IngestError> {
-        let pseudonymized;
-        let report = match &self.pseudonyms {
-            Some(p) => {
-                let mut r = report.clone();
-                self.pseudonymize_sessions(&mut r.chat_sessions);
-                for u in r.agent_sessions.iter_mut().filter_map(|s| s.user.as_mut()) {
-                    p.user(u);
-                }
-                pseudonymized = r;
-                &pseudonymized
-            }
-            None => report,
+        let with_developers;
+        let report = if self.pseudonyms.is_some() || scope.user().is_some() {
+            let mut r = report.clone();
+            self.session_developers(
+                r.chat_sessions
+                    .iter_mut()
+                    .map(|s| &mut s.user)
+                    .chain(r.agent_sessions.iter_mut().map(|s| &mut s.user)),
+                scope,
+            );
+            with_developers = r;
+            &with_developers
+        } else {
+            report
         };
         let rows = report.chat_sessions.len() + report.agent_sessions.len();
         if rows > self.limits.max_batch_rows {

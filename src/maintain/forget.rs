@@ -2,8 +2,8 @@
 //! (the right to be forgotten). In one transaction: their events (compressed
 //! chunks included: TimescaleDB deletes inside them), their chat sessions'
 //! messages, their chat and agent sessions, their memberships and their
-//! user row, and an audit row with the counts (not the key: it names the
-//! person). Then, in TimescaleDB mode, every continuous aggregate is
+//! user row, their keys revoked (`keys create --user`), and an audit row
+//! with the counts (not the key: it names the person). Then, in TimescaleDB mode, every continuous aggregate is
 //! refreshed over the days the rows were in, so no figure keeps them.
 
 use std::time::SystemTime;
@@ -35,6 +35,8 @@ pub struct Forgotten {
     pub chat_sessions: u64,
     pub agent_sessions: u64,
     pub memberships: u64,
+    /// Keys that belonged to them (`keys create --user`), now revoked.
+    pub keys_revoked: u64,
     /// Continuous aggregates refreshed over the rows' days (none in plain
     /// mode, where the aggregates are views).
     pub refreshed: Vec<&'static str>,
@@ -44,13 +46,14 @@ impl std::fmt::Display for Forgotten {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "user {} forgotten: {} events, {} chat messages, {} chat sessions, {} agent sessions, {} memberships deleted; {} aggregates refreshed",
+            "user {} forgotten: {} events, {} chat messages, {} chat sessions, {} agent sessions, {} memberships deleted; {} keys revoked; {} aggregates refreshed",
             self.user_id,
             self.events,
             self.chat_messages,
             self.chat_sessions,
             self.agent_sessions,
             self.memberships,
+            self.keys_revoked,
             self.refreshed.len()
         )
     }
@@ -117,6 +120,14 @@ pub async fn forget(
         .await?;
     tx.execute("DELETE FROM users WHERE id = $1", &[&user_id])
         .await?;
+    // A key of theirs names them, and would bring them back with the next
+    // row it sends: revoked, and their key cleared from it.
+    out.keys_revoked = tx
+        .execute(
+            "UPDATE api_keys SET is_active = false, user_key = NULL WHERE user_key IN ($1, $2)",
+            &[&key, &pseudonym],
+        )
+        .await?;
     tx.execute(
         "INSERT INTO audit_log (actor, action, details) VALUES ($1, 'user.forget', $2)",
         &[
@@ -128,6 +139,7 @@ pub async fn forget(
                 "chat_sessions": out.chat_sessions,
                 "agent_sessions": out.agent_sessions,
                 "memberships": out.memberships,
+                "keys_revoked": out.keys_revoked,
             }),
         ],
     )

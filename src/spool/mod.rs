@@ -80,12 +80,24 @@ impl Entry {
             Scope::Any => out.put_u8(0),
             Scope::Key(k) => {
                 // Tag 1: projects only (what older versions wrote); tag 2:
-                // projects, then organisations.
-                out.put_u8(if k.organizations.is_empty() { 1 } else { 2 });
+                // projects, then organisations; tag 3: both, then the
+                // key's developer. Each version writes the oldest tag that
+                // holds the scope, so a spool stays readable by the
+                // version before as long as its keys allow.
+                let tag = match (&k.user, k.organizations.is_empty()) {
+                    (Some(_), _) => 3,
+                    (None, false) => 2,
+                    (None, true) => 1,
+                };
+                out.put_u8(tag);
                 out.put_slice(k.key_id.as_bytes());
                 put_pairs(&mut out, &k.projects);
-                if !k.organizations.is_empty() {
+                if tag >= 2 {
                     put_pairs(&mut out, &k.organizations);
+                }
+                if let Some(user) = &k.user {
+                    out.put_u32_le(user.len() as u32);
+                    out.put_slice(user.as_bytes());
                 }
             }
         }
@@ -109,19 +121,28 @@ impl Entry {
         let received_at_us = b.get_i64_le();
         let scope = match b.get_u8() {
             0 => Scope::Any,
-            tag @ (1 | 2) => {
+            tag @ (1..=3) => {
                 need(&b, 20)?;
                 let key_id = Uuid::from_slice(&b.split_to(16)).map_err(|e| e.to_string())?;
                 let projects = get_pairs(&mut b)?;
-                let organizations = if tag == 2 {
+                let organizations = if tag >= 2 {
                     get_pairs(&mut b)?
                 } else {
                     Vec::new()
+                };
+                let user = if tag == 3 {
+                    need(&b, 4)?;
+                    let len = b.get_u32_le() as usize;
+                    need(&b, len)?;
+                    Some(String::from_utf8(b.split_to(len).to_vec()).map_err(|e| e.to_string())?)
+                } else {
+                    None
                 };
                 Scope::Key(Arc::new(KeyScope {
                     key_id,
                     projects,
                     organizations,
+                    user,
                 }))
             }
             other => return Err(format!("unknown scope tag {other}")),
@@ -189,6 +210,7 @@ mod tests {
                 key_id: Uuid::new_v4(),
                 projects: vec![(3, "acme/api".into()), (9, "web".into())],
                 organizations: vec![],
+                user: None,
             })),
             indices: vec![0, 2, 5],
             batch: Batch::Messages(wire::ChatMessageBatch {
@@ -198,20 +220,39 @@ mod tests {
             }),
         };
         assert_eq!(Entry::decode(Bytes::from(entry.encode())).unwrap(), entry);
-        // An organisation key (tag 2), with and without projects.
-        for projects in [vec![], vec![(3, "acme/api".to_owned())]] {
-            let org_key = Entry {
+        // An organisation key (tag 2), with and without projects; a
+        // developer's key (tag 3), with and without organisations.
+        for (projects, organizations, user) in [
+            (
+                vec![],
+                vec![(4, "globex".into()), (5, "initech".into())],
+                None,
+            ),
+            (
+                vec![(3, "acme/api".to_owned())],
+                vec![(4, "globex".into())],
+                None,
+            ),
+            (
+                vec![(3, "acme/api".to_owned())],
+                vec![],
+                Some("ada@example.com".into()),
+            ),
+            (vec![], vec![(4, "globex".into())], Some("ßø".into())),
+        ] {
+            let with_user = user.is_some();
+            let key = Entry {
                 scope: Scope::Key(Arc::new(KeyScope {
                     key_id: Uuid::new_v4(),
                     projects,
-                    organizations: vec![(4, "globex".into()), (5, "initech".into())],
+                    organizations,
+                    user,
                 })),
                 ..entry.clone()
             };
-            assert_eq!(
-                Entry::decode(Bytes::from(org_key.encode())).unwrap(),
-                org_key
-            );
+            let bytes = key.encode();
+            assert_eq!(bytes[9], if with_user { 3 } else { 2 });
+            assert_eq!(Entry::decode(Bytes::from(bytes)).unwrap(), key);
         }
         let plain = Entry {
             scope: Scope::Any,
