@@ -1048,6 +1048,57 @@ async fn developer_and_team_figures_are_exact_over_native_and_otlp(tsdb: TsDb) {
         "the Gemini CLI session and three native ones"
     );
     assert_eq!(sessions("Carol"), 3);
+    // The developer variable on the older dashboards: one developer's cost
+    // per agent and top tools equal their raw rows.
+    for name in ["Ada", "Bob"] {
+        let id = common::strings(
+            &db,
+            &format!("SELECT id::text FROM users WHERE display_name = '{name}'"),
+        )
+        .await;
+        let picked = [("developer", id.clone())];
+        let panel = |file, title| common::grafana::panel_with(&db, file, title, 7, &picked);
+        let cost: f64 = panel("llm-cost.json", "Cost per day by agent")
+            .await
+            .iter()
+            .map(|r| r[2].parse::<f64>().unwrap())
+            .sum();
+        let tools: i64 = panel("agent-activity.json", "Top tools")
+            .await
+            .iter()
+            .map(|r| r[1].parse::<i64>().unwrap())
+            .sum();
+        let raw = |sql: String| {
+            let db = &db;
+            async move {
+                common::grafana::text_rows(db, &sql)
+                    .await
+                    .remove(0)
+                    .remove(0)
+            }
+        };
+        let window = "\"timestamp\" > now() - interval '8 days'";
+        let raw_cost: f64 = raw(format!(
+            "SELECT coalesce(sum(cost_usd), 0)::text FROM agent_events WHERE user_id = {} AND model IS NOT NULL AND {window}",
+            id[0]
+        ))
+        .await
+        .parse()
+        .unwrap();
+        let raw_tools: i64 = raw(format!(
+            "SELECT count(*)::text FROM agent_events WHERE user_id = {} AND event_type = 'tool_use' AND data ? 'tool_name' AND {window}",
+            id[0]
+        ))
+        .await
+        .parse()
+        .unwrap();
+        assert!(
+            cost > 0.0 && (cost - raw_cost).abs() < 1e-9,
+            "{name}: cost {cost}, raw {raw_cost}"
+        );
+        assert!(raw_tools > 0);
+        assert_eq!(tools, raw_tools, "{name}: top tools");
+    }
 
     let teams = common::grafana::panel(&db, "teams.json", "Per organisation", 7).await;
     common::say(&format!(

@@ -170,6 +170,18 @@ pub async fn panel(
     title: &str,
     days: u64,
 ) -> Vec<Vec<String>> {
+    panel_with(db, file, title, days, &[]).await
+}
+
+/// [`panel`] with some variables set to the given values (as a team lead
+/// picks them), the others on "All".
+pub async fn panel_with(
+    db: &tokio_postgres::Client,
+    file: &str,
+    title: &str,
+    days: u64,
+    picked: &[(&str, Vec<String>)],
+) -> Vec<Vec<String>> {
     let (_, dash) = dashboards()
         .into_iter()
         .find(|(f, _)| f == file)
@@ -192,9 +204,13 @@ pub async fn panel(
             .into_iter()
             .map(|r| r[col].clone())
             .collect();
-        grafana
-            .vars
-            .insert(var["name"].as_str().unwrap().to_owned(), values);
+        let name = var["name"].as_str().unwrap();
+        let values = picked
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or(values);
+        grafana.vars.insert(name.to_owned(), values);
     }
     let target = dash["panels"]
         .as_array()
