@@ -410,6 +410,21 @@ pub enum TimescaleMode {
     Off,
 }
 
+/// How the event tables store rows (docs/schema.md, "Storage layouts").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StorageLayout {
+    /// The layout recorded for the database; a new database gets the
+    /// columnstore where TimescaleDB has direct compress, else the row
+    /// store.
+    Auto,
+    /// COPY straight into compressed chunks (TimescaleDB 2.21 or later);
+    /// an existing database is switched to it.
+    Columnstore,
+    /// Row-store chunks with a primary key, compressed after
+    /// --compress-after; an existing database is switched back to it.
+    Rowstore,
+}
+
 /// How the stored data is laid out and kept: chunking, compression,
 /// retention, and the refresh of the continuous aggregates. `migrate` (and
 /// `serve`, which migrates first) applies these idempotently: a changed value
@@ -424,6 +439,16 @@ pub struct StorageConfig {
         default_value = "auto"
     )]
     pub timescaledb: TimescaleMode,
+
+    /// How the event tables store rows (TimescaleDB mode): see
+    /// docs/schema.md, "Storage layouts".
+    #[arg(
+        long,
+        env = "AGENT_TELEMETRY_STORAGE_LAYOUT",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub storage_layout: StorageLayout,
 
     /// Password of the read-only role `agent_telemetry_reader` that
     /// dashboards connect as. When set, migrating gives the role LOGIN and

@@ -107,6 +107,12 @@ async fn migrate(
     let report =
         agent_telemetry::db::open::run_migrations(&db.conn, &cfg.storage, max_past).await?;
     println!("storage mode: {}", report.mode);
+    if let Some(layout) = &report.layout {
+        println!("storage layout: {layout}");
+        if let Some(done) = &layout.switched {
+            println!("layout switch: {done}");
+        }
+    }
     println!(
         "applied {} migration(s), {} already applied",
         report.applied.len(),

@@ -36,6 +36,7 @@ pub const SPOOL_DISK_FREE: &str = "agent_telemetry_spool_disk_free_bytes";
 pub const SPOOL_REPLAY_RETRIES: &str = "agent_telemetry_spool_replay_retries_total";
 pub const SPOOL_REJECTED: &str = "agent_telemetry_spool_rejected_rows_total";
 pub const AUTH_REFUSED: &str = "agent_telemetry_auth_refused_total";
+pub const STORAGE_LAYOUT: &str = "agent_telemetry_storage_layout";
 pub const OTLP_EXPORTS: &str = "agent_telemetry_otlp_exports_total";
 pub const OTLP_RECORDS: &str = "agent_telemetry_otlp_records_total";
 pub const STREAMS_ENDED: &str = "agent_telemetry_streams_ended_total";
@@ -137,6 +138,10 @@ pub fn describe() {
         "Rows appended to the disk spool and acknowledged, per table"
     );
     describe_gauge!(SPOOL_BYTES, "Bytes in the disk spool's files");
+    describe_gauge!(
+        STORAGE_LAYOUT,
+        "1 for the event tables' storage layout in use (label layout: columnstore or rowstore)"
+    );
     describe_gauge!(
         SPOOL_DISK_FREE,
         "Free bytes on the spool's filesystem (appends stop at --spool-reserve-bytes)"
@@ -338,6 +343,10 @@ pub fn late_refreshed(aggregate: &'static str) {
 
 pub fn refresh_failed(aggregate: &'static str) {
     counter!(REFRESH_FAILURES, "aggregate" => aggregate).increment(1);
+}
+
+pub fn storage_layout(layout: &'static str) {
+    gauge!(STORAGE_LAYOUT, "layout" => layout).set(1.0);
 }
 
 pub fn late_pending(hours: usize) {

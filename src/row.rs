@@ -114,6 +114,15 @@ impl Table {
         }
     }
 
+    /// The table of its rows' keys in the columnstore layout
+    /// (`sql/timescaledb/layout.sql`).
+    pub fn keys_name(self) -> &'static str {
+        match self {
+            Table::AgentEvents => "agent_event_keys",
+            Table::ChatMessages => "chat_message_keys",
+        }
+    }
+
     /// The columns a row is copied into, in the order the encoder writes
     /// them, each with the proto field its value comes from: the one
     /// definition of the row layout. The COPY column list, the field count

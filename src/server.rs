@@ -122,9 +122,17 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         "migrations done"
     );
     tracing::info!("storage mode: {}", report.mode);
+    let layout = match &report.layout {
+        Some(chosen) => {
+            tracing::info!("storage layout: {chosen}");
+            chosen.layout
+        }
+        None => db::layout::Layout::Rowstore,
+    };
+    metrics::storage_layout(layout.as_str());
     let pool = db::pool(&database.conn, cfg.database.pool_size)?;
     let timescaledb = report.mode.is_timescaledb();
-    let pipeline = Pipeline::start(&cfg, &pool, timescaledb, &drain);
+    let pipeline = Pipeline::start(&cfg, &pool, timescaledb, layout, &drain);
     let spool = open_spool(&cfg.spool, &drain)?;
     let [events, messages] = pipeline.buffers.clone();
     let intake = Arc::new(Intake {
@@ -180,12 +188,19 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn start(cfg: &ServeConfig, pool: &Pool, timescaledb: bool, drain: &CancellationToken) -> Self {
+    fn start(
+        cfg: &ServeConfig,
+        pool: &Pool,
+        timescaledb: bool,
+        layout: db::layout::Layout,
+        drain: &CancellationToken,
+    ) -> Self {
         let give_up = CancellationToken::new();
         let writer = Arc::new(CopyWriter::new(
             pool.clone(),
             cfg.pipeline.copy_retry_timeout,
             cfg.pipeline.id_conflict_window,
+            layout,
             give_up.clone(),
         ));
         let (late, refresher) = if timescaledb {

@@ -140,7 +140,7 @@ async fn three_instances_share_one_database() {
         }
     );
     for (sql, want) in [
-        ("SELECT count(*) FROM schema_migrations", 20),
+        ("SELECT count(*) FROM schema_migrations", 21),
         ("SELECT count(*) FROM projects", PROJECTS.len() as i64),
         (
             "SELECT count(DISTINCT full_name) FROM projects",

@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use agent_telemetry::db::layout::Layout;
 use agent_telemetry::{
     config::{Limits, ServeConfig, StorageConfig, TimescaleMode},
     db::migrate::{Mode, Report},
@@ -30,6 +31,7 @@ on_timescaledb!(
     every_accepted_value_fits_the_indexes_and_every_refresh,
     copy_into_a_compressed_chunk_stores_late_rows_and_counts_resends,
     compression_and_retention_jobs_act_on_the_right_chunks,
+    the_columnstore_copies_into_compressed_chunks_and_finds_resends_in_its_keys,
 );
 
 fn storage() -> StorageConfig {
@@ -91,13 +93,14 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "timescaledb/0017_developer_models_and_tools.sql",
             "0018_organization_keys.sql",
             "0019_organization_readers.sql",
-            "0020_key_users.sql"
+            "0020_key_users.sql",
+            "0021_settings.sql"
         ]
     );
     assert_eq!(first.policies_changed().count(), 22, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 20);
+    assert_eq!(second.already, 21);
     assert_eq!(
         second.policies_changed().count(),
         0,
@@ -115,17 +118,46 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
         .await,
         ["agent_events 1 day", "chat_messages 1 day"]
     );
-    // Every unique index includes the time column.
+    // A new database on a TimescaleDB with direct compress gets the
+    // columnstore layout: no unique index on the wide tables (direct
+    // compress refuses them), keys in narrow tables whose unique index
+    // includes the time column, kept for --max-past and the spool margin.
+    // PGlite's TimescaleDB (2.23) has direct compress but not into a
+    // hypertable with continuous aggregates: the row store there, with the
+    // primary keys; native 2.28 gets the columnstore, with key tables.
+    let layout = first.layout.as_ref().expect("a layout in TimescaleDB mode");
     let uniques = strings(
         &db,
         "SELECT c.relname::text || ' ' || bool_or(a.attname = 'timestamp')::text
          FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
-         WHERE c.relname IN ('agent_events', 'chat_messages') AND i.indisunique
+         WHERE c.relname IN ('agent_events', 'chat_messages', 'agent_event_keys', 'chat_message_keys')
+           AND i.indisunique
          GROUP BY c.relname, i.indexrelid ORDER BY 1",
     )
     .await;
-    assert_eq!(uniques, ["agent_events true", "chat_messages true"]);
+    let recorded = strings(
+        &db,
+        "SELECT value FROM agent_telemetry_settings WHERE name = 'layout'",
+    )
+    .await;
+    if tsdb.native {
+        assert_eq!(layout.layout, Layout::Columnstore, "{layout}");
+        assert!(layout.reason.contains("has direct compress"), "{layout}");
+        assert_eq!(uniques, ["agent_event_keys true", "chat_message_keys true"]);
+        for keys in ["agent_event_keys", "chat_message_keys"] {
+            assert_eq!(
+                job_setting(&db, "policy_retention", keys, "drop_after").await,
+                "97 days"
+            );
+        }
+        assert_eq!(recorded, ["columnstore"]);
+    } else {
+        assert_eq!(layout.layout, Layout::Rowstore, "{layout}");
+        assert!(layout.reason.contains("has no direct compress"), "{layout}");
+        assert_eq!(uniques, ["agent_events true", "chat_messages true"]);
+        assert_eq!(recorded, ["rowstore"]);
+    }
     assert_eq!(
         strings(
             &db,
@@ -846,7 +878,8 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "plain/0017_developer_models_and_tools.sql",
             "0018_organization_keys.sql",
             "0019_organization_readers.sql",
-            "0020_key_users.sql"
+            "0020_key_users.sql",
+            "0021_settings.sql"
         ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());
@@ -981,4 +1014,124 @@ async fn scheduler_broken(db: &Client) -> Option<String> {
     .ok()
     .flatten()
     .map(|r| r.get(0))
+}
+
+/// Rows of `table` in the row-store part of its chunks (the heap): none
+/// when direct compress took every COPY.
+async fn heap_rows(db: &Client, table: &str) -> i64 {
+    common::count(
+        db,
+        &format!(
+            "SELECT coalesce(sum((xpath('/row/c/text()',
+                        query_to_xml(format('SELECT count(*) AS c FROM ONLY %s', ch), false, true, '')))[1]::text::bigint), 0)::bigint
+             FROM show_chunks('{table}') ch"
+        ),
+    )
+    .await
+}
+
+/// The columnstore layout end to end: the service's flushes land in
+/// compressed chunks (direct compress took them: no row in any chunk's
+/// heap), every key in the key table, a resent batch is counted as
+/// duplicates and stored once; switching to the row store re-creates the
+/// primary key over the same rows, and back again.
+async fn the_columnstore_copies_into_compressed_chunks_and_finds_resends_in_its_keys(tsdb: TsDb) {
+    let mut cfg = tsdb.serve_config();
+    cfg.storage.storage_layout = agent_telemetry::config::StorageLayout::Columnstore;
+    let svc = common::start_service(cfg.clone()).await;
+    let mut client = common::client(&svc.endpoint).await;
+    let batch = events_at(3_600, 500);
+    let ack = common::ingest(&mut client, 1, batch.clone()).await;
+    assert_eq!(ack.stored, 500, "{ack:?}");
+    let ack = common::ingest(&mut client, 2, batch.clone()).await;
+    assert_eq!((ack.stored, ack.duplicates), (0, 500), "{ack:?}");
+    // Half old, half new: the new half is stored.
+    let mut mixed = batch[250..].to_vec();
+    mixed.extend(events_at(1_800, 250));
+    let ack = common::ingest(&mut client, 3, mixed).await;
+    assert_eq!((ack.stored, ack.duplicates), (250, 250), "{ack:?}");
+    drop(client);
+    svc.running.shutdown().await.unwrap();
+
+    let db = common::db(&tsdb.conn).await;
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_events").await,
+        750
+    );
+    assert_eq!(
+        common::count(&db, "SELECT count(DISTINCT id) FROM agent_events").await,
+        750
+    );
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_event_keys").await,
+        750
+    );
+    // Native 2.28: every flush went to the columnstore. PGlite's 2.23
+    // falls back to the row store (continuous aggregates), and says so.
+    let in_heap = heap_rows(&db, "agent_events").await;
+    let reason = strings(
+        &db,
+        "SELECT reason FROM agent_telemetry_settings WHERE name = 'layout'",
+    )
+    .await;
+    assert_eq!(in_heap, if tsdb.native { 0 } else { 750 }, "{reason:?}");
+    common::aggregates::assert_aggregates_match(&db, |_| "true".into()).await;
+    drop(db);
+    let chosen = migrate(&tsdb.conn, &cfg.storage).await.layout.unwrap();
+    assert_eq!(
+        chosen
+            .reason
+            .contains("direct compress did not take a test COPY"),
+        !tsdb.native,
+        "{chosen}"
+    );
+
+    // To the row store and back, by the flag.
+    let mut storage = storage();
+    storage.storage_layout = agent_telemetry::config::StorageLayout::Rowstore;
+    let report = migrate(&tsdb.conn, &storage).await;
+    let chosen = report.layout.unwrap();
+    assert_eq!(chosen.layout, Layout::Rowstore);
+    assert!(
+        chosen
+            .switched
+            .as_deref()
+            .unwrap_or("")
+            .contains("agent_events: primary key re-created"),
+        "{chosen:?}"
+    );
+    let db = common::db(&tsdb.conn).await;
+    assert_eq!(
+        strings(&db, "SELECT conname::text FROM pg_constraint WHERE conrelid = 'agent_events'::regclass AND contype = 'p'").await,
+        ["agent_events_pkey"]
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM pg_class WHERE relname = 'agent_event_keys'"
+        )
+        .await,
+        0
+    );
+    drop(db);
+    // auto keeps what is recorded.
+    let report = migrate(&tsdb.conn, &self::storage()).await;
+    assert_eq!(report.layout.unwrap().layout, Layout::Rowstore);
+    storage.storage_layout = agent_telemetry::config::StorageLayout::Columnstore;
+    let chosen = migrate(&tsdb.conn, &storage).await.layout.unwrap();
+    assert!(
+        chosen
+            .switched
+            .as_deref()
+            .unwrap_or("")
+            .contains("agent_events: 750 keys copied to agent_event_keys"),
+        "{chosen:?}"
+    );
+    // A resend after the switch back is still found.
+    let svc = common::start_service(cfg).await;
+    let mut client = common::client(&svc.endpoint).await;
+    let ack = common::ingest(&mut client, 4, batch).await;
+    assert_eq!((ack.stored, ack.duplicates), (0, 500), "{ack:?}");
+    drop(client);
+    svc.running.shutdown().await.unwrap();
 }

@@ -39,6 +39,7 @@ use crate::{
     ack::{Failure, PieceOutcome, Rejection},
     codes::ErrorKind,
     copy::Piece,
+    db::layout::Layout,
     metrics,
     row::Table,
     time::{pg_us_to_system_time, system_time_to_pg_us},
@@ -136,6 +137,8 @@ pub struct CopyWriter {
     retry_timeout: Duration,
     /// `--id-conflict-window` in µs (0: no probe).
     conflict_window_us: i64,
+    /// Where resends are found and how rows are written (module docs).
+    layout: Layout,
     /// Cancelled when the shutdown deadline has passed: stop retrying.
     give_up: CancellationToken,
 }
@@ -145,12 +148,14 @@ impl CopyWriter {
         pool: Pool,
         retry_timeout: Duration,
         conflict_window: Duration,
+        layout: Layout,
         give_up: CancellationToken,
     ) -> Self {
         Self {
             pool,
             retry_timeout,
             conflict_window_us: conflict_window.as_micros() as i64,
+            layout,
             give_up,
         }
     }
@@ -310,7 +315,7 @@ impl CopyWriter {
         }
         let w = self.conflict_window_us;
         let client = self.pool.get().await?;
-        let stored = stored_keys(&client, table, &keys, w).await?;
+        let stored = stored_keys(&client, table, self.layout, &keys, w).await?;
         Ok(probe_keys(&keys, &stored, w))
     }
 
@@ -350,23 +355,19 @@ impl CopyWriter {
         set: &[Segment],
     ) -> Result<Copied, CopyError> {
         let client = self.pool.get().await?;
-        let copy = format!(
-            "COPY {} ({}) FROM STDIN (FORMAT binary)",
-            table.name(),
-            table.columns()
-        );
-        match send_copy(&client, &copy, pieces, set).await {
-            Ok(_) => Ok(Copied::All),
+        let layout = self.layout;
+        match copy_rows(&client, table, layout, pieces, set).await {
+            Ok(()) => Ok(Copied::All),
             Err(e) if e.is_unique_violation() => {
-                let stored = already_stored(&client, table, pieces, set).await?;
+                let stored = already_stored(&client, table, layout, pieces, set).await?;
                 let fresh = only(set, |i| !stored[i]);
                 if fresh.is_empty() {
                     return Ok(Copied::PerRow(vec![false; stored.len()]));
                 }
-                match send_copy(&client, &copy, pieces, &fresh).await {
-                    Ok(_) => Ok(Copied::PerRow(stored.iter().map(|s| !s).collect())),
+                match copy_rows(&client, table, layout, pieces, &fresh).await {
+                    Ok(()) => Ok(Copied::PerRow(stored.iter().map(|s| !s).collect())),
                     Err(e) if e.is_unique_violation() => {
-                        copy_deduplicated(&client, table, pieces, set).await
+                        copy_deduplicated(&client, table, layout, pieces, set).await
                     }
                     Err(e) => Err(e),
                 }
@@ -376,16 +377,85 @@ impl CopyWriter {
     }
 }
 
+/// One COPY of the rows of `set`, committed when this returns Ok.
+/// - rowstore: straight into the table, in autocommit; its primary key
+///   refuses a stored row (unique_violation).
+/// - columnstore: in one transaction, the rows' keys into the key table
+///   (which refuses a stored key) and the rows, with direct compress, into
+///   the table's compressed chunks.
+async fn copy_rows(
+    client: &Object,
+    table: Table,
+    layout: Layout,
+    pieces: &[Piece],
+    set: &[Segment],
+) -> Result<(), CopyError> {
+    let copy = format!(
+        "COPY {} ({}) FROM STDIN (FORMAT binary)",
+        table.name(),
+        table.columns()
+    );
+    if layout == Layout::Rowstore {
+        return send_copy(client, &copy, pieces, set).await.map(drop);
+    }
+    client
+        .batch_execute("BEGIN; SET LOCAL timescaledb.enable_direct_compress_copy = on")
+        .await?;
+    let result = async {
+        send_key_copy(client, table, &keys_of(table, pieces, set)).await?;
+        send_copy(client, &copy, pieces, set).await?;
+        client.batch_execute("COMMIT").await?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        // Leave the pooled connection clean; if even that fails, the pool
+        // drops the connection on recycle.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+/// The keys of a flush into the key table: two binary fields a row.
+async fn send_key_copy(
+    client: &Object,
+    table: Table,
+    keys: &[(Uuid, i64)],
+) -> Result<u64, CopyError> {
+    let mut buf = bytes::BytesMut::with_capacity(HEADER.len() + keys.len() * 38 + 2);
+    buf.extend_from_slice(HEADER);
+    for (id, ts) in keys {
+        buf.extend_from_slice(&2i16.to_be_bytes());
+        buf.extend_from_slice(&16i32.to_be_bytes());
+        buf.extend_from_slice(id.as_bytes());
+        buf.extend_from_slice(&8i32.to_be_bytes());
+        buf.extend_from_slice(&ts.to_be_bytes());
+    }
+    buf.extend_from_slice(TRAILER);
+    let sink = client
+        .copy_in::<_, Bytes>(&format!(
+            "COPY {} (id, \"timestamp\") FROM STDIN (FORMAT binary)",
+            table.keys_name()
+        ))
+        .await?;
+    futures_util::pin_mut!(sink);
+    sink.feed(buf.freeze()).await?;
+    Ok(sink.finish().await?)
+}
+
+impl CopyWriter {}
+
 /// Per row of `set`, in order: whether a row with its key is stored already
 /// (or comes earlier in the same set).
 async fn already_stored(
     client: &Object,
     table: Table,
+    layout: Layout,
     pieces: &[Piece],
     set: &[Segment],
 ) -> Result<Vec<bool>, CopyError> {
     let keys = keys_of(table, pieces, set);
-    let found = stored_keys(client, table, &keys, 0).await?;
+    let found = stored_keys(client, table, layout, &keys, 0).await?;
     // A row twice in one flush (resent while the first send was still
     // buffered) is stored once: later occurrences count as duplicates.
     let mut seen = std::collections::HashSet::with_capacity(keys.len());
@@ -414,9 +484,16 @@ fn keys_of(table: Table, pieces: &[Piece], set: &[Segment]) -> Vec<(Uuid, i64)> 
 async fn stored_keys(
     client: &Object,
     table: Table,
+    layout: Layout,
     keys: &[(Uuid, i64)],
     margin_us: i64,
 ) -> Result<HashMap<Uuid, Vec<i64>>, CopyError> {
+    // The key table answers for a columnstore table: the table itself has
+    // no index on id.
+    let keyed = match layout {
+        Layout::Rowstore => table.name(),
+        Layout::Columnstore => table.keys_name(),
+    };
     let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
     let (from, to) = keys
         .iter()
@@ -426,8 +503,7 @@ async fn stored_keys(
     // and a custom plan for so many ids turns to a scan of the chunk.
     let statement = client
         .prepare_cached(&format!(
-            "SELECT id, \"timestamp\" FROM {} WHERE id = ANY($1) AND \"timestamp\" BETWEEN $2 AND $3",
-            table.name()
+            "SELECT id, \"timestamp\" FROM {keyed} WHERE id = ANY($1) AND \"timestamp\" BETWEEN $2 AND $3"
         ))
         .await?;
     let found = client
@@ -535,6 +611,7 @@ async fn send_copy(
 async fn copy_deduplicated(
     client: &Object,
     table: Table,
+    layout: Layout,
     pieces: &[Piece],
     set: &[Segment],
 ) -> Result<Copied, CopyError> {
@@ -548,15 +625,23 @@ async fn copy_deduplicated(
             ))
             .await?;
         send_copy(client, &format!("COPY {name}_staging ({cols}) FROM STDIN (FORMAT binary)"), pieces, set).await?;
-        let inserted = client
-            .query(
-                &format!(
-                    "INSERT INTO {name} ({cols}) SELECT {cols} FROM {name}_staging ORDER BY id, \"timestamp\" ON CONFLICT DO NOTHING \
-                     RETURNING id, \"timestamp\""
-                ),
-                &[],
-            )
-            .await?;
+        let insert = match layout {
+            Layout::Rowstore => format!(
+                "INSERT INTO {name} ({cols}) SELECT {cols} FROM {name}_staging ORDER BY id, \"timestamp\" ON CONFLICT DO NOTHING \
+                 RETURNING id, \"timestamp\""
+            ),
+            // The key table decides which rows are new; each new key's
+            // first row goes in.
+            Layout::Columnstore => format!(
+                "WITH fresh AS (INSERT INTO {keys} (id, \"timestamp\") SELECT DISTINCT id, \"timestamp\" FROM {name}_staging \
+                 ORDER BY 1, 2 ON CONFLICT DO NOTHING RETURNING id, \"timestamp\") \
+                 INSERT INTO {name} ({cols}) SELECT DISTINCT ON (s.id, s.\"timestamp\") {staged} FROM {name}_staging s \
+                 JOIN fresh USING (id, \"timestamp\") RETURNING id, \"timestamp\"",
+                keys = table.keys_name(),
+                staged = table.columns().split(", ").map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        let inserted = client.query(&insert, &[]).await?;
         Ok::<_, CopyError>(inserted)
     }
     .await;

@@ -55,6 +55,8 @@ pub enum MigrateError {
     ReaderRole(#[source] tokio_postgres::Error),
     #[error("applying the TimescaleDB policies failed: {}", crate::db::error::describe(.0))]
     Policies(#[source] tokio_postgres::Error),
+    #[error("storage layout: {0}")]
+    Layout(#[from] crate::db::layout::LayoutError),
     #[error("re-creating the organisation readers' views failed: {0}")]
     Readers(#[from] crate::db::readers::ReadersError),
 }
@@ -113,6 +115,8 @@ pub struct Report {
     pub applied: Vec<String>,
     pub already: usize,
     pub policies: Vec<PolicyChange>,
+    /// The event tables' layout (TimescaleDB mode, `run` only).
+    pub layout: Option<crate::db::layout::Chosen>,
 }
 
 impl Report {
@@ -124,8 +128,22 @@ impl Report {
 
 /// Applies pending migrations and makes the policies and the reader
 /// password match `storage`: what `serve` and `migrate` do.
-pub async fn run(client: &mut Client, storage: &StorageConfig) -> Result<Report, MigrateError> {
-    locked(client, storage, true).await
+pub async fn run(
+    client: &mut Client,
+    storage: &StorageConfig,
+    max_past: Duration,
+) -> Result<Report, MigrateError> {
+    let mut report = locked(client, storage, true).await?;
+    if let Mode::TimescaleDb { version } = &report.mode {
+        let key_window = max_past + crate::db::layout::SPOOL_MARGIN;
+        let chosen =
+            crate::db::layout::apply(client, storage.storage_layout, version, key_window).await?;
+        if let Some(done) = &chosen.switched {
+            tracing::info!(layout = %chosen.layout, done, "storage layout switched");
+        }
+        report.layout = Some(chosen);
+    }
+    Ok(report)
 }
 
 /// Applies pending migrations only, leaving the policies and the reader
@@ -184,6 +202,7 @@ async fn migrate_locked(
         applied: Vec::new(),
         already: 0,
         policies: Vec::new(),
+        layout: None,
     };
     let dir = report.mode.dir();
     let in_mode = |name: &&str| match name.split_once('/') {

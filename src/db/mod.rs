@@ -7,6 +7,7 @@
 pub mod dims;
 pub mod embedded;
 pub mod error;
+pub mod layout;
 pub mod migrate;
 pub mod open;
 pub mod readers;
