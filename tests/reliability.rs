@@ -57,6 +57,49 @@ fn exe() -> &'static std::path::Path {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_crash_restart_mid_stream_loses_and_duplicates_nothing() {
     let (pg, conn, svc) = common::service("restart").await;
+    restart_mid_stream(svc, &conn, "", move || {
+        pg.cluster
+            .restart_immediate()
+            .expect("pg_ctl restart -m immediate");
+        pg
+    })
+    .await;
+}
+
+/// The same on native TimescaleDB in the columnstore layout (its default
+/// there): the rows and their keys commit together or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_the_columnstore_a_database_crash_restart_mid_stream_loses_and_duplicates_nothing() {
+    let Some(tsdb) = common::TsDb::native("columnstore restart mid-stream").await else {
+        return;
+    };
+    let svc = common::start_service(columnstore(&tsdb)).await;
+    let conn = tsdb.conn.clone();
+    restart_mid_stream(svc, &conn, " (columnstore)", move || {
+        tsdb.cluster()
+            .unwrap()
+            .cluster
+            .restart_immediate()
+            .expect("pg_ctl restart -m immediate");
+        tsdb
+    })
+    .await;
+}
+
+fn columnstore(tsdb: &common::TsDb) -> agent_telemetry::config::ServeConfig {
+    let mut cfg = tsdb.serve_config();
+    cfg.storage.storage_layout = agent_telemetry::config::StorageLayout::Columnstore;
+    cfg
+}
+
+/// 200,000 events over 4 streams; after 40,000 acks `restart` restarts the
+/// database (and hands back what keeps it alive).
+async fn restart_mid_stream<T: Send + 'static>(
+    svc: common::TestService,
+    conn: &str,
+    label: &str,
+    restart: impl FnOnce() -> T + Send + 'static,
+) {
     let progress = Arc::new(AtomicU64::new(0));
     let load = tokio::spawn({
         let (endpoint, progress) = (svc.endpoint.clone(), progress.clone());
@@ -67,18 +110,15 @@ async fn database_crash_restart_mid_stream_loses_and_duplicates_nothing() {
     });
     delivery::when_acked(&progress, 40_000).await;
     // The cluster comes back: dropping it would remove it.
-    let _pg = tokio::task::spawn_blocking(move || {
-        pg.cluster
-            .restart_immediate()
-            .expect("pg_ctl restart -m immediate");
-        pg
-    })
-    .await
-    .unwrap();
+    let _pg = tokio::task::spawn_blocking(restart).await.unwrap();
     let d = load.await.unwrap();
-    let db = common::db(&conn).await;
+    let db = common::db(conn).await;
     let s = delivery::stored(&db, &d.acked_ids).await;
-    report("database restarted (-m immediate) under 4 streams", &d, &s);
+    report(
+        &format!("database restarted (-m immediate) under 4 streams{label}"),
+        &d,
+        &s,
+    );
     exactly_once(&d, &s);
     svc.running.shutdown().await.unwrap();
 }
@@ -239,6 +279,24 @@ async fn service_killed_mid_stream_with_the_spool_then_resends_store_everything_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_batch_sent_three_times_at_once_is_stored_once() {
     let (_pg, conn, svc) = common::service("thrice").await;
+    three_times_at_once(svc, &conn, "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_the_columnstore_every_batch_sent_three_times_at_once_is_stored_once() {
+    let Some(tsdb) = common::TsDb::native("columnstore triple resends").await else {
+        return;
+    };
+    let svc = common::start_service(columnstore(&tsdb)).await;
+    three_times_at_once(svc, &tsdb.conn, " (columnstore)").await;
+    let db = common::db(&tsdb.conn).await;
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_event_keys").await,
+        20_000
+    );
+}
+
+async fn three_times_at_once(svc: common::TestService, conn: &str, label: &str) {
     let batches = delivery::batches("acme/thrice", 20_000, 500, 0);
     let progress = Arc::new(AtomicU64::new(0));
     let sends: Vec<_> = (0..3)
@@ -256,9 +314,13 @@ async fn every_batch_sent_three_times_at_once_is_stored_once() {
     for s in sends {
         total.add(&s.await.unwrap());
     }
-    let db = common::db(&conn).await;
+    let db = common::db(conn).await;
     let s = delivery::stored(&db, &total.acked_ids).await;
-    report("every batch sent three times, concurrently", &total, &s);
+    report(
+        &format!("every batch sent three times, concurrently{label}"),
+        &total,
+        &s,
+    );
     assert_eq!(
         total.stored, 20_000,
         "each row stored by exactly one of the sends"

@@ -32,7 +32,14 @@ use crate::{
 };
 
 /// `psql \copy` of each file, all at once; the time until the last is done.
-pub async fn psql_copy(psql: &Path, conn: &str, files: &[PathBuf]) -> Result<Duration, BenchError> {
+/// `direct_compress`: with TimescaleDB's direct compress on (the
+/// columnstore layout's COPY), set through PGOPTIONS.
+pub async fn psql_copy(
+    psql: &Path,
+    conn: &str,
+    files: &[PathBuf],
+    direct_compress: bool,
+) -> Result<Duration, BenchError> {
     let started = Instant::now();
     let runs = files.iter().map(|f| {
         let copy = format!(
@@ -40,8 +47,11 @@ pub async fn psql_copy(psql: &Path, conn: &str, files: &[PathBuf]) -> Result<Dur
             Table::AgentEvents.columns(),
             f.display()
         );
-        tokio::process::Command::new(psql)
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", conn, "-c", &copy])
+        let mut cmd = tokio::process::Command::new(psql);
+        if direct_compress {
+            cmd.env("PGOPTIONS", "-c timescaledb.enable_direct_compress_copy=on");
+        }
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", conn, "-c", &copy])
             .stdin(Stdio::null())
             .output()
     });
@@ -343,6 +353,9 @@ pub struct Setup<'a> {
     pub admin: String,
     pub bench: String,
     pub storage: StorageConfig,
+    /// The run's layout is the columnstore: psql's COPY uses direct
+    /// compress too.
+    pub columnstore: bool,
     /// The settings the service under test runs with.
     pub serve: ServeConfig,
     pub psql: PathBuf,
@@ -392,11 +405,17 @@ pub async fn run(
     let done = match case {
         Case::Copy1 => (
             s.dataset.len() as u64,
-            psql_copy(&s.psql, &s.bench, std::slice::from_ref(&s.whole)).await?,
+            psql_copy(
+                &s.psql,
+                &s.bench,
+                std::slice::from_ref(&s.whole),
+                s.columnstore,
+            )
+            .await?,
         ),
         Case::Copy2 => (
             s.dataset.len() as u64,
-            psql_copy(&s.psql, &s.bench, &s.halves).await?,
+            psql_copy(&s.psql, &s.bench, &s.halves, s.columnstore).await?,
         ),
         Case::InsertMulti => (
             s.dataset.len() as u64,

@@ -20,8 +20,8 @@ use self::{
     report::{Machine, Runs},
 };
 use crate::{
-    config::{DatabaseConfig, ServeConfig, StorageConfig, TimescaleMode},
-    db::{self, DbError, dims::Dimensions, embedded},
+    config::{DatabaseConfig, ServeConfig, StorageConfig, StorageLayout, TimescaleMode},
+    db::{self, DbError, dims::Dimensions, embedded, layout::Layout},
     loadgen::LoadgenError,
     server::ServerError,
 };
@@ -79,6 +79,11 @@ pub struct CompareConfig {
     /// Use TimescaleDB: auto, require or off.
     #[arg(long, value_enum, default_value = "auto")]
     pub timescaledb: TimescaleMode,
+
+    /// Storage layouts to run every case on, one after the other in this
+    /// run (`columnstore,rowstore` compares them: docs/schema.md).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [StorageLayout::Auto])]
+    pub layouts: Vec<StorageLayout>,
 
     /// An argument for `agent-telemetry serve` in the service cases, e.g.
     /// `--serve-arg=--copy-concurrency=4` (repeatable).
@@ -241,46 +246,42 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
     let dataset = Dataset::generate(cfg.events, cfg.batch_size)?;
     let dir = tempfile::tempdir().map_err(|e| BenchError::Io("temp dir".into(), e))?;
     let (whole, halves) = copy_files(&dataset, dir.path(), &cases)?;
-    let setup = cases::Setup {
-        cfg,
-        dataset: &dataset,
-        admin: admin.clone(),
-        bench,
-        storage,
-        serve: serve.clone(),
-        psql,
-        exe,
-        whole,
-        halves,
-        logs: dir.path().to_owned(),
-    };
-
     let mut machine = None;
-    let mut results: Vec<(Case, Runs)> = Vec::new();
-    for case in cases {
-        let service_rate = results
-            .iter()
-            .find(|(c, _)| *c == Case::Service)
-            .and_then(|(_, r)| r.rate());
-        if matches!(case, Case::ServiceHalf | Case::ServiceOverload) && service_rate.is_none() {
-            return Err(BenchError::Settings(format!(
-                "case {case} is paced by the rate of case service: run that too"
-            )));
-        }
-        let mut runs = Runs::default();
-        for run in 1..=cfg.runs.max(1) {
-            let (stored, elapsed) =
-                one_run(&setup, (case, run), service_rate, &mut runs, &mut machine).await?;
-            let rate = stored as f64 / elapsed.as_secs_f64().max(1e-9);
-            eprintln!(
-                "{case} run {run}: {stored} rows in {:.2} s, {} rows/s",
-                elapsed.as_secs_f64(),
-                report::thousands(rate)
-            );
-            runs.rows = stored;
-            runs.rows_per_s.push(rate);
-        }
-        results.push((case, runs));
+    let mut sections: Vec<report::Section> = Vec::new();
+    for &layout in &cfg.layouts {
+        let storage = StorageConfig {
+            storage_layout: layout,
+            ..storage.clone()
+        };
+        // The layout this database gets, as the runs will have it.
+        let chosen = fresh_database(&admin, &bench, &cfg.bench_database, &storage, &serve)
+            .await?
+            .layout;
+        let setup = cases::Setup {
+            cfg,
+            dataset: &dataset,
+            admin: admin.clone(),
+            bench: bench.clone(),
+            storage,
+            columnstore: chosen
+                .as_ref()
+                .is_some_and(|c| c.layout == Layout::Columnstore),
+            serve: serve.clone(),
+            psql: psql.clone(),
+            exe: exe.clone(),
+            whole: whole.clone(),
+            halves: halves.clone(),
+            logs: dir.path().to_owned(),
+        };
+        let results = run_cases(&setup, &cases, &mut machine).await?;
+        sections.push(report::Section {
+            layout: chosen.map_or_else(
+                || "rowstore (plain PostgreSQL)".to_owned(),
+                |c| c.to_string(),
+            ),
+            columnstore: setup.columnstore,
+            results,
+        });
     }
     // Leave the server as we found it.
     let admin_client = db::connect(&admin).await?;
@@ -305,9 +306,45 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
     Ok(report::render(
         &machine,
         &command.join(" "),
-        &results,
+        &sections,
         &limits,
     ))
+}
+
+/// Every case on one layout, each `--runs` times.
+async fn run_cases(
+    setup: &cases::Setup<'_>,
+    cases: &[Case],
+    machine: &mut Option<Machine>,
+) -> Result<Vec<(Case, Runs)>, BenchError> {
+    let cfg = setup.cfg;
+    let mut results: Vec<(Case, Runs)> = Vec::new();
+    for &case in cases {
+        let service_rate = results
+            .iter()
+            .find(|(c, _)| *c == Case::Service)
+            .and_then(|(_, r)| r.rate());
+        if matches!(case, Case::ServiceHalf | Case::ServiceOverload) && service_rate.is_none() {
+            return Err(BenchError::Settings(format!(
+                "case {case} is paced by the rate of case service: run that too"
+            )));
+        }
+        let mut runs = Runs::default();
+        for run in 1..=cfg.runs.max(1) {
+            let (stored, elapsed) =
+                one_run(setup, (case, run), service_rate, &mut runs, machine).await?;
+            let rate = stored as f64 / elapsed.as_secs_f64().max(1e-9);
+            eprintln!(
+                "{case} run {run}: {stored} rows in {:.2} s, {} rows/s",
+                elapsed.as_secs_f64(),
+                report::thousands(rate)
+            );
+            runs.rows = stored;
+            runs.rows_per_s.push(rate);
+        }
+        results.push((case, runs));
+    }
+    Ok(results)
 }
 
 impl Runs {

@@ -116,17 +116,91 @@ pub struct Limits {
     pub buffer_bytes: u64,
 }
 
-/// The report: machine, one table of all cases, the ratios and targets.
-/// Its sections in the order they are printed; each is a few lines.
-pub fn render(
-    machine: &Machine,
-    command: &str,
-    results: &[(Case, Runs)],
-    limits: &Limits,
-) -> String {
+/// The cases of one storage layout.
+pub struct Section {
+    /// The layout as chosen, with its reason.
+    pub layout: String,
+    pub columnstore: bool,
+    pub results: Vec<(Case, Runs)>,
+}
+
+/// The report: machine, then per layout one table of all cases with its
+/// ratios and targets, then the layouts against each other.
+pub fn render(machine: &Machine, command: &str, sections: &[Section], limits: &Limits) -> String {
     let mut out = String::new();
-    let get = |c: Case| results.iter().find(|(k, _)| *k == c).map(|(_, r)| r);
     let _ = writeln!(out, "command: `{command}`\n");
+    header(&mut out, machine);
+    for section in sections {
+        if sections.len() > 1 {
+            let _ = writeln!(out, "### layout: {}\n", section.layout);
+        }
+        layout_table(&mut out, &section.results, limits);
+        out.push('\n');
+    }
+    let rate = |columnstore: bool, c: Case| {
+        sections
+            .iter()
+            .find(|s| s.columnstore == columnstore)?
+            .results
+            .iter()
+            .find(|(k, _)| *k == c)?
+            .1
+            .rate()
+    };
+    let mut targets = Vec::new();
+    let mut ratio = |what: &str, a: Option<f64>, b: Option<f64>, min: f64| {
+        if let (Some(a), Some(b)) = (a, b) {
+            let r = a / b;
+            targets.push(format!(
+                "| {what} | {r:.2} | ≥ {min} | {} |",
+                if r >= min { "met" } else { "not met" }
+            ));
+        }
+    };
+    let service = rate(true, Case::Service);
+    ratio(
+        "service on columnstore / service on rowstore",
+        service,
+        rate(false, Case::Service),
+        1.6,
+    );
+    ratio(
+        "service on columnstore / psql \\copy ×2 into the row store",
+        service,
+        rate(false, Case::Copy2),
+        1.5,
+    );
+    ratio(
+        "service on columnstore / psql \\copy ×2 with direct compress",
+        service,
+        rate(true, Case::Copy2),
+        0.8,
+    );
+    ratio(
+        "service on columnstore / multi-row INSERT into the row store",
+        service,
+        rate(false, Case::InsertMulti),
+        3.0,
+    );
+    ratio(
+        "mixed resends / fresh rows, on columnstore",
+        rate(true, Case::ServiceResendMixed),
+        service,
+        0.5,
+    );
+    if !targets.is_empty() {
+        let _ = writeln!(
+            out,
+            "### the layouts against each other\n\n| target | measured | wanted | |\n|---|---:|---|---|"
+        );
+        for t in targets {
+            let _ = writeln!(out, "{t}");
+        }
+    }
+    out
+}
+
+fn header(out: &mut String, machine: &Machine) {
     let _ = writeln!(
         out,
         "machine: {} cores ({}), {:.1} GiB memory; PostgreSQL {}; TimescaleDB {}; {}; service build: {}",
@@ -139,6 +213,11 @@ pub fn render(
         machine.build
     );
     let _ = writeln!(out, "storage mode: {}\n", machine.storage_mode);
+}
+
+/// One layout's table of cases, its ratios and targets.
+fn layout_table(out: &mut String, results: &[(Case, Runs)], limits: &Limits) {
+    let get = |c: Case| results.iter().find(|(k, _)| *k == c).map(|(_, r)| r);
     let _ = writeln!(
         out,
         "| case | rows | rows/s (median) | runs (rows/s) | ack p50 / p99 (ms) | service peak RSS |"
@@ -219,7 +298,6 @@ pub fn render(
             let _ = writeln!(out, "{t}");
         }
     }
-    out
 }
 
 /// 12345.6 → "12,346".

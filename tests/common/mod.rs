@@ -359,6 +359,11 @@ impl TsDb {
         })
     }
 
+    /// The native cluster (to restart it), None on PGlite.
+    pub fn cluster(&self) -> Option<&TestCluster> {
+        self._cluster.as_ref()
+    }
+
     /// Service settings for this database: PGlite takes one connection.
     pub fn serve_config(&self) -> ServeConfig {
         let mut cfg = serve_config(&self.conn);
