@@ -76,6 +76,12 @@ async fn main() -> ExitCode {
                 .map(|report| println!("{report}"))
                 .map_err(Into::into)
         }
+        Command::Bench(agent_telemetry::bench::BenchCommand::Dashboards(cfg)) => {
+            agent_telemetry::bench::queries::run(&cfg)
+                .await
+                .map(|report| println!("{report}"))
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

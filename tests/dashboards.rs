@@ -191,7 +191,9 @@ async fn every_query(db: &Client) -> usize {
                 continue;
             }
             let name = var["name"].as_str().unwrap();
-            let sql = grafana.expand(var["query"].as_str().unwrap(), "1h");
+            let sql = grafana
+                .expand(var["query"].as_str().unwrap(), "1h")
+                .unwrap();
             let what = format!("{file}: variable ${name}");
             let found = rows(db, &sql, &what).await;
             assert!(!found.is_empty(), "{what} has no values\n{sql}");
@@ -208,7 +210,9 @@ async fn every_query(db: &Client) -> usize {
                 if !is_db(target) {
                     continue;
                 }
-                let sql = grafana.expand(target["rawSql"].as_str().unwrap(), interval);
+                let sql = grafana
+                    .expand(target["rawSql"].as_str().unwrap(), interval)
+                    .unwrap();
                 let what = format!("{file}: panel {title:?}");
                 let found = rows(db, &sql, &what).await;
                 assert!(!found.is_empty(), "{what} returned no rows\n{sql}");
@@ -257,11 +261,13 @@ fn macros_expand_as_grafana_expands_them() {
         g.expand(
             "SELECT $__timeGroupAlias(bucket, $__interval), x FROM t WHERE $__timeFilter(bucket) AND p IN ($project) AND b > $__timeFrom()",
             "1h"
-        ),
+        )
+        .unwrap(),
         "SELECT floor(extract(epoch from bucket)/3600)*3600 AS \"time\", x FROM t WHERE bucket BETWEEN '2026-11-01T00:00:00Z' AND '2026-11-02T00:00:00Z' AND p IN ('1','o''k') AND b > '2026-11-01T00:00:00Z'"
     );
     assert_eq!(
-        g.expand("$__timeGroup(date_trunc('day', t), '1d')", "1h"),
+        g.expand("$__timeGroup(date_trunc('day', t), '1d')", "1h")
+            .unwrap(),
         "floor(extract(epoch from date_trunc('day', t))/86400)*86400"
     );
 }

@@ -9,6 +9,8 @@
 
 pub mod cases;
 pub mod dataset;
+pub mod grafana;
+pub mod queries;
 pub mod report;
 
 use std::{path::PathBuf, time::Duration};
@@ -30,6 +32,8 @@ use crate::{
 pub enum BenchCommand {
     /// Compare the service with `psql \copy` and with INSERTs (BENCHMARKS.md).
     Compare(Box<CompareConfig>),
+    /// Time every dashboard query, on one database or two side by side.
+    Dashboards(Box<queries::DashboardsConfig>),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,0 +1,202 @@
+//! `bench dashboards`: every SQL query of the provisioned dashboards, as
+//! Grafana sends it (variables on "All", the last `--range`), timed on one
+//! database, or on two side by side (`--against`: the other storage layout
+//! over the same events). Each query runs once to warm the cache, then
+//! `--runs` times; the median is reported.
+
+use std::{fmt::Write as _, path::PathBuf, time::Duration};
+
+use clap::Args;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use super::{
+    BenchError,
+    grafana::{self, Grafana},
+    report,
+};
+use crate::config::DatabaseConfig;
+
+#[derive(Debug, Args)]
+pub struct DashboardsConfig {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// A second database (connection string) to time the same queries on,
+    /// side by side: the same events in the other storage layout.
+    #[arg(long)]
+    pub against: Option<String>,
+
+    /// Timed runs per query (after one warm-up run).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+
+    /// The dashboards' time range, ending now.
+    #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+    pub range: Duration,
+
+    /// The dashboard files.
+    #[arg(long, default_value = "deploy/grafana/dashboards")]
+    pub dir: PathBuf,
+}
+
+/// One query's median time on each database.
+struct Timed {
+    what: String,
+    ms: Vec<f64>,
+    rows: usize,
+}
+
+pub async fn run(cfg: &DashboardsConfig) -> Result<String, BenchError> {
+    let dashboards = grafana::dashboards(&cfg.dir).map_err(BenchError::Case)?;
+    let db = crate::db::open::open_database(&cfg.database).await?;
+    let mut conns = vec![db.conn.clone()];
+    conns.extend(cfg.against.clone());
+    let now = std::time::SystemTime::now();
+    let fmt = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let (from, to) = (fmt(now - cfg.range), fmt(now + Duration::from_secs(60)));
+    let mut labels = Vec::new();
+    let mut table: Vec<Timed> = Vec::new();
+    for (n, conn) in conns.iter().enumerate() {
+        let client = crate::db::connect(conn).await?;
+        labels.push(describe(&client).await?);
+        let mut i = 0;
+        for (file, dash) in &dashboards {
+            let mut g = Grafana {
+                from: from.clone(),
+                to: to.clone(),
+                vars: Default::default(),
+            };
+            let empty = Vec::new();
+            for var in dash["templating"]["list"].as_array().unwrap_or(&empty) {
+                if !grafana::is_db(var) {
+                    continue;
+                }
+                let sql = g
+                    .expand(var["query"].as_str().unwrap_or_default(), "1h")
+                    .map_err(BenchError::Case)?;
+                let col = usize::from(sql.contains("__value"));
+                let values = rows(&client, &sql)
+                    .await?
+                    .into_iter()
+                    .filter_map(|mut r| (r.len() > col).then(|| r.swap_remove(col)))
+                    .collect();
+                g.vars
+                    .insert(var["name"].as_str().unwrap_or_default().to_owned(), values);
+            }
+            for panel in dash["panels"].as_array().unwrap_or(&empty) {
+                let title = panel["title"].as_str().unwrap_or_default();
+                let interval = panel["interval"].as_str().unwrap_or("1h");
+                for target in panel["targets"].as_array().unwrap_or(&empty) {
+                    if !grafana::is_db(target) {
+                        continue;
+                    }
+                    let sql = g
+                        .expand(target["rawSql"].as_str().unwrap_or_default(), interval)
+                        .map_err(BenchError::Case)?;
+                    let found = rows(&client, &sql).await?.len();
+                    let mut times = Vec::with_capacity(cfg.runs);
+                    for _ in 0..cfg.runs.max(1) {
+                        let started = std::time::Instant::now();
+                        rows(&client, &sql).await?;
+                        times.push(started.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    let ms = report::median(&times).unwrap_or(0.0);
+                    if n == 0 {
+                        table.push(Timed {
+                            what: format!("{} · {title}", file.trim_end_matches(".json")),
+                            ms: vec![ms],
+                            rows: found,
+                        });
+                    } else if let Some(t) = table.get_mut(i) {
+                        t.ms.push(ms);
+                    }
+                    i += 1;
+                }
+            }
+        }
+    }
+    db.release().await.map_err(|e| BenchError::Open(e.into()))?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "dashboard queries, last {}, median of {} runs after a warm-up (ms)\n",
+        humantime::format_duration(cfg.range),
+        cfg.runs.max(1)
+    );
+    let ratio = labels.len() == 2;
+    let _ = writeln!(
+        out,
+        "| query | rows (first) | {}{} |",
+        labels.join(" | "),
+        if ratio { " | ratio" } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "|---|---:|{}{}",
+        "---:|".repeat(labels.len()),
+        if ratio { "---:|" } else { "" }
+    );
+    for t in &table {
+        let cells: Vec<String> = t.ms.iter().map(|m| format!("{m:.1}")).collect();
+        let r = match t.ms.as_slice() {
+            [a, b] if ratio && *b > 0.0 => format!(" | {:.2}", a / b),
+            _ if ratio => " | —".to_owned(),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {}{r} |",
+            t.what,
+            t.rows,
+            cells.join(" | ")
+        );
+    }
+    let totals: Vec<String> = (0..labels.len())
+        .map(|k| {
+            format!(
+                "{:.0}",
+                table.iter().filter_map(|t| t.ms.get(k)).sum::<f64>()
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "| all {} queries | | {} |{}",
+        table.len(),
+        totals.join(" | "),
+        if ratio { " |" } else { "" }
+    );
+    Ok(out)
+}
+
+/// "columnstore, 1,000,000 events" for a column heading.
+async fn describe(client: &Client) -> Result<String, BenchError> {
+    let layout = crate::db::layout::recorded(client)
+        .await?
+        .map_or("rowstore", |l| l.as_str());
+    let events: i64 = client
+        .query_one("SELECT count(*) FROM agent_events", &[])
+        .await?
+        .get(0);
+    Ok(format!(
+        "{layout}, {} events",
+        report::thousands(events as f64)
+    ))
+}
+
+async fn rows(client: &Client, sql: &str) -> Result<Vec<Vec<String>>, BenchError> {
+    Ok(client
+        .simple_query(sql)
+        .await
+        .map_err(|e| BenchError::Case(format!("{}\n{sql}", crate::db::error::describe(&e))))?
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect())
+}
