@@ -1076,6 +1076,50 @@ async fn the_columnstore_copies_into_compressed_chunks_and_finds_resends_in_its_
     .await;
     assert_eq!(in_heap, if tsdb.native { 0 } else { 750 }, "{reason:?}");
     common::aggregates::assert_aggregates_match(&db, |_| "true".into()).await;
+    if tsdb.native {
+        // Recompression: direct compress leaves its chunks "unordered", in
+        // the small batches of each flush; the compression policy (its
+        // default `recompress`) compresses them again once they are older
+        // than --compress-after. Its job, run now with a delay that takes
+        // every chunk.
+        let status = "SELECT string_agg(ch.status::text, ',') FROM _timescaledb_catalog.chunk ch
+                      JOIN _timescaledb_catalog.hypertable h ON h.id = ch.hypertable_id
+                      WHERE h.table_name = 'agent_events'";
+        let before = strings(&db, status).await;
+        assert!(
+            before.iter().all(|s| s != "1"),
+            "not fully compressed yet: {before:?}"
+        );
+        db.batch_execute(
+            "SELECT alter_job(job_id, config => jsonb_set(config, '{compress_after}', '\"-1 day\"'))
+             FROM timescaledb_information.jobs
+             WHERE proc_name = 'policy_compression' AND hypertable_name = 'agent_events'",
+        )
+        .await
+        .unwrap();
+        let job = strings(
+            &db,
+            "SELECT job_id::text FROM timescaledb_information.jobs
+             WHERE proc_name = 'policy_compression' AND hypertable_name = 'agent_events'",
+        )
+        .await
+        .remove(0);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        // A negative delay takes the chunk of today, which ends tonight.
+        db.batch_execute(&format!("CALL run_job({job})"))
+            .await
+            .unwrap();
+        assert_eq!(
+            strings(&db, status).await,
+            ["1"],
+            "recompressed by the policy"
+        );
+        assert_eq!(
+            common::count(&db, "SELECT count(*) FROM agent_events").await,
+            750
+        );
+        common::aggregates::assert_aggregates_match(&db, |_| "true".into()).await;
+    }
     drop(db);
     let chosen = migrate(&tsdb.conn, &cfg.storage).await.layout.unwrap();
     assert_eq!(
