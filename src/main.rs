@@ -14,8 +14,20 @@ use tokio_util::sync::CancellationToken;
     about = "Ingest telemetry from AI coding agents into PostgreSQL/TimescaleDB"
 )]
 struct Cli {
+    /// Log lines as text (for a terminal or journald) or as JSON objects,
+    /// one per line (for a log collector). The level comes from RUST_LOG
+    /// (e.g. `RUST_LOG=info,agent_telemetry::copy=debug`; default info).
+    #[arg(long, global = true, env = "AGENT_TELEMETRY_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,13 +61,19 @@ async fn main() -> ExitCode {
         Command::Bench(_) => "warn",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        // Colours only for a terminal: in a file or a collector the escape
+        // codes are noise.
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Serve(cfg) => serve(*cfg).await,
         Command::Migrate(cfg) => migrate(cfg).await,

@@ -171,6 +171,12 @@ impl Authenticator {
 
     /// The scope of a request with this `authorization` header value.
     pub async fn scope(&self, header: Option<&str>) -> Result<Scope, AuthError> {
+        // `Bearer ` with nothing after it (a script's `Bearer $KEY` with KEY
+        // unset) is no key, not a malformed one: where keys are optional it
+        // passes, where they are required it is refused as missing.
+        let header = header
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("bearer"));
         let Some(value) = header else {
             return if self.required {
                 Err(AuthError::Missing)
@@ -267,5 +273,31 @@ impl Authenticator {
             organizations,
             user: first.get(5),
         })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(required: bool) -> Authenticator {
+        // Never connected: these headers are decided before any look-up.
+        let pool = crate::db::pool("host=/nonexistent dbname=x", 1).unwrap();
+        Authenticator::new(pool, required, Duration::from_secs(5))
+    }
+
+    #[tokio::test]
+    async fn an_empty_bearer_token_is_no_key() {
+        for header in [None, Some(""), Some("Bearer "), Some("Bearer"), Some("bearer  ")] {
+            assert_eq!(store(false).scope(header).await.unwrap(), Scope::Any, "{header:?}");
+            assert!(
+                matches!(store(true).scope(header).await, Err(AuthError::Missing)),
+                "{header:?}"
+            );
+        }
+        assert!(matches!(
+            store(false).scope(Some("Basic abc")).await,
+            Err(AuthError::Malformed)
+        ));
     }
 }
