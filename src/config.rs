@@ -132,6 +132,7 @@ pub struct ProjectsConfig {
     /// The host a bare "owner/repo" project name means.
     #[arg(
         long,
+        global = true,
         env = "AGENT_TELEMETRY_DEFAULT_GIT_HOST",
         default_value = "github.com"
     )]
@@ -142,6 +143,7 @@ pub struct ProjectsConfig {
     /// other host names compare exactly. Comma-separated.
     #[arg(
         long,
+        global = true,
         env = "AGENT_TELEMETRY_CASE_INSENSITIVE_GIT_HOSTS",
         default_value = "github.com,gitlab.com,bitbucket.org,codeberg.org",
         value_delimiter = ','
@@ -160,22 +162,27 @@ impl Default for ProjectsConfig {
 pub struct DatabaseConfig {
     /// PostgreSQL connection string (URL or key=value). When absent, the
     /// service starts its own PostgreSQL in --data-dir (the embedded default).
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, global = true, env = "DATABASE_URL")]
     pub database_url: Option<String>,
 
     /// Directory of the embedded PostgreSQL's cluster, kept across restarts.
     /// Default: /var/lib/agent-telemetry when run as root, else
     /// $XDG_DATA_HOME/agent-telemetry (~/.local/share/agent-telemetry).
-    #[arg(long, env = "AGENT_TELEMETRY_DATA_DIR")]
+    #[arg(long, global = true, env = "AGENT_TELEMETRY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
     /// Directory of the PostgreSQL server binaries for the embedded database.
     /// Default: `pg_config --bindir`, then /usr/lib/postgresql/*/bin, then PATH.
-    #[arg(long, env = "AGENT_TELEMETRY_PG_BINDIR")]
+    #[arg(long, global = true, env = "AGENT_TELEMETRY_PG_BINDIR")]
     pub pg_bindir: Option<PathBuf>,
 
     /// Connections in the pool (COPY flushes plus dimension upserts).
-    #[arg(long, env = "AGENT_TELEMETRY_POOL_SIZE", default_value_t = 8)]
+    #[arg(
+        long,
+        global = true,
+        env = "AGENT_TELEMETRY_POOL_SIZE",
+        default_value_t = 8
+    )]
     pub pool_size: usize,
 }
 
@@ -285,7 +292,7 @@ pub struct OtlpConfig {
 
     /// Largest OTLP message accepted, decompressed (the OTLP specification
     /// recommends accepting 64 MiB).
-    #[arg(long, env = "AGENT_TELEMETRY_OTLP_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
+    #[arg(long, env = "AGENT_TELEMETRY_OTLP_MAX_MESSAGE_BYTES", default_value = "64MiB", value_parser = size::<usize>)]
     pub otlp_max_message_bytes: usize,
 
     /// JSON price table for agents that send tokens but no cost:
@@ -382,19 +389,19 @@ pub struct SpoolConfig {
 
     /// Most bytes the spool may hold; beyond it, batches are refused with
     /// RESOURCE_EXHAUSTED until replay has caught up.
-    #[arg(long, env = "AGENT_TELEMETRY_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
+    #[arg(long, env = "AGENT_TELEMETRY_SPOOL_MAX_BYTES", default_value = "1GiB", value_parser = size::<u64>)]
     pub spool_max_bytes: u64,
 
     /// Size at which the spool starts a new file; a file is deleted once all
     /// its batches are in the database.
-    #[arg(long, env = "AGENT_TELEMETRY_SPOOL_SEGMENT_BYTES", default_value_t = 64 << 20)]
+    #[arg(long, env = "AGENT_TELEMETRY_SPOOL_SEGMENT_BYTES", default_value = "64MiB", value_parser = size::<u64>)]
     pub spool_segment_bytes: u64,
 
     /// Free space the spool leaves on its filesystem (at most a tenth of
     /// the filesystem): below it, batches are refused with
     /// RESOURCE_EXHAUSTED before the disk is full, whatever
     /// --spool-max-bytes says.
-    #[arg(long, env = "AGENT_TELEMETRY_SPOOL_RESERVE_BYTES", default_value_t = 64 << 20)]
+    #[arg(long, env = "AGENT_TELEMETRY_SPOOL_RESERVE_BYTES", default_value = "64MiB", value_parser = size::<u64>)]
     pub spool_reserve_bytes: u64,
 }
 
@@ -558,7 +565,7 @@ pub struct PipelineConfig {
     /// COPY, and batches being decoded and encoded (3× their protobuf size
     /// until encoded). When full, new batches wait up to
     /// --admission-timeout and are then refused with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "AGENT_TELEMETRY_BUFFER_BYTES", default_value_t = 128 << 20)]
+    #[arg(long, env = "AGENT_TELEMETRY_BUFFER_BYTES", default_value = "128MiB", value_parser = size::<usize>)]
     pub buffer_bytes: usize,
 
     /// When no COPY of a table is running, a flush starts at once with
@@ -568,7 +575,7 @@ pub struct PipelineConfig {
     pub flush_rows: usize,
 
     /// ... or this many bytes ...
-    #[arg(long, env = "AGENT_TELEMETRY_FLUSH_BYTES", default_value_t = 8 << 20)]
+    #[arg(long, env = "AGENT_TELEMETRY_FLUSH_BYTES", default_value = "8MiB", value_parser = size::<usize>)]
     pub flush_bytes: usize,
 
     /// ... or when the oldest gathered row has waited this long (or when the
@@ -609,7 +616,7 @@ pub struct PipelineConfig {
 #[derive(Debug, Clone, Args)]
 pub struct Limits {
     /// Largest gRPC message accepted (after decompression).
-    #[arg(long, env = "AGENT_TELEMETRY_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
+    #[arg(long, env = "AGENT_TELEMETRY_MAX_MESSAGE_BYTES", default_value = "16MiB", value_parser = size::<usize>)]
     pub max_message_bytes: usize,
 
     /// Rows in one batch.
@@ -617,15 +624,15 @@ pub struct Limits {
     pub max_batch_rows: usize,
 
     /// Bytes of an identifier or name field (ids, types, tags, paths, ...).
-    #[arg(long, env = "AGENT_TELEMETRY_MAX_TEXT_BYTES", default_value_t = 4096)]
+    #[arg(long, env = "AGENT_TELEMETRY_MAX_TEXT_BYTES", default_value = "4KiB", value_parser = size::<usize>)]
     pub max_text_bytes: usize,
 
     /// Bytes of a chat message's content (and search_content).
-    #[arg(long, env = "AGENT_TELEMETRY_MAX_CONTENT_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "AGENT_TELEMETRY_MAX_CONTENT_BYTES", default_value = "1MiB", value_parser = size::<usize>)]
     pub max_content_bytes: usize,
 
     /// Bytes of one JSON field.
-    #[arg(long, env = "AGENT_TELEMETRY_MAX_JSON_BYTES", default_value_t = 256 << 10)]
+    #[arg(long, env = "AGENT_TELEMETRY_MAX_JSON_BYTES", default_value = "256KiB", value_parser = size::<usize>)]
     pub max_json_bytes: usize,
 
     /// Tags, and related event ids, per event.
@@ -645,5 +652,36 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         ServeConfig::defaults().limits
+    }
+}
+
+/// A size flag: bytes, or with a unit as the docs write them ("128MiB",
+/// "64 KiB", "1GB" = 10^9 bytes; `bytesize`'s syntax).
+fn size<T: TryFrom<u64>>(s: &str) -> Result<T, String> {
+    let bytes = s
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| format!("{s:?} is not a size ({e}); write bytes or e.g. 128MiB"))?
+        .as_u64();
+    T::try_from(bytes).map_err(|_| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_units_as_the_docs_write_them() {
+        assert_eq!(size::<usize>("128MiB"), Ok(128 << 20));
+        assert_eq!(size::<usize>("128 MiB"), Ok(128 << 20));
+        assert_eq!(size::<u64>("1GiB"), Ok(1 << 30));
+        assert_eq!(size::<u64>("1GB"), Ok(1_000_000_000));
+        assert_eq!(size::<usize>("4096"), Ok(4096));
+        assert_eq!(size::<usize>("256KiB"), Ok(256 << 10));
+        assert!(size::<usize>("lots").unwrap_err().contains("is not a size"));
+        let d = ServeConfig::defaults();
+        assert_eq!(d.pipeline.buffer_bytes, 128 << 20);
+        assert_eq!(d.limits.max_text_bytes, 4096);
+        assert_eq!(d.spool.spool_max_bytes, 1 << 30);
     }
 }

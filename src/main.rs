@@ -17,7 +17,13 @@ struct Cli {
     /// Log lines as text (for a terminal or journald) or as JSON objects,
     /// one per line (for a log collector). The level comes from RUST_LOG
     /// (e.g. `RUST_LOG=info,agent_telemetry::copy=debug`; default info).
-    #[arg(long, global = true, env = "AGENT_TELEMETRY_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "AGENT_TELEMETRY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     log_format: LogFormat,
 
     #[command(subcommand)]

@@ -10,7 +10,11 @@ fn migrate_logs(conn: &str, format: &str) -> String {
         .env("RUST_LOG", "info")
         .output()
         .expect("run agent-telemetry migrate");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stderr).unwrap()
 }
 
@@ -31,6 +35,12 @@ async fn json_logs_are_one_object_a_line_and_text_logs_have_no_colours_in_a_pipe
     );
     let conn2 = pg.database("logs_text").await;
     let text = migrate_logs(&conn2, "text");
-    assert!(text.contains("applied") && text.contains("0001_core.sql"), "{text}");
-    assert!(!text.contains('\u{1b}'), "colour codes in piped logs: {text:?}");
+    assert!(
+        text.contains("applied") && text.contains("0001_core.sql"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in piped logs: {text:?}"
+    );
 }

@@ -288,8 +288,18 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_bearer_token_is_no_key() {
-        for header in [None, Some(""), Some("Bearer "), Some("Bearer"), Some("bearer  ")] {
-            assert_eq!(store(false).scope(header).await.unwrap(), Scope::Any, "{header:?}");
+        for header in [
+            None,
+            Some(""),
+            Some("Bearer "),
+            Some("Bearer"),
+            Some("bearer  "),
+        ] {
+            assert_eq!(
+                store(false).scope(header).await.unwrap(),
+                Scope::Any,
+                "{header:?}"
+            );
             assert!(
                 matches!(store(true).scope(header).await, Err(AuthError::Missing)),
                 "{header:?}"

@@ -1,0 +1,63 @@
+//! The command line as a newcomer types it: a database flag works before or
+//! after the subcommand, and sizes take units.
+
+mod common;
+
+fn run(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run agent-telemetry")
+}
+
+#[tokio::test]
+async fn database_flags_work_in_either_position() {
+    let pg = common::TestCluster::start();
+    let conn = pg.database("cli").await;
+    for args in [
+        vec![
+            "keys",
+            "create",
+            "--project",
+            "acme/api",
+            "--database-url",
+            &conn,
+        ],
+        vec![
+            "keys",
+            "--database-url",
+            &conn,
+            "create",
+            "--project",
+            "acme/web",
+        ],
+        vec!["keys", "list", "--database-url", &conn],
+        vec!["readers", "list", "--database-url", &conn],
+        vec!["readers", "--database-url", &conn, "list"],
+    ] {
+        let out = run(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let listed = String::from_utf8(run(&["keys", "list", "--database-url", &conn]).stdout).unwrap();
+    assert!(
+        listed.contains("acme/api") && listed.contains("acme/web"),
+        "{listed}"
+    );
+}
+
+#[test]
+fn sizes_take_units_and_a_bad_one_says_what_it_wants() {
+    let out = run(&["serve", "--buffer-bytes", "lots", "--help"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is not a size") && err.contains("128MiB"),
+        "{err}"
+    );
+    let help = String::from_utf8(run(&["serve", "--help"]).stdout).unwrap();
+    assert!(help.contains("[default: 128MiB]"), "{help}");
+}
