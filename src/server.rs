@@ -114,6 +114,10 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         metrics::install(addr).map_err(|source| ServerError::Metrics { addr, source })?;
         tracing::info!(%addr, "Prometheus metrics at /metrics");
     }
+    // Every port bound and the price table read before the database work,
+    // so that a typo fails in milliseconds rather than after migrations.
+    let grpc_listener = crate::net::bind(cfg.listen).await?;
+    let otlp_bound = otlp::serve::bind(&cfg).await?;
     let database = open_database(&cfg.database).await?;
     let report = run_migrations(&database.conn, &cfg.storage, cfg.limits.max_past).await?;
     tracing::info!(
@@ -151,8 +155,8 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         let intake = intake.clone();
         tokio::spawn(replay::run(s.reader, intake, s.backlog, drain.clone()))
     });
-    let otlp = otlp::serve::start(&cfg, intake.clone(), &pool, &drain).await?;
-    let (addr, serve) = serve_grpc(&cfg, intake, &pool, &drain).await?;
+    let otlp = otlp::serve::start(&cfg, otlp_bound, intake.clone(), &pool, &drain).await?;
+    let (addr, serve) = serve_grpc(&cfg, grpc_listener, intake, &pool, &drain).await?;
     let tasks = Tasks {
         otlp: otlp.tasks,
         replayer,
@@ -275,6 +279,7 @@ type Served = Result<(), tonic::transport::Error>;
 /// serving it until `drain`; health turns NOT_SERVING as the drain starts.
 async fn serve_grpc(
     cfg: &ServeConfig,
+    bound: (tokio::net::TcpListener, SocketAddr),
     intake: Arc<Intake>,
     pool: &Pool,
     drain: &CancellationToken,
@@ -294,7 +299,7 @@ async fn serve_grpc(
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(cfg.limits.max_message_bytes);
-    let (listener, addr) = crate::net::bind(cfg.listen).await?;
+    let (listener, addr) = bound;
     tracing::info!(%addr, "gRPC ingest service listening");
     // Reflection lets grpcurl, grpcui and Postman call the service without
     // the proto files. Both versions: grpcurl before 1.9 asks v1alpha only.

@@ -61,3 +61,57 @@ fn sizes_take_units_and_a_bad_one_says_what_it_wants() {
     let help = String::from_utf8(run(&["serve", "--help"]).stdout).unwrap();
     assert!(help.contains("[default: 128MiB]"), "{help}");
 }
+
+/// Settings that cannot work are found before the database is touched: a
+/// port in use or a bad price table is the error, not the unreachable
+/// database named beside it (which would take seconds to time out).
+#[test]
+fn a_port_in_use_or_a_bad_price_table_fails_before_the_database() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let nowhere = "host=/nonexistent dbname=x";
+    let base = [
+        "serve",
+        "--database-url",
+        nowhere,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let expect = |extra: &[&str], what: &str| {
+        let out = run(&[&base[..], extra].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(what),
+            "{extra:?}: {err}"
+        );
+        assert!(!err.contains("cannot connect to the database"), "{err}");
+    };
+    expect(&["--listen", &port], &port);
+    expect(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--otlp-grpc-listen",
+            &port,
+            "--otlp-http-listen",
+            "127.0.0.1:0",
+        ],
+        &port,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let prices = dir.path().join("prices.json");
+    std::fs::write(&prices, "{ not json").unwrap();
+    expect(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--otlp-grpc-listen",
+            "127.0.0.1:0",
+            "--otlp-http-listen",
+            "127.0.0.1:0",
+            "--price-table",
+            prices.to_str().unwrap(),
+        ],
+        "prices.json",
+    );
+}
