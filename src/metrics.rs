@@ -36,6 +36,7 @@ pub const SPOOL_DISK_FREE: &str = "agent_telemetry_spool_disk_free_bytes";
 pub const SPOOL_REPLAY_RETRIES: &str = "agent_telemetry_spool_replay_retries_total";
 pub const SPOOL_REJECTED: &str = "agent_telemetry_spool_rejected_rows_total";
 pub const AUTH_REFUSED: &str = "agent_telemetry_auth_refused_total";
+pub const BUILD_INFO: &str = "agent_telemetry_build_info";
 pub const STORAGE_LAYOUT: &str = "agent_telemetry_storage_layout";
 pub const OTLP_EXPORTS: &str = "agent_telemetry_otlp_exports_total";
 pub const OTLP_RECORDS: &str = "agent_telemetry_otlp_records_total";
@@ -48,22 +49,26 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// Installs the Prometheus exporter on `addr` (`/metrics`), describes every
-/// metric and sets the counters that must read 0 before anything happened.
-pub fn install(addr: std::net::SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {
+/// Installs the Prometheus recorder, describes every metric (the process's
+/// own too) and sets the counters that must read 0 before anything
+/// happened. The handle renders the text `/metrics` serves
+/// (`api::probes`).
+pub fn install()
+-> Result<metrics_exporter_prometheus::PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     // Latencies as histograms, not the exporter's default summaries:
     // bucket counts add up across instances, so a dashboard can show one
     // p99 for a whole fleet (quantiles of summaries cannot be merged).
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
             LATENCY_BUCKETS,
-        )
-        .and_then(|b| b.install())?;
+        )?
+        .install_recorder()?;
     describe();
     zero();
-    Ok(())
+    metrics_process::Collector::default().describe();
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
 }
 
 /// One description per metric: a list, long because the metrics are many.
@@ -138,6 +143,7 @@ pub fn describe() {
         "Rows appended to the disk spool and acknowledged, per table"
     );
     describe_gauge!(SPOOL_BYTES, "Bytes in the disk spool's files");
+    describe_gauge!(BUILD_INFO, "1, labelled with the service's version");
     describe_gauge!(
         STORAGE_LAYOUT,
         "1 for the event tables' storage layout in use (label layout: columnstore or rowstore)"

@@ -110,12 +110,18 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         cfg.security.pseudonymize_users,
         cfg.security.pseudonym_secret.as_deref(),
     )?;
-    if let Some(addr) = cfg.metrics_addr() {
-        metrics::install(addr).map_err(|source| ServerError::Metrics { addr, source })?;
-        tracing::info!(%addr, "Prometheus metrics at /metrics");
-    }
     // Every port bound and the price table read before the database work,
     // so that a typo fails in milliseconds rather than after migrations.
+    let ready = match cfg.metrics_addr() {
+        Some(addr) => {
+            let (listener, local) = crate::net::bind(addr).await?;
+            let handle =
+                metrics::install().map_err(|source| ServerError::Metrics { addr, source })?;
+            tracing::info!("{}", crate::api::probes::describe(local));
+            Some(crate::api::probes::serve(listener, handle, drain.clone()))
+        }
+        None => None,
+    };
     let grpc_listener = crate::net::bind(cfg.listen).await?;
     let otlp_bound = otlp::serve::bind(&cfg).await?;
     let database = open_database(&cfg.database).await?;
@@ -135,6 +141,9 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
     };
     metrics::storage_layout(layout.as_str());
     let pool = db::pool(&database.conn, cfg.database.pool_size)?;
+    if let Some(ready) = &ready {
+        ready.send_replace(Some(pool.clone()));
+    }
     let timescaledb = report.mode.is_timescaledb();
     let pipeline = Pipeline::start(&cfg, &pool, timescaledb, layout, &drain);
     let spool = open_spool(&cfg.spool, &drain)?;

@@ -131,6 +131,33 @@ async fn counters_exist_at_zero_and_increase_counts_the_first_refusals() {
         );
     }
 
+    // The service's build and its process, beside its own metrics.
+    for series in [
+        &format!(
+            r#"agent_telemetry_build_info{{version="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        )[..],
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(text.contains(series), "missing: {series}\n{text}");
+    }
+    // Probes for Kubernetes; nothing else on the port.
+    for (path, status, body) in [
+        ("/healthz", "200", "ok"),
+        ("/readyz", "200", "ready"),
+        ("/", "404", ""),
+        ("/metrics/x", "404", ""),
+    ] {
+        let response = common::http_get(metrics, path).await.unwrap();
+        let first = response.lines().next().unwrap_or_default().to_owned();
+        assert!(
+            first.contains(status) && response.contains(body),
+            "{path}: {response}"
+        );
+    }
+
     let prometheus = Prometheus::start(metrics);
     let refused =
         r#"agent_telemetry_batches_refused_total{table="agent_events",reason="too_many_rows"}"#;

@@ -18,6 +18,7 @@
 
 pub mod ack;
 pub mod health;
+pub mod probes;
 pub mod status;
 
 use std::{future::Future, pin::Pin, sync::Arc};
