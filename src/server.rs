@@ -110,8 +110,9 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         cfg.security.pseudonymize_users,
         cfg.security.pseudonym_secret.as_deref(),
     )?;
-    // Every port bound and the price table read before the database work,
-    // so that a typo fails in milliseconds rather than after migrations.
+    // Every port and the price table checked before the database work, so
+    // that a typo fails in milliseconds rather than after migrations. The
+    // metrics port stays bound: /readyz says "starting" meanwhile.
     let ready = match cfg.metrics_addr() {
         Some(addr) => {
             let (listener, local) = crate::net::bind(addr).await?;
@@ -122,8 +123,11 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         }
         None => None,
     };
-    let grpc_listener = crate::net::bind(cfg.listen).await?;
-    let otlp_bound = otlp::serve::bind(&cfg).await?;
+    // The service ports are released again at once: they are bound for
+    // good once the service can serve, so that while it migrates clients
+    // are refused (and back off) rather than left waiting.
+    crate::net::bind(cfg.listen).await?;
+    let otlp_checked = otlp::serve::check(&cfg).await?;
     let database = open_database(&cfg.database).await?;
     let report = run_migrations(&database.conn, &cfg.storage, cfg.limits.max_past).await?;
     tracing::info!(
@@ -164,8 +168,8 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         let intake = intake.clone();
         tokio::spawn(replay::run(s.reader, intake, s.backlog, drain.clone()))
     });
-    let otlp = otlp::serve::start(&cfg, otlp_bound, intake.clone(), &pool, &drain).await?;
-    let (addr, serve) = serve_grpc(&cfg, grpc_listener, intake, &pool, &drain).await?;
+    let otlp = otlp::serve::start(&cfg, otlp_checked, intake.clone(), &pool, &drain).await?;
+    let (addr, serve) = serve_grpc(&cfg, intake, &pool, &drain).await?;
     let tasks = Tasks {
         otlp: otlp.tasks,
         replayer,
@@ -288,7 +292,6 @@ type Served = Result<(), tonic::transport::Error>;
 /// serving it until `drain`; health turns NOT_SERVING as the drain starts.
 async fn serve_grpc(
     cfg: &ServeConfig,
-    bound: (tokio::net::TcpListener, SocketAddr),
     intake: Arc<Intake>,
     pool: &Pool,
     drain: &CancellationToken,
@@ -308,7 +311,7 @@ async fn serve_grpc(
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(cfg.limits.max_message_bytes);
-    let (listener, addr) = bound;
+    let (listener, addr) = crate::net::bind(cfg.listen).await?;
     tracing::info!(%addr, "gRPC ingest service listening");
     // Reflection lets grpcurl, grpcui and Postman call the service without
     // the proto files. Both versions: grpcurl before 1.9 asks v1alpha only.

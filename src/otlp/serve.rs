@@ -33,38 +33,35 @@ pub struct Receivers {
     pub tasks: Vec<JoinHandle<()>>,
 }
 
-/// The receivers' ports, bound, and the price table, loaded: what can be
-/// wrong with the settings, found before the database work starts (a port
-/// in use or a bad price file fails in milliseconds).
-pub struct Bound {
+/// What can be wrong with the receivers' settings, found before the
+/// database work starts: the price table, loaded, and each port, bound and
+/// released at once (it is bound for good only once the service can serve,
+/// so that clients are refused, not left waiting, while it migrates).
+pub struct Checked {
     prices: PriceTable,
-    grpc: Option<(tokio::net::TcpListener, SocketAddr)>,
-    http: Option<(tokio::net::TcpListener, SocketAddr)>,
 }
 
-pub async fn bind(cfg: &ServeConfig) -> Result<Bound, ServeError> {
+pub async fn check(cfg: &ServeConfig) -> Result<Checked, ServeError> {
     let o = &cfg.otlp;
     let on = o.otlp_grpc_listen.0.is_some() || o.otlp_http_listen.0.is_some();
     let prices = match &o.price_table {
         Some(path) if on => PriceTable::load(path)?,
         _ => PriceTable::default(),
     };
-    let grpc = match o.otlp_grpc_listen.0 {
-        Some(addr) => Some(crate::net::bind(addr).await?),
-        None => None,
-    };
-    let http = match o.otlp_http_listen.0 {
-        Some(addr) => Some(crate::net::bind(addr).await?),
-        None => None,
-    };
-    Ok(Bound { prices, grpc, http })
+    for addr in [o.otlp_grpc_listen.0, o.otlp_http_listen.0]
+        .into_iter()
+        .flatten()
+    {
+        crate::net::bind(addr).await?;
+    }
+    Ok(Checked { prices })
 }
 
 /// Starts the OTLP/gRPC and OTLP/HTTP receivers that are on; both stop
 /// taking requests when `drain` is cancelled and finish the ones they have.
 pub async fn start(
     cfg: &ServeConfig,
-    bound: Bound,
+    checked: Checked,
     intake: Arc<Intake>,
     pool: &deadpool_postgres::Pool,
     drain: &CancellationToken,
@@ -79,7 +76,7 @@ pub async fn start(
     if addrs.iter().all(Option::is_none) {
         return Ok(receivers);
     }
-    let Bound { prices, grpc, http } = bound;
+    let Checked { prices } = checked;
     // Keys are required as for the native API, by the receivers' own addresses.
     let required = addrs
         .iter()
@@ -98,12 +95,13 @@ pub async fn start(
             default_project: o.otlp_default_project.clone(),
         },
     ));
-    if let Some((listener, local)) = grpc {
+    if let Some(addr) = o.otlp_grpc_listen.0 {
         use opentelemetry_proto::tonic::collector::{
             logs::v1::logs_service_server::LogsServiceServer,
             metrics::v1::metrics_service_server::MetricsServiceServer,
             trace::v1::trace_service_server::TraceServiceServer,
         };
+        let (listener, local) = crate::net::bind(addr).await?;
         let svc = OtlpGrpc(otlp.clone());
         let max = o.otlp_max_message_bytes;
         // Gemini CLI always compresses with gzip.
@@ -135,7 +133,8 @@ pub async fn start(
             }
         }));
     }
-    if let Some((listener, local)) = http {
+    if let Some(addr) = o.otlp_http_listen.0 {
+        let (listener, local) = crate::net::bind(addr).await?;
         if cfg.security.tls_cert.is_some() {
             tracing::warn!(addr = %local, "the OTLP/HTTP receiver serves plain HTTP: put a TLS proxy in front of it");
         }
