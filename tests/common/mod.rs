@@ -170,10 +170,33 @@ pub async fn client(endpoint: &str) -> TelemetryIngestClient<Channel> {
         .max_decoding_message_size(64 << 20)
 }
 
+/// A connection to the test database. PGlite serves one client at a time
+/// and takes a moment to notice that one (a CLI process that has just
+/// exited) is gone: a reset or refused connection is tried again for a few
+/// seconds; any other error, or one that lasts, fails the test.
 pub async fn db(conn: &str) -> Client {
-    agent_telemetry::db::connect(conn)
-        .await
-        .expect("connect to test database")
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match agent_telemetry::db::connect(conn).await {
+            Ok(client) => return client,
+            Err(agent_telemetry::db::DbError::Connect(e))
+                if tokio::time::Instant::now() < deadline
+                    && e.code().is_none()
+                    && std::error::Error::source(&e)
+                        .and_then(|s| s.downcast_ref::<std::io::Error>())
+                        .is_some_and(|io| {
+                            matches!(
+                                io.kind(),
+                                std::io::ErrorKind::ConnectionReset
+                                    | std::io::ErrorKind::ConnectionRefused
+                            )
+                        }) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("connect to test database: {e:?}"),
+        }
+    }
 }
 
 /// The first column of every row of `sql`, as text.
