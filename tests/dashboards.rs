@@ -7,7 +7,8 @@
 
 mod common;
 
-use common::grafana::{DB_UID, Grafana, dashboards};
+use agent_telemetry::bench::grafana::is_db;
+use common::grafana::{Grafana, dashboards};
 
 use std::collections::BTreeMap;
 
@@ -16,7 +17,6 @@ use agent_telemetry::{
     loadgen::{self, LoadgenConfig},
     pb,
 };
-use serde_json::Value;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// Rows of a query, each column as text (the simple protocol, as psql).
@@ -32,10 +32,6 @@ async fn rows(db: &Client, sql: &str, what: &str) -> Vec<Vec<Option<String>>> {
             _ => None,
         })
         .collect()
-}
-
-fn is_db(v: &Value) -> bool {
-    v["datasource"]["uid"] == DB_UID
 }
 
 async fn fill(cfg: ServeConfig, conn: &str) {
@@ -135,18 +131,18 @@ async fn every_query_returns_rows(conn: &str, mut cfg: ServeConfig, label: &str)
     assert!(queries >= 25, "only {queries} SQL queries found");
     drop(db);
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
-        .args([
+    let out = common::cli(
+        conn,
+        &[
             "readers",
             "create",
             "--organization",
             "org1",
             "--role",
             "grafana_org1",
-        ])
-        .env("DATABASE_URL", conn)
-        .output()
-        .expect("run agent-telemetry readers");
+        ],
+        &[],
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -12,15 +12,15 @@ use agent_telemetry::{
 use tokio_postgres::Client;
 
 fn readers_cli(conn: &str, args: &[&str], password: Option<&str>) -> String {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"));
-    cmd.arg("readers").args(args).env("DATABASE_URL", conn);
-    if let Some(p) = password {
-        cmd.env("AGENT_TELEMETRY_ORG_READER_PASSWORD", p);
-    }
-    let out = cmd.output().expect("run agent-telemetry readers");
+    let args = [&["readers"][..], args].concat();
+    let env: Vec<_> = password
+        .map(|p| ("AGENT_TELEMETRY_ORG_READER_PASSWORD", p))
+        .into_iter()
+        .collect();
+    let out = common::cli(conn, &args, &env);
     assert!(
         out.status.success(),
-        "readers {args:?}: {}",
+        "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
@@ -155,18 +155,18 @@ async fn one_organisation_reads_only_its_own(
     .await
     .unwrap();
     drop(db);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
-        .args([
+    let out = common::cli(
+        conn,
+        &[
             "readers",
             "create",
             "--organization",
             "org1",
             "--role",
             "someone_else",
-        ])
-        .env("DATABASE_URL", conn)
-        .output()
-        .unwrap();
+        ],
+        &[],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("exists and is not an organisation reader"),

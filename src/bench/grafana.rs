@@ -35,6 +35,27 @@ pub fn dashboards(dir: &Path) -> Result<Vec<(String, Value)>, String> {
     Ok(out)
 }
 
+/// Rows of a query, each column as text ("" for NULL), run with the simple
+/// protocol as Grafana's datasource and psql run it.
+pub async fn text_rows(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
+    Ok(client
+        .simple_query(sql)
+        .await?
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
 /// Whether a variable or panel target queries the database (not Prometheus).
 pub fn is_db(v: &Value) -> bool {
     v["datasource"]["uid"] == DB_UID
@@ -63,6 +84,46 @@ fn seconds(interval: &str) -> Result<u64, String> {
 }
 
 impl Grafana {
+    /// Runs each database variable of `dash` in order, as Grafana does (a
+    /// variable's query may use the ones before it), and sets it to every
+    /// value it returned ("All"); `picked` variables get the given values
+    /// instead, as a team lead picks them.
+    pub async fn load_variables(
+        &mut self,
+        client: &tokio_postgres::Client,
+        dash: &Value,
+        picked: &[(&str, Vec<String>)],
+    ) -> Result<(), String> {
+        let empty = Vec::new();
+        for var in dash["templating"]["list"].as_array().unwrap_or(&empty) {
+            if !is_db(var) {
+                continue;
+            }
+            let name = var["name"].as_str().unwrap_or_default();
+            let values = match picked.iter().find(|(n, _)| *n == name) {
+                Some((_, v)) => v.clone(),
+                None => {
+                    let sql = self.expand(var["query"].as_str().unwrap_or_default(), "1h")?;
+                    // `__value` is the second column where the query names one.
+                    let col = usize::from(sql.contains("__value"));
+                    text_rows(client, &sql)
+                        .await
+                        .map_err(|e| {
+                            format!(
+                                "variable ${name}: {}\n{sql}",
+                                crate::db::error::describe(&e)
+                            )
+                        })?
+                        .into_iter()
+                        .filter_map(|mut r| (r.len() > col).then(|| r.swap_remove(col)))
+                        .collect()
+                }
+            };
+            self.vars.insert(name.to_owned(), values);
+        }
+        Ok(())
+    }
+
     /// Expands one query. `interval` is the panel's `$__interval` (its
     /// minimum interval, which is what Grafana uses over long ranges).
     pub fn expand(&self, sql: &str, interval: &str) -> Result<String, String> {

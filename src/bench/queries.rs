@@ -7,7 +7,7 @@
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
 use clap::Args;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 use super::{
     BenchError,
@@ -66,23 +66,10 @@ pub async fn run(cfg: &DashboardsConfig) -> Result<String, BenchError> {
                 to: to.clone(),
                 vars: Default::default(),
             };
+            g.load_variables(&client, dash, &[])
+                .await
+                .map_err(BenchError::Case)?;
             let empty = Vec::new();
-            for var in dash["templating"]["list"].as_array().unwrap_or(&empty) {
-                if !grafana::is_db(var) {
-                    continue;
-                }
-                let sql = g
-                    .expand(var["query"].as_str().unwrap_or_default(), "1h")
-                    .map_err(BenchError::Case)?;
-                let col = usize::from(sql.contains("__value"));
-                let values = rows(&client, &sql)
-                    .await?
-                    .into_iter()
-                    .filter_map(|mut r| (r.len() > col).then(|| r.swap_remove(col)))
-                    .collect();
-                g.vars
-                    .insert(var["name"].as_str().unwrap_or_default().to_owned(), values);
-            }
             for panel in dash["panels"].as_array().unwrap_or(&empty) {
                 let title = panel["title"].as_str().unwrap_or_default();
                 let interval = panel["interval"].as_str().unwrap_or("1h");
@@ -185,18 +172,7 @@ async fn describe(client: &Client) -> Result<String, BenchError> {
 }
 
 async fn rows(client: &Client, sql: &str) -> Result<Vec<Vec<String>>, BenchError> {
-    Ok(client
-        .simple_query(sql)
+    grafana::text_rows(client, sql)
         .await
-        .map_err(|e| BenchError::Case(format!("{}\n{sql}", crate::db::error::describe(&e))))?
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("").to_owned())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect())
+        .map_err(|e| BenchError::Case(format!("{}\n{sql}", crate::db::error::describe(&e))))
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-pub use agent_telemetry::bench::grafana::{DB_UID, Grafana};
+pub use agent_telemetry::bench::grafana::Grafana;
 
 pub const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/dashboards");
 
@@ -14,22 +14,11 @@ pub fn dashboards() -> Vec<(String, Value)> {
     agent_telemetry::bench::grafana::dashboards(std::path::Path::new(DIR)).unwrap()
 }
 
-/// Rows of a query, each column as text ("" for NULL), run with the simple
-/// protocol as psql runs it.
+/// Rows of a query, each column as text ("" for NULL).
 pub async fn text_rows(db: &tokio_postgres::Client, sql: &str) -> Vec<Vec<String>> {
-    db.simple_query(sql)
+    agent_telemetry::bench::grafana::text_rows(db, sql)
         .await
         .unwrap_or_else(|e| panic!("{e:?}\n{sql}"))
-        .iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).unwrap_or("").to_owned())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 /// What a team lead sees in one panel: its SQL expanded as Grafana expands
@@ -64,27 +53,7 @@ pub async fn panel_with(
         to: fmt(now + std::time::Duration::from_secs(60)),
         vars: BTreeMap::new(),
     };
-    for var in dash["templating"]["list"].as_array().unwrap() {
-        if var["datasource"]["uid"] != DB_UID {
-            continue;
-        }
-        let sql = grafana
-            .expand(var["query"].as_str().unwrap(), "1h")
-            .unwrap();
-        let col = usize::from(sql.contains("__value"));
-        let values = text_rows(db, &sql)
-            .await
-            .into_iter()
-            .map(|r| r[col].clone())
-            .collect();
-        let name = var["name"].as_str().unwrap();
-        let values = picked
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or(values);
-        grafana.vars.insert(name.to_owned(), values);
-    }
+    grafana.load_variables(db, &dash, picked).await.unwrap();
     let target = dash["panels"]
         .as_array()
         .unwrap()

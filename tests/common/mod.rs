@@ -170,6 +170,17 @@ pub async fn client(endpoint: &str) -> TelemetryIngestClient<Channel> {
         .max_decoding_message_size(64 << 20)
 }
 
+/// Runs the `agent-telemetry` binary with `args` against the database
+/// `conn` (`DATABASE_URL`), with `env` besides; its output.
+pub fn cli(conn: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+        .args(args)
+        .env("DATABASE_URL", conn)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run agent-telemetry")
+}
+
 /// A connection to the test database. PGlite serves one client at a time
 /// and takes a moment to notice that one (a CLI process that has just
 /// exited) is gone: a reset or refused connection is tried again for a few
