@@ -1,6 +1,8 @@
 //! The hot ingest path on batches of 1,000 realistic events (the loadgen
 //! generator): protobuf decode, validation, binary-COPY encoding, and the
 //! three together — the CPU work the service does per batch before COPY.
+//! The same with redaction (`--redaction on`, the default) on the same
+//! data, which holds no secret, and on events that each carry one.
 //! Run: `cargo bench --bench hot_path`. Figures are per core (single thread).
 
 use std::time::SystemTime;
@@ -8,6 +10,7 @@ use std::time::SystemTime;
 use agent_telemetry::{
     config::Limits,
     copy::encode::encode_event,
+    intake::redact::{Hits, Redactor},
     loadgen::r#gen::Generator,
     pb,
     row::EventRow,
@@ -62,6 +65,59 @@ fn pipeline(bytes: &Bytes, limits: &Limits, window: TimeWindow, capacity: usize)
     encode_all(&rows, capacity)
 }
 
+/// The pipeline with each decoded event redacted first, as intake does.
+fn pipeline_redacted(
+    bytes: &Bytes,
+    redactor: &Redactor,
+    limits: &Limits,
+    window: TimeWindow,
+    capacity: usize,
+) -> (BytesMut, u64) {
+    let mut decoded = decode(bytes);
+    let mut hits = Hits::default();
+    for (_, e) in &mut decoded {
+        redactor.event(e, &mut hits);
+    }
+    let rows = validate_all(&decoded, limits, window);
+    (encode_all(&rows, capacity), hits.total())
+}
+
+/// The loadgen events with a credential in each one's command or context.
+fn secret_batch() -> Bytes {
+    let mut events = Generator::new(42, 20).events(BATCH);
+    for (i, e) in events.iter_mut().enumerate() {
+        e.data_json = match i % 4 {
+            0 => format!(r#"{{"command":"export GITHUB_TOKEN=ghp_{:036} && gh pr list"}}"#, i),
+            1 => format!(r#"{{"command":"psql postgres://app:pw{i:08}x@db:5432/app"}}"#),
+            2 => format!(r#"{{"env":{{"AWS_ACCESS_KEY_ID":"AKIA{:016}","password":"p{i}"}}}}"#, 0)
+                .replace("AKIA0000000000000000", "AKIAZ7QX2MBN4VJ3KTWE"),
+            _ => format!(r#"{{"prompt":"my key is sk-proj-{:048} ok"}}"#, i),
+        };
+    }
+    Bytes::from(pb::AgentEventBatch { sequence: 1, events }.encode_to_vec())
+}
+
+fn redaction(c: &mut Criterion) {
+    let redactor = Redactor::new(None).expect("built-in rules");
+    let limits = Limits::default();
+    let window = TimeWindow::around(SystemTime::now(), &limits);
+    let mut g = c.benchmark_group("redaction");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    for (name, bytes) in [("loadgen", wire_batch()), ("a secret per event", secret_batch())] {
+        let (encoded, hits) = pipeline_redacted(&bytes, &redactor, &limits, window, 0);
+        assert_eq!(hits == 0, name == "loadgen", "{name}: {hits} redactions");
+        assert!(hits >= BATCH as u64 || name == "loadgen", "{name}: {hits}");
+        let len = encoded.len();
+        g.bench_function(format!("{name}: decode+validate+encode"), |b| {
+            b.iter(|| pipeline(&bytes, &limits, window, len))
+        });
+        g.bench_function(format!("{name}: decode+redact+validate+encode"), |b| {
+            b.iter(|| pipeline_redacted(&bytes, &redactor, &limits, window, len))
+        });
+    }
+    g.finish();
+}
+
 fn hot_path(c: &mut Criterion) {
     let bytes = wire_batch();
     let limits = Limits::default();
@@ -91,5 +147,5 @@ fn hot_path(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, hot_path);
+criterion_group!(benches, hot_path, redaction);
 criterion_main!(benches);

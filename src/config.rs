@@ -237,6 +237,33 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub otlp: OtlpConfig,
+
+    #[command(flatten)]
+    pub redaction: RedactionConfig,
+}
+
+/// Credentials out of what agents send (docs/reliability.md, "Redaction").
+#[derive(Debug, Clone, Args)]
+pub struct RedactionConfig {
+    /// Replace credentials (cloud, GitHub, GitLab, Slack, Stripe, OpenAI,
+    /// Anthropic and Google keys, JWTs, private keys, passwords in URLs
+    /// and assignments) in every text field with [REDACTED:<kind>] before
+    /// anything is spooled or stored. "off" stores them as sent, and says
+    /// so in a warning at start.
+    #[arg(long, env = "AGENT_TELEMETRY_REDACTION", default_value = "on")]
+    pub redaction: Switch,
+
+    /// TOML file of more rules (`[[rule]] kind, regex`) and allow-list
+    /// patterns (`[[allow]] regex`), added to the built-in rules.
+    #[arg(long, env = "AGENT_TELEMETRY_REDACTION_RULES")]
+    pub redaction_rules: Option<PathBuf>,
+}
+
+/// A feature that is on unless turned off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 impl ServeConfig {

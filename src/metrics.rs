@@ -40,6 +40,7 @@ pub const BUILD_INFO: &str = "agent_telemetry_build_info";
 pub const STORAGE_LAYOUT: &str = "agent_telemetry_storage_layout";
 pub const OTLP_EXPORTS: &str = "agent_telemetry_otlp_exports_total";
 pub const OTLP_RECORDS: &str = "agent_telemetry_otlp_records_total";
+pub const REDACTIONS: &str = "agent_telemetry_redactions_total";
 pub const STREAMS_ENDED: &str = "agent_telemetry_streams_ended_total";
 
 /// Bucket bounds (seconds) of the latency histograms: a fast flush takes a
@@ -74,6 +75,10 @@ pub fn install()
 /// One description per metric: a list, long because the metrics are many.
 pub fn describe() {
     describe_counter!(ROWS_RECEIVED, "Rows received in batches, per table");
+    describe_counter!(
+        REDACTIONS,
+        "Secrets replaced by [REDACTED:<kind>] before storage, per table and kind"
+    );
     describe_counter!(
         ROWS_STORED,
         "Rows newly committed to the database, per table"
@@ -349,6 +354,31 @@ pub fn late_refreshed(aggregate: &'static str) {
 
 pub fn refresh_failed(aggregate: &'static str) {
     counter!(REFRESH_FAILURES, "aggregate" => aggregate).increment(1);
+}
+
+/// Where redacted spans are counted (the `table` label of [`REDACTIONS`]):
+/// the two row tables and the two session tables.
+pub const REDACTION_TABLES: &[&str] = &[
+    "agent_events",
+    "chat_messages",
+    "chat_sessions",
+    "agent_sessions",
+];
+
+/// Every kind at 0 for every table, so that a rate over it exists before
+/// the first secret arrives.
+pub fn zero_redactions<'a>(kinds: impl Iterator<Item = &'a str>) {
+    for kind in kinds {
+        for &t in REDACTION_TABLES {
+            counter!(REDACTIONS, "table" => t, "kind" => kind.to_owned()).absolute(0);
+        }
+    }
+}
+
+pub fn redacted(table: &'static str, hits: &crate::intake::redact::Hits) {
+    for (kind, n) in hits.iter() {
+        counter!(REDACTIONS, "table" => table, "kind" => kind.to_owned()).increment(n);
+    }
 }
 
 pub fn storage_layout(layout: &'static str) {

@@ -69,6 +69,8 @@ pub enum ServerError {
     Otlp(#[from] otlp::serve::ServeError),
     #[error(transparent)]
     Privacy(#[from] crate::privacy::PrivacyError),
+    #[error(transparent)]
+    Redaction(#[from] crate::intake::redact::RedactError),
     #[error(
         "shutdown took longer than --shutdown-timeout ({0:?}): batches still owed were answered \"not stored, resend\""
     )]
@@ -110,6 +112,13 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         cfg.security.pseudonymize_users,
         cfg.security.pseudonym_secret.as_deref(),
     )?;
+    let redactor = crate::intake::redact::Redactor::configured(&cfg.redaction)?;
+    match &redactor {
+        Some(r) => tracing::info!(rules = r.rule_count(), "redaction on"),
+        None => tracing::warn!(
+            "redaction is OFF (--redaction off): credentials in commands, files, tool inputs and chat are stored as sent, readable by every dashboard user and kept in backups"
+        ),
+    }
     // Every port and the price table checked before the database work, so
     // that a typo fails in milliseconds rather than after migrations. The
     // metrics port stays bound: /readyz says "starting" meanwhile.
@@ -118,6 +127,9 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
             let (listener, local) = crate::net::bind(addr).await?;
             let handle =
                 metrics::install().map_err(|source| ServerError::Metrics { addr, source })?;
+            if let Some(r) = &redactor {
+                metrics::zero_redactions(r.kinds());
+            }
             tracing::info!("{}", crate::api::probes::describe(local));
             Some(crate::api::probes::serve(listener, handle, drain.clone()))
         }
@@ -161,6 +173,7 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         late_after: timescaledb.then_some(cfg.storage.late_after),
         spool: spool.as_ref().map(|s| s.log.clone()),
         pseudonyms,
+        redactor,
     });
     // With the spool, the replayer is intake's first client: it must end
     // before the batchers can.

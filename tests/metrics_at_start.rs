@@ -124,6 +124,8 @@ async fn counters_exist_at_zero_and_increase_counts_the_first_refusals() {
         r#"agent_telemetry_streams_ended_total{reason="message_too_large"} 0"#,
         r#"agent_telemetry_ack_latency_seconds_count{table="agent_events"} 0"#,
         r#"agent_telemetry_flush_duration_seconds_bucket{table="chat_messages",le="+Inf"} 0"#,
+        r#"agent_telemetry_redactions_total{table="agent_events",kind="github-token"} 0"#,
+        r#"agent_telemetry_redactions_total{table="chat_sessions",kind="secret-field"} 0"#,
     ] {
         assert!(
             text.contains(series),
@@ -187,5 +189,14 @@ async fn counters_exist_at_zero_and_increase_counts_the_first_refusals() {
         (2.9..=6.0).contains(&increase),
         "increase() over 3 refused batches: {increase}"
     );
+
+    // A secret counts under its kind.
+    let mut secret = common::event("acme/metrics", 5);
+    secret.data_json = r#"{"command":"export GITHUB_TOKEN=ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"}"#.into();
+    let ack = common::ingest(&mut client, 4, vec![secret]).await;
+    assert_eq!(ack.stored, 1, "{ack:?}");
+    let text = common::scrape(metrics).await;
+    let counted = r#"agent_telemetry_redactions_total{table="agent_events",kind="github-token"} 1"#;
+    assert!(text.contains(counted), "{text}");
     svc.running.shutdown().await.unwrap();
 }

@@ -1132,36 +1132,6 @@ const PERSONAL: [&str; 5] = [
     "bob@example.com",
 ];
 
-/// Rows of every table and view of the schema (chunks included, through
-/// their hypertables) whose text holds one of `needles`.
-async fn rows_naming(db: &Client, needles: &[&str]) -> Vec<String> {
-    let relations = common::strings(
-        db,
-        "SELECT table_name::text FROM information_schema.tables
-         WHERE table_schema = current_schema() ORDER BY 1",
-    )
-    .await;
-    let patterns = needles
-        .iter()
-        .map(|n| format!("'%{}%'", n.replace('\'', "''")))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut found = Vec::new();
-    for rel in relations {
-        let n = common::count(
-            db,
-            &format!(
-                "SELECT count(*) FROM \"{rel}\" r WHERE r::text ILIKE ANY (ARRAY[{patterns}])"
-            ),
-        )
-        .await;
-        if n > 0 {
-            found.push(format!("{rel}: {n}"));
-        }
-    }
-    found
-}
-
 /// A developer's work natively: events (one with a file edit), a chat
 /// session with a message, an agent session.
 fn personal_work(
@@ -1266,10 +1236,10 @@ async fn pseudonymised_developers_leave_no_email_or_account_id_and_can_be_forgot
     svc.running.shutdown().await.unwrap();
 
     let db = common::db(&tsdb.conn).await;
-    assert_eq!(rows_naming(&db, &PERSONAL).await, Vec::<String>::new());
+    assert_eq!(common::rows_naming(&db, &PERSONAL).await, Vec::<String>::new());
     // The scan finds what is there: an agent's name is in the raw tables,
     // the session tables and the aggregates.
-    let agent = rows_naming(&db, &["claude-code"]).await;
+    let agent = common::rows_naming(&db, &["claude-code"]).await;
     assert!(agent.len() >= 5, "the scan reads every table: {agent:?}");
     assert_eq!(
         common::strings(

@@ -22,6 +22,7 @@
 //! edges look up in [`crate::codes`].
 
 mod piece;
+pub mod redact;
 pub mod record;
 pub mod replay;
 pub mod session;
@@ -137,6 +138,9 @@ pub struct Intake {
     pub(crate) spool: Option<Log>,
     /// `--pseudonymize-users`: developers stored as pseudonyms.
     pub(crate) pseudonyms: Option<crate::privacy::Pseudonyms>,
+    /// Credentials redacted before anything is spooled or stored (None:
+    /// `--redaction off`).
+    pub(crate) redactor: Option<redact::Redactor>,
 }
 
 /// A batch whose accepted rows are in the buffer (or the spool).
@@ -296,6 +300,36 @@ impl Intake {
         }
     }
 
+    /// Step 3's first part: each decoded row's credentials redacted; the
+    /// indices of the rows that changed, in order.
+    fn redact_rows<R: Record>(&self, rows: &mut [(u32, R)]) -> Vec<u32> {
+        let Some(redactor) = &self.redactor else {
+            return Vec::new();
+        };
+        let mut hits = redact::Hits::default();
+        let mut changed = Vec::new();
+        for (i, r) in rows {
+            let before = hits.total();
+            r.redact(redactor, &mut hits);
+            if hits.total() > before {
+                changed.push(*i);
+            }
+        }
+        metrics::redacted(R::TABLE.name(), &hits);
+        changed
+    }
+
+    /// The same for the chat sessions a batch or a report carries.
+    pub(super) fn redact_chat_sessions(&self, sessions: &mut [crate::pb::ChatSession]) {
+        if let Some(redactor) = &self.redactor {
+            let mut hits = redact::Hits::default();
+            for s in sessions {
+                redactor.chat_session(s, &mut hits);
+            }
+            metrics::redacted("chat_sessions", &hits);
+        }
+    }
+
     fn buffer(&self, table: Table) -> &TableBuffer {
         match table {
             Table::AgentEvents => &self.events,
@@ -313,6 +347,7 @@ impl Intake {
         let (sequence, received) = self.check_batch(&batch)?;
         let (mut sessions, rows) = (batch.sessions, batch.rows);
         self.session_developers(sessions.iter_mut().map(|s| &mut s.user), scope);
+        self.redact_chat_sessions(&mut sessions);
         let raw = rows.wire_bytes();
         let buffer = self.buffer(R::TABLE);
         let permit = self.admit(buffer, sequence, raw).await?;
@@ -326,6 +361,7 @@ impl Intake {
         let mut rejected = Vec::new();
         let (mut decoded, wire) = rows.decode(&mut rejected);
         self.developers(&mut decoded, scope);
+        self.redact_rows(&mut decoded);
         drop(wire);
         let checked = self.validate_all(&decoded, window, &mut rejected);
         let lookup = R::lookup(self, &checked, &[]);
@@ -370,6 +406,7 @@ impl Intake {
         let (sequence, received) = self.check_batch(&batch)?;
         let (mut sessions, rows) = (batch.sessions, batch.rows);
         self.session_developers(sessions.iter_mut().map(|s| &mut s.user), scope);
+        self.redact_chat_sessions(&mut sessions);
         let now = SystemTime::now();
         let window = TimeWindow::around(now, &self.limits);
         let checked_sessions = self
@@ -379,6 +416,7 @@ impl Intake {
         let mut rejected = Vec::new();
         let (mut decoded, wire) = rows.decode(&mut rejected);
         self.developers(&mut decoded, scope);
+        let redacted = self.redact_rows(&mut decoded);
         let checked = self.validate_all(&decoded, window, &mut rejected);
         let batch_sessions = checked_sessions.ids();
         let lookup = R::lookup(self, &checked, &batch_sessions);
@@ -393,8 +431,25 @@ impl Intake {
                 Err(why) => rejected.push(why),
             }
         }
+        // What the client sent, unless redaction changed it: the spool
+        // holds only what may be stored.
+        let reencoded = |i: u32| {
+            let at = decoded
+                .binary_search_by_key(&i, |(j, _)| *j)
+                .expect("an accepted row was decoded");
+            Bytes::from(decoded[at].1.encode_to_vec())
+        };
         let kept: Vec<Bytes> = match &wire {
-            Some(wire) => indices.iter().map(|&i| wire[i as usize].clone()).collect(),
+            Some(wire) => indices
+                .iter()
+                .map(|&i| {
+                    if redacted.binary_search(&i).is_ok() {
+                        reencoded(i)
+                    } else {
+                        wire[i as usize].clone()
+                    }
+                })
+                .collect(),
             // Rows handed decoded have no gaps: row i is decoded[i].
             None => indices
                 .iter()

@@ -9,7 +9,10 @@ use bytes::{Bytes, BytesMut};
 use prost::Message;
 use uuid::Uuid;
 
-use super::Intake;
+use super::{
+    Intake,
+    redact::{Hits, Redactor},
+};
 use crate::{
     ack::{Rejection, RejectionKind},
     auth::Scope,
@@ -156,6 +159,9 @@ pub trait Record: Message + Default + Sized + Send + Sync + 'static {
     /// The row's developer, where a row of this kind has one of its own
     /// (the key's developer fills it, `--pseudonymize-users` hashes it).
     fn user_slot(&mut self) -> Option<&mut Option<pb::User>>;
+
+    /// The record's credentials redacted, in place.
+    fn redact(&mut self, redactor: &Redactor, hits: &mut Hits);
 }
 
 impl Record for pb::AgentEvent {
@@ -241,6 +247,10 @@ impl Record for pb::AgentEvent {
         Some(&mut self.user)
     }
 
+    fn redact(&mut self, redactor: &Redactor, hits: &mut Hits) {
+        redactor.event(self, hits)
+    }
+
     fn spooled(sequence: u64, _sessions: Vec<pb::ChatSession>, rows: Vec<Bytes>) -> spool::Batch {
         spool::Batch::Events(wire::AgentEventBatch {
             sequence,
@@ -321,6 +331,10 @@ impl Record for pb::ChatMessage {
     fn user_slot(&mut self) -> Option<&mut Option<pb::User>> {
         // A message's developer is its session's.
         None
+    }
+
+    fn redact(&mut self, redactor: &Redactor, hits: &mut Hits) {
+        redactor.message(self, hits)
     }
 
     fn spooled(sequence: u64, sessions: Vec<pb::ChatSession>, rows: Vec<Bytes>) -> spool::Batch {

@@ -106,21 +106,23 @@ impl Intake {
         report: &pb::SessionReport,
         scope: &Scope,
     ) -> Result<SessionsOutcome, IngestError> {
-        let with_developers;
-        let report = if self.pseudonyms.is_some() || scope.user().is_some() {
-            let mut r = report.clone();
-            self.session_developers(
-                r.chat_sessions
-                    .iter_mut()
-                    .map(|s| &mut s.user)
-                    .chain(r.agent_sessions.iter_mut().map(|s| &mut s.user)),
-                scope,
-            );
-            with_developers = r;
-            &with_developers
-        } else {
+        let mut report = report.clone();
+        self.session_developers(
             report
-        };
+                .chat_sessions
+                .iter_mut()
+                .map(|s| &mut s.user)
+                .chain(report.agent_sessions.iter_mut().map(|s| &mut s.user)),
+            scope,
+        );
+        self.redact_chat_sessions(&mut report.chat_sessions);
+        if let Some(redactor) = &self.redactor {
+            let mut hits = super::redact::Hits::default();
+            for s in &mut report.agent_sessions {
+                redactor.agent_session(s, &mut hits);
+            }
+            crate::metrics::redacted("agent_sessions", &hits);
+        }
         let rows = report.chat_sessions.len() + report.agent_sessions.len();
         if rows > self.limits.max_batch_rows {
             return Err(IngestError::TooManySessions {

@@ -498,3 +498,33 @@ pub async fn until_draining(channel: Channel) {
     })
     .await;
 }
+
+/// Rows of every table and view of the schema (chunks included, through
+/// their hypertables) whose text holds one of `needles`.
+pub async fn rows_naming(db: &Client, needles: &[&str]) -> Vec<String> {
+    let relations = strings(
+        db,
+        "SELECT table_name::text FROM information_schema.tables
+         WHERE table_schema = current_schema() ORDER BY 1",
+    )
+    .await;
+    let patterns = needles
+        .iter()
+        .map(|n| format!("'%{}%'", n.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut found = Vec::new();
+    for rel in relations {
+        let n = count(
+            db,
+            &format!(
+                "SELECT count(*) FROM \"{rel}\" r WHERE r::text ILIKE ANY (ARRAY[{patterns}])"
+            ),
+        )
+        .await;
+        if n > 0 {
+            found.push(format!("{rel}: {n}"));
+        }
+    }
+    found
+}
