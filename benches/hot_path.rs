@@ -87,14 +87,26 @@ fn secret_batch() -> Bytes {
     let mut events = Generator::new(42, 20).events(BATCH);
     for (i, e) in events.iter_mut().enumerate() {
         e.data_json = match i % 4 {
-            0 => format!(r#"{{"command":"export GITHUB_TOKEN=ghp_{:036} && gh pr list"}}"#, i),
+            0 => format!(
+                r#"{{"command":"export GITHUB_TOKEN=ghp_{:036} && gh pr list"}}"#,
+                i
+            ),
             1 => format!(r#"{{"command":"psql postgres://app:pw{i:08}x@db:5432/app"}}"#),
-            2 => format!(r#"{{"env":{{"AWS_ACCESS_KEY_ID":"AKIA{:016}","password":"p{i}"}}}}"#, 0)
-                .replace("AKIA0000000000000000", "AKIAZ7QX2MBN4VJ3KTWE"),
+            2 => format!(
+                r#"{{"env":{{"AWS_ACCESS_KEY_ID":"AKIA{:016}","password":"p{i}"}}}}"#,
+                0
+            )
+            .replace("AKIA0000000000000000", "AKIAZ7QX2MBN4VJ3KTWE"),
             _ => format!(r#"{{"prompt":"my key is sk-proj-{:048} ok"}}"#, i),
         };
     }
-    Bytes::from(pb::AgentEventBatch { sequence: 1, events }.encode_to_vec())
+    Bytes::from(
+        pb::AgentEventBatch {
+            sequence: 1,
+            events,
+        }
+        .encode_to_vec(),
+    )
 }
 
 fn redaction(c: &mut Criterion) {
@@ -103,7 +115,10 @@ fn redaction(c: &mut Criterion) {
     let window = TimeWindow::around(SystemTime::now(), &limits);
     let mut g = c.benchmark_group("redaction");
     g.throughput(Throughput::Elements(BATCH as u64));
-    for (name, bytes) in [("loadgen", wire_batch()), ("a secret per event", secret_batch())] {
+    for (name, bytes) in [
+        ("loadgen", wire_batch()),
+        ("a secret per event", secret_batch()),
+    ] {
         let (encoded, hits) = pipeline_redacted(&bytes, &redactor, &limits, window, 0);
         assert_eq!(hits == 0, name == "loadgen", "{name}: {hits} redactions");
         assert!(hits >= BATCH as u64 || name == "loadgen", "{name}: {hits}");

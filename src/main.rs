@@ -57,6 +57,13 @@ enum Command {
     /// exits 0 if it is. For container health checks: the runtime image
     /// needs no other probe.
     Health(config::HealthConfig),
+    /// Print a shell completion script: `agent-telemetry completions bash >
+    /// /etc/bash_completion.d/agent-telemetry` (zsh: a file named
+    /// `_agent-telemetry` on `$fpath`; fish: `~/.config/fish/completions/`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[tokio::main]
@@ -81,6 +88,11 @@ async fn main() -> ExitCode {
             .init(),
     }
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "agent-telemetry", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Serve(cfg) => serve(*cfg).await,
         Command::Migrate(cfg) => migrate(cfg).await,
         Command::Loadgen(cfg) => loadgen::run(&cfg)

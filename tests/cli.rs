@@ -1,5 +1,5 @@
 //! The command line as a newcomer types it: a database flag works before or
-//! after the subcommand, and sizes take units.
+//! after the subcommand, sizes take units, and the shells complete it.
 
 mod common;
 
@@ -113,5 +113,50 @@ fn a_port_in_use_or_a_bad_price_table_fails_before_the_database() {
             prices.to_str().unwrap(),
         ],
         "prices.json",
+    );
+}
+
+#[test]
+fn completions_cover_every_command_and_flag_and_bash_parses_them() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        for word in [
+            "serve",
+            "readers",
+            "completions",
+            "redaction-rules",
+            "storage-layout",
+            "log-format",
+        ] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+        if shell == "bash" {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("agent-telemetry.bash");
+            std::fs::write(&path, &script).unwrap();
+            // Sourced, it registers the completion function.
+            let check = std::process::Command::new("bash")
+                .arg("-c")
+                .arg(format!(
+                    "source {} && complete -p agent-telemetry",
+                    path.display()
+                ))
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&check.stdout);
+            assert!(
+                check.status.success() && said.contains("agent-telemetry"),
+                "{said} {}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
+    }
+    let out = run(&["completions", "tcsh"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("possible values"),
+        "{err}"
     );
 }

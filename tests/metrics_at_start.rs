@@ -192,7 +192,8 @@ async fn counters_exist_at_zero_and_increase_counts_the_first_refusals() {
 
     // A secret counts under its kind.
     let mut secret = common::event("acme/metrics", 5);
-    secret.data_json = r#"{"command":"export GITHUB_TOKEN=ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"}"#.into();
+    secret.data_json =
+        r#"{"command":"export GITHUB_TOKEN=ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"}"#.into();
     let ack = common::ingest(&mut client, 4, vec![secret]).await;
     assert_eq!(ack.stored, 1, "{ack:?}");
     let text = common::scrape(metrics).await;

@@ -1236,7 +1236,10 @@ async fn pseudonymised_developers_leave_no_email_or_account_id_and_can_be_forgot
     svc.running.shutdown().await.unwrap();
 
     let db = common::db(&tsdb.conn).await;
-    assert_eq!(common::rows_naming(&db, &PERSONAL).await, Vec::<String>::new());
+    assert_eq!(
+        common::rows_naming(&db, &PERSONAL).await,
+        Vec::<String>::new()
+    );
     // The scan finds what is there: an agent's name is in the raw tables,
     // the session tables and the aggregates.
     let agent = common::rows_naming(&db, &["claude-code"]).await;

@@ -70,7 +70,8 @@ fn events() -> Vec<pb::AgentEvent> {
         serde_json::json!({"env": {"GITHUB_TOKEN": GITHUB, "SERVICE_PASSWORD": PHRASE, "HOME": "/home/ada"}}).to_string();
     with_secrets.tags = vec![CUSTOM.to_owned(), "deploy".to_owned()];
     let mut allowed = common::event(PROJECT, 9);
-    allowed.data_json = serde_json::json!({"command": format!("aws configure # {AWS_EXAMPLE}")}).to_string();
+    allowed.data_json =
+        serde_json::json!({"command": format!("aws configure # {AWS_EXAMPLE}")}).to_string();
     vec![with_secrets, allowed, common::event(PROJECT, 8)]
 }
 
@@ -220,7 +221,13 @@ async fn secrets_never_reach_the_spool_or_the_database() {
     let otlp = format!("http://{}", svc.running.otlp_grpc_addr.unwrap());
     let mut logs = LogsServiceClient::connect(otlp).await.unwrap();
     let reply = logs.export(otlp_logs()).await.unwrap().into_inner();
-    assert!(reply.partial_success.as_ref().is_none_or(|p| p.rejected_log_records == 0), "{reply:?}");
+    assert!(
+        reply
+            .partial_success
+            .as_ref()
+            .is_none_or(|p| p.rejected_log_records == 0),
+        "{reply:?}"
+    );
 
     let spooled = files(spool.path());
     let all: Vec<u8> = spooled.iter().flat_map(|(_, b)| b.clone()).collect();
@@ -289,13 +296,22 @@ async fn secrets_never_reach_the_spool_or_the_database() {
             "{\"bytes\": 12345678901234567890, \"command\": \"export AWS_ACCESS_KEY_ID=[REDACTED:aws-access-key-id] && psql postgres://app:[REDACTED:url-password]@db/app -c 'select 1'\", \"exit_code\": 0, \"tool_name\": \"bash\"} {\"env\": {\"HOME\": \"/home/ada\", \"GITHUB_TOKEN\": \"[REDACTED:github-token]\", \"SERVICE_PASSWORD\": \"[REDACTED:secret-field]\"}} acme_[REDACTED:acme-token],deploy"
         ]
     );
-    let content = common::strings(&db, "SELECT content FROM chat_messages WHERE role = 'user' ORDER BY content").await;
+    let content = common::strings(
+        &db,
+        "SELECT content FROM chat_messages WHERE role = 'user' ORDER BY content",
+    )
+    .await;
     assert!(
-        content.iter().any(|c| c == "Why does this fail?\n[REDACTED:private-key]\nkey: [REDACTED:anthropic-key]"),
+        content
+            .iter()
+            .any(|c| c
+                == "Why does this fail?\n[REDACTED:private-key]\nkey: [REDACTED:anthropic-key]"),
         "{content:?}"
     );
     assert!(
-        content.iter().any(|c| c.contains("use my key [REDACTED:openai-key] to call")),
+        content
+            .iter()
+            .any(|c| c.contains("use my key [REDACTED:openai-key] to call")),
         "{content:?}"
     );
     let tool = common::strings(
@@ -312,7 +328,11 @@ async fn secrets_never_reach_the_spool_or_the_database() {
         ["https://bot:[REDACTED:github-token]@github.com/acme/redact.git"]
     );
     assert_eq!(
-        common::count(&db, &format!("SELECT count(*) FROM agent_events WHERE data::text LIKE '%{AWS_EXAMPLE}%'")).await,
+        common::count(
+            &db,
+            &format!("SELECT count(*) FROM agent_events WHERE data::text LIKE '%{AWS_EXAMPLE}%'")
+        )
+        .await,
         1,
         "the allow-listed example key is stored as sent"
     );
@@ -345,7 +365,15 @@ async fn the_cli_warns_when_redaction_is_off_and_refuses_a_bad_rules_file() {
     std::fs::write(&bad, "[[rule]]\nkind = \"acme\"\nregex = 'acme_('\n").unwrap();
     let out = common::cli(
         &conn,
-        &["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--redaction-rules", bad.to_str().unwrap()],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--redaction-rules",
+            bad.to_str().unwrap(),
+        ],
         &[],
     );
     let err = String::from_utf8_lossy(&out.stderr);
@@ -355,7 +383,19 @@ async fn the_cli_warns_when_redaction_is_off_and_refuses_a_bad_rules_file() {
     );
     // Off: the warning comes before the database work; the service runs.
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--otlp-grpc-listen", "off", "--otlp-http-listen", "off", "--redaction", "off"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--otlp-grpc-listen",
+            "off",
+            "--otlp-http-listen",
+            "off",
+            "--redaction",
+            "off",
+        ])
         .env("DATABASE_URL", &conn)
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)

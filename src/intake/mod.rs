@@ -22,8 +22,8 @@
 //! edges look up in [`crate::codes`].
 
 mod piece;
-pub mod redact;
 pub mod record;
+pub mod redact;
 pub mod replay;
 pub mod session;
 

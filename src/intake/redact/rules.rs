@@ -48,118 +48,145 @@ pub const SECRET_NAME: &str = r"(?:(?-u:\b)[a-z0-9_.-]*(?:password|passwd|passph
 
 pub fn builtin() -> Vec<Builtin> {
     vec![
-    // Blocks first: a private key holds lines that other rules would cut.
-    // Up to its END line, or the end of the text when it was cut off.
-    rule(
-        "private-key",
-        &["PRIVATE KEY"],
-        r"-----BEGIN[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:-----END[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----|\z)",
-    ),
-    rule(
-        "aws-access-key-id",
-        &["A3T", "AKIA", "ASIA", "ABIA", "ACCA"],
-        r"(?-u:\b)(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}(?-u:\b)",
-    ),
-    rule("github-token", &["ghp_", "gho_", "ghu_", "ghs_", "ghr_"], r"(?-u:\b)gh[pousr]_[0-9A-Za-z]{36,255}(?-u:\b)"),
-    rule("github-token", &["github_pat_"], r"(?-u:\b)github_pat_[0-9A-Za-z_]{82}(?-u:\b)"),
-    rule(
-        "gitlab-token",
-        &["glpat-", "glptt-", "gldt-", "glrt-", "glcbt-", "glsoat-", "glffct-", "glimt-", "gloas-", "glagent-"],
-        r"(?-u:\b)gl(?:pat|ptt|dt|rt|cbt|soat|ffct|imt|oas|agent)-[0-9A-Za-z_-]{20,}",
-    ),
-    rule("slack-token", &["xox"], r"(?-u:\b)xox[abeoprs]-[0-9A-Za-z-]{10,250}"),
-    rule(
-        "slack-webhook",
-        &["hooks.slack.com"],
-        r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/_-]{20,}",
-    ),
-    rule(
-        "stripe-key",
-        &["_test_", "_live_", "_prod_"],
-        r"(?-u:\b)(?:sk|rk)_(?:test|live|prod)_[0-9A-Za-z]{10,99}(?-u:\b)",
-    ),
-    // Anthropic before OpenAI: both start with `sk-`.
-    rule(
-        "anthropic-key",
-        &["sk-"],
-        r"(?-u:\b)sk-ant-[a-z]+[0-9]*-[0-9A-Za-z_-]{32,}",
-    ),
-    rule(
-        "openai-key",
-        &["sk-"],
-        r"(?-u:\b)sk-(?:(?:proj|svcacct|admin)-[0-9A-Za-z_-]{20,}|[0-9A-Za-z]{20}T3BlbkFJ[0-9A-Za-z]{20}|[0-9A-Za-z]{48})(?-u:\b)",
-    ),
-    // Google Cloud and Google AI (Gemini) API keys share the format.
-    rule("google-api-key", &["AIza"], r"(?-u:\b)AIza[0-9A-Za-z_-]{35}(?-u:\b)"),
-    rule(
-        "azure-storage-key",
-        &["AccountKey="],
-        r"(?-u:\b)AccountKey=(?P<s>[A-Za-z0-9+/]{80,100}={0,2})",
-    ),
-    rule(
-        "azure-sas-signature",
-        &["sig="],
-        r"(?-u:\b)sig=(?P<s>[A-Za-z0-9%+/]{40,}(?:%3D|=){0,2})",
-    ),
-    rule(
-        "azure-client-secret",
-        &["Q~"],
-        r"(?-u:\b)[A-Za-z0-9_~.]{3}[0-9]Q~[A-Za-z0-9_~.-]{31,34}(?-u:\b)",
-    ),
-    rule("npm-token", &["npm_"], r"(?-u:\b)npm_[A-Za-z0-9]{36}(?-u:\b)"),
-    rule("huggingface-token", &["hf_"], r"(?-u:\b)hf_[A-Za-z]{34}(?-u:\b)"),
-    rule(
-        "jwt",
-        &["eyJ"],
-        r"(?-u:\b)eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",
-    ),
-    // `scheme://user:password@host`: only the password.
-    rule(
-        "url-password",
-        &["://"],
-        r"(?-u:\b)[A-Za-z][A-Za-z0-9+.-]{1,30}://[^\s:/@]+:(?P<s>[^\s/@]+)@",
-    ),
-    rule(
-        "authorization-header",
-        &["authorization"],
-        r"(?i)(?-u:\b)(?:proxy-)?authorization\s*[:=]\s*(?:bearer|basic|token|digest)\s+(?P<s>[A-Za-z0-9._~+/=-]{8,})",
-    ),
-    rule(
-        "bearer-token",
-        &["bearer"],
-        r"(?i)(?-u:\b)bearer\s+(?P<s>[A-Za-z0-9._~+/-]{20,}=*)",
-    ),
-    // `curl -u user:password`
-    rule(
-        "basic-auth-flag",
-        &["curl"],
-        r"(?-u:\b)curl\s[^\n]*?(?:-u|--user)\s+[^\s:]+:(?P<s>[^\s'\x22]+)",
-    ),
-    // `--password secret`, `--api-key=secret`
-    rule(
-        "secret-flag",
-        &["pass", "secret", "token", "key"],
-        r"(?i)(?:^|[^a-z0-9_-])--?(?:[a-z0-9-]*-)?(?:pass(?:word|wd|phrase)?|secret|token|api-?key|access-key|private-key)(?:\s+|=)(?P<s>[^\s\x22'-][^\s\x22']*)",
-    ),
-    // `NAME=value`, `NAME = "value"` (env files, exports, connection
-    // strings' `Password=…;`): any value that is not a reference (`$X`).
-    Builtin {
-        kind: "secret-assignment",
-        pattern: format!(
-            r#"(?i){SECRET_NAME}\s*=\s*(?:"(?P<s>[^"\s$][^"\n]*)"|'(?P<s2>[^'\s$][^'\n]*)'|(?P<s3>[^\s"'$;&|<>`][^\s"';&|<>`]*))"#
+        // Blocks first: a private key holds lines that other rules would cut.
+        // Up to its END line, or the end of the text when it was cut off.
+        rule(
+            "private-key",
+            &["PRIVATE KEY"],
+            r"-----BEGIN[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:-----END[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----|\z)",
         ),
-        check: Check::None,
-        keywords: NAME_KEYWORDS,
-    },
-    // `name: value` (YAML, HTTP-like headers, prose): only a random value.
-    Builtin {
-        kind: "secret-assignment",
-        pattern: format!(
-            r#"(?i){SECRET_NAME}["']?\s*:\s*["']?(?P<s>[A-Za-z0-9+/=_.~-]{{8,}})"#
+        rule(
+            "aws-access-key-id",
+            &["A3T", "AKIA", "ASIA", "ABIA", "ACCA"],
+            r"(?-u:\b)(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}(?-u:\b)",
         ),
-        check: Check::Random,
-        keywords: NAME_KEYWORDS,
-    },
+        rule(
+            "github-token",
+            &["ghp_", "gho_", "ghu_", "ghs_", "ghr_"],
+            r"(?-u:\b)gh[pousr]_[0-9A-Za-z]{36,255}(?-u:\b)",
+        ),
+        rule(
+            "github-token",
+            &["github_pat_"],
+            r"(?-u:\b)github_pat_[0-9A-Za-z_]{82}(?-u:\b)",
+        ),
+        rule(
+            "gitlab-token",
+            &[
+                "glpat-", "glptt-", "gldt-", "glrt-", "glcbt-", "glsoat-", "glffct-", "glimt-",
+                "gloas-", "glagent-",
+            ],
+            r"(?-u:\b)gl(?:pat|ptt|dt|rt|cbt|soat|ffct|imt|oas|agent)-[0-9A-Za-z_-]{20,}",
+        ),
+        rule(
+            "slack-token",
+            &["xox"],
+            r"(?-u:\b)xox[abeoprs]-[0-9A-Za-z-]{10,250}",
+        ),
+        rule(
+            "slack-webhook",
+            &["hooks.slack.com"],
+            r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/_-]{20,}",
+        ),
+        rule(
+            "stripe-key",
+            &["_test_", "_live_", "_prod_"],
+            r"(?-u:\b)(?:sk|rk)_(?:test|live|prod)_[0-9A-Za-z]{10,99}(?-u:\b)",
+        ),
+        // Anthropic before OpenAI: both start with `sk-`.
+        rule(
+            "anthropic-key",
+            &["sk-"],
+            r"(?-u:\b)sk-ant-[a-z]+[0-9]*-[0-9A-Za-z_-]{32,}",
+        ),
+        rule(
+            "openai-key",
+            &["sk-"],
+            r"(?-u:\b)sk-(?:(?:proj|svcacct|admin)-[0-9A-Za-z_-]{20,}|[0-9A-Za-z]{20}T3BlbkFJ[0-9A-Za-z]{20}|[0-9A-Za-z]{48})(?-u:\b)",
+        ),
+        // Google Cloud and Google AI (Gemini) API keys share the format.
+        rule(
+            "google-api-key",
+            &["AIza"],
+            r"(?-u:\b)AIza[0-9A-Za-z_-]{35}(?-u:\b)",
+        ),
+        rule(
+            "azure-storage-key",
+            &["AccountKey="],
+            r"(?-u:\b)AccountKey=(?P<s>[A-Za-z0-9+/]{80,100}={0,2})",
+        ),
+        rule(
+            "azure-sas-signature",
+            &["sig="],
+            r"(?-u:\b)sig=(?P<s>[A-Za-z0-9%+/]{40,}(?:%3D|=){0,2})",
+        ),
+        rule(
+            "azure-client-secret",
+            &["Q~"],
+            r"(?-u:\b)[A-Za-z0-9_~.]{3}[0-9]Q~[A-Za-z0-9_~.-]{31,34}(?-u:\b)",
+        ),
+        rule(
+            "npm-token",
+            &["npm_"],
+            r"(?-u:\b)npm_[A-Za-z0-9]{36}(?-u:\b)",
+        ),
+        rule(
+            "huggingface-token",
+            &["hf_"],
+            r"(?-u:\b)hf_[A-Za-z]{34}(?-u:\b)",
+        ),
+        rule(
+            "jwt",
+            &["eyJ"],
+            r"(?-u:\b)eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",
+        ),
+        // `scheme://user:password@host`: only the password.
+        rule(
+            "url-password",
+            &["://"],
+            r"(?-u:\b)[A-Za-z][A-Za-z0-9+.-]{1,30}://[^\s:/@]+:(?P<s>[^\s/@]+)@",
+        ),
+        rule(
+            "authorization-header",
+            &["authorization"],
+            r"(?i)(?-u:\b)(?:proxy-)?authorization\s*[:=]\s*(?:bearer|basic|token|digest)\s+(?P<s>[A-Za-z0-9._~+/=-]{8,})",
+        ),
+        rule(
+            "bearer-token",
+            &["bearer"],
+            r"(?i)(?-u:\b)bearer\s+(?P<s>[A-Za-z0-9._~+/-]{20,}=*)",
+        ),
+        // `curl -u user:password`
+        rule(
+            "basic-auth-flag",
+            &["curl"],
+            r"(?-u:\b)curl\s[^\n]*?(?:-u|--user)\s+[^\s:]+:(?P<s>[^\s'\x22]+)",
+        ),
+        // `--password secret`, `--api-key=secret`
+        rule(
+            "secret-flag",
+            &["pass", "secret", "token", "key"],
+            r"(?i)(?:^|[^a-z0-9_-])--?(?:[a-z0-9-]*-)?(?:pass(?:word|wd|phrase)?|secret|token|api-?key|access-key|private-key)(?:\s+|=)(?P<s>[^\s\x22'-][^\s\x22']*)",
+        ),
+        // `NAME=value`, `NAME = "value"` (env files, exports, connection
+        // strings' `Password=…;`): any value that is not a reference (`$X`).
+        Builtin {
+            kind: "secret-assignment",
+            pattern: format!(
+                r#"(?i){SECRET_NAME}\s*=\s*(?:"(?P<s>[^"\s$][^"\n]*)"|'(?P<s2>[^'\s$][^'\n]*)'|(?P<s3>[^\s"'$;&|<>`][^\s"';&|<>`]*))"#
+            ),
+            check: Check::None,
+            keywords: NAME_KEYWORDS,
+        },
+        // `name: value` (YAML, HTTP-like headers, prose): only a random value.
+        Builtin {
+            kind: "secret-assignment",
+            pattern: format!(
+                r#"(?i){SECRET_NAME}["']?\s*:\s*["']?(?P<s>[A-Za-z0-9+/=_.~-]{{8,}})"#
+            ),
+            check: Check::Random,
+            keywords: NAME_KEYWORDS,
+        },
     ]
 }
 

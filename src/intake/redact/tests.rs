@@ -43,7 +43,9 @@ fn secret(rng: &mut SmallRng, kind: &str) -> String {
         "google-api-key" => format!("AIza{}", pick(rng, URLSAFE, 35)),
         "azure-storage-key" => format!("{}==", pick(rng, B64, 86)),
         "azure-sas-signature" => format!("{}%3D", pick(rng, ALNUM, 43)),
-        "azure-client-secret" => format!("abc{}Q~{}", rng.random_range(0..10), pick(rng, ALNUM, 34)),
+        "azure-client-secret" => {
+            format!("abc{}Q~{}", rng.random_range(0..10), pick(rng, ALNUM, 34))
+        }
         "npm-token" => format!("npm_{}", pick(rng, ALNUM, 36)),
         "huggingface-token" => {
             let letters = &ALNUM[..52];
@@ -168,7 +170,10 @@ fn every_rules_secrets_are_redacted_in_text_json_and_chat() {
                 let out = r.json(&json, &mut hits).expect("redacted in JSON");
                 assert!(!out.contains(&s), "{kind}: {s:?} left in {out}");
                 let v: serde_json::Value = serde_json::from_str(&out).expect("still JSON");
-                assert!(out.contains("12345678901234567890"), "numbers keep their digits: {out}");
+                assert!(
+                    out.contains("12345678901234567890"),
+                    "numbers keep their digits: {out}"
+                );
                 assert!(
                     v["input"]["command"]
                         .as_str()
@@ -176,7 +181,13 @@ fn every_rules_secrets_are_redacted_in_text_json_and_chat() {
                         .contains(&format!("[REDACTED:{kind}]"))
                 );
                 // Redacting again finds nothing: replay sees stored text.
-                assert_eq!(r.text(v["input"]["command"].as_str().unwrap(), &mut Hits::default()), None);
+                assert_eq!(
+                    r.text(
+                        v["input"]["command"].as_str().unwrap(),
+                        &mut Hits::default()
+                    ),
+                    None
+                );
                 assert_eq!(r.json(&out, &mut Hits::default()), None, "{out}");
             }
         }
@@ -194,7 +205,10 @@ fn json_under_a_secret_name_is_redacted_whatever_it_holds() {
     assert_eq!(v["env"]["GITHUB_TOKEN"], "[REDACTED:secret-field]");
     assert_eq!(v["password"], "[REDACTED:secret-field]");
     assert_eq!(v["env"]["HOME"], "/home/ada");
-    assert_eq!(v["env"]["API_KEY"], "$FROM_ENV", "a reference is not a secret");
+    assert_eq!(
+        v["env"]["API_KEY"], "$FROM_ENV",
+        "a reference is not a secret"
+    );
     assert_eq!(v["max_tokens"], 8192);
     assert_eq!(v["token_count"], "12");
     assert_eq!(v["auth"]["client_secret"], "");
@@ -203,7 +217,10 @@ fn json_under_a_secret_name_is_redacted_whatever_it_holds() {
     let escaped = r#"{"cmd":"psql postgres:\/\/app:s3cr3tPassw0rd@db\/app","pem":"-----BEGIN PRIVATE KEY-----\nMIIEv\n-----END PRIVATE KEY-----"}"#;
     let out = r.json(escaped, &mut Hits::default()).expect("redacted");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["cmd"], "psql postgres://app:[REDACTED:url-password]@db/app");
+    assert_eq!(
+        v["cmd"],
+        "psql postgres://app:[REDACTED:url-password]@db/app"
+    );
     assert_eq!(v["pem"], "[REDACTED:private-key]");
 }
 
@@ -216,9 +233,13 @@ fn negatives(rng: &mut SmallRng) -> Vec<String> {
         format!("git checkout {}", pick(rng, hex, 40)),
         format!("sha256:{}", pick(rng, hex, 64)),
         format!("data:image/png;base64,{}", pick(rng, B64, 120)),
-        format!("/home/dev/src/service-{}/src/main.rs", rng.random_range(0..100)),
+        format!(
+            "/home/dev/src/service-{}/src/main.rs",
+            rng.random_range(0..100)
+        ),
         "C:\\Users\\dev\\project\\src\\token_store.rs".to_owned(),
-        "Rotate the API key and store the token in the vault; never paste a password here.".to_owned(),
+        "Rotate the API key and store the token in the vault; never paste a password here."
+            .to_owned(),
         "the token: see the docs".to_owned(),
         "max_tokens=8192 temperature=0.2".to_owned(),
         "cargo test --features tokens -- --nocapture".to_owned(),
@@ -299,12 +320,18 @@ regex = '^AKIAIOSFODNN7EXAMPLE$'
     );
     assert!(r.kinds().any(|k| k == "acme-token"));
     let bad: RulesFile = toml::from_str("[[rule]]\nkind = \"Acme Token\"\nregex = 'x'\n").unwrap();
-    let e = Redactor::new(Some(("rules.toml", &bad))).unwrap_err().to_string();
+    let e = Redactor::new(Some(("rules.toml", &bad)))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("rules.toml") && e.contains("Acme Token"), "{e}");
     let bad: RulesFile = toml::from_str("[[rule]]\nkind = \"acme\"\nregex = '('\n").unwrap();
-    let e = Redactor::new(Some(("rules.toml", &bad))).unwrap_err().to_string();
+    let e = Redactor::new(Some(("rules.toml", &bad)))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("rule \"acme\"") && e.contains("unclosed"), "{e}");
-    let e = toml::from_str::<RulesFile>("[[rules]]\nkind = \"a\"\n").unwrap_err().to_string();
+    let e = toml::from_str::<RulesFile>("[[rules]]\nkind = \"a\"\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("rules"), "{e}");
 }
 
@@ -358,5 +385,3 @@ fn every_field_of_every_record_is_redacted() {
     r.agent_session(&mut a, &mut hits);
     assert!(!format!("{a:?}").contains(key));
 }
-
-
