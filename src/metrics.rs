@@ -40,6 +40,7 @@ pub const BUILD_INFO: &str = "agent_telemetry_build_info";
 pub const STORAGE_LAYOUT: &str = "agent_telemetry_storage_layout";
 pub const OTLP_EXPORTS: &str = "agent_telemetry_otlp_exports_total";
 pub const OTLP_RECORDS: &str = "agent_telemetry_otlp_records_total";
+pub const PRICE_RELOADS: &str = "agent_telemetry_price_table_reloads_total";
 pub const REDACTIONS: &str = "agent_telemetry_redactions_total";
 pub const STREAMS_ENDED: &str = "agent_telemetry_streams_ended_total";
 
@@ -75,6 +76,10 @@ pub fn install()
 /// One description per metric: a list, long because the metrics are many.
 pub fn describe() {
     describe_counter!(ROWS_RECEIVED, "Rows received in batches, per table");
+    describe_counter!(
+        PRICE_RELOADS,
+        "Price table reloads on SIGHUP, by result (ok, error: the table in use kept)"
+    );
     describe_counter!(
         REDACTIONS,
         "Secrets replaced by [REDACTED:<kind>] before storage, per table and kind"
@@ -379,6 +384,10 @@ pub fn redacted(table: &'static str, hits: &crate::intake::redact::Hits) {
     for (kind, n) in hits.iter() {
         counter!(REDACTIONS, "table" => table, "kind" => kind.to_owned()).increment(n);
     }
+}
+
+pub fn price_table_reload(result: &'static str) {
+    counter!(PRICE_RELOADS, "result" => result).increment(1);
 }
 
 pub fn storage_layout(layout: &'static str) {

@@ -111,7 +111,9 @@ pub struct RequestMeta {
 /// Settings of the OTLP receivers (the listen addresses are in `ServeConfig`).
 #[derive(Debug, Clone)]
 pub struct OtlpSettings {
-    pub prices: PriceTable,
+    /// Swapped whole on SIGHUP ([`serve`]): a request prices all its
+    /// records with the table it started with.
+    pub prices: Arc<arc_swap::ArcSwap<PriceTable>>,
     /// Project of rows with no project from attributes, header or key.
     pub default_project: String,
 }
@@ -174,11 +176,16 @@ impl OtlpIntake {
         }
     }
 
-    fn context<'a>(&'a self, resource: &'a [KeyValue], scope: &'a str) -> Context<'a> {
+    fn context<'a>(
+        &'a self,
+        prices: &'a PriceTable,
+        resource: &'a [KeyValue],
+        scope: &'a str,
+    ) -> Context<'a> {
         Context::new(
             resource,
             scope,
-            &self.settings.prices,
+            prices,
             SystemTime::now(),
             self.intake.pseudonyms.is_some(),
         )
@@ -190,13 +197,14 @@ impl OtlpIntake {
         meta: &RequestMeta,
     ) -> Result<Outcome, OtlpError> {
         let scope = self.scope(meta).await?;
+        let prices = self.settings.prices.load_full();
         let mut items = Vec::new();
         for (r, rl) in req.resource_logs.iter().enumerate() {
             let resource = rl.resource.as_ref().map(|r| r.attributes.as_slice());
             let resource = resource.unwrap_or_default();
             let host = Host::of(resource);
             for (s, sl) in rl.scope_logs.iter().enumerate() {
-                let ctx = self.context(resource, scope_name(&sl.scope));
+                let ctx = self.context(&prices, resource, scope_name(&sl.scope));
                 for (l, rec) in sl.log_records.iter().enumerate() {
                     items.push(Item {
                         mapped: map::log_record(&ctx, rec),
@@ -215,13 +223,14 @@ impl OtlpIntake {
         meta: &RequestMeta,
     ) -> Result<Outcome, OtlpError> {
         let scope = self.scope(meta).await?;
+        let prices = self.settings.prices.load_full();
         let mut items = Vec::new();
         for (r, rs) in req.resource_spans.iter().enumerate() {
             let resource = rs.resource.as_ref().map(|r| r.attributes.as_slice());
             let resource = resource.unwrap_or_default();
             let host = Host::of(resource);
             for (s, ss) in rs.scope_spans.iter().enumerate() {
-                let ctx = self.context(resource, scope_name(&ss.scope));
+                let ctx = self.context(&prices, resource, scope_name(&ss.scope));
                 for (i, span) in ss.spans.iter().enumerate() {
                     items.push(Item {
                         mapped: map::span(&ctx, span),
@@ -240,13 +249,14 @@ impl OtlpIntake {
         meta: &RequestMeta,
     ) -> Result<Outcome, OtlpError> {
         let scope = self.scope(meta).await?;
+        let prices = self.settings.prices.load_full();
         let mut items = Vec::new();
         for (r, rm) in req.resource_metrics.iter().enumerate() {
             let resource = rm.resource.as_ref().map(|r| r.attributes.as_slice());
             let resource = resource.unwrap_or_default();
             let host = Host::of(resource);
             for (s, sm) in rm.scope_metrics.iter().enumerate() {
-                let ctx = self.context(resource, scope_name(&sm.scope));
+                let ctx = self.context(&prices, resource, scope_name(&sm.scope));
                 for (m, metric) in sm.metrics.iter().enumerate() {
                     for (p, mapped) in map::metric(&ctx, metric).into_iter().enumerate() {
                         items.push(Item {

@@ -85,6 +85,10 @@ impl PriceTable {
         }
     }
 
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.models.is_empty()
     }

@@ -87,6 +87,20 @@ pub async fn start(
         required,
         cfg.security.key_cache_ttl,
     ));
+    let prices = Arc::new(arc_swap::ArcSwap::from_pointee(prices));
+    // Registered here, before the receivers take requests: from now on a
+    // SIGHUP reloads instead of ending the process.
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => receivers.tasks.push(tokio::spawn(reload_prices_on_sighup(
+            hangups,
+            o.price_table.clone(),
+            prices.clone(),
+            drain.clone(),
+        ))),
+        Err(e) => {
+            tracing::warn!("SIGHUP cannot be handled ({e}): the price table loads at start only")
+        }
+    }
     let otlp = Arc::new(OtlpIntake::new(
         intake,
         auth,
@@ -152,4 +166,37 @@ pub async fn start(
         }));
     }
     Ok(receivers)
+}
+
+/// SIGHUP reloads the price table (`--price-table`) without a restart:
+/// prices change more often than services restart. A table that does not
+/// load is logged and the one in use kept; requests under way finish with
+/// the table they started with.
+async fn reload_prices_on_sighup(
+    mut hangups: tokio::signal::unix::Signal,
+    path: Option<std::path::PathBuf>,
+    prices: Arc<arc_swap::ArcSwap<PriceTable>>,
+    drain: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = drain.cancelled() => return,
+            got = hangups.recv() => if got.is_none() { return },
+        }
+        let Some(path) = &path else {
+            tracing::info!("SIGHUP: no --price-table to reload");
+            continue;
+        };
+        match PriceTable::load(path) {
+            Ok(table) => {
+                tracing::info!(models = table.len(), path = %path.display(), "SIGHUP: price table reloaded");
+                prices.store(Arc::new(table));
+                crate::metrics::price_table_reload("ok");
+            }
+            Err(e) => {
+                tracing::error!("SIGHUP: {e}; the price table in use is kept");
+                crate::metrics::price_table_reload("error");
+            }
+        }
+    }
 }
