@@ -757,6 +757,38 @@ async fn partial_success_names_the_bad_record_and_keeps_the_good_ones() {
         "5b8efff798038103d269b633813fc60c"
     );
 
+    // zstd bodies (the Collector's exporters offer zstd) are read like
+    // gzip ones; an encoding the receiver does not know is refused by name.
+    let now = SystemTime::now();
+    let request = claude_logs(&[now, now - Duration::from_secs(1)], "acme/zstd");
+    let zstd = zstd::encode_all(&prost::Message::encode_to_vec(&request)[..], 3).unwrap();
+    let (status, _, body) = http_post(
+        svc.running.otlp_http_addr.unwrap(),
+        "/v1/logs",
+        "application/x-protobuf",
+        &zstd,
+        &[("content-encoding", "zstd")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let db = common::db(&conn).await;
+    common::wait_for("the zstd records", Duration::from_secs(10), || async {
+        common::count(&db, "SELECT count(*) FROM agent_events e JOIN projects p ON p.id = e.project_id WHERE p.name = 'zstd'").await == 2
+    })
+    .await;
+    let (status, _, body) = http_post(
+        svc.running.otlp_http_addr.unwrap(),
+        "/v1/logs",
+        "application/x-protobuf",
+        &zstd,
+        &[("content-encoding", "br")],
+    )
+    .await;
+    assert!(
+        status >= 400 && body.contains("send gzip, zstd or none"),
+        "{status} {body}"
+    );
+
     // A body that is not OTLP at all: 400 with a reason, nothing stored.
     let (status, _, body) = http_post(
         svc.running.otlp_http_addr.unwrap(),

@@ -1,6 +1,6 @@
 //! OTLP/HTTP: `POST /v1/logs`, `/v1/traces` and `/v1/metrics` with a
 //! protobuf (`application/x-protobuf`) or JSON (`application/json`) body,
-//! gzip-compressed or not. Copilot exports HTTP/JSON by default and its CLI
+//! gzip- or zstd-compressed or not. Copilot exports HTTP/JSON by default and its CLI
 //! speaks nothing else. The one place where [`OtlpError`] becomes an HTTP
 //! status, with a `google.rpc.Status` body in the request's encoding, as
 //! the OTLP specification asks: 429 and 503 with `Retry-After` when a retry
@@ -56,10 +56,10 @@ enum Encoding {
 enum BodyError {
     #[error("unsupported content type {0:?}: send application/x-protobuf or application/json")]
     ContentType(String),
-    #[error("unsupported content encoding {0:?}: send gzip or none")]
+    #[error("unsupported content encoding {0:?}: send gzip, zstd or none")]
     ContentEncoding(String),
-    #[error("the gzip body does not decompress: {0}")]
-    Gzip(std::io::Error),
+    #[error("the {0} body does not decompress: {1}")]
+    Decompress(&'static str, std::io::Error),
     #[error("the body is larger than {0} bytes decompressed")]
     TooLarge(usize),
     #[error("the body is not a valid OTLP protobuf message: {0}")]
@@ -112,16 +112,11 @@ fn decode<T: Message + Default + DeserializeOwned>(
         .to_ascii_lowercase();
     let body = match ce.as_str() {
         "" | "identity" => body,
-        "gzip" => {
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(&body[..])
-                .take(max_bytes as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(BodyError::Gzip)?;
-            if out.len() > max_bytes {
-                return Err(BodyError::TooLarge(max_bytes));
-            }
-            Bytes::from(out)
+        "gzip" => inflate("gzip", flate2::read::GzDecoder::new(&body[..]), max_bytes)?,
+        "zstd" => {
+            let decoder = zstd::stream::read::Decoder::new(&body[..])
+                .map_err(|e| BodyError::Decompress("zstd", e))?;
+            inflate("zstd", decoder, max_bytes)?
         }
         other => return Err(BodyError::ContentEncoding(other.to_owned())),
     };
@@ -129,6 +124,19 @@ fn decode<T: Message + Default + DeserializeOwned>(
         Encoding::Protobuf => T::decode(body).map_err(BodyError::Protobuf),
         Encoding::Json => serde_json::from_slice(&body).map_err(BodyError::Json),
     }
+}
+
+/// A compressed body, read up to one byte past the limit: a small body
+/// that inflates without bound is refused, not held.
+fn inflate(name: &'static str, r: impl Read, max_bytes: usize) -> Result<Bytes, BodyError> {
+    let mut out = Vec::new();
+    r.take(max_bytes as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| BodyError::Decompress(name, e))?;
+    if out.len() > max_bytes {
+        return Err(BodyError::TooLarge(max_bytes));
+    }
+    Ok(Bytes::from(out))
 }
 
 fn reply<T: Message + Serialize>(status: StatusCode, encoding: Encoding, msg: &T) -> Response {

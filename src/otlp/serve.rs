@@ -118,21 +118,25 @@ pub async fn start(
         let (listener, local) = crate::net::bind(addr).await?;
         let svc = OtlpGrpc(otlp.clone());
         let max = o.otlp_max_message_bytes;
-        // Gemini CLI always compresses with gzip.
+        // Gemini CLI always compresses with gzip; the Collector's exporters
+        // may send zstd.
         let serve = crate::net::grpc_builder(cfg)?
             .add_service(
                 LogsServiceServer::new(svc.clone())
                     .accept_compressed(CompressionEncoding::Gzip)
+                    .accept_compressed(CompressionEncoding::Zstd)
                     .max_decoding_message_size(max),
             )
             .add_service(
                 TraceServiceServer::new(svc.clone())
                     .accept_compressed(CompressionEncoding::Gzip)
+                    .accept_compressed(CompressionEncoding::Zstd)
                     .max_decoding_message_size(max),
             )
             .add_service(
                 MetricsServiceServer::new(svc)
                     .accept_compressed(CompressionEncoding::Gzip)
+                    .accept_compressed(CompressionEncoding::Zstd)
                     .max_decoding_message_size(max),
             )
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
