@@ -392,7 +392,16 @@ async fn a_full_buffer_answers_resource_exhausted_instead_of_growing() {
 
 #[tokio::test]
 async fn shutdown_stores_and_acks_everything_buffered() {
-    let (_pg, conn, svc) = common::service_with("shutdown", |_| {}).await;
+    // The metrics port too (the only test of this binary that installs the
+    // process-wide recorder): /readyz must say "draining" meanwhile.
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (_pg, conn, svc) = common::service_with("shutdown", |c| {
+        c.metrics_listen = agent_telemetry::config::OptionalAddr(Some(metrics));
+    })
+    .await;
     // Hold the table locked: COPYs wait, batches stay buffered.
     let db = common::db(&conn).await;
     db.batch_execute("BEGIN; LOCK TABLE agent_events IN ACCESS EXCLUSIVE MODE")
@@ -426,6 +435,14 @@ async fn shutdown_stores_and_acks_everything_buffered() {
     let shutdown = tokio::spawn(svc.running.shutdown());
     // The drain has begun (streams stop reading); now the database frees up.
     common::until_draining(health).await;
+    // A load balancer stops sending here; the process is still alive.
+    let ready = common::http_get(metrics, "/readyz").await.unwrap();
+    assert!(
+        ready.starts_with("HTTP/1.1 503") && ready.contains("draining"),
+        "{ready}"
+    );
+    let live = common::http_get(metrics, "/healthz").await.unwrap();
+    assert!(live.starts_with("HTTP/1.1 200"), "{live}");
     db.batch_execute("COMMIT").await.unwrap();
     let mut got = Vec::new();
     while let Some(ack) = acks.next().await {
