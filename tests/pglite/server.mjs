@@ -58,7 +58,10 @@ function admitNext() {
 
 async function reset() {
   try {
-    if (db.isInTransaction()) await db.exec('ROLLBACK');
+    // Unconditionally: isInTransaction() can miss a transaction that a
+    // client left failed (a CLI that exits on an error inside BEGIN), and
+    // DISCARD ALL then fails. Outside a transaction ROLLBACK only warns.
+    await db.exec('ROLLBACK');
     await db.exec('DISCARD ALL');
     await sessionDefaults();
   } catch (err) {
