@@ -257,6 +257,13 @@ pub struct RedactionConfig {
     /// patterns (`[[allow]] regex`), added to the built-in rules.
     #[arg(long, env = "AGENT_TELEMETRY_REDACTION_RULES")]
     pub redaction_rules: Option<PathBuf>,
+
+    /// TOML file of how much chat content and file content is stored, by
+    /// default and per project: in full, truncated, as a SHA-256 hash, or
+    /// not at all (docs/reliability.md, "Content policy"). Without it
+    /// everything is stored in full.
+    #[arg(long, env = "AGENT_TELEMETRY_CONTENT_POLICY")]
+    pub content_policy: Option<PathBuf>,
 }
 
 /// A feature that is on unless turned off.

@@ -42,6 +42,8 @@ pub const OTLP_EXPORTS: &str = "agent_telemetry_otlp_exports_total";
 pub const OTLP_RECORDS: &str = "agent_telemetry_otlp_records_total";
 pub const PRICE_RELOADS: &str = "agent_telemetry_price_table_reloads_total";
 pub const REDACTIONS: &str = "agent_telemetry_redactions_total";
+pub const CONTENT_POLICY: &str = "agent_telemetry_content_policy_total";
+pub const CONTENT_POLICY_UNRESOLVED: &str = "agent_telemetry_content_policy_unresolved_total";
 pub const STREAMS_ENDED: &str = "agent_telemetry_streams_ended_total";
 
 /// Bucket bounds (seconds) of the latency histograms: a fast flush takes a
@@ -83,6 +85,14 @@ pub fn describe() {
     describe_counter!(
         REDACTIONS,
         "Secrets replaced by [REDACTED:<kind>] before storage, per table and kind"
+    );
+    describe_counter!(
+        CONTENT_POLICY,
+        "Texts the content policy truncated, hashed or did not store, per table and mode"
+    );
+    describe_counter!(
+        CONTENT_POLICY_UNRESOLVED,
+        "Chat messages spooled under the strictest content policy because their session's project was not known yet"
     );
     describe_counter!(
         ROWS_STORED,
@@ -383,6 +393,28 @@ pub fn zero_redactions<'a>(kinds: impl Iterator<Item = &'a str>) {
 pub fn redacted(table: &'static str, hits: &crate::intake::redact::Hits) {
     for (kind, n) in hits.iter() {
         counter!(REDACTIONS, "table" => table, "kind" => kind.to_owned()).increment(n);
+    }
+}
+
+/// Every mode at 0 for both tables, with `--content-policy`.
+pub fn zero_content_policy() {
+    for t in ["agent_events", "chat_messages"] {
+        for mode in crate::intake::policy::Mode::CHANGING_LABELS {
+            counter!(CONTENT_POLICY, "table" => t, "mode" => mode).absolute(0);
+        }
+    }
+    counter!(CONTENT_POLICY_UNRESOLVED, "table" => "chat_messages").absolute(0);
+}
+
+pub fn content_policy(table: &'static str, changes: &crate::intake::policy::Changes) {
+    for (mode, n) in changes.iter() {
+        counter!(CONTENT_POLICY, "table" => table, "mode" => mode).increment(n);
+    }
+}
+
+pub fn content_policy_unresolved(rows: u64) {
+    if rows > 0 {
+        counter!(CONTENT_POLICY_UNRESOLVED, "table" => "chat_messages").increment(rows);
     }
 }
 

@@ -71,6 +71,8 @@ pub enum ServerError {
     Privacy(#[from] crate::privacy::PrivacyError),
     #[error(transparent)]
     Redaction(#[from] crate::intake::redact::RedactError),
+    #[error(transparent)]
+    ContentPolicy(#[from] crate::intake::policy::PolicyError),
     #[error(
         "shutdown took longer than --shutdown-timeout ({0:?}): batches still owed were answered \"not stored, resend\""
     )]
@@ -119,6 +121,20 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
             "redaction is OFF (--redaction off): credentials in commands, files, tool inputs and chat are stored as sent, readable by every dashboard user and kept in backups"
         ),
     }
+    let content_policy = crate::intake::policy::ContentPolicy::configured(
+        cfg.redaction.content_policy.as_deref(),
+        &cfg.projects,
+        cfg.limits.max_content_bytes,
+    )?;
+    if let Some(p) = &content_policy {
+        let d = p.default_policy();
+        tracing::info!(
+            projects = p.project_count(),
+            default_chat = d.chat.label(),
+            default_files = d.files.label(),
+            "content policy on"
+        );
+    }
     // Every port and the price table checked before the database work, so
     // that a typo fails in milliseconds rather than after migrations. The
     // metrics port stays bound: /readyz says "starting" meanwhile.
@@ -129,6 +145,9 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
                 metrics::install().map_err(|source| ServerError::Metrics { addr, source })?;
             if let Some(r) = &redactor {
                 metrics::zero_redactions(r.kinds());
+            }
+            if content_policy.is_some() {
+                metrics::zero_content_policy();
             }
             tracing::info!("{}", crate::api::probes::describe(local));
             Some(crate::api::probes::serve(listener, handle, drain.clone()))
@@ -174,6 +193,7 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
         spool: spool.as_ref().map(|s| s.log.clone()),
         pseudonyms,
         redactor,
+        content_policy,
     });
     // With the spool, the replayer is intake's first client: it must end
     // before the batchers can.

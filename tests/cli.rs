@@ -114,6 +114,33 @@ fn a_port_in_use_or_a_bad_price_table_fails_before_the_database() {
         ],
         "prices.json",
     );
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[default]\nchat = \"redact\"\n").unwrap();
+    expect(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--content-policy",
+            policy.to_str().unwrap(),
+        ],
+        "content policy",
+    );
+    // The error names the file and the value it does not know.
+    let out = run(&[
+        &base[..],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--content-policy",
+            policy.to_str().unwrap(),
+        ],
+    ]
+    .concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("policy.toml") && err.contains("redact") && err.contains("truncate"),
+        "{err}"
+    );
 }
 
 #[test]

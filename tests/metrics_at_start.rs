@@ -106,9 +106,13 @@ async fn counters_exist_at_zero_and_increase_counts_the_first_refusals() {
         .unwrap()
         .local_addr()
         .unwrap();
+    let conf = tempfile::tempdir().unwrap();
+    let policy = conf.path().join("policy.toml");
+    std::fs::write(&policy, "[default]\nfiles = \"hash\"\n").unwrap();
     let (_pg, _conn, svc) = common::service_with("metrics_at_start", |cfg| {
         cfg.metrics_listen = OptionalAddr(Some(metrics));
         cfg.limits.max_batch_rows = 2;
+        cfg.redaction.content_policy = Some(policy);
     })
     .await;
 
@@ -126,6 +130,9 @@ async fn counters_exist_at_zero_and_increase_counts_the_first_refusals() {
         r#"agent_telemetry_flush_duration_seconds_bucket{table="chat_messages",le="+Inf"} 0"#,
         r#"agent_telemetry_redactions_total{table="agent_events",kind="github-token"} 0"#,
         r#"agent_telemetry_redactions_total{table="chat_sessions",kind="secret-field"} 0"#,
+        r#"agent_telemetry_content_policy_total{table="agent_events",mode="hashed"} 0"#,
+        r#"agent_telemetry_content_policy_total{table="chat_messages",mode="not_stored"} 0"#,
+        r#"agent_telemetry_content_policy_unresolved_total{table="chat_messages"} 0"#,
     ] {
         assert!(
             text.contains(series),
@@ -198,6 +205,15 @@ async fn counters_exist_at_zero_and_increase_counts_the_first_refusals() {
     assert_eq!(ack.stored, 1, "{ack:?}");
     let text = common::scrape(metrics).await;
     let counted = r#"agent_telemetry_redactions_total{table="agent_events",kind="github-token"} 1"#;
+    assert!(text.contains(counted), "{text}");
+
+    // A file's contents the policy hashes count under its mode.
+    let mut edit = common::event("acme/metrics", 5);
+    edit.data_json = r#"{"path":"a.rs","content":"fn main() {}"}"#.into();
+    let ack = common::ingest(&mut client, 5, vec![edit]).await;
+    assert_eq!(ack.stored, 1, "{ack:?}");
+    let text = common::scrape(metrics).await;
+    let counted = r#"agent_telemetry_content_policy_total{table="agent_events",mode="hashed"} 1"#;
     assert!(text.contains(counted), "{text}");
     svc.running.shutdown().await.unwrap();
 }

@@ -4,25 +4,16 @@
 
 mod common;
 
+use common::otlp_text as text;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agent_telemetry::config::OptionalAddr;
 use opentelemetry_proto::tonic::{
     collector::logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient},
-    common::v1::{AnyValue, KeyValue, any_value::Value},
     logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
     resource::v1::Resource,
 };
-
-fn text(key: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
 
 /// A Gemini CLI api_response of 1M input and 100k output tokens, no cost.
 fn response(n: u64) -> ExportLogsServiceRequest {

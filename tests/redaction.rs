@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::otlp_text as text;
+
 use std::{
     path::Path,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -97,16 +99,6 @@ fn chat() -> (pb::ChatSession, pb::ChatMessage) {
         ..Default::default()
     };
     (session, message)
-}
-
-fn text(key: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
 }
 
 /// A Claude Code prompt (a chat message) and tool result (an event), each

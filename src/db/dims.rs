@@ -293,6 +293,8 @@ async fn add_member(
 pub struct SessionInfo {
     pub project_id: i32,
     pub agent_type: Arc<str>,
+    /// The project's identity: whose content policy its messages follow.
+    pub project: Arc<str>,
 }
 
 pub struct Dimensions {
@@ -564,7 +566,7 @@ impl Dimensions {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT s.session_id, s.project_id, s.agent_type, p.organization_id
+                "SELECT s.session_id, s.project_id, s.agent_type, p.organization_id, p.identity
                  FROM chat_sessions s JOIN projects p ON p.id = s.project_id
                  WHERE s.session_id = ANY($1)",
                 &[&ids],
@@ -584,11 +586,13 @@ impl Dimensions {
         let mut cache = self.chat_sessions.write().expect("cache lock");
         for r in rows {
             let agent_type: String = r.get(2);
+            let project: String = r.get(4);
             cache.insert(
                 r.get(0),
                 SessionInfo {
                     project_id: r.get(1),
                     agent_type: agent_type.into(),
+                    project: project.into(),
                 },
             );
         }
@@ -732,9 +736,12 @@ impl Dimensions {
                 .expect("cache lock")
                 .insert(project_id, org);
         }
+        let identity = ProjectName::parse(&s.project.name, &self.projects_cfg)
+            .map_or_else(|_| s.project.name.clone(), |p| p.identity);
         let info = SessionInfo {
             project_id,
             agent_type: src.agent_type.as_str().into(),
+            project: identity.into(),
         };
         self.chat_sessions
             .write()

@@ -22,6 +22,7 @@
 //! edges look up in [`crate::codes`].
 
 mod piece;
+pub mod policy;
 pub mod record;
 pub mod redact;
 pub mod replay;
@@ -141,6 +142,9 @@ pub struct Intake {
     /// Credentials redacted before anything is spooled or stored (None:
     /// `--redaction off`).
     pub(crate) redactor: Option<redact::Redactor>,
+    /// How much content is stored, per project (None: all of it, no
+    /// `--content-policy`).
+    pub(crate) content_policy: Option<policy::ContentPolicy>,
 }
 
 /// A batch whose accepted rows are in the buffer (or the spool).
@@ -319,6 +323,89 @@ impl Intake {
         changed
     }
 
+    /// Step 3's second part: each decoded row's content as its project's
+    /// policy stores it; the indices of the rows that changed, in order. A
+    /// message's project is its session's: from the cache, else the
+    /// database (briefly, in spool mode), else the batch's announcement of
+    /// it, else unknown, and then the strictest policy applies.
+    async fn apply_content_policy<R: Record>(
+        &self,
+        rows: &mut [(u32, R)],
+        sessions: &[crate::pb::ChatSession],
+        store: bool,
+    ) -> Result<Vec<u32>, DimsError> {
+        use self::record::Subject;
+        let Some(content) = &self.content_policy else {
+            return Ok(Vec::new());
+        };
+        let session = |id: &str| uuid::Uuid::parse_str(id).ok();
+        let missing: Vec<uuid::Uuid> = {
+            let mut m: Vec<_> = rows
+                .iter()
+                .filter_map(|(_, r)| match r.policy_subject() {
+                    Subject::Session(id) => session(id),
+                    Subject::Project(_) => None,
+                })
+                .filter(|id| self.dims.cached_session(id).is_none())
+                .collect();
+            m.sort_unstable();
+            m.dedup();
+            m
+        };
+        if !missing.is_empty() {
+            if store {
+                self.dims.load_sessions(&missing).await?;
+            } else {
+                // The database may be down: the spool does not wait for it.
+                let lookup = self.dims.load_sessions(&missing);
+                let _ = tokio::time::timeout(record::SESSION_LOOKUP_TIMEOUT, lookup).await;
+            }
+        }
+        let announced = |id: &str| {
+            sessions
+                .iter()
+                .find(|s| s.session_id == id)
+                .and_then(|s| s.workspace.as_ref()?.project.as_ref())
+                .map(|p| content.for_name(&p.name))
+        };
+        // Usually one or two projects a batch: each looked up once.
+        let mut seen: Vec<(String, policy::Policy)> = Vec::new();
+        let mut changes = policy::Changes::default();
+        let mut changed = Vec::new();
+        let mut unresolved = 0;
+        for (i, r) in rows.iter_mut() {
+            let p = match r.policy_subject() {
+                Subject::Project(name) => match seen.iter().find(|(n, _)| n == name) {
+                    Some((_, p)) => *p,
+                    None => {
+                        let p = content.for_name(name);
+                        seen.push((name.to_owned(), p));
+                        p
+                    }
+                },
+                Subject::Session(id) => {
+                    match session(id).and_then(|u| self.dims.cached_session(&u)) {
+                        Some(s) => content.for_identity(&s.project),
+                        None => announced(id).unwrap_or_else(|| {
+                            unresolved += 1;
+                            content.strictest()
+                        }),
+                    }
+                }
+            };
+            let before = changes.total();
+            r.apply_policy(content, p, &mut changes);
+            if changes.total() > before {
+                changed.push(*i);
+            }
+        }
+        metrics::content_policy(R::TABLE.name(), &changes);
+        if !store {
+            metrics::content_policy_unresolved(unresolved);
+        }
+        Ok(changed)
+    }
+
     /// The same for the chat sessions a batch or a report carries.
     pub(super) fn redact_chat_sessions(&self, sessions: &mut [crate::pb::ChatSession]) {
         if let Some(redactor) = &self.redactor {
@@ -362,6 +449,9 @@ impl Intake {
         let (mut decoded, wire) = rows.decode(&mut rejected);
         self.developers(&mut decoded, scope);
         self.redact_rows(&mut decoded);
+        self.apply_content_policy(&mut decoded, &sessions, true)
+            .await
+            .map_err(dims_error)?;
         drop(wire);
         let checked = self.validate_all(&decoded, window, &mut rejected);
         let lookup = R::lookup(self, &checked, &[]);
@@ -416,7 +506,14 @@ impl Intake {
         let mut rejected = Vec::new();
         let (mut decoded, wire) = rows.decode(&mut rejected);
         self.developers(&mut decoded, scope);
-        let redacted = self.redact_rows(&mut decoded);
+        let mut changed = self.redact_rows(&mut decoded);
+        changed.extend(
+            self.apply_content_policy(&mut decoded, &sessions, false)
+                .await
+                .map_err(|source| IngestError::Dimensions { sequence, source })?,
+        );
+        changed.sort_unstable();
+        changed.dedup();
         let checked = self.validate_all(&decoded, window, &mut rejected);
         let batch_sessions = checked_sessions.ids();
         let lookup = R::lookup(self, &checked, &batch_sessions);
@@ -431,8 +528,8 @@ impl Intake {
                 Err(why) => rejected.push(why),
             }
         }
-        // What the client sent, unless redaction changed it: the spool
-        // holds only what may be stored.
+        // What the client sent, unless redaction or the content policy
+        // changed it: the spool holds only what may be stored.
         let reencoded = |i: u32| {
             let at = decoded
                 .binary_search_by_key(&i, |(j, _)| *j)
@@ -443,7 +540,7 @@ impl Intake {
             Some(wire) => indices
                 .iter()
                 .map(|&i| {
-                    if redacted.binary_search(&i).is_ok() {
+                    if changed.binary_search(&i).is_ok() {
                         reencoded(i)
                     } else {
                         wire[i as usize].clone()

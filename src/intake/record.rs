@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::{
     Intake,
+    policy::{Changes, ContentPolicy, Policy},
     redact::{Hits, Redactor},
 };
 use crate::{
@@ -162,6 +163,20 @@ pub trait Record: Message + Default + Sized + Send + Sync + 'static {
 
     /// The record's credentials redacted, in place.
     fn redact(&mut self, redactor: &Redactor, hits: &mut Hits);
+
+    /// Whose content policy the record follows.
+    fn policy_subject(&self) -> Subject<'_>;
+
+    /// The record's content as `p` stores it, in place.
+    fn apply_policy(&mut self, content: &ContentPolicy, p: Policy, changes: &mut Changes);
+}
+
+/// What names a record's project for the content policy.
+pub enum Subject<'a> {
+    /// The project as the row names it.
+    Project(&'a str),
+    /// The chat session whose project it is.
+    Session(&'a str),
 }
 
 impl Record for pb::AgentEvent {
@@ -251,6 +266,14 @@ impl Record for pb::AgentEvent {
         redactor.event(self, hits)
     }
 
+    fn policy_subject(&self) -> Subject<'_> {
+        Subject::Project(&self.project)
+    }
+
+    fn apply_policy(&mut self, content: &ContentPolicy, p: Policy, changes: &mut Changes) {
+        content.event(self, p, changes)
+    }
+
     fn spooled(sequence: u64, _sessions: Vec<pb::ChatSession>, rows: Vec<Bytes>) -> spool::Batch {
         spool::Batch::Events(wire::AgentEventBatch {
             sequence,
@@ -260,7 +283,7 @@ impl Record for pb::AgentEvent {
 }
 
 /// How long spool mode waits for the database to name unknown sessions.
-const SESSION_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const SESSION_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Record for pb::ChatMessage {
     const TABLE: Table = Table::ChatMessages;
@@ -335,6 +358,14 @@ impl Record for pb::ChatMessage {
 
     fn redact(&mut self, redactor: &Redactor, hits: &mut Hits) {
         redactor.message(self, hits)
+    }
+
+    fn policy_subject(&self) -> Subject<'_> {
+        Subject::Session(&self.session_id)
+    }
+
+    fn apply_policy(&mut self, _: &ContentPolicy, p: Policy, changes: &mut Changes) {
+        ContentPolicy::message(self, p.chat, changes)
     }
 
     fn spooled(sequence: u64, sessions: Vec<pb::ChatSession>, rows: Vec<Bytes>) -> spool::Batch {

@@ -78,14 +78,8 @@ pub struct Mapped {
 
 /// Attributes that hold prompt or response text: they become chat
 /// messages, not copies in `data`.
-const TEXT_KEYS: &[&str] = &[
-    "prompt",
-    "response_text",
-    "gen_ai.input.messages",
-    "gen_ai.output.messages",
-    "input.value",
-    "output.value",
-];
+/// The content policy's `chat` mode governs the same keys in `data`.
+const TEXT_KEYS: &[&str] = crate::intake::policy::OTLP_TEXT_ATTRIBUTES;
 
 const SESSION_KEYS: &[&str] = &[
     "session.id",

@@ -528,3 +528,15 @@ pub async fn rows_naming(db: &Client, needles: &[&str]) -> Vec<String> {
     }
     found
 }
+
+/// An OTLP string attribute.
+pub fn otlp_text(key: &str, v: &str) -> opentelemetry_proto::tonic::common::v1::KeyValue {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    }
+}

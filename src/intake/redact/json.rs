@@ -61,7 +61,7 @@ pub(super) fn redact(r: &Redactor, text: &str, hits: &mut Hits) -> Option<String
 }
 
 /// The closing quote of the string opening at `start`.
-fn string_end(b: &[u8], start: usize) -> Option<usize> {
+pub(in crate::intake) fn string_end(b: &[u8], start: usize) -> Option<usize> {
     let mut j = start + 1;
     while j < b.len() {
         match b[j] {
@@ -73,7 +73,7 @@ fn string_end(b: &[u8], start: usize) -> Option<usize> {
     None
 }
 
-fn next_non_space(b: &[u8], from: usize) -> Option<u8> {
+pub(in crate::intake) fn next_non_space(b: &[u8], from: usize) -> Option<u8> {
     b[from.min(b.len())..]
         .iter()
         .copied()

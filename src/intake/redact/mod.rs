@@ -16,7 +16,7 @@
 //! The rules: [`rules`]; operators add their own and allow-list patterns
 //! in a file (`--redaction-rules`). docs/reliability.md, "Redaction".
 
-mod json;
+pub(super) mod json;
 pub mod rules;
 
 use std::{path::Path, sync::Arc};
