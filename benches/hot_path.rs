@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use agent_telemetry::{
     config::Limits,
     copy::encode::encode_event,
-    intake::redact::{Hits, Redactor},
+    intake::redact::{Redactor, Scan},
     loadgen::r#gen::Generator,
     pb,
     row::EventRow,
@@ -74,12 +74,12 @@ fn pipeline_redacted(
     capacity: usize,
 ) -> (BytesMut, u64) {
     let mut decoded = decode(bytes);
-    let mut hits = Hits::default();
+    let mut scan = Scan::default();
     for (_, e) in &mut decoded {
-        redactor.event(e, &mut hits);
+        redactor.event(e, &mut scan);
     }
     let rows = validate_all(&decoded, limits, window);
-    (encode_all(&rows, capacity), hits.total())
+    (encode_all(&rows, capacity), scan.hits.total())
 }
 
 /// The loadgen events with a credential in each one's command or context.

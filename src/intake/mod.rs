@@ -310,16 +310,16 @@ impl Intake {
         let Some(redactor) = &self.redactor else {
             return Vec::new();
         };
-        let mut hits = redact::Hits::default();
+        let mut scan = redact::Scan::default();
         let mut changed = Vec::new();
         for (i, r) in rows {
-            let before = hits.total();
-            r.redact(redactor, &mut hits);
-            if hits.total() > before {
+            let before = scan.hits.total();
+            r.redact(redactor, &mut scan);
+            if scan.hits.total() > before {
                 changed.push(*i);
             }
         }
-        metrics::redacted(R::TABLE.name(), &hits);
+        metrics::redacted(R::TABLE.name(), &scan.hits);
         changed
     }
 
@@ -409,11 +409,11 @@ impl Intake {
     /// The same for the chat sessions a batch or a report carries.
     pub(super) fn redact_chat_sessions(&self, sessions: &mut [crate::pb::ChatSession]) {
         if let Some(redactor) = &self.redactor {
-            let mut hits = redact::Hits::default();
+            let mut scan = redact::Scan::default();
             for s in sessions {
-                redactor.chat_session(s, &mut hits);
+                redactor.chat_session(s, &mut scan);
             }
-            metrics::redacted("chat_sessions", &hits);
+            metrics::redacted("chat_sessions", &scan.hits);
         }
     }
 

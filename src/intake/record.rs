@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{
     Intake,
     policy::{Changes, ContentPolicy, Policy},
-    redact::{Hits, Redactor},
+    redact::{Redactor, Scan},
 };
 use crate::{
     ack::{Rejection, RejectionKind},
@@ -162,7 +162,7 @@ pub trait Record: Message + Default + Sized + Send + Sync + 'static {
     fn user_slot(&mut self) -> Option<&mut Option<pb::User>>;
 
     /// The record's credentials redacted, in place.
-    fn redact(&mut self, redactor: &Redactor, hits: &mut Hits);
+    fn redact(&mut self, redactor: &Redactor, scan: &mut Scan);
 
     /// Whose content policy the record follows.
     fn policy_subject(&self) -> Subject<'_>;
@@ -262,8 +262,8 @@ impl Record for pb::AgentEvent {
         Some(&mut self.user)
     }
 
-    fn redact(&mut self, redactor: &Redactor, hits: &mut Hits) {
-        redactor.event(self, hits)
+    fn redact(&mut self, redactor: &Redactor, scan: &mut Scan) {
+        redactor.event(self, scan)
     }
 
     fn policy_subject(&self) -> Subject<'_> {
@@ -356,8 +356,8 @@ impl Record for pb::ChatMessage {
         None
     }
 
-    fn redact(&mut self, redactor: &Redactor, hits: &mut Hits) {
-        redactor.message(self, hits)
+    fn redact(&mut self, redactor: &Redactor, scan: &mut Scan) {
+        redactor.message(self, scan)
     }
 
     fn policy_subject(&self) -> Subject<'_> {

@@ -117,11 +117,11 @@ impl Intake {
         );
         self.redact_chat_sessions(&mut report.chat_sessions);
         if let Some(redactor) = &self.redactor {
-            let mut hits = super::redact::Hits::default();
+            let mut scan = super::redact::Scan::default();
             for s in &mut report.agent_sessions {
-                redactor.agent_session(s, &mut hits);
+                redactor.agent_session(s, &mut scan);
             }
-            crate::metrics::redacted("agent_sessions", &hits);
+            crate::metrics::redacted("agent_sessions", &scan.hits);
         }
         let rows = report.chat_sessions.len() + report.agent_sessions.len();
         if rows > self.limits.max_batch_rows {

@@ -7,8 +7,12 @@
 //! As in gitleaks, every rule has keywords that each of its matches holds:
 //! one Aho-Corasick pass over a text finds which keywords it holds (the
 //! usual answer is none, and costs one scan), and only the rules of those
-//! keywords then run their regex. One `RegexSet` pass over all rules was
-//! measured first and cost more (BENCHMARKS.md, "Redaction"). JSON is redacted
+//! keywords then run their regex; a rule of a secret's name runs only where
+//! the name is followed as its pattern needs (`=`, `: <token>`), since
+//! names are common (`"max_tokens": 8192`). A batch's [`Scan`] remembers
+//! the texts it found clean: a repeated context is compared, not searched.
+//! One `RegexSet` pass over all rules was measured first and cost more
+//! (BENCHMARKS.md, "Redaction"). JSON is redacted
 //! string by string, keeping its numbers and layout byte for byte, and a
 //! string under a secret's name (`"password": "…"`) is redacted whatever it
 //! looks like.
@@ -19,13 +23,13 @@
 pub(super) mod json;
 pub mod rules;
 
-use std::{path::Path, sync::Arc};
+use std::{hash::BuildHasher, path::Path, sync::Arc};
 
 use aho_corasick::AhoCorasick;
 use regex::{Regex, RegexSet};
 use serde::Deserialize;
 
-use self::rules::Check;
+use self::rules::{After, Check};
 use crate::{
     config::{RedactionConfig, Switch},
     pb,
@@ -116,6 +120,7 @@ struct Rule {
     kind: Arc<str>,
     regex: Regex,
     check: Check,
+    after: After,
     /// Built in: its pattern has no anchor that a string's edges would
     /// satisfy and the JSON text around it would not, so a JSON text it
     /// does not match holds no string it matches.
@@ -149,6 +154,9 @@ pub struct Redactor {
     keywords: AhoCorasick,
     /// The rules of each keyword (by the keyword's pattern id).
     keyword_rules: Vec<Vec<usize>>,
+    /// Whether each keyword is one of a secret's name
+    /// ([`rules::NAME_KEYWORDS`]).
+    name_keyword: Vec<bool>,
     /// Rules without keywords (an operator's): run on every text.
     always: Vec<usize>,
     allow: Option<RegexSet>,
@@ -195,6 +203,77 @@ impl Hits {
     }
 }
 
+/// One batch's redaction: what it redacted, and the texts it found
+/// clean. Agents repeat a session's context, tags and metadata in every
+/// event; a repeat is compared with what was searched, not searched again.
+#[derive(Default)]
+pub struct Scan {
+    pub hits: Hits,
+    clean_text: Clean,
+    clean_json: Clean,
+}
+
+/// Texts that hold no secret, by hash, each compared whole before it is
+/// trusted: a collision only costs a search. Only texts of
+/// [`Clean::MIN`]..=[`Clean::MAX`] bytes: a shorter one costs about as much
+/// to hash as to search, a longer one (a chat reply) is rarely repeated
+/// and is not worth copying.
+#[derive(Default)]
+struct Clean {
+    texts: String,
+    at: foldhash::HashMap<u64, (u32, u32)>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Clean {
+    const MIN: usize = 16;
+    const MAX: usize = 4096;
+
+    /// The hash of a text worth remembering.
+    fn key(&self, s: &str) -> Option<u64> {
+        (Self::MIN..=Self::MAX)
+            .contains(&s.len())
+            .then(|| self.hasher.hash_one(s))
+    }
+
+    fn holds(&self, key: u64, s: &str) -> bool {
+        self.at
+            .get(&key)
+            .is_some_and(|&(at, len)| self.texts.get(at as usize..(at + len) as usize) == Some(s))
+    }
+
+    fn add(&mut self, key: u64, s: &str) {
+        let Ok(at) = u32::try_from(self.texts.len()) else {
+            return;
+        };
+        if u32::try_from(self.texts.len() + s.len()).is_ok() {
+            self.at.entry(key).or_insert((at, s.len() as u32));
+            self.texts.push_str(s);
+        }
+    }
+
+    /// `f` redacted by `redact`, unless it is a repeat of a clean text.
+    fn apply(
+        &mut self,
+        f: &mut String,
+        hits: &mut Hits,
+        redact: impl FnOnce(&str, &mut Hits) -> Option<String>,
+    ) {
+        let key = self.key(f);
+        if key.is_some_and(|k| self.holds(k, f)) {
+            return;
+        }
+        match redact(f, hits) {
+            Some(r) => *f = r,
+            None => {
+                if let Some(k) = key {
+                    self.add(k, f);
+                }
+            }
+        }
+    }
+}
+
 fn valid_kind(kind: &str) -> bool {
     (1..=40).contains(&kind.len())
         && kind
@@ -235,6 +314,7 @@ impl Redactor {
                 kind: b.kind.into(),
                 regex: Regex::new(&b.pattern).expect("built-in redaction rules compile"),
                 check: b.check,
+                after: b.after,
                 builtin: true,
             });
         }
@@ -266,6 +346,7 @@ impl Redactor {
                     kind: r.kind.as_str().into(),
                     regex,
                     check: Check::None,
+                    after: After::Any,
                     builtin: false,
                 });
             }
@@ -289,6 +370,11 @@ impl Redactor {
         // Case-sensitive, with the case variants as patterns: the
         // automaton's prefilters do not apply to ASCII case-insensitive
         // search.
+        let names: Vec<String> = rules::NAME_KEYWORDS
+            .iter()
+            .flat_map(|k| variants(k, true))
+            .collect();
+        let name_keyword = patterns.iter().map(|p| names.contains(p)).collect();
         let keywords = AhoCorasick::builder()
             .build(&patterns)
             .expect("keywords build an automaton");
@@ -306,6 +392,7 @@ impl Redactor {
             rules,
             keywords,
             keyword_rules,
+            name_keyword,
             always,
             allow,
             secret_name: Regex::new(&format!("(?i)^{name}$")).expect("secret names compile"),
@@ -322,10 +409,10 @@ impl Redactor {
 
     /// `s` with its secrets replaced, or None when it holds none.
     pub fn text(&self, s: &str, hits: &mut Hits) -> Option<String> {
-        if self.always.is_empty() && !self.has_keyword(s) {
+        let (candidates, _) = self.candidates(s);
+        if candidates.is_empty() {
             return None;
         }
-        let candidates = self.candidates(s);
         let mut spans: Vec<(usize, usize, usize)> = Vec::new();
         for i in candidates {
             let rule = &self.rules[i];
@@ -374,16 +461,13 @@ impl Redactor {
         // A text with no escape shows every string as it is: when it holds
         // no keyword (secret names included), none of its strings does.
         if self.always.is_empty() && !s.contains('\\') {
-            if !self.has_keyword(s) {
-                return None;
-            }
-            // A keyword is common ("max_tokens" holds "token"): the text
-            // is walked only if a rule or a secret name matches it whole.
-            let candidates = self.candidates(s);
+            // The text is walked only if a rule or a secret's name matches
+            // it whole.
+            let (candidates, json_name) = self.candidates(s);
             let walk = candidates
                 .iter()
                 .any(|&i| !self.rules[i].builtin || self.rules[i].regex.is_match(s))
-                || self.secret_key_in_json.is_match(s);
+                || (json_name && self.secret_key_in_json.is_match(s));
             if !walk {
                 return None;
             }
@@ -391,19 +475,35 @@ impl Redactor {
         json::redact(self, s, hits)
     }
 
-    fn has_keyword(&self, s: &str) -> bool {
-        self.keywords.is_match(s)
-    }
-
-    /// The rules whose keywords `s` holds, and the keyword-less ones.
-    fn candidates(&self, s: &str) -> Vec<usize> {
+    /// The rules worth running on `s`: the keyword-less ones, and those
+    /// with a keyword in it that goes on as they need ([`After`]); and
+    /// whether a secret's name in it may be a JSON key with a string value.
+    ///
+    /// Most texts hold no keyword, and the automaton's first-match search
+    /// is a third faster than its overlapping one: that one starts only
+    /// where the first keyword may start.
+    fn candidates(&self, s: &str) -> (Vec<usize>, bool) {
         let mut candidates = self.always.clone();
-        for m in self.keywords.find_overlapping_iter(s) {
-            candidates.extend(&self.keyword_rules[m.pattern().as_usize()]);
+        let mut json_name = false;
+        let Some(first) = self.keywords.find(s) else {
+            return (candidates, false);
+        };
+        // The first match reported is the first to end; one that ends
+        // later may start before it, by at most the longest keyword.
+        let from = first.end().saturating_sub(self.keywords.max_pattern_len());
+        let rest = aho_corasick::Input::new(s).range(from..);
+        for m in self.keywords.find_overlapping_iter(rest) {
+            let k = m.pattern().as_usize();
+            for &i in &self.keyword_rules[k] {
+                if self.rules[i].after.holds(s, m.end()) {
+                    candidates.push(i);
+                }
+            }
+            json_name = json_name || (self.name_keyword[k] && After::JsonString.holds(s, m.end()));
         }
         candidates.sort_unstable();
         candidates.dedup();
-        candidates
+        (candidates, json_name)
     }
 
     /// Whether a JSON object key names a secret.
@@ -432,60 +532,58 @@ impl Redactor {
         Some(out)
     }
 
-    fn field(&self, f: &mut String, hits: &mut Hits) {
-        if let Some(r) = self.text(f, hits) {
-            *f = r;
-        }
+    fn field(&self, f: &mut String, scan: &mut Scan) {
+        scan.clean_text
+            .apply(f, &mut scan.hits, |s, hits| self.text(s, hits));
     }
 
-    fn json_field(&self, f: &mut String, hits: &mut Hits) {
-        if let Some(r) = self.json(f, hits) {
-            *f = r;
-        }
+    fn json_field(&self, f: &mut String, scan: &mut Scan) {
+        scan.clean_json
+            .apply(f, &mut scan.hits, |s, hits| self.json(s, hits));
     }
 
     /// An event's free text: its JSON and tags. Its identifiers (ids,
     /// types, agent, project, model, developer) are not free text: they
     /// group rows and are checked for their form instead.
-    pub fn event(&self, e: &mut pb::AgentEvent, hits: &mut Hits) {
-        self.json_field(&mut e.context_json, hits);
-        self.json_field(&mut e.data_json, hits);
-        self.json_field(&mut e.metrics_json, hits);
+    pub fn event(&self, e: &mut pb::AgentEvent, scan: &mut Scan) {
+        self.json_field(&mut e.context_json, scan);
+        self.json_field(&mut e.data_json, scan);
+        self.json_field(&mut e.metrics_json, scan);
         for t in &mut e.tags {
-            self.field(t, hits);
+            self.field(t, scan);
         }
     }
 
-    pub fn message(&self, m: &mut pb::ChatMessage, hits: &mut Hits) {
-        self.field(&mut m.content, hits);
+    pub fn message(&self, m: &mut pb::ChatMessage, scan: &mut Scan) {
+        self.field(&mut m.content, scan);
         if let Some(s) = m.search_content.as_mut() {
-            self.field(s, hits);
+            self.field(s, scan);
         }
-        self.json_field(&mut m.metadata_json, hits);
+        self.json_field(&mut m.metadata_json, scan);
     }
 
-    pub fn chat_session(&self, s: &mut pb::ChatSession, hits: &mut Hits) {
+    pub fn chat_session(&self, s: &mut pb::ChatSession, scan: &mut Scan) {
         let Some(w) = s.workspace.as_mut() else {
             return;
         };
-        self.field(&mut w.workspace_path, hits);
+        self.field(&mut w.workspace_path, scan);
         if let Some(p) = w.project.as_mut() {
             for f in [p.repo_url.as_mut(), p.description.as_mut()]
                 .into_iter()
                 .flatten()
             {
-                self.field(f, hits);
+                self.field(f, scan);
             }
         }
         if let Some(m) = w.machine.as_mut() {
-            self.json_field(&mut m.metadata_json, hits);
+            self.json_field(&mut m.metadata_json, scan);
         }
     }
 
-    pub fn agent_session(&self, s: &mut pb::AgentSession, hits: &mut Hits) {
-        self.json_field(&mut s.context_json, hits);
-        self.json_field(&mut s.metrics_json, hits);
-        self.field(&mut s.outcome, hits);
+    pub fn agent_session(&self, s: &mut pb::AgentSession, scan: &mut Scan) {
+        self.json_field(&mut s.context_json, scan);
+        self.json_field(&mut s.metrics_json, scan);
+        self.field(&mut s.outcome, scan);
     }
 }
 

@@ -17,14 +17,84 @@ pub enum Check {
     Random,
 }
 
+/// What must follow a keyword where it ends a secret's name, for the rule
+/// to be worth running: a name is common ("max_tokens": 8192, "key" in
+/// prose), a secret's name followed by its value is not. Each is a
+/// superset of what its rule's pattern requires after the name (the name's
+/// remaining characters, then its delimiter), so a text that fails it at
+/// every keyword holds no match of the rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Anything: the rule runs on every text that holds its keyword.
+    Any,
+    /// `--name value`, `--name=value`: whitespace or `=`.
+    Flag,
+    /// `NAME=value`, `NAME = "value"`: `=`, after an optional quote.
+    Assign,
+    /// `name: value`: `:` after an optional quote, then eight or more
+    /// characters of a token, after an optional quote.
+    Colon,
+    /// `"name": "value"` in JSON: a quote, `:`, a quote.
+    JsonString,
+}
+
+/// The characters a secret's name goes on with after its keyword
+/// (`pass` → `password`, `token` → `token_v2`), as [`SECRET_NAME`] and the
+/// flag rule allow them, in either case.
+fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+/// What a value after `name: ` is made of ([`After::Colon`]'s rule).
+fn token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=' | '_' | '.' | '~' | '-')
+}
+
+impl After {
+    /// Whether `s` after a keyword that ends at byte `at` goes on as the
+    /// rule needs. Whitespace is Unicode's, as the patterns' `\s`.
+    pub fn holds(self, s: &str, at: usize) -> bool {
+        let mut rest = s[at..].trim_start_matches(name_char);
+        match self {
+            After::Any => true,
+            After::Flag => rest.starts_with(|c: char| c.is_whitespace() || c == '='),
+            After::Assign => {
+                rest = rest.strip_prefix(['"', '\'']).unwrap_or(rest);
+                rest.trim_start().starts_with('=')
+            }
+            After::Colon => {
+                rest = rest.strip_prefix(['"', '\'']).unwrap_or(rest);
+                let Some(value) = rest.trim_start().strip_prefix(':') else {
+                    return false;
+                };
+                let value = value.trim_start();
+                let value = value.strip_prefix(['"', '\'']).unwrap_or(value);
+                value.chars().take(8).take_while(|&c| token_char(c)).count() == 8
+            }
+            After::JsonString => rest
+                .strip_prefix('"')
+                .and_then(|r| r.trim_start().strip_prefix(':'))
+                .is_some_and(|r| r.trim_start().starts_with('"')),
+        }
+    }
+}
+
 pub struct Builtin {
     pub kind: &'static str,
     pub pattern: String,
     pub check: Check,
+    /// What follows a keyword where a match holds it.
+    pub after: After,
     /// Every match holds one of these, as written (for a pattern that
     /// starts `(?i)`, lowercase keywords in any case a name is written in):
     /// a text with none of any rule's keywords is not searched further.
     pub keywords: &'static [&'static str],
+}
+
+impl Builtin {
+    fn after(self, after: After) -> Self {
+        Self { after, ..self }
+    }
 }
 
 fn rule(kind: &'static str, keywords: &'static [&'static str], pattern: &str) -> Builtin {
@@ -32,12 +102,13 @@ fn rule(kind: &'static str, keywords: &'static [&'static str], pattern: &str) ->
         kind,
         pattern: pattern.to_owned(),
         check: Check::None,
+        after: After::Any,
         keywords,
     }
 }
 
 /// The keywords of [`SECRET_NAME`]: each of its names holds one.
-const NAME_KEYWORDS: &[&str] = &["pass", "pwd", "secret", "token", "key", "credential"];
+pub const NAME_KEYWORDS: &[&str] = &["pass", "pwd", "secret", "token", "key", "credential"];
 
 /// Names whose values are secrets, as they end an environment variable, a
 /// flag, a config key or a connection string parameter (`GITHUB_TOKEN`,
@@ -167,7 +238,8 @@ pub fn builtin() -> Vec<Builtin> {
             "secret-flag",
             &["pass", "secret", "token", "key"],
             r"(?i)(?:^|[^a-z0-9_-])--?(?:[a-z0-9-]*-)?(?:pass(?:word|wd|phrase)?|secret|token|api-?key|access-key|private-key)(?:\s+|=)(?P<s>[^\s\x22'-][^\s\x22']*)",
-        ),
+        )
+        .after(After::Flag),
         // `NAME=value`, `NAME = "value"` (env files, exports, connection
         // strings' `Password=…;`): any value that is not a reference (`$X`).
         Builtin {
@@ -176,6 +248,7 @@ pub fn builtin() -> Vec<Builtin> {
                 r#"(?i){SECRET_NAME}\s*=\s*(?:"(?P<s>[^"\s$][^"\n]*)"|'(?P<s2>[^'\s$][^'\n]*)'|(?P<s3>[^\s"'$;&|<>`][^\s"';&|<>`]*))"#
             ),
             check: Check::None,
+            after: After::Assign,
             keywords: NAME_KEYWORDS,
         },
         // `name: value` (YAML, HTTP-like headers, prose): only a random value.
@@ -185,6 +258,7 @@ pub fn builtin() -> Vec<Builtin> {
                 r#"(?i){SECRET_NAME}["']?\s*:\s*["']?(?P<s>[A-Za-z0-9+/=_.~-]{{8,}})"#
             ),
             check: Check::Random,
+            after: After::Colon,
             keywords: NAME_KEYWORDS,
         },
     ]

@@ -339,7 +339,7 @@ regex = '^AKIAIOSFODNN7EXAMPLE$'
 fn every_field_of_every_record_is_redacted() {
     let r = redactor();
     let key = "ghp_0123456789abcdefghijABCDEFGHIJ012345";
-    let mut hits = Hits::default();
+    let mut scan = Scan::default();
     let mut e = pb::AgentEvent {
         context_json: format!(r#"{{"k":"{key}"}}"#),
         data_json: format!(r#"{{"k":"{key}"}}"#),
@@ -347,8 +347,8 @@ fn every_field_of_every_record_is_redacted() {
         tags: vec![key.to_owned(), "ok".to_owned()],
         ..Default::default()
     };
-    r.event(&mut e, &mut hits);
-    assert_eq!(hits.count("github-token"), 4);
+    r.event(&mut e, &mut scan);
+    assert_eq!(scan.hits.count("github-token"), 4);
     assert!(!format!("{e:?}").contains(key));
     let mut m = pb::ChatMessage {
         content: key.to_owned(),
@@ -356,7 +356,7 @@ fn every_field_of_every_record_is_redacted() {
         metadata_json: format!(r#"{{"k":"{key}"}}"#),
         ..Default::default()
     };
-    r.message(&mut m, &mut hits);
+    r.message(&mut m, &mut scan);
     assert!(!format!("{m:?}").contains(key));
     let mut s = pb::ChatSession {
         workspace: Some(pb::Workspace {
@@ -374,7 +374,7 @@ fn every_field_of_every_record_is_redacted() {
         }),
         ..Default::default()
     };
-    r.chat_session(&mut s, &mut hits);
+    r.chat_session(&mut s, &mut scan);
     assert!(!format!("{s:?}").contains(key));
     let mut a = pb::AgentSession {
         context_json: format!(r#"{{"k":"{key}"}}"#),
@@ -382,6 +382,83 @@ fn every_field_of_every_record_is_redacted() {
         outcome: key.to_owned(),
         ..Default::default()
     };
-    r.agent_session(&mut a, &mut hits);
+    r.agent_session(&mut a, &mut scan);
     assert!(!format!("{a:?}").contains(key));
+}
+
+/// The gate after a name's keyword: what loadgen sends under `max_tokens`
+/// runs no rule, and each rule's delimiter, Unicode whitespace included
+/// (the patterns' `\s`), lets its rule run and redact.
+#[test]
+fn a_name_runs_its_rules_only_where_a_value_follows_it() {
+    use super::rules::After;
+    let r = redactor();
+    let json = r#"{"max_tokens": 8192, "tokens_per_second": 40, "time_to_first_token_ms": 800}"#;
+    assert_eq!(r.candidates(json), (Vec::new(), false));
+    assert_eq!(r.json(json, &mut Hits::default()), None);
+    let cases = [
+        (After::Assign, "export DB_PASSWORD=hunter2x", true),
+        (After::Assign, "DB_PASSWORD\u{a0}= hunter2x", true),
+        (After::Assign, "the password is long", false),
+        (After::Colon, "token: a1B2c3D4e5F6", true),
+        (After::Colon, "\"token\" : 'a1B2c3D4e5F6'", true),
+        (After::Colon, "token: see below", false),
+        (After::Colon, "token: 8192", false),
+        (After::Flag, "--api-key a1B2c3", true),
+        (After::Flag, "--password=a1B2c3", true),
+        (After::Flag, "--keyring", false),
+        (After::JsonString, r#""api_key" : "x""#, true),
+        (After::JsonString, r#""api_key": 5"#, false),
+    ];
+    for (after, text, holds) in cases {
+        let lower = text.to_ascii_lowercase();
+        let at = ["password", "token", "key"]
+            .iter()
+            .find_map(|k| lower.find(k).map(|i| i + k.len()))
+            .expect("a name");
+        assert_eq!(after.holds(text, at), holds, "{after:?} {text:?}");
+        if holds && after != After::JsonString {
+            assert!(
+                r.text(text, &mut Hits::default()).is_some(),
+                "{text:?} redacted"
+            );
+        }
+    }
+}
+
+/// A batch remembers the texts it found clean and compares a repeat
+/// instead of searching it: once as plain text and once as JSON, which
+/// differ (a secret's name with a short value is a secret only in JSON);
+/// a repeated secret is redacted and counted every time.
+#[test]
+fn a_batch_searches_a_repeated_clean_text_once_and_still_redacts_every_secret() {
+    let r = redactor();
+    let mut scan = Scan::default();
+    let pad = "x".repeat(48);
+    let context = format!(r#"{{"workspace_path":"/home/dev/src/acme/api","pad":"{pad}"}}"#);
+    let named = format!(r#"{{"password": "hunter2", "pad": "{pad}"}}"#);
+    let leaked = format!(
+        r#"{{"command":"export GITHUB_TOKEN=ghp_{:036}","pad":"{pad}"}}"#,
+        7
+    );
+    for _ in 0..3 {
+        let mut e = pb::AgentEvent {
+            context_json: context.clone(),
+            data_json: named.clone(),
+            metrics_json: leaked.clone(),
+            tags: vec![named.clone()],
+            ..Default::default()
+        };
+        r.event(&mut e, &mut scan);
+        assert_eq!(e.context_json, context);
+        assert_eq!(e.tags, std::slice::from_ref(&named), "clean as text");
+        assert!(!e.data_json.contains("hunter2"), "{}", e.data_json);
+        assert!(!e.metrics_json.contains("ghp_"), "{}", e.metrics_json);
+    }
+    assert_eq!(scan.hits.count(SECRET_FIELD), 3);
+    assert_eq!(scan.hits.count("github-token"), 3);
+    // Remembered once each: the context as JSON, the tag as text.
+    assert_eq!(scan.clean_json.at.len(), 1);
+    assert_eq!(scan.clean_json.texts, context);
+    assert_eq!(scan.clean_text.texts, named);
 }
