@@ -31,6 +31,7 @@ pub const LATE_PENDING_HOURS: &str = "agent_telemetry_late_pending_hours";
 pub const RETENTION_DELETED: &str = "agent_telemetry_retention_deleted_rows_total";
 pub const ROWS_SPOOLED: &str = "agent_telemetry_rows_spooled_total";
 pub const SPOOL_BYTES: &str = "agent_telemetry_spool_bytes";
+pub const SPOOL_PENDING_BYTES: &str = "agent_telemetry_spool_pending_bytes";
 pub const SPOOL_OLDEST_AGE: &str = "agent_telemetry_spool_oldest_age_seconds";
 pub const SPOOL_DISK_FREE: &str = "agent_telemetry_spool_disk_free_bytes";
 pub const SPOOL_REPLAY_RETRIES: &str = "agent_telemetry_spool_replay_retries_total";
@@ -163,6 +164,10 @@ pub fn describe() {
         "Rows appended to the disk spool and acknowledged, per table"
     );
     describe_gauge!(SPOOL_BYTES, "Bytes in the disk spool's files");
+    describe_gauge!(
+        SPOOL_PENDING_BYTES,
+        "Bytes in the disk spool not yet in the database"
+    );
     describe_gauge!(BUILD_INFO, "1, labelled with the service's version");
     describe_gauge!(
         STORAGE_LAYOUT,
@@ -438,8 +443,9 @@ pub fn rows_spooled(table: Table, n: usize) {
     counter!(ROWS_SPOOLED, "table" => table.name()).increment(n as u64);
 }
 
-pub fn spool_state(bytes: u64, oldest_age: Duration, disk_free: Option<u64>) {
+pub fn spool_state(bytes: u64, pending: u64, oldest_age: Duration, disk_free: Option<u64>) {
     gauge!(SPOOL_BYTES).set(bytes as f64);
+    gauge!(SPOOL_PENDING_BYTES).set(pending as f64);
     gauge!(SPOOL_OLDEST_AGE).set(oldest_age.as_secs_f64());
     if let Some(free) = disk_free {
         gauge!(SPOOL_DISK_FREE).set(free as f64);

@@ -462,7 +462,7 @@ fn spawn_spool_gauges(log: Log, backlog: Arc<Backlog>, stop: CancellationToken) 
                     .duration_since(crate::time::from_unix_us(oldest))
                     .unwrap_or_default()
             };
-            metrics::spool_state(log.used(), age, log.disk_free());
+            metrics::spool_state(log.used(), log.pending(), age, log.disk_free());
         }
     });
 }

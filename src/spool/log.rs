@@ -177,6 +177,9 @@ pub struct Log {
     appends: mpsc::UnboundedSender<Append>,
     /// Bytes in segment files, plus appends accepted and not yet written.
     used: Arc<AtomicU64>,
+    /// Of those, the bytes before the committed position (in the database
+    /// already, their segments not yet deleted).
+    done: Arc<AtomicU64>,
     limit: u64,
     /// Free space the spool leaves on its filesystem (see [`open`]).
     reserve: u64,
@@ -256,7 +259,15 @@ pub fn open(
     };
     let (durable_tx, durable) = watch::channel(start);
     let (appends, rx) = mpsc::unbounded_channel();
+    // Segments wholly before the committed position stay until the first
+    // commit deletes them.
+    let done: u64 = ends
+        .range(..committed.segment)
+        .map(|(_, end)| end)
+        .sum::<u64>()
+        + ends.get(&committed.segment).map_or(0, |_| committed.offset);
     let used = Arc::new(AtomicU64::new(used));
+    let done = Arc::new(AtomicU64::new(done));
     let unwritten = Arc::new(AtomicU64::new(0));
     let dir = Arc::new(dir.to_owned());
     let writer = Writer {
@@ -278,6 +289,7 @@ pub fn open(
         dir: dir.clone(),
         appends,
         used: used.clone(),
+        done: done.clone(),
         limit,
         reserve,
         unwritten,
@@ -290,6 +302,7 @@ pub fn open(
         file: None,
         durable,
         used,
+        done,
         committed: None,
         seq,
     };
@@ -430,6 +443,14 @@ impl Log {
         self.used.load(Ordering::Acquire)
     }
 
+    /// Bytes the spool holds that are not in the database yet: what it
+    /// used less what was committed (a segment is deleted only once
+    /// wholly read, so a drained spool still holds its last one).
+    pub fn pending(&self) -> u64 {
+        self.used()
+            .saturating_sub(self.done.load(Ordering::Acquire))
+    }
+
     pub fn limit(&self) -> u64 {
         self.limit
     }
@@ -567,6 +588,7 @@ pub struct Reader {
     file: Option<File>,
     durable: watch::Receiver<Position>,
     used: Arc<AtomicU64>,
+    done: Arc<AtomicU64>,
     /// The `committed` file with its two slots, once made.
     committed: Option<File>,
     /// Sequence number of the last slot written.
@@ -663,6 +685,7 @@ impl Reader {
             fs::remove_file(&path).map_err(io_err(&path))?;
             self.used.fetch_sub(len, Ordering::AcqRel);
         }
+        self.done.store(pos.offset, Ordering::Release);
         let Some(file) = &self.committed else {
             return self.prepare_committed(pos);
         };
@@ -760,11 +783,18 @@ mod tests {
             end = reader.next().await.unwrap().unwrap().1;
         }
         let used = log.used();
+        assert_eq!(log.pending(), used, "nothing committed yet");
         reader.commit(end).unwrap();
         assert!(segments(dir.path()).unwrap().len() < before);
         assert!(log.used() < used);
+        // The 4 records after `end` (400 bytes and a header each) are what
+        // is left to replay, though the segment of `end` is kept.
+        let pending = log.pending();
+        assert!(pending < log.used(), "{pending} of {}", log.used());
+        assert_eq!(pending, 4 * (400 + HEADER as u64));
         drop((log, reader));
-        let (_log, mut reader, _) = open(dir.path(), 1 << 30, 1000, 0).unwrap();
+        let (log, mut reader, _) = open(dir.path(), 1 << 30, 1000, 0).unwrap();
+        assert_eq!(log.pending(), pending, "the same after reopening");
         let rest = read_all(&mut reader, 4).await;
         assert_eq!(rest[0], Bytes::from(vec![6u8; 400]));
         assert_eq!(rest[3], Bytes::from(vec![9u8; 400]));
