@@ -129,6 +129,7 @@ async fn every_query_returns_rows(conn: &str, mut cfg: ServeConfig, label: &str)
         "dashboards ({label}): {queries} queries ran as agent_telemetry_reader, each returned rows"
     ));
     assert!(queries >= 25, "only {queries} SQL queries found");
+    session_drill_down_shows_the_picked_session(&db, label).await;
     drop(db);
 
     let out = common::cli(
@@ -165,6 +166,87 @@ async fn every_query_returns_rows(conn: &str, mut cfg: ServeConfig, label: &str)
     assert_eq!(again, queries);
     common::say(&format!(
         "dashboards ({label}): the same {again} queries ran as org1's reader, each returned rows"
+    ));
+}
+
+/// The session drill-down with one session picked, as a team lead picks
+/// it from its list: the totals are the session's raw rows aggregated, the
+/// timeline is every one of its events in time order, the prompts and
+/// replies every one of its messages in sequence.
+async fn session_drill_down_shows_the_picked_session(db: &Client, label: &str) {
+    use common::grafana::{panel, panel_with};
+    let file = "session.json";
+    let recent = panel(db, file, "Recent agent sessions", 30).await;
+    assert!(recent.len() >= 10, "{recent:?}");
+    // The busiest of the listed sessions.
+    let pick = recent
+        .iter()
+        .max_by_key(|r| r[5].parse::<i64>().unwrap())
+        .unwrap()[0]
+        .clone();
+    let picked = [("session", vec![pick.clone()])];
+    let direct = rows(
+        db,
+        &format!(
+            "SELECT count(*), round(sum(cost_usd), 4), sum(input_tokens), min(agent_id)
+             FROM agent_events WHERE session_id = '{pick}'"
+        ),
+        "the session's raw rows",
+    )
+    .await
+    .remove(0);
+    let totals = panel_with(db, file, "Totals", 30, &picked).await;
+    assert_eq!(totals.len(), 1, "{totals:?}");
+    let t = &totals[0];
+    assert_eq!(
+        (
+            Some(t[4].clone()),
+            Some(t[9].clone()),
+            Some(t[6].clone()),
+            Some(t[3].clone())
+        ),
+        (
+            direct[0].clone(),
+            direct[1].clone(),
+            direct[2].clone(),
+            direct[3].clone()
+        ),
+        "Totals (events, cost, input tokens, agent) against the raw rows: {t:?}"
+    );
+    let timeline = panel_with(db, file, "Timeline", 30, &picked).await;
+    assert_eq!(Some(timeline.len().to_string()), direct[0], "every event");
+    assert!(
+        timeline.windows(2).all(|w| w[0][0] <= w[1][0]),
+        "in time order"
+    );
+    // Loadgen's chat sessions are not its agent runs: the busiest one, as
+    // picked from the same list.
+    let busiest = rows(
+        db,
+        "SELECT session_id::text, count(*)::text FROM chat_messages GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1",
+        "the busiest chat session",
+    )
+    .await
+    .remove(0);
+    let chat_pick = busiest[0].clone().unwrap();
+    let chat = panel_with(
+        db,
+        file,
+        "Prompts and replies",
+        30,
+        &[("session", vec![chat_pick])],
+    )
+    .await;
+    assert_eq!(Some(chat.len().to_string()), busiest[1], "every message");
+    assert!(
+        chat.windows(2)
+            .all(|w| w[0][2].parse::<i64>().unwrap() <= w[1][2].parse::<i64>().unwrap()),
+        "in sequence"
+    );
+    common::say(&format!(
+        "dashboards ({label}): session drill-down of {pick}: {} events, {} messages, totals as the raw rows",
+        timeline.len(),
+        chat.len()
     ));
 }
 
@@ -260,6 +342,10 @@ fn macros_expand_as_grafana_expands_them() {
         )
         .unwrap(),
         "SELECT floor(extract(epoch from bucket)/3600)*3600 AS \"time\", x FROM t WHERE bucket BETWEEN '2026-11-01T00:00:00Z' AND '2026-11-02T00:00:00Z' AND p IN ('1','o''k') AND b > '2026-11-01T00:00:00Z'"
+    );
+    assert_eq!(
+        g.expand("p IN (${project:sqlstring})", "1h").unwrap(),
+        "p IN ('1','o''k')"
     );
     assert_eq!(
         g.expand("$__timeGroup(date_trunc('day', t), '1d')", "1h")

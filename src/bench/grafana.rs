@@ -178,7 +178,10 @@ impl Grafana {
                 .map(|v| format!("'{}'", v.replace('\'', "''")))
                 .collect::<Vec<_>>()
                 .join(",");
+            // `${var:sqlstring}` quotes a single value too (a plain `$var`
+            // is quoted only when the variable is multi-value or "All").
             out = out
+                .replace(&format!("${{{var}:sqlstring}}"), &list)
                 .replace(&format!("${{{var}}}"), &list)
                 .replace(&format!("${var}"), &list);
         }
