@@ -130,6 +130,7 @@ async fn every_query_returns_rows(conn: &str, mut cfg: ServeConfig, label: &str)
     ));
     assert!(queries >= 25, "only {queries} SQL queries found");
     session_drill_down_shows_the_picked_session(&db, label).await;
+    productivity_totals_are_the_raw_rows(&db, label).await;
     drop(db);
 
     let out = common::cli(
@@ -247,6 +248,53 @@ async fn session_drill_down_shows_the_picked_session(db: &Client, label: &str) {
         "dashboards ({label}): session drill-down of {pick}: {} events, {} messages, totals as the raw rows",
         timeline.len(),
         chat.len()
+    ));
+}
+
+/// The Productivity dashboard's totals, all projects, agents and
+/// developers, against the same figures computed from the raw rows.
+async fn productivity_totals_are_the_raw_rows(db: &Client, label: &str) {
+    let totals = common::grafana::panel(db, "productivity.json", "Totals", 30).await;
+    assert_eq!(totals.len(), 1, "{totals:?}");
+    let t = &totals[0];
+    let direct = rows(
+        db,
+        "WITH e AS (SELECT * FROM agent_events WHERE \"timestamp\" > now() - INTERVAL '31 days')
+         SELECT (SELECT sum(agent_telemetry_count(data ->> 'lines_added')) FROM e
+                 WHERE event_type IN ('file_write', 'file_modify', 'metric')),
+                (SELECT sum(agent_telemetry_count(data ->> 'lines_removed')) FROM e
+                 WHERE event_type IN ('file_write', 'file_modify', 'metric')),
+                (SELECT sum(n) FROM (SELECT count(DISTINCT agent_telemetry_group_key(data ->> 'path')) AS n
+                                     FROM e WHERE event_type IN ('file_write', 'file_modify')
+                                     GROUP BY date_trunc('day', \"timestamp\" AT TIME ZONE 'UTC'),
+                                              user_id, project_id, agent_id) f),
+                (SELECT count(*) FROM e WHERE data ->> 'accepted' = 'true'),
+                (SELECT count(*) FROM e WHERE data ->> 'accepted' = 'false'),
+                (SELECT count(*) FROM e WHERE event_type = 'git_commit'),
+                (SELECT count(*) FROM e WHERE event_type = 'pull_request')",
+        "productivity from the raw rows",
+    )
+    .await
+    .remove(0);
+    let shown: Vec<Option<String>> = [0, 1, 2, 3, 4, 6, 7]
+        .iter()
+        .map(|&i| Some(t[i].clone()))
+        .collect();
+    assert_eq!(
+        shown, direct,
+        "Totals (lines added, removed, files modified, accepted, rejected, commits, pull requests) against the raw rows: {t:?}"
+    );
+    for (i, what) in [
+        (3, "accepted"),
+        (4, "rejected"),
+        (6, "commits"),
+        (7, "pull requests"),
+    ] {
+        assert!(t[i].parse::<i64>().unwrap() > 0, "{what}: {t:?}");
+    }
+    common::say(&format!(
+        "dashboards ({label}): productivity totals as the raw rows: {}",
+        t.join(" | ")
     ));
 }
 

@@ -270,6 +270,7 @@ async fn four_agents_fixtures_are_stored_field_by_field() {
     developers_of_the_records(&db).await;
     a_retried_export_stores_nothing_twice(&db, &ep, now).await;
     metrics_fill_no_token_or_cost_column(&db, &ep, now).await;
+    productivity_of_every_agent(&db).await;
     let panel = requests_by_model_panel(&db).await;
     assert_eq!(panel.len(), 4, "one line per model");
     svc.running.shutdown().await.unwrap();
@@ -606,6 +607,34 @@ async fn metrics_fill_no_token_or_cost_column(db: &Client, ep: &Endpoints, now: 
     .await;
     assert!(metric_rows >= 6, "metric data points stored: {metric_rows}");
     assert_eq!(totals(db.query_one(sums, &[]).await.unwrap()), before);
+}
+
+/// What the agents' own records say about the work, as productivity_daily
+/// counts it: each agent's permission words as one accepted flag, Claude
+/// Code's delta line, commit and pull-request counters as counts.
+async fn productivity_of_every_agent(db: &Client) {
+    let rows = common::strings(
+        db,
+        "SELECT agent_id || ' ' || sum(tools_accepted) || ' ' || sum(tools_rejected) || ' '
+                || coalesce(sum(lines_added), 0) || ' ' || coalesce(sum(lines_removed), 0) || ' '
+                || coalesce(sum(commits), 0) || ' ' || coalesce(sum(pull_requests), 0)
+         FROM productivity_daily WHERE agent_id IN ('claude-code', 'codex', 'gemini-cli')
+         GROUP BY agent_id ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        [
+            // One rejected Bash call; the metrics fixture sent twice (gRPC,
+            // HTTP/JSON), each a delta of 25 and 7 lines, a commit and a
+            // pull request.
+            "claude-code 0 1 50 14 2 2",
+            // Codex `approved`, Gemini CLI `accept` on its tool call.
+            "codex 1 0 0 0 0 0",
+            "gemini-cli 1 0 0 0 0 0"
+        ],
+        "agent accepted rejected lines+ lines- commits pull-requests"
+    );
 }
 
 /// The rows of the "Requests and latency by model" panel.

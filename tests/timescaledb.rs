@@ -94,13 +94,14 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "0018_organization_keys.sql",
             "0019_organization_readers.sql",
             "0020_key_users.sql",
-            "0021_settings.sql"
+            "0021_settings.sql",
+            "timescaledb/0022_productivity_daily.sql"
         ]
     );
-    assert_eq!(first.policies_changed().count(), 22, "{:?}", first.policies);
+    assert_eq!(first.policies_changed().count(), 24, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 21);
+    assert_eq!(second.already, 22);
     assert_eq!(
         second.policies_changed().count(),
         0,
@@ -173,9 +174,10 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "developer_tools_daily false",
             "file_activity_daily false",
             "llm_usage_daily false",
+            "productivity_daily false",
             "tool_usage_daily false"
         ],
-        "all nine aggregates, real-time"
+        "all ten aggregates, real-time"
     );
     assert_eq!(
         strings(
@@ -558,8 +560,31 @@ async fn every_accepted_value_fits_the_indexes_and_every_refresh(tsdb: TsDb) {
         lines(serde_json::from_str("99999999999999999999").unwrap()),
         lines(serde_json::json!(7)),
     ];
+    // Productivity keys that are no count or no flag: a commit event
+    // counts one unless it says how many; an accepted flag that is not
+    // true or false counts neither way.
+    let work = |event_type: &str, data: serde_json::Value| {
+        let mut e = common::event("acme/limits", 120);
+        e.event_type = event_type.into();
+        e.data_json = data.to_string();
+        e
+    };
+    let productivity = [
+        work("git_commit", serde_json::json!({ "commits": "many" })),
+        work("git_commit", serde_json::json!({ "commits": 3 })),
+        work("git_commit", serde_json::json!({})),
+        work("pull_request", serde_json::json!({ "pull_requests": 1e30 })),
+        work("tool_decision", serde_json::json!({ "accepted": "yes" })),
+        work("tool_decision", serde_json::json!({ "accepted": true })),
+        work(
+            "tool_decision",
+            serde_json::json!({ "accepted": false, "tool_name": noise(&mut rng, 100_000) }),
+        ),
+    ];
+    let limits_probe = file.id.clone();
     let mut accepted = vec![at_limit, long_type, tool_a, tool_b, tool_at_limit, file];
     accepted.extend(counts);
+    accepted.extend(productivity);
 
     // One byte over, field by field: each rejected, naming its field.
     let mut over = Vec::new();
@@ -696,6 +721,22 @@ async fn every_accepted_value_fits_the_indexes_and_every_refresh(tsdb: TsDb) {
         )
         .await,
         ["7 10 5"]
+    );
+    // lines: 3 (the long path) + 7; commits: 1 + 3 + 1; one pull request;
+    // "yes" is no decision.
+    assert_eq!(
+        strings(
+            &db,
+            &format!(
+                "SELECT sum(lines_added) || ' ' || sum(lines_removed) || ' ' || sum(tools_accepted)
+                        || ' ' || sum(tools_rejected) || ' ' || sum(commits) || ' ' || sum(pull_requests)
+                 FROM productivity_daily
+                 WHERE project_id = (SELECT project_id FROM agent_events WHERE id = '{limits_probe}')"
+            )
+        )
+        .await,
+        ["10 10 1 1 5 1"],
+        "lines+ lines- accepted rejected commits pull-requests"
     );
 }
 
@@ -879,7 +920,8 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "0018_organization_keys.sql",
             "0019_organization_readers.sql",
             "0020_key_users.sql",
-            "0021_settings.sql"
+            "0021_settings.sql",
+            "plain/0022_productivity_daily.sql"
         ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());
@@ -900,6 +942,7 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "developer_tools_daily",
             "file_activity_daily",
             "llm_usage_daily",
+            "productivity_daily",
             "team_daily",
             "tool_usage_daily"
         ]

@@ -82,7 +82,8 @@ BEGIN
                      ('retention',   'file_activity_daily',  'drop_after', 'aggregates_retention'),
                      ('retention',   'developer_daily',      'drop_after', 'aggregates_retention'),
                      ('retention',   'developer_models_daily', 'drop_after', 'aggregates_retention'),
-                     ('retention',   'developer_tools_daily', 'drop_after', 'aggregates_retention'))
+                     ('retention',   'developer_tools_daily', 'drop_after', 'aggregates_retention'),
+                     ('retention',   'productivity_daily',   'drop_after', 'aggregates_retention'))
              AS v(kind, r, k, s)
     LOOP
         relation := rel;
@@ -110,7 +111,8 @@ BEGIN
                      ('file_activity_daily', 'daily'),
                      ('developer_daily', 'daily'),
                      ('developer_models_daily', 'daily'),
-                     ('developer_tools_daily', 'daily')) AS v(r, k)
+                     ('developer_tools_daily', 'daily'),
+                     ('productivity_daily', 'daily')) AS v(r, k)
     LOOP
         policy := 'refresh';
         relation := rel;

@@ -44,6 +44,9 @@ const EVENT_TYPES: &[(&str, u32)] = &[
     ("command_execution", 8),
     ("user_interaction", 5),
     ("error_encountered", 2),
+    ("tool_decision", 4),
+    ("git_commit", 2),
+    ("pull_request", 1),
 ];
 
 const TOOLS: &[&str] = &[
@@ -298,6 +301,17 @@ impl Generator {
             "error_encountered" => {
                 ev.severity = pb::Severity::Error as i32;
                 json!({"message": "tool execution failed: permission denied", "error_type": "ToolError", "recoverable": true})
+            }
+            // A permission prompt for a tool call, most of them accepted.
+            "tool_decision" => {
+                json!({"tool_name": TOOLS.choose(rng).expect("tools"), "accepted": rng.random_bool(0.85), "source": "user"})
+            }
+            "git_commit" => {
+                json!({"sha": format!("{:016x}{:016x}{:08x}", rng.random::<u64>(), rng.random::<u64>(), rng.random::<u32>()), "branch": s.branch, "files_changed": rng.random_range(1..12)})
+            }
+            "pull_request" => {
+                let number = rng.random_range(1..5_000);
+                json!({"number": number, "url": format!("https://github.com/{}/pull/{number}", s.project), "action": "opened"})
             }
             "user_interaction" => {
                 json!({"action": "accept_suggestion", "suggestion_length": rng.random_range(10..500)})

@@ -57,6 +57,7 @@ fn aggregates(table: Table) -> &'static [(&'static str, i64)] {
             ("developer_daily", 24),
             ("developer_models_daily", 24),
             ("developer_tools_daily", 24),
+            ("productivity_daily", 24),
         ],
         Table::ChatMessages => &[("chat_activity_hourly", 1)],
     }

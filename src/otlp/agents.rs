@@ -93,6 +93,31 @@ pub struct Found {
     pub error: bool,
     /// (role, text) to store as chat messages.
     pub texts: Vec<(&'static str, String)>,
+    /// A permission decision on a tool call: `data.accepted`, which the
+    /// productivity figures count (docs/api.md, "Keys the dashboards read").
+    pub accepted: Option<bool>,
+    /// Productivity counts a metric point carries (`lines_added`,
+    /// `lines_removed`, `commits`, `pull_requests`), for `data`.
+    pub counts: Vec<(&'static str, i64)>,
+}
+
+/// Whether a tool-permission decision let the call run. Each agent has its
+/// own words: Claude Code `accept` / `reject`; Codex `approved`,
+/// `approved_for_session` / `denied`, `abort`; Gemini CLI `accept`,
+/// `auto_accept`, `modify` (the user edited the call and ran it) / `reject`.
+/// An unknown word is no decision rather than a guess.
+fn decision(a: &[KeyValue]) -> Option<bool> {
+    match text(a, &["decision"])?.to_ascii_lowercase().as_str() {
+        "accept"
+        | "accepted"
+        | "auto_accept"
+        | "modify"
+        | "approved"
+        | "approved_for_session"
+        | "allow" => Some(true),
+        "reject" | "rejected" | "denied" | "deny" | "abort" => Some(false),
+        _ => None,
+    }
 }
 
 /// Claude Code: `input_tokens` excludes the cache, so input is
@@ -129,6 +154,7 @@ pub(super) fn claude(name: &str, a: &[KeyValue]) -> Found {
         "claude_code.tool_decision" => Found {
             event_type: Some(kind::TOOL_DECISION),
             tool_name: text(a, &["tool_name"]),
+            accepted: decision(a),
             ..Found::default()
         },
         "claude_code.user_prompt" => prompt(a),
@@ -170,9 +196,11 @@ pub(super) fn gemini(name: &str, a: &[KeyValue]) -> Found {
             error: true,
             ..Found::default()
         },
+        // Gemini CLI reports the permission decision on the call itself.
         "gemini_cli.tool_call" => Found {
             event_type: Some(kind::TOOL_USE),
             duration_ms: int(a, &["duration_ms"]),
+            accepted: decision(a),
             ..tool(a, &["function_name", "tool_name"])
         },
         "gemini_cli.user_prompt" => prompt(a),
@@ -211,6 +239,7 @@ pub(super) fn codex(name: &str, a: &[KeyValue]) -> Found {
         "codex.tool_decision" => Found {
             event_type: Some(kind::TOOL_DECISION),
             tool_name: text(a, &["tool_name"]),
+            accepted: decision(a),
             ..Found::default()
         },
         "codex.user_prompt" => prompt(a),
@@ -327,4 +356,31 @@ pub(super) fn genai_texts(a: &[KeyValue]) -> Vec<(&'static str, String)> {
         out.push(("assistant", t));
     }
     out
+}
+
+/// The productivity counters an agent exports as metrics, as the `data`
+/// keys the productivity figures sum: Claude Code's lines of code (by
+/// `type`), commits and pull requests. Only a delta point is a count of its
+/// own; a cumulative point repeats the running total at every export, and
+/// summing those would count each line again every minute.
+pub(super) fn metric_counts(
+    name: &str,
+    delta: bool,
+    value: Option<i64>,
+    a: &[KeyValue],
+) -> Vec<(&'static str, i64)> {
+    let Some(v) = value.filter(|v| delta && *v >= 0) else {
+        return Vec::new();
+    };
+    let key = match name {
+        "claude_code.lines_of_code.count" => match text(a, &["type"]).as_deref() {
+            Some("added") => "lines_added",
+            Some("removed") => "lines_removed",
+            _ => return Vec::new(),
+        },
+        "claude_code.commit.count" => "commits",
+        "claude_code.pull_request.count" => "pull_requests",
+        _ => return Vec::new(),
+    };
+    vec![(key, v)]
 }

@@ -205,7 +205,11 @@ pub fn span(ctx: &Context, span: &Span) -> Mapped {
 pub fn metric(ctx: &Context, metric: &Metric) -> Vec<Mapped> {
     let agent_hint = Agent::detect(ctx.resource, &metric.name, &[]);
     let mut out = Vec::new();
-    let mut point = |attrs: &[KeyValue], time: u64, figures: Json, encoded: Vec<u8>| {
+    let mut point = |attrs: &[KeyValue],
+                     time: u64,
+                     figures: Json,
+                     encoded: Vec<u8>,
+                     counts: Vec<(&'static str, i64)>| {
         let agent = match &agent_hint {
             Agent::Other(_) => Agent::detect(ctx.resource, &metric.name, attrs),
             a => a.clone(),
@@ -226,6 +230,7 @@ pub fn metric(ctx: &Context, metric: &Metric) -> Vec<Mapped> {
         };
         let found = Found {
             event_type: Some(kind::METRIC),
+            counts,
             ..Found::default()
         };
         let draft = Draft {
@@ -255,13 +260,28 @@ pub fn metric(ctx: &Context, metric: &Metric) -> Vec<Mapped> {
                     "temporality": temporality(s.aggregation_temporality),
                     "monotonic": s.is_monotonic,
                 });
-                point(&p.attributes, p.time_unix_nano, figures, p.encode_to_vec());
+                let delta = s.is_monotonic && temporality(s.aggregation_temporality) == "delta";
+                let counts =
+                    agents::metric_counts(&metric.name, delta, whole(&p.value), &p.attributes);
+                point(
+                    &p.attributes,
+                    p.time_unix_nano,
+                    figures,
+                    p.encode_to_vec(),
+                    counts,
+                );
             }
         }
         Some(Data::Gauge(g)) => {
             for p in &g.data_points {
                 let figures = json!({ "value": number(&p.value) });
-                point(&p.attributes, p.time_unix_nano, figures, p.encode_to_vec());
+                point(
+                    &p.attributes,
+                    p.time_unix_nano,
+                    figures,
+                    p.encode_to_vec(),
+                    Vec::new(),
+                );
             }
         }
         Some(Data::Histogram(h)) => {
@@ -270,7 +290,13 @@ pub fn metric(ctx: &Context, metric: &Metric) -> Vec<Mapped> {
                     "count": p.count, "sum": p.sum, "min": p.min, "max": p.max,
                     "temporality": temporality(h.aggregation_temporality),
                 });
-                point(&p.attributes, p.time_unix_nano, figures, p.encode_to_vec());
+                point(
+                    &p.attributes,
+                    p.time_unix_nano,
+                    figures,
+                    p.encode_to_vec(),
+                    Vec::new(),
+                );
             }
         }
         Some(Data::ExponentialHistogram(h)) => {
@@ -279,13 +305,25 @@ pub fn metric(ctx: &Context, metric: &Metric) -> Vec<Mapped> {
                     "count": p.count, "sum": p.sum, "min": p.min, "max": p.max,
                     "temporality": temporality(h.aggregation_temporality),
                 });
-                point(&p.attributes, p.time_unix_nano, figures, p.encode_to_vec());
+                point(
+                    &p.attributes,
+                    p.time_unix_nano,
+                    figures,
+                    p.encode_to_vec(),
+                    Vec::new(),
+                );
             }
         }
         Some(Data::Summary(s)) => {
             for p in &s.data_points {
                 let figures = json!({ "count": p.count, "sum": p.sum });
-                point(&p.attributes, p.time_unix_nano, figures, p.encode_to_vec());
+                point(
+                    &p.attributes,
+                    p.time_unix_nano,
+                    figures,
+                    p.encode_to_vec(),
+                    Vec::new(),
+                );
             }
         }
         None => {}
@@ -302,6 +340,20 @@ pub fn metric_points(metric: &Metric) -> usize {
         Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
         Some(Data::Summary(s)) => s.data_points.len(),
         None => 0,
+    }
+}
+
+/// A data point's value as a whole count: JavaScript's OpenTelemetry SDK
+/// exports counters as doubles (`5.0`), so an integral double counts too.
+fn whole(v: &Option<number_data_point::Value>) -> Option<i64> {
+    match v {
+        Some(number_data_point::Value::AsInt(i)) => Some(*i),
+        Some(number_data_point::Value::AsDouble(d))
+            if d.is_finite() && d.fract() == 0.0 && d.abs() < 9.0e15 =>
+        {
+            Some(*d as i64)
+        }
+        _ => None,
     }
 }
 
@@ -466,5 +518,148 @@ mod tests {
             log_record(&ctx(&resource, &prices), &other).event.id,
             a.event.id
         );
+    }
+
+    fn data(m: &Mapped) -> Json {
+        serde_json::from_str(&m.event.data_json).expect("data is JSON")
+    }
+
+    #[test]
+    fn each_agents_permission_words_become_one_accepted_flag() {
+        let prices = PriceTable::default();
+        let cases = [
+            (
+                "claude-code",
+                "claude_code.tool_decision",
+                "accept",
+                Some(true),
+            ),
+            (
+                "claude-code",
+                "claude_code.tool_decision",
+                "reject",
+                Some(false),
+            ),
+            (
+                "codex",
+                "codex.tool_decision",
+                "approved_for_session",
+                Some(true),
+            ),
+            ("codex", "codex.tool_decision", "denied", Some(false)),
+            ("codex", "codex.tool_decision", "abort", Some(false)),
+            (
+                "gemini-cli",
+                "gemini_cli.tool_call",
+                "auto_accept",
+                Some(true),
+            ),
+            ("gemini-cli", "gemini_cli.tool_call", "modify", Some(true)),
+            ("gemini-cli", "gemini_cli.tool_call", "reject", Some(false)),
+            // A word nobody documented is no decision, not a guess.
+            ("claude-code", "claude_code.tool_decision", "maybe", None),
+        ];
+        for (service, name, word, want) in cases {
+            let resource = [s("service.name", service)];
+            let rec = LogRecord {
+                time_unix_nano: 1_700_000_000_000_000_000,
+                attributes: vec![
+                    s("event.name", name),
+                    s("tool_name", "Bash"),
+                    s("decision", word),
+                ],
+                ..Default::default()
+            };
+            let m = log_record(&ctx(&resource, &prices), &rec);
+            let d = data(&m);
+            assert_eq!(
+                d.get("accepted").and_then(Json::as_bool),
+                want,
+                "{name} {word}"
+            );
+            // The agent's own word stays beside it.
+            assert_eq!(d["decision"], word, "{name}");
+        }
+    }
+
+    #[test]
+    fn delta_line_commit_and_pull_request_counters_become_counts_and_cumulative_ones_do_not() {
+        use opentelemetry_proto::tonic::metrics::v1::{NumberDataPoint, Sum};
+        let prices = PriceTable::default();
+        let resource = [s("service.name", "claude-code")];
+        let sum =
+            |name: &str,
+             temporality: i32,
+             points: Vec<(Option<&str>, number_data_point::Value)>| Metric {
+                name: name.into(),
+                data: Some(Data::Sum(Sum {
+                    aggregation_temporality: temporality,
+                    is_monotonic: true,
+                    data_points: points
+                        .into_iter()
+                        .map(|(kind, v)| NumberDataPoint {
+                            attributes: kind.map(|k| vec![s("type", k)]).unwrap_or_default(),
+                            time_unix_nano: 1_700_000_000_000_000_000,
+                            value: Some(v),
+                            ..Default::default()
+                        })
+                        .collect(),
+                })),
+                ..Default::default()
+            };
+        use number_data_point::Value::{AsDouble, AsInt};
+        let keys = |m: &Metric| -> Vec<Json> {
+            metric(&ctx(&resource, &prices), m)
+                .iter()
+                .map(|r| {
+                    let d = data(r);
+                    serde_json::json!([
+                        d.get("lines_added"),
+                        d.get("lines_removed"),
+                        d.get("commits"),
+                        d.get("pull_requests")
+                    ])
+                })
+                .collect()
+        };
+        let lines = sum(
+            "claude_code.lines_of_code.count",
+            1,
+            vec![(Some("added"), AsDouble(12.0)), (Some("removed"), AsInt(3))],
+        );
+        assert_eq!(
+            keys(&lines),
+            [
+                serde_json::json!([12, null, null, null]),
+                serde_json::json!([null, 3, null, null])
+            ]
+        );
+        let commits = sum("claude_code.commit.count", 1, vec![(None, AsInt(2))]);
+        assert_eq!(keys(&commits), [serde_json::json!([null, null, 2, null])]);
+        let prs = sum(
+            "claude_code.pull_request.count",
+            1,
+            vec![(None, AsDouble(1.0))],
+        );
+        assert_eq!(keys(&prs), [serde_json::json!([null, null, null, 1])]);
+        // A running total repeats at every export: summing it would count
+        // every line again each minute. A fractional value is no count.
+        let cumulative = sum(
+            "claude_code.lines_of_code.count",
+            2,
+            vec![(Some("added"), AsInt(40))],
+        );
+        assert_eq!(
+            keys(&cumulative),
+            [serde_json::json!([null, null, null, null])]
+        );
+        let fraction = sum("claude_code.commit.count", 1, vec![(None, AsDouble(0.5))]);
+        assert_eq!(
+            keys(&fraction),
+            [serde_json::json!([null, null, null, null])]
+        );
+        // Another agent's metric of the same shape is not Claude Code's.
+        let other = sum("some.lines_of_code", 1, vec![(Some("added"), AsInt(5))]);
+        assert_eq!(keys(&other), [serde_json::json!([null, null, null, null])]);
     }
 }

@@ -132,6 +132,12 @@ pub(super) fn build(ctx: &Context, draft: Draft<'_>) -> Mapped {
     if let Some(s) = found.success {
         data.insert("success".into(), s.into());
     }
+    if let Some(a) = found.accepted {
+        data.insert("accepted".into(), a.into());
+    }
+    for (key, n) in &found.counts {
+        data.insert((*key).into(), (*n).into());
+    }
     let figures = figures(ctx, &found, model.as_deref(), &mut data);
     let agent_version = text(ctx.resource, &["service.version"])
         .or_else(|| text(attrs, &["app.version"]))

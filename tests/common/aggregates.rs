@@ -134,6 +134,33 @@ pub fn direct_aggregates() -> Vec<(&'static str, &'static str, String)> {
             ),
         ),
         (
+            "productivity_daily",
+            "bucket, user_id, project_id, agent_id, files_modified, lines_added, lines_removed,
+             tools_accepted, tools_rejected, commits, pull_requests",
+            events(
+                "1 day",
+                "WHERE event_type IN ('file_write', 'file_modify', 'metric', 'git_commit', 'pull_request')
+                    OR data ? 'accepted'",
+                "user_id, project_id, agent_id",
+                "count(DISTINCT agent_telemetry_group_key(data ->> 'path'))
+                     FILTER (WHERE event_type IN ('file_write', 'file_modify')),
+                 sum(agent_telemetry_count(data ->> 'lines_added'))
+                     FILTER (WHERE event_type IN ('file_write', 'file_modify', 'metric')),
+                 sum(agent_telemetry_count(data ->> 'lines_removed'))
+                     FILTER (WHERE event_type IN ('file_write', 'file_modify', 'metric')),
+                 count(*) FILTER (WHERE data ->> 'accepted' = 'true'),
+                 count(*) FILTER (WHERE data ->> 'accepted' = 'false'),
+                 sum(CASE WHEN event_type = 'git_commit'
+                          THEN coalesce(agent_telemetry_count(data ->> 'commits'), 1)
+                          WHEN event_type = 'metric'
+                          THEN agent_telemetry_count(data ->> 'commits') END),
+                 sum(CASE WHEN event_type = 'pull_request'
+                          THEN coalesce(agent_telemetry_count(data ->> 'pull_requests'), 1)
+                          WHEN event_type = 'metric'
+                          THEN agent_telemetry_count(data ->> 'pull_requests') END)",
+            ),
+        ),
+        (
             "team_daily",
             "bucket, organization_id, developers, sessions, events, llm_requests, input_tokens,
              output_tokens, cached_tokens, cost_usd, tool_calls, tool_errors, files_modified,
@@ -224,7 +251,7 @@ pub fn is_hourly(view: &str) -> bool {
     view.ends_with("_hourly")
 }
 
-pub const VIEWS_IN_REFRESH_ORDER: [&str; 9] = [
+pub const VIEWS_IN_REFRESH_ORDER: [&str; 10] = [
     "agent_events_hourly",
     "agent_events_daily",
     "llm_usage_daily",
@@ -233,6 +260,7 @@ pub const VIEWS_IN_REFRESH_ORDER: [&str; 9] = [
     "developer_daily",
     "developer_models_daily",
     "developer_tools_daily",
+    "productivity_daily",
     "chat_activity_hourly",
 ];
 

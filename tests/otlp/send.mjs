@@ -24,7 +24,7 @@ import { OTLPLogExporter as LogsGrpc } from '@opentelemetry/exporter-logs-otlp-g
 import { OTLPLogExporter as LogsJson } from '@opentelemetry/exporter-logs-otlp-http';
 import { OTLPLogExporter as LogsProto } from '@opentelemetry/exporter-logs-otlp-proto';
 import { OTLPMetricExporter as MetricsGrpc } from '@opentelemetry/exporter-metrics-otlp-grpc';
-import { OTLPMetricExporter as MetricsJson } from '@opentelemetry/exporter-metrics-otlp-http';
+import { AggregationTemporalityPreference, OTLPMetricExporter as MetricsJson } from '@opentelemetry/exporter-metrics-otlp-http';
 import { OTLPMetricExporter as MetricsProto } from '@opentelemetry/exporter-metrics-otlp-proto';
 import { OTLPTraceExporter as TraceGrpc } from '@opentelemetry/exporter-trace-otlp-grpc';
 import { OTLPTraceExporter as TraceJson } from '@opentelemetry/exporter-trace-otlp-http';
@@ -84,8 +84,10 @@ function traceExporter() {
   const o = exporterOptions('/v1/traces');
   return protocol === 'grpc' ? new TraceGrpc(o) : protocol === 'http-proto' ? new TraceProto(o) : new TraceJson(o);
 }
+// Delta, as Claude Code exports by default: each point counts only what
+// happened since the last export.
 function metricExporter() {
-  const o = exporterOptions('/v1/metrics');
+  const o = { ...exporterOptions('/v1/metrics'), temporalityPreference: AggregationTemporalityPreference.DELTA };
   return protocol === 'grpc' ? new MetricsGrpc(o) : protocol === 'http-proto' ? new MetricsProto(o) : new MetricsJson(o);
 }
 
@@ -274,6 +276,11 @@ async function metrics() {
   tokens.add(800, { ...std, type: 'cacheCreation', model });
   meter.createCounter('claude_code.cost.usage', { unit: 'USD' }).add(0.0213, { ...std, model });
   meter.createCounter('claude_code.session.count').add(1, std);
+  const lines = meter.createCounter('claude_code.lines_of_code.count');
+  lines.add(25, { ...std, type: 'added' });
+  lines.add(7, { ...std, type: 'removed' });
+  meter.createCounter('claude_code.commit.count').add(1, std);
+  meter.createCounter('claude_code.pull_request.count').add(1, std);
   await provider.forceFlush();
   await provider.shutdown();
 }
