@@ -705,3 +705,51 @@ async fn a_developers_key_names_the_developer_of_rows_that_name_none() {
     );
     svc.running.shutdown().await.unwrap();
 }
+
+/// Batches that reach a project nobody has seen, at once, with a key of
+/// one organisation: the first creates the project inside the organisation
+/// in one statement, so none of the others finds it outside (they were
+/// refused with "the project is in no organisation" while the project
+/// existed but had not joined yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_batches_of_an_organisation_key_all_land() {
+    let (_pg, conn, svc) = common::service_with("org_race", |c| {
+        c.security.require_api_key = true;
+    })
+    .await;
+    let key = keys_cli(&conn, &["create", "--organization", "acme"])
+        .trim()
+        .to_owned();
+    let mut tasks = tokio::task::JoinSet::new();
+    for project in 0..12 {
+        for copy in 0..4u64 {
+            let (endpoint, key) = (svc.endpoint.clone(), key.clone());
+            tasks.spawn(async move {
+                let mut client = common::client(&endpoint).await;
+                let name = format!("acme/new-{project}");
+                client
+                    .ingest_agent_events(with_key(batch(copy, &[&name]), &key))
+                    .await
+                    .map(|ack| ack.into_inner())
+            });
+        }
+    }
+    let mut stored = 0;
+    while let Some(ack) = tasks.join_next().await {
+        let ack = ack.unwrap().expect("batch answered");
+        assert!(ack.rejected.is_empty(), "{:?}", ack.rejected);
+        stored += ack.stored;
+    }
+    assert_eq!(stored, 48);
+    let db = common::db(&conn).await;
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM projects p JOIN organizations o ON o.id = p.organization_id
+             WHERE o.key = 'acme' AND p.full_name LIKE '%acme/new-%'"
+        )
+        .await,
+        12
+    );
+    svc.running.shutdown().await.unwrap();
+}

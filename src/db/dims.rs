@@ -127,21 +127,28 @@ impl ProjectName {
         repo_url: Option<&str>,
         description: Option<&str>,
     ) -> Result<i32, tokio_postgres::Error> {
-        Ok(self.upsert_in_org(client, repo_url, description).await?.0)
+        Ok(self
+            .upsert_in_org(client, repo_url, description, None)
+            .await?
+            .0)
     }
 
     /// As [`Self::upsert`], with the project's organisation, if it has one.
+    /// A project it creates is created in `new_in` (an existing project
+    /// keeps its organisation): in one statement, so that a concurrent
+    /// writer never sees the new project outside its organisation.
     pub async fn upsert_in_org(
         &self,
         client: &impl tokio_postgres::GenericClient,
         repo_url: Option<&str>,
         description: Option<&str>,
+        new_in: Option<i32>,
     ) -> Result<(i32, Option<i32>), tokio_postgres::Error> {
         let repo_url = repo_url.or(self.repo_url.as_deref());
         let row = client
             .query_one(
-                "INSERT INTO projects (name, full_name, host, identity, repo_url, repo_owner, repo_name, description)
-                 VALUES ($1, $2, $3, $4, $5, $6, $1, $7)
+                "INSERT INTO projects (name, full_name, host, identity, repo_url, repo_owner, repo_name, description, organization_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $1, $7, $8)
                  ON CONFLICT (identity) DO UPDATE SET
                     repo_url = COALESCE(projects.repo_url, EXCLUDED.repo_url),
                     description = COALESCE(EXCLUDED.description, projects.description),
@@ -155,6 +162,7 @@ impl ProjectName {
                     &repo_url,
                     &self.owner,
                     &description,
+                    &new_in,
                 ],
             )
             .await?;
@@ -396,7 +404,7 @@ impl Dimensions {
                     Err(why) => return Ok(Err(why)),
                 };
                 let (id, org) = p
-                    .upsert_in_org(&**client, None, None)
+                    .upsert_in_org(&**client, None, None, Some(*org_id))
                     .await
                     .inspect_err(|_| metrics::db_error("upsert_project"))?;
                 match org {
@@ -538,7 +546,7 @@ impl Dimensions {
             })?;
         let client = self.pool.get().await?;
         let (id, org) = p
-            .upsert_in_org(&**client, repo_url, description)
+            .upsert_in_org(&**client, repo_url, description, None)
             .await
             .inspect_err(|_| metrics::db_error("upsert_project"))?;
         if let Some(org) = org {
