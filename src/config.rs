@@ -16,15 +16,47 @@ struct ServeArgs {
     serve: ServeConfig,
 }
 
+/// How a client command (`loadgen`, `health`) reaches the service
+/// (src/client.rs).
 #[derive(Debug, Clone, Args)]
-pub struct HealthConfig {
-    /// The service's gRPC endpoint.
+pub struct ClientConfig {
+    /// The service's gRPC endpoint: http://host:port, or https://host:port
+    /// for a TLS listener (`serve --tls-cert`).
     #[arg(
         long,
         env = "AGENT_TELEMETRY_ENDPOINT",
         default_value = "http://127.0.0.1:50051"
     )]
     pub endpoint: String,
+    /// PEM file of the CA (or the self-signed certificate) to trust for an
+    /// https endpoint. Without it, the system's trust store.
+    #[arg(long, env = "AGENT_TELEMETRY_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// The name the server's certificate must carry, where it is not the
+    /// endpoint's host (e.g. `localhost` for https://127.0.0.1:50051).
+    #[arg(long, env = "AGENT_TELEMETRY_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+    /// API key (`keys create`), sent as `authorization: Bearer <key>`.
+    #[arg(long, env = "AGENT_TELEMETRY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+impl ClientConfig {
+    /// Plain text to `endpoint`, no key.
+    pub fn at(endpoint: impl Into<String>) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            ca_file: None,
+            tls_server_name: None,
+            api_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthConfig {
+    #[command(flatten)]
+    pub client: ClientConfig,
     /// Give up after this long.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,

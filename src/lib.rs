@@ -33,13 +33,15 @@
 //! [`codes`] (the error code table), [`time`], [`config`] (all settings),
 //! [`metrics`], [`pb`], [`privacy`] (pseudonyms). Around them: [`db`] (pool, migrations, the embedded
 //! PostgreSQL), [`auth`], [`net`], [`server`] (wiring and shutdown order),
-//! [`loadgen`], [`bench`].
+//! [`loadgen`], [`bench`], and [`client`] (how `loadgen` and `health`
+//! reach a service: endpoint, TLS, API key).
 
 pub mod ack;
 pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod buffer;
+pub mod client;
 pub mod codes;
 pub mod config;
 pub mod copy;

@@ -102,7 +102,7 @@ async fn main() -> ExitCode {
         Command::Keys(cfg) => keys(cfg).await,
         Command::Users(cfg) => users(cfg).await,
         Command::Readers(cfg) => readers(cfg).await,
-        Command::Health(cfg) => agent_telemetry::api::health::check(&cfg.endpoint, cfg.timeout)
+        Command::Health(cfg) => agent_telemetry::api::health::check(&cfg.client, cfg.timeout)
             .await
             .map(|status| println!("{status}"))
             .map_err(Into::into),

@@ -37,7 +37,7 @@ async fn rows(db: &Client, sql: &str, what: &str) -> Vec<Vec<Option<String>>> {
 async fn fill(cfg: ServeConfig, conn: &str) {
     let svc = common::start_service(cfg.clone()).await;
     let summary = loadgen::run(&LoadgenConfig {
-        endpoint: svc.endpoint.clone(),
+        client: agent_telemetry::config::ClientConfig::at(svc.endpoint.clone()),
         events: 6_000,
         messages: 1_500,
         streams: 2,

@@ -706,6 +706,126 @@ async fn a_developers_key_names_the_developer_of_rows_that_name_none() {
     svc.running.shutdown().await.unwrap();
 }
 
+/// The client commands against a TLS listener that requires a key, as an
+/// operator runs them: `health` and `loadgen` with the CA file, the
+/// certificate's name and the key; and what each says when one is missing.
+#[tokio::test(flavor = "multi_thread")]
+async fn loadgen_and_health_reach_a_tls_listener_with_a_key() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("cert.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let (_pg, conn, svc) = common::service_with("client_tls", |c| {
+        c.security.tls_cert = Some(dir.path().join("cert.pem"));
+        c.security.tls_key = Some(dir.path().join("key.pem"));
+        c.security.require_api_key = true;
+    })
+    .await;
+    let key = keys_cli(
+        &conn,
+        &["create", "--organization", "org0", "--name", "loadgen"],
+    )
+    .trim()
+    .to_owned();
+    let https = format!("https://127.0.0.1:{}", svc.running.addr.port());
+    let ca = ca.to_str().unwrap();
+    let run = |args: &[&str], key: Option<&str>| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"));
+        cmd.args(args).env_remove("AGENT_TELEMETRY_API_KEY");
+        if let Some(k) = key {
+            // The key from the environment, as docs/configuration.md
+            // suggests (a flag shows in `ps`).
+            cmd.env("AGENT_TELEMETRY_API_KEY", k);
+        }
+        cmd.output()
+    };
+    let trusted = [
+        "--endpoint",
+        &https,
+        "--ca-file",
+        ca,
+        "--tls-server-name",
+        "localhost",
+    ];
+
+    let health: Vec<&str> = ["health"].into_iter().chain(trusted).collect();
+    let out = run(&health, Some(&key)).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "agent_telemetry.v1.TelemetryIngest: SERVING"
+    );
+    // Not trusting the certificate: the reason, not "transport error".
+    let out = run(
+        &[
+            "health",
+            "--endpoint",
+            &https,
+            "--tls-server-name",
+            "localhost",
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    common::say(&format!("health, CA not trusted: {}", err.trim()));
+    // A CA file for a plain-text endpoint is a mistake, said at once.
+    let plain = format!("http://127.0.0.1:{}", svc.running.addr.port());
+    let out = run(&["health", "--endpoint", &plain, "--ca-file", ca], None)
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("for an https endpoint"),
+        "{err}"
+    );
+
+    let load: Vec<&str> = ["loadgen"]
+        .into_iter()
+        .chain(trusted)
+        .chain([
+            "--events",
+            "300",
+            "--messages",
+            "40",
+            "--streams",
+            "2",
+            "--projects",
+            "1",
+            "--quiet",
+        ])
+        .collect();
+    let out = run(&load, Some(&key)).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("rows stored    340 (+0 duplicates, 0 rejected)"),
+        "{text}"
+    );
+    assert_eq!(
+        common::count(
+            &common::db(&conn).await,
+            "SELECT (SELECT count(*) FROM agent_events) + (SELECT count(*) FROM chat_messages)"
+        )
+        .await,
+        340
+    );
+    // Without the key: refused, and loadgen says so.
+    let out = run(&load, None).await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(err.contains("requires an API key"), "{err}");
+    common::say(&format!("loadgen without a key: {}", err.trim()));
+    svc.running.shutdown().await.unwrap();
+}
+
 /// Batches that reach a project nobody has seen, at once, with a key of
 /// one organisation: the first creates the project inside the organisation
 /// in one statement, so none of the others finds it outside (they were

@@ -103,7 +103,7 @@ async fn one_organisation_reads_only_its_own(
     let svc = common::start_service(cfg).await;
     // Four projects, in organisations org0 … org3, with chat.
     let summary = loadgen::run(&LoadgenConfig {
-        endpoint: svc.endpoint.clone(),
+        client: agent_telemetry::config::ClientConfig::at(svc.endpoint.clone()),
         events: 3_000,
         messages: 600,
         streams: 1,

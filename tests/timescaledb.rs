@@ -343,7 +343,7 @@ async fn a_changed_setting_alters_only_its_policy(tsdb: TsDb) {
 async fn load(cfg: ServeConfig, events: u64, messages: u64) -> common::TestService {
     let svc = common::start_service(cfg).await;
     let summary = loadgen::run(&LoadgenConfig {
-        endpoint: svc.endpoint.clone(),
+        client: agent_telemetry::config::ClientConfig::at(svc.endpoint.clone()),
         events,
         messages,
         streams: 2,

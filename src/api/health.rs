@@ -1,19 +1,21 @@
 //! The health client (`agent-telemetry health`): asks a running service's
-//! gRPC health service whether the ingest service is serving. Container
-//! health checks need no other probe.
+//! gRPC health service whether the ingest service is serving, over plain
+//! text or TLS (src/client.rs). Container health checks need no other
+//! probe.
 
 use std::time::Duration;
 
 use super::Api;
-use crate::pb::wire::telemetry_ingest_server::TelemetryIngestServer;
+use crate::{
+    client::{self, ClientError},
+    config::ClientConfig,
+    pb::wire::telemetry_ingest_server::TelemetryIngestServer,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    #[error("cannot reach {endpoint}: {source}")]
-    Connect {
-        endpoint: String,
-        source: tonic::transport::Error,
-    },
+    #[error(transparent)]
+    Connect(#[from] ClientError),
     #[error("health check of {endpoint} failed: {status}")]
     Check {
         endpoint: String,
@@ -27,28 +29,22 @@ pub enum HealthError {
 
 /// Asks `endpoint`'s gRPC health service about the ingest service (not the
 /// server as a whole: that turns NOT_SERVING as soon as a drain starts).
-pub async fn check(endpoint: &str, limit: Duration) -> Result<String, HealthError> {
+pub async fn check(cfg: &ClientConfig, limit: Duration) -> Result<String, HealthError> {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
+    let endpoint = cfg.endpoint.as_str();
     let check = async {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-            .map(|e| e.connect_timeout(limit))
-            .map_err(|source| HealthError::Connect {
-                endpoint: endpoint.to_owned(),
-                source,
-            })?
-            .connect()
-            .await
-            .map_err(|source| HealthError::Connect {
-                endpoint: endpoint.to_owned(),
-                source,
-            })?;
+        let channel = client::connect(cfg, limit).await?;
+        let key = client::bearer(cfg)?;
         let service = <TelemetryIngestServer<Api> as tonic::server::NamedService>::NAME;
         let status = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: service.to_owned(),
-            })
+            .check(client::authorized(
+                &key,
+                HealthCheckRequest {
+                    service: service.to_owned(),
+                },
+            ))
             .await
             .map_err(|status| HealthError::Check {
                 endpoint: endpoint.to_owned(),

@@ -24,7 +24,7 @@ use tokio::{process::Child, time::Instant};
 
 use super::{BenchError, Case, CompareConfig, dataset::Dataset, report::Runs};
 use crate::{
-    config::{ServeConfig, StorageConfig, TimescaleMode},
+    config::{ClientConfig, ServeConfig, StorageConfig, TimescaleMode},
     copy::encode,
     db,
     loadgen::{self, LoadgenConfig, Summary},
@@ -296,7 +296,7 @@ pub async fn through_service(
     repeat_for: Option<Duration>,
 ) -> Result<ServiceRun, BenchError> {
     let load = LoadgenConfig {
-        endpoint: service.endpoint.clone(),
+        client: ClientConfig::at(service.endpoint.clone()),
         ..load
     };
     let result = loadgen::run_fixed(&load, batches, repeat_for).await;
@@ -315,7 +315,7 @@ pub async fn resent_through_service(
     batches: Arc<Vec<Vec<crate::pb::AgentEvent>>>,
 ) -> Result<ServiceRun, BenchError> {
     let load = LoadgenConfig {
-        endpoint: service.endpoint.clone(),
+        client: ClientConfig::at(service.endpoint.clone()),
         ..load
     };
     let first = loadgen::run_fixed(&load, batches.clone(), None).await;

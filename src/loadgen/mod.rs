@@ -21,17 +21,17 @@ use tokio::{sync::Semaphore, time::Instant};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::{codec::CompressionEncoding, transport::Channel};
 
-use crate::pb::{self, telemetry_ingest_client::TelemetryIngestClient};
+use crate::{
+    client::{self, ClientError},
+    config::ClientConfig,
+    pb::{self, telemetry_ingest_client::TelemetryIngestClient},
+};
 
 #[derive(Debug, Clone, Args)]
 pub struct LoadgenConfig {
-    /// The service's gRPC endpoint.
-    #[arg(
-        long,
-        env = "AGENT_TELEMETRY_ENDPOINT",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub endpoint: String,
+    /// Where the service is, its TLS trust and the API key.
+    #[command(flatten)]
+    pub client: ClientConfig,
     /// Agent events to send in all.
     #[arg(long, default_value_t = 100_000)]
     pub events: u64,
@@ -78,12 +78,10 @@ impl Default for LoadgenConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadgenError {
-    #[error("cannot connect to {endpoint}: {source}")]
-    Connect {
-        endpoint: String,
-        source: tonic::transport::Error,
-    },
-    #[error("stream failed: {0}")]
+    #[error(transparent)]
+    Connect(#[from] ClientError),
+    /// tonic's `Status` display spells the code as its long description.
+    #[error("the service ended the stream: {:?}: {}", .0.code(), .0.message())]
     Stream(#[from] tonic::Status),
 }
 
@@ -271,14 +269,7 @@ async fn send(
     makers: Vec<MakeBatch<pb::AgentEventBatch>>,
     messages: u64,
 ) -> Result<Summary, LoadgenError> {
-    let channel = Channel::from_shared(cfg.endpoint.clone())
-        .map_err(|e| LoadgenError::Stream(tonic::Status::invalid_argument(e.to_string())))?
-        .connect()
-        .await
-        .map_err(|source| LoadgenError::Connect {
-            endpoint: cfg.endpoint.clone(),
-            source,
-        })?;
+    let channel = client::connect(&cfg.client, Duration::from_secs(10)).await?;
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
     let streams = makers.len();
@@ -423,8 +414,11 @@ async fn event_stream(
     tally: Arc<Tally>,
 ) -> Result<(), LoadgenError> {
     let mut c = client(cfg, channel);
+    let key = client::bearer(&cfg.client)?;
     drive(cfg, pace, tally, make, async |rx| {
-        Ok(c.stream_agent_events(rx).await?.into_inner())
+        Ok(c.stream_agent_events(client::authorized(&key, rx))
+            .await?
+            .into_inner())
     })
     .await
 }
@@ -438,6 +432,7 @@ async fn message_stream(
     let mut generator =
         r#gen::Generator::new(cfg.seed.wrapping_mul(1000).wrapping_add(999), cfg.projects);
     let mut c = client(cfg, channel);
+    let key = client::bearer(&cfg.client)?;
     let batch_size = cfg.batch_size.max(1);
     let mut left = total;
     let make: MakeBatch<pb::ChatMessageBatch> = Box::new(move |sequence| {
@@ -465,7 +460,9 @@ async fn message_stream(
         }
     });
     drive(cfg, pace, tally, make, async |rx| {
-        Ok(c.stream_chat_messages(rx).await?.into_inner())
+        Ok(c.stream_chat_messages(client::authorized(&key, rx))
+            .await?
+            .into_inner())
     })
     .await
 }
