@@ -751,3 +751,173 @@ mod size_tests {
         assert_eq!(d.spool.spool_max_bytes, 1 << 30);
     }
 }
+
+/// What is wrong with a settings file (`--config`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read the settings file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the settings file {path} is not TOML: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error(
+        "{path}: {key:?} is not a setting of {command} (the settings are the long flags `agent-telemetry {command} --help` lists, without the dashes)"
+    )]
+    Unknown {
+        path: PathBuf,
+        key: String,
+        command: String,
+    },
+    #[error(
+        "{path}: {key:?} is not a setting of any command (keys are the long flags `agent-telemetry <command> --help` lists, without the dashes)"
+    )]
+    UnknownAnywhere { path: PathBuf, key: String },
+    #[error("{path}: [{table}] is not a command (tables are per command: [serve], [loadgen], …)")]
+    UnknownTable { path: PathBuf, table: String },
+    #[error("{path}: {key}: {why}")]
+    BadValue {
+        path: PathBuf,
+        key: String,
+        why: String,
+    },
+}
+
+/// The command line with the settings file's values added where neither
+/// the command line nor the environment gives the setting: flags >
+/// environment > file > defaults (docs/configuration.md, "A settings
+/// file").
+///
+/// The file is TOML. Its keys are long flags without the dashes
+/// (`buffer-bytes = "128MiB"`, `listen = "0.0.0.0:50051"`); top-level keys
+/// apply to every command that has the flag (a key no command has is an
+/// error), a `[serve]`, `[loadgen]`, … table to that command only. Values
+/// go through the same parsers as on the command line, so a bad one is
+/// refused as the flag would be.
+///
+/// Returns the arguments and, for an error message, the flags the file
+/// added.
+pub fn args_with_file(
+    cmd: clap::Command,
+    args: Vec<std::ffi::OsString>,
+) -> Result<(Vec<std::ffi::OsString>, Vec<String>), ConfigFileError> {
+    use clap::parser::ValueSource;
+    // Lenient: a setting the file will supply may be missing here.
+    let matches = cmd.clone().ignore_errors(true).get_matches_from(&args);
+    let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+        return Ok((args, Vec::new()));
+    };
+    let Some((name, sub)) = matches.subcommand() else {
+        return Ok((args, Vec::new()));
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigFileError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|source| ConfigFileError::Parse {
+        path: path.clone(),
+        source: Box::new(source),
+    })?;
+    let command = cmd
+        .find_subcommand(name)
+        .expect("the matched subcommand exists")
+        .clone();
+    let arg_of = |c: &clap::Command, key: &str| -> Option<clap::Arg> {
+        let long = key.replace('_', "-");
+        c.get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()))
+            .cloned()
+    };
+    // By the flag's id: a command's own table beats the top level.
+    let mut settings: std::collections::BTreeMap<String, (String, toml::Value, clap::Arg)> =
+        std::collections::BTreeMap::new();
+    let tables_last = table
+        .iter()
+        .filter(|(_, v)| !v.is_table())
+        .chain(table.iter().filter(|(_, v)| v.is_table()));
+    for (key, value) in tables_last {
+        if let toml::Value::Table(inner) = value {
+            let Some(of) = cmd.find_subcommand(key) else {
+                return Err(ConfigFileError::UnknownTable {
+                    path,
+                    table: key.clone(),
+                });
+            };
+            for (k, v) in inner {
+                let arg = arg_of(of, k).ok_or_else(|| ConfigFileError::Unknown {
+                    path: path.clone(),
+                    key: k.clone(),
+                    command: key.clone(),
+                })?;
+                if key == name {
+                    let id = arg.get_id().to_string();
+                    settings.insert(id, (format!("[{key}] {k}"), v.clone(), arg));
+                }
+            }
+            continue;
+        }
+        match arg_of(&command, key) {
+            Some(arg) => {
+                settings.insert(arg.get_id().to_string(), (key.clone(), value.clone(), arg));
+            }
+            None if cmd.get_subcommands().any(|c| arg_of(c, key).is_some()) => {}
+            None => {
+                return Err(ConfigFileError::UnknownAnywhere {
+                    path,
+                    key: key.clone(),
+                });
+            }
+        }
+    }
+    let mut added: Vec<String> = Vec::new();
+    for (key, value, arg) in settings.into_values() {
+        let id = arg.get_id().as_str();
+        if matches!(
+            sub.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let long = arg.get_long().expect("found by its long name");
+        let takes_value = arg.get_num_args().is_none_or(|n| n.takes_values());
+        let values = match value {
+            toml::Value::Array(items) => items,
+            one => vec![one],
+        };
+        for v in values {
+            let text = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) if !takes_value => {
+                    if b {
+                        added.push(format!("--{long}"));
+                    }
+                    continue;
+                }
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(ConfigFileError::BadValue {
+                        path,
+                        key,
+                        why: format!("{} is not a flag's value", other.type_str()),
+                    });
+                }
+            };
+            added.push(format!("--{long}={text}"));
+        }
+    }
+    // Right after the subcommand, before any subcommand of it.
+    let at = args
+        .iter()
+        .skip(1)
+        .position(|a| a.to_str() == Some(name))
+        .map_or(args.len(), |i| i + 2);
+    let mut out = args;
+    out.splice(at..at, added.iter().map(Into::into));
+    Ok((out, added))
+}

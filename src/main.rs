@@ -26,6 +26,17 @@ struct Cli {
     )]
     log_format: LogFormat,
 
+    /// A TOML file of settings: long flags without the dashes as keys,
+    /// top-level or in a `[serve]`, `[loadgen]`, … table. Flags and
+    /// environment variables override it (docs/configuration.md).
+    #[arg(
+        long,
+        global = true,
+        env = "AGENT_TELEMETRY_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -68,7 +79,27 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (args, from_file) = match config::args_with_file(
+        <Cli as clap::CommandFactory>::command(),
+        std::env::args_os().collect(),
+    ) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        // A value from the file is refused as its flag would be; say that
+        // the flag came from the file.
+        Err(e) if e.use_stderr() && !from_file.is_empty() => {
+            let _ = e.print();
+            eprintln!("note: from the settings file: {}", from_file.join(" "));
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     // The benchmark prints its own progress; the service's logs would bury it.
     let default_filter = match cli.command {
         Command::Bench(_) => "warn",
@@ -86,6 +117,9 @@ async fn main() -> ExitCode {
         LogFormat::Text => logs
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
+    }
+    if let Some(path) = &cli.config {
+        tracing::info!(file = %path.display(), "settings file (flags and environment variables override it)");
     }
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Completions { shell } => {

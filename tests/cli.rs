@@ -187,3 +187,105 @@ fn completions_cover_every_command_and_flag_and_bash_parses_them() {
         "{err}"
     );
 }
+
+/// A settings file as an operator writes one, and the order of precedence:
+/// flags > environment > file > defaults. A port in use is the observable
+/// (serve fails on it in milliseconds, naming it).
+#[test]
+fn a_settings_file_sits_below_the_environment_and_the_flags() {
+    let taken: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let port = |i: usize| taken[i].local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent-telemetry.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "database-url = \"host=/nonexistent dbname=x\"\n\
+             metrics-listen = \"127.0.0.1:0\"\n\
+             listen = \"127.0.0.1:1\"\n\
+             [serve]\nlisten = \"{}\"\nbuffer-bytes = \"64MiB\"\n\
+             [loadgen]\nendpoint = \"http://127.0.0.1:1\"\n",
+            port(0)
+        ),
+    )
+    .unwrap();
+    let serve = |env: &[(&str, String)], flags: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"));
+        cmd.args(["serve", "--config", file.to_str().unwrap()])
+            .args(flags)
+            .env_remove("DATABASE_URL")
+            .env_remove("AGENT_TELEMETRY_LISTEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // The file's [serve] table, over its top level.
+    let err = serve(&[], &[]);
+    assert!(
+        err.contains(&format!("cannot listen on {}", port(0))),
+        "{err}"
+    );
+    // The environment over the file.
+    let env = [("AGENT_TELEMETRY_LISTEN", port(1))];
+    let err = serve(&env, &[]);
+    assert!(
+        err.contains(&format!("cannot listen on {}", port(1))),
+        "{err}"
+    );
+    // A flag over both.
+    let err = serve(&env, &["--listen", &port(2)]);
+    assert!(
+        err.contains(&format!("cannot listen on {}", port(2))),
+        "{err}"
+    );
+    // The [loadgen] table is loadgen's alone.
+    let out = run(&[
+        "loadgen",
+        "--config",
+        file.to_str().unwrap(),
+        "--events",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot reach http://127.0.0.1:1"),
+        "{err}"
+    );
+
+    // Mistakes name the file and the key.
+    let bad = dir.path().join("bad.toml");
+    for (text, says) in [
+        ("listn = \"127.0.0.1:0\"\n", "\"listn\" is not a setting"),
+        (
+            "[serve]\nendpoint = \"x\"\n",
+            "\"endpoint\" is not a setting of serve",
+        ),
+        ("[sevre]\nlisten = \"x\"\n", "[sevre] is not a command"),
+        ("listen = [\"a\", {}]\n", "is not a flag's value"),
+        ("listen = \"127.0.0.1:0\n", "is not TOML"),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let out = run(&["serve", "--config", bad.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(
+            err.contains("bad.toml") && err.contains(says),
+            "{text}: {err}"
+        );
+    }
+    // A bad value is refused as the flag would refuse it.
+    std::fs::write(&bad, "buffer-bytes = \"lots\"\n").unwrap();
+    let out = run(&["serve", "--config", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("is not a size")
+            && err.contains("from the settings file: --buffer-bytes=lots"),
+        "{err}"
+    );
+}
