@@ -1,7 +1,8 @@
 //! The client examples (examples/python with grpcio, examples/typescript
 //! with @grpc/grpc-js) run against a live service that requires an API key,
 //! and start while its database is down: they must back off, resend, and
-//! in the end get every event stored exactly once.
+//! in the end get every event stored exactly once. Each also runs copied
+//! out of the repository, as its README says, over TLS.
 //! The test installs what the examples need: a virtualenv with the pinned
 //! pip packages, and `npm ci` from the example's package-lock.json.
 
@@ -30,8 +31,15 @@ fn run(cmd: &mut Command, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A virtualenv under target/ with examples/python/requirements.txt.
+/// A virtualenv under target/ with examples/python/requirements.txt, made
+/// once per run: the tests run at once, and two `pip install`s into one
+/// virtualenv would race.
 fn python() -> PathBuf {
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(make_python).clone()
+}
+
+fn make_python() -> PathBuf {
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("examples-python-venv");
     let bin = venv.join("bin/python");
     if !bin.exists() {
@@ -56,8 +64,14 @@ fn python() -> PathBuf {
     bin
 }
 
-/// examples/typescript installed (`npm ci`) and compiled (`tsc`).
+/// examples/typescript installed (`npm ci`) and compiled (`tsc`), once
+/// per run (two `npm ci`s in one folder would race).
 fn typescript() -> PathBuf {
+    static ONCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ONCE.get_or_init(make_typescript).clone()
+}
+
+fn make_typescript() -> PathBuf {
     let dir = Path::new(ROOT).join("examples/typescript");
     if !dir.join("node_modules/.package-lock.json").exists() {
         run(
@@ -170,6 +184,101 @@ async fn typescript_grpc_js_example_stores_every_event_once() {
     example_stores_every_event_once("acme/vscode", || {
         let mut c = Command::new("node");
         c.arg(script);
+        c
+    })
+    .await;
+}
+
+/// Copies `proto/` into `dir`, as the examples' READMEs say to use them
+/// outside the repository.
+fn copy_proto(dir: &Path) {
+    let to = dir.join("proto/agent_telemetry/v1");
+    std::fs::create_dir_all(&to).unwrap();
+    for entry in std::fs::read_dir(Path::new(ROOT).join("proto/agent_telemetry/v1")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// One example, copied out of the repository with `proto/` beside it as
+/// its README says, run from its own folder against a TLS listener that
+/// requires a key, with the endpoint in loadgen's form.
+async fn example_reaches_a_tls_listener(project: &str, command: impl FnOnce(&Path) -> Command) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let tls = tempfile::tempdir().unwrap();
+    let ca = tls.path().join("cert.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    std::fs::write(tls.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let (_pg, conn, svc) = common::service_with(project, |cfg| {
+        cfg.security.require_api_key = true;
+        cfg.security.tls_cert = Some(tls.path().join("cert.pem"));
+        cfg.security.tls_key = Some(tls.path().join("key.pem"));
+    })
+    .await;
+    let mut db = common::db(&conn).await;
+    let key = agent_telemetry::auth::keys::create(
+        &mut db,
+        "example",
+        &[project.into()],
+        &Default::default(),
+    )
+    .await
+    .unwrap()
+    .key;
+    let alone = tempfile::tempdir().unwrap();
+    copy_proto(alone.path());
+    let mut cmd = command(alone.path());
+    cmd.current_dir(alone.path())
+        .args(["--events", "500", "--project", project])
+        .args([
+            "--endpoint",
+            &format!("https://127.0.0.1:{}", svc.running.addr.port()),
+        ])
+        .arg("--ca-file")
+        .arg(&ca)
+        .args(["--tls-server-name", "localhost"])
+        .env_remove("AGENT_TELEMETRY_ENDPOINT")
+        .env("AGENT_TELEMETRY_API_KEY", &key);
+    let stats = tokio::task::spawn_blocking(move || run(&mut cmd, "the example over TLS"))
+        .await
+        .unwrap();
+    common::say(&format!("{project} over TLS: {}", stats.trim()));
+    assert!(stats.contains("stored=500 "), "{stats}");
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_events").await,
+        500
+    );
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_example_runs_on_its_own_over_tls_with_a_key() {
+    let python = tokio::task::spawn_blocking(python).await.unwrap();
+    example_reaches_a_tls_listener("acme/python-tls", |dir| {
+        std::fs::copy(
+            Path::new(ROOT).join("examples/python/send_events.py"),
+            dir.join("send_events.py"),
+        )
+        .unwrap();
+        let mut c = Command::new(python);
+        c.arg("send_events.py");
+        c
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_example_runs_on_its_own_over_tls_with_a_key() {
+    let script = tokio::task::spawn_blocking(typescript).await.unwrap();
+    example_reaches_a_tls_listener("acme/vscode-tls", |dir| {
+        std::fs::create_dir_all(dir.join("dist")).unwrap();
+        std::fs::copy(&script, dir.join("dist/sendEvents.js")).unwrap();
+        let mut c = Command::new("node");
+        // Its packages stay where `npm ci` put them.
+        c.arg("dist/sendEvents.js").env(
+            "NODE_PATH",
+            Path::new(ROOT).join("examples/typescript/node_modules"),
+        );
         c
     })
     .await;

@@ -10,9 +10,13 @@ never lose one (docs/api.md, "The protocol a client follows").
   jitter) and resend.
 - Rows rejected for their content are reported, not resent.
 - The API key goes in `authorization: Bearer atk_...`.
+- The endpoint is written as for `agent-telemetry loadgen`: http://host:port,
+  or https://host:port for a TLS listener (--ca-file to trust its
+  certificate, --tls-server-name where the certificate names another host).
 
-Usage: send_events.py --endpoint 127.0.0.1:50051 --events 1000 --project acme/api
+Usage: send_events.py --endpoint http://127.0.0.1:50051 --events 1000 --project acme/api
        (AGENT_TELEMETRY_API_KEY holds the key, if the service needs one)
+README.md says how to run it outside this repository.
 """
 
 import argparse
@@ -26,19 +30,31 @@ import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROTO = HERE.parent.parent / "proto"
 GENERATED = HERE / "_generated"
+
+
+def proto_dir():
+    """The service's .proto files: AGENT_TELEMETRY_PROTO_DIR, else a proto/
+    folder next to this script (copied there to use it on its own), else
+    the repository's."""
+    for d in (os.environ.get("AGENT_TELEMETRY_PROTO_DIR"), HERE / "proto",
+              HERE.parent.parent / "proto"):
+        if d and (Path(d) / "agent_telemetry/v1/telemetry.proto").exists():
+            return Path(d)
+    sys.exit("no agent_telemetry/v1/telemetry.proto: copy the repository's proto/ "
+             "folder next to send_events.py, or set AGENT_TELEMETRY_PROTO_DIR")
 
 
 def load_stubs():
     """Generates the Python stubs from proto/ on first use (grpcio-tools
     bundles its own protoc, so nothing else is needed)."""
-    source = PROTO / "agent_telemetry/v1/telemetry.proto"
+    proto = proto_dir()
+    source = proto / "agent_telemetry/v1/telemetry.proto"
     stub = GENERATED / "agent_telemetry/v1/telemetry_pb2_grpc.py"
     if not stub.exists() or stub.stat().st_mtime < source.stat().st_mtime:
         GENERATED.mkdir(exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO}",
+            [sys.executable, "-m", "grpc_tools.protoc", f"-I{proto}",
              f"--python_out={GENERATED}", f"--grpc_python_out={GENERATED}",
              "agent_telemetry/v1/telemetry.proto"],
             check=True)
@@ -62,9 +78,23 @@ def done(ack):
     return not ack.error and settled == ack.received
 
 
+def channel_to(endpoint, ca_file=None, server_name=None):
+    """A channel to `endpoint` (http://host:port, https://host:port; a bare
+    host:port is plain text)."""
+    if endpoint.startswith("https://"):
+        roots = Path(ca_file).read_bytes() if ca_file else None  # None: the system's
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        return grpc.secure_channel(endpoint.removeprefix("https://"),
+                                   grpc.ssl_channel_credentials(root_certificates=roots),
+                                   options=options)
+    if ca_file or server_name:
+        sys.exit(f"--ca-file and --tls-server-name are for an https endpoint; {endpoint} is plain text")
+    return grpc.insecure_channel(endpoint.removeprefix("http://"))
+
+
 class Sender:
-    def __init__(self, endpoint, api_key=None, window=8):
-        self.endpoint = endpoint
+    def __init__(self, connect, api_key=None, window=8):
+        self.connect = connect
         self.metadata = [("authorization", f"Bearer {api_key}")] if api_key else []
         self.window = window
         self.stats = dict(stored=0, duplicates=0, spooled=0, rejected=0,
@@ -110,7 +140,7 @@ class Sender:
                 yield pending[seq]
 
         retry = False
-        with grpc.insecure_channel(self.endpoint) as channel:
+        with self.connect() as channel:
             stub = pb_grpc.TelemetryIngestStub(channel)
             acks = stub.StreamAgentEvents(requests(), metadata=self.metadata,
                                           compression=grpc.Compression.Gzip)
@@ -152,13 +182,20 @@ def make_events(n, project, batch_size, agent="python-sdk"):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--endpoint", default=os.environ.get("AGENT_TELEMETRY_ENDPOINT", "127.0.0.1:50051"))
+    env = os.environ.get
+    p.add_argument("--endpoint", default=env("AGENT_TELEMETRY_ENDPOINT", "http://127.0.0.1:50051"))
+    p.add_argument("--ca-file", default=env("AGENT_TELEMETRY_CA_FILE"),
+                   help="PEM to trust for an https endpoint (default: the system's roots)")
+    p.add_argument("--tls-server-name", default=env("AGENT_TELEMETRY_TLS_SERVER_NAME"),
+                   help="the name the certificate carries, if not the endpoint's host")
+    p.add_argument("--api-key", default=env("AGENT_TELEMETRY_API_KEY"),
+                   help="better in AGENT_TELEMETRY_API_KEY: a flag shows in ps")
     p.add_argument("--events", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--project", default="acme/python-sdk")
     args = p.parse_args()
-    endpoint = args.endpoint.removeprefix("http://")
-    sender = Sender(endpoint, os.environ.get("AGENT_TELEMETRY_API_KEY"))
+    sender = Sender(lambda: channel_to(args.endpoint, args.ca_file, args.tls_server_name),
+                    args.api_key)
     stats = sender.send_all(make_events(args.events, args.project, args.batch_size))
     print(" ".join(f"{k}={v}" for k, v in stats.items()))
 

@@ -14,15 +14,56 @@
  * In an extension, `Sender` would live in `activate()` and get events from
  * the agent's hooks; here `main` sends a generated session.
  *
- * Usage: node dist/sendEvents.js --endpoint 127.0.0.1:50051 --events 1000 --project acme/api
+ * The endpoint is written as for `agent-telemetry loadgen`: http://host:port,
+ * or https://host:port for a TLS listener (--ca-file to trust its
+ * certificate, --tls-server-name where the certificate names another host).
+ *
+ * Usage: node dist/sendEvents.js --endpoint http://127.0.0.1:50051 --events 1000 --project acme/api
  *        (AGENT_TELEMETRY_API_KEY holds the key, if the service needs one)
+ * README.md says how to run it outside this repository.
  */
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { randomUUID } from "node:crypto";
+import * as fs from "node:fs";
 import * as path from "node:path";
 
-const PROTO_DIR = path.resolve(__dirname, "../../../proto");
+/**
+ * The service's .proto files: AGENT_TELEMETRY_PROTO_DIR, else a proto/
+ * folder in this example's folder (copied there to use it on its own), else
+ * the repository's.
+ */
+function protoDir(): string {
+  const candidates = [
+    process.env.AGENT_TELEMETRY_PROTO_DIR,
+    path.resolve(__dirname, "../proto"),
+    path.resolve(__dirname, "../../../proto"),
+  ];
+  const found = candidates.find((d) => d && fs.existsSync(path.join(d, "agent_telemetry/v1/telemetry.proto")));
+  if (!found) {
+    throw new Error("no agent_telemetry/v1/telemetry.proto: copy the repository's proto/ folder into this example's folder, or set AGENT_TELEMETRY_PROTO_DIR");
+  }
+  return found;
+}
+
+/** Where and how to connect: http://host:port, https://host:port (a bare host:port is plain text). */
+export interface Target { endpoint: string; caFile?: string; tlsServerName?: string }
+
+function channel(t: Target): { address: string; credentials: grpc.ChannelCredentials; options: Record<string, string> } {
+  if (t.endpoint.startsWith("https://")) {
+    // Without a CA file, Node's bundled roots.
+    const roots = t.caFile ? fs.readFileSync(t.caFile) : null;
+    return {
+      address: t.endpoint.slice("https://".length),
+      credentials: grpc.credentials.createSsl(roots),
+      options: t.tlsServerName ? { "grpc.ssl_target_name_override": t.tlsServerName } : {},
+    };
+  }
+  if (t.caFile || t.tlsServerName) {
+    throw new Error(`--ca-file and --tls-server-name are for an https endpoint; ${t.endpoint} is plain text`);
+  }
+  return { address: t.endpoint.replace(/^http:\/\//, ""), credentials: grpc.credentials.createInsecure(), options: {} };
+}
 
 interface Timestamp { seconds: number; nanos: number }
 interface AgentEvent {
@@ -45,7 +86,7 @@ const RETRY_CODES = new Set([
 
 function loadService(): grpc.ServiceClientConstructor {
   const definition = protoLoader.loadSync("agent_telemetry/v1/telemetry.proto", {
-    includeDirs: [PROTO_DIR],
+    includeDirs: [protoDir()],
     longs: String, // uint64 sequence numbers arrive as strings
     defaults: true,
     oneofs: true,
@@ -66,10 +107,12 @@ export class Sender {
   private readonly client: grpc.Client & Record<string, any>;
   private readonly metadata = new grpc.Metadata();
 
-  constructor(endpoint: string, apiKey?: string, private readonly window = 8) {
+  constructor(target: Target, apiKey?: string, private readonly window = 8) {
     const Service = loadService();
-    this.client = new Service(endpoint, grpc.credentials.createInsecure(), {
+    const c = channel(target);
+    this.client = new Service(c.address, c.credentials, {
       "grpc.default_compression_algorithm": 2, // gzip
+      ...c.options,
     }) as any;
     if (apiKey) this.metadata.set("authorization", `Bearer ${apiKey}`);
   }
@@ -186,8 +229,14 @@ function arg(name: string, fallback: string): string {
 }
 
 async function main() {
-  const endpoint = arg("endpoint", process.env.AGENT_TELEMETRY_ENDPOINT ?? "127.0.0.1:50051").replace(/^http:\/\//, "");
-  const sender = new Sender(endpoint, process.env.AGENT_TELEMETRY_API_KEY);
+  const env = process.env;
+  const target: Target = {
+    endpoint: arg("endpoint", env.AGENT_TELEMETRY_ENDPOINT ?? "http://127.0.0.1:50051"),
+    caFile: arg("ca-file", env.AGENT_TELEMETRY_CA_FILE ?? "") || undefined,
+    tlsServerName: arg("tls-server-name", env.AGENT_TELEMETRY_TLS_SERVER_NAME ?? "") || undefined,
+  };
+  // Better in AGENT_TELEMETRY_API_KEY: a flag shows in `ps`.
+  const sender = new Sender(target, arg("api-key", env.AGENT_TELEMETRY_API_KEY ?? "") || undefined);
   const batches = makeEvents(Number(arg("events", "1000")), arg("project", "acme/vscode"), Number(arg("batch-size", "200")));
   const stats = await sender.sendAll(batches);
   sender.close();
