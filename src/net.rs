@@ -21,6 +21,12 @@ pub enum ListenError {
     },
     #[error("TLS: {0}")]
     TlsConfig(#[from] tonic::transport::Error),
+    #[error("TLS for OTLP/HTTP: {cert} and {key}: {source}")]
+    HttpTls {
+        cert: PathBuf,
+        key: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A listener on `addr`, and the address it got (port 0 picks a free one).
@@ -50,4 +56,29 @@ pub fn grpc_builder(cfg: &ServeConfig) -> Result<tonic::transport::Server, Liste
         tracing::info!(cert = %cert.display(), "serving gRPC over TLS");
     }
     Ok(builder)
+}
+
+/// The OTLP/HTTP receiver's TLS settings, the same certificate and key as
+/// gRPC's (`--tls-cert`, `--tls-key`); None without them.
+pub async fn http_tls(
+    cfg: &ServeConfig,
+) -> Result<Option<axum_server::tls_rustls::RustlsConfig>, ListenError> {
+    let (Some(cert), Some(key)) = (&cfg.security.tls_cert, &cfg.security.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| ListenError::Tls {
+            path: path.clone(),
+            source,
+        })
+    };
+    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    axum_server::tls_rustls::RustlsConfig::from_pem(cert_pem, key_pem)
+        .await
+        .map(Some)
+        .map_err(|source| ListenError::HttpTls {
+            cert: cert.clone(),
+            key: key.clone(),
+            source,
+        })
 }

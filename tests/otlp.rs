@@ -52,8 +52,21 @@ fn install() {
 /// Runs one fixture through the SDK exporter; panics with its output if an
 /// export failed.
 async fn send(fixture: &str, protocol: &str, endpoint: &str, now_ms: u64, extra: &[&str]) {
+    send_with(fixture, protocol, endpoint, now_ms, extra, &[]).await
+}
+
+/// [`send`] with environment variables for node (`NODE_EXTRA_CA_CERTS`).
+async fn send_with(
+    fixture: &str,
+    protocol: &str,
+    endpoint: &str,
+    now_ms: u64,
+    extra: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) {
     install();
     let out = tokio::process::Command::new("node")
+        .envs(env.iter().copied())
         .env(
             "OTEL_LOG_LEVEL",
             std::env::var("OTEL_LOG_LEVEL").unwrap_or_default(),
@@ -1389,4 +1402,63 @@ async fn pseudonymised_developers_leave_no_email_or_account_id_and_can_be_forgot
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
+}
+
+/// The official exporters over TLS, to both receivers: the certificate and
+/// key of `--tls-cert` / `--tls-key` serve OTLP/HTTP as they serve gRPC.
+/// The exporters trust the certificate as an operator sets it up for a
+/// private CA: NODE_EXTRA_CA_CERTS, OTEL_EXPORTER_OTLP_CERTIFICATE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exporters_send_over_tls_to_both_receivers() {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("cert.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let (_pg, conn, svc) = common::service_with("otlp_tls", |c| {
+        with_otlp(c);
+        c.security.tls_cert = Some(ca.clone());
+        c.security.tls_key = Some(dir.path().join("key.pem"));
+    })
+    .await;
+    // HTTP: node's trust store; gRPC: the exporter's own setting.
+    let trust = [
+        ("NODE_EXTRA_CA_CERTS", ca.as_os_str()),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_os_str()),
+    ];
+    let grpc = format!("https://{}", svc.running.otlp_grpc_addr.unwrap());
+    let http = format!("https://{}", svc.running.otlp_http_addr.unwrap());
+    let now = now_ms();
+    send_with("claude", "http-json", &http, now, &[], &trust).await;
+    send_with("gemini", "grpc", &grpc, now, &[], &trust).await;
+    let db = common::db(&conn).await;
+    let by_agent = common::strings(
+        &db,
+        "SELECT agent_id || ' ' || count(*) FROM agent_events GROUP BY agent_id ORDER BY 1",
+    )
+    .await;
+    assert_eq!(by_agent, ["claude-code 5", "gemini-cli 4"], "{by_agent:?}");
+    // Plain HTTP to the TLS port is no way in (the TLS layer answers with
+    // an alert, or closes).
+    let plain = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(svc.running.otlp_http_addr.unwrap())
+            .await
+            .unwrap();
+        let _ = s
+            .write_all(b"POST /v1/logs HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+            .await;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        out
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), plain)
+        .await
+        .unwrap_or_default();
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "plain HTTP was answered on the TLS port: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    svc.running.shutdown().await.unwrap();
 }

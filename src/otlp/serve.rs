@@ -153,17 +153,38 @@ pub async fn start(
     }
     if let Some(addr) = o.otlp_http_listen.0 {
         let (listener, local) = crate::net::bind(addr).await?;
-        if cfg.security.tls_cert.is_some() {
-            tracing::warn!(addr = %local, "the OTLP/HTTP receiver serves plain HTTP: put a TLS proxy in front of it");
-        }
+        let tls = crate::net::http_tls(cfg).await?;
         let app = super::http::router(otlp, o.otlp_max_message_bytes);
         let stop = drain.clone();
-        tracing::info!(addr = %local, "OTLP/HTTP receiver listening");
+        tracing::info!(addr = %local, tls = tls.is_some(), "OTLP/HTTP receiver listening");
         receivers.http_addr = Some(local);
         receivers.tasks.push(tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
+            let served = match tls {
+                // axum's own server speaks plain HTTP only; axum-server
+                // serves the same router over rustls.
+                Some(tls) => {
+                    let handle = axum_server::Handle::new();
+                    let on_stop = handle.clone();
+                    tokio::spawn(async move {
+                        stop.cancelled().await;
+                        // As axum's graceful shutdown: requests under way
+                        // finish (their rows are being committed).
+                        on_stop.graceful_shutdown(None);
+                    });
+                    match listener
+                        .into_std()
+                        .and_then(|l| axum_server::from_tcp_rustls(l, tls))
+                    {
+                        Ok(server) => server.handle(handle).serve(app.into_make_service()).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                None => {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await
+                }
+            };
             if let Err(e) = served {
                 tracing::error!(error = %e, "OTLP/HTTP receiver failed");
             }
