@@ -47,6 +47,7 @@ async fn fill(cfg: ServeConfig, conn: &str) {
         seed: 11,
         projects: 4,
         gzip: false,
+        spread: None,
         quiet: true,
     })
     .await

@@ -113,6 +113,7 @@ async fn one_organisation_reads_only_its_own(
         seed: 5,
         projects: 4,
         gzip: false,
+        spread: None,
         quiet: true,
     })
     .await

@@ -353,6 +353,7 @@ async fn load(cfg: ServeConfig, events: u64, messages: u64) -> common::TestServi
         seed: 7,
         projects: 4,
         gzip: false,
+        spread: None,
         quiet: true,
     })
     .await

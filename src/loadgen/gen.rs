@@ -152,8 +152,10 @@ pub struct Generator {
     rng: SmallRng,
     projects: u32,
     session: Option<Session>,
-    /// Where new sessions start (µs since the Unix epoch); each starts up to 10 min later.
+    /// Where new sessions start (µs since the Unix epoch); each starts up
+    /// to `spread_us` later.
     base_us: i64,
+    spread_us: i64,
 }
 
 impl Generator {
@@ -170,7 +172,16 @@ impl Generator {
             // Recent enough that no row is "late" (older than --late-after's
             // 1 h) by the time it is sent, as in live traffic.
             base_us: now_us - 1_800_000_000,
+            spread_us: 600_000_000,
         }
+    }
+
+    /// Spreads session starts over the `spread_us` before the default
+    /// window (`loadgen --spread`): a month of data for dashboard timings.
+    pub fn with_spread_us(mut self, spread_us: i64) -> Self {
+        self.base_us -= spread_us;
+        self.spread_us += spread_us;
+        self
     }
 
     /// Sets where session clocks start (µs since the Unix epoch).
@@ -194,7 +205,7 @@ impl Generator {
             machine_id: format!("dev-machine-{m}"),
             developer: m,
             branch: BRANCHES.choose(&mut self.rng).expect("branches"),
-            clock_us: self.base_us + self.rng.random_range(0..600_000_000),
+            clock_us: self.base_us + self.rng.random_range(0..self.spread_us),
             remaining: self.rng.random_range(200..400),
             started: false,
             message_seq: 0,
@@ -454,5 +465,25 @@ mod tests {
         let a = Generator::new(1, 3).with_start_us(0).events(10);
         let b = Generator::new(1, 3).with_start_us(0).events(10);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_spread_starts_sessions_over_the_whole_range_and_none_in_the_future() {
+        let day_us = 86_400_000_000i64;
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let evs = Generator::new(3, 4)
+            .with_spread_us(30 * day_us)
+            .events(20_000);
+        let ages: Vec<i64> = evs
+            .iter()
+            .map(|e| (now_s - e.timestamp.unwrap().seconds) / 86_400)
+            .collect();
+        assert!(ages.iter().all(|d| (0..=30).contains(d)), "{ages:?}");
+        // Sessions land in most weeks of the month, not in one corner.
+        let weeks: std::collections::BTreeSet<i64> = ages.iter().map(|d| d / 7).collect();
+        assert!(weeks.len() >= 4, "{weeks:?}");
     }
 }

@@ -59,6 +59,12 @@ pub struct LoadgenConfig {
     /// Compress requests with gzip.
     #[arg(long)]
     pub gzip: bool,
+    /// Start sessions over this long before now (e.g. `30days`) instead of
+    /// the last half hour: data for timing the dashboards over a range.
+    /// Older rows are late rows to the service (`serve --max-past` must
+    /// cover them).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub spread: Option<Duration>,
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
@@ -197,14 +203,24 @@ pub async fn run(cfg: &LoadgenConfig) -> Result<Summary, LoadgenError> {
         .map(|i| {
             let share =
                 cfg.events / streams as u64 + u64::from((i as u64) < cfg.events % streams as u64);
-            let generator = r#gen::Generator::new(
-                cfg.seed.wrapping_mul(1000).wrapping_add(i as u64),
-                cfg.projects,
+            let generator = spread(
+                cfg,
+                r#gen::Generator::new(
+                    cfg.seed.wrapping_mul(1000).wrapping_add(i as u64),
+                    cfg.projects,
+                ),
             );
             generated(generator, share, cfg.batch_size)
         })
         .collect();
     send(cfg, makers, cfg.messages).await
+}
+
+fn spread(cfg: &LoadgenConfig, g: r#gen::Generator) -> r#gen::Generator {
+    match cfg.spread {
+        Some(d) => g.with_spread_us(d.as_micros() as i64),
+        None => g,
+    }
 }
 
 /// Sends a fixed set of event batches, spread round-robin over
@@ -429,8 +445,10 @@ async fn message_stream(
     total: u64,
     tally: Arc<Tally>,
 ) -> Result<(), LoadgenError> {
-    let mut generator =
-        r#gen::Generator::new(cfg.seed.wrapping_mul(1000).wrapping_add(999), cfg.projects);
+    let mut generator = spread(
+        cfg,
+        r#gen::Generator::new(cfg.seed.wrapping_mul(1000).wrapping_add(999), cfg.projects),
+    );
     let mut c = client(cfg, channel);
     let key = client::bearer(&cfg.client)?;
     let batch_size = cfg.batch_size.max(1);
