@@ -197,6 +197,13 @@ async fn session_drill_down_shows_the_picked_session(db: &Client, label: &str) {
     )
     .await
     .remove(0);
+    // The list's own figures for it are its raw rows too.
+    let listed = recent.iter().find(|r| r[0] == pick).unwrap();
+    assert_eq!(
+        Some(listed[5].clone()),
+        direct[0],
+        "Recent agent sessions' events for {pick}: {listed:?}"
+    );
     let totals = panel_with(db, file, "Totals", 30, &picked).await;
     assert_eq!(totals.len(), 1, "{totals:?}");
     let t = &totals[0];

@@ -61,6 +61,12 @@ pub fn is_db(v: &Value) -> bool {
     v["datasource"]["uid"] == DB_UID
 }
 
+/// A variable that holds one value at a time (neither multi-value nor
+/// "All"): Grafana opens it on its first option.
+pub fn single_valued(var: &Value) -> bool {
+    var["multi"] != true && var["includeAll"] != true
+}
+
 /// What Grafana substitutes: the time range, and each variable's values
 /// ("All" selected: every value the variable's query returned).
 pub struct Grafana {
@@ -102,26 +108,39 @@ impl Grafana {
             let name = var["name"].as_str().unwrap_or_default();
             let values = match picked.iter().find(|(n, _)| *n == name) {
                 Some((_, v)) => v.clone(),
-                None => {
-                    let sql = self.expand(var["query"].as_str().unwrap_or_default(), "1h")?;
-                    // `__value` is the second column where the query names one.
-                    let col = usize::from(sql.contains("__value"));
-                    text_rows(client, &sql)
-                        .await
-                        .map_err(|e| {
-                            format!(
-                                "variable ${name}: {}\n{sql}",
-                                crate::db::error::describe(&e)
-                            )
-                        })?
-                        .into_iter()
-                        .filter_map(|mut r| (r.len() > col).then(|| r.swap_remove(col)))
-                        .collect()
+                None if single_valued(var) => {
+                    // Grafana opens such a variable on its first option.
+                    let mut all = self.options(client, var, name).await?;
+                    all.truncate(1);
+                    all
                 }
+                None => self.options(client, var, name).await?,
             };
             self.vars.insert(name.to_owned(), values);
         }
         Ok(())
+    }
+
+    /// A variable's options, as its query lists them.
+    async fn options(
+        &self,
+        client: &tokio_postgres::Client,
+        var: &Value,
+        name: &str,
+    ) -> Result<Vec<String>, String> {
+        let sql = self.expand(var["query"].as_str().unwrap_or_default(), "1h")?;
+        // `__value` is the second column where the query names one.
+        let col = usize::from(sql.contains("__value"));
+        let rows = text_rows(client, &sql).await.map_err(|e| {
+            format!(
+                "variable ${name}: {}\n{sql}",
+                crate::db::error::describe(&e)
+            )
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|mut r| (r.len() > col).then(|| r.swap_remove(col)))
+            .collect())
     }
 
     /// Expands one query. `interval` is the panel's `$__interval` (its
