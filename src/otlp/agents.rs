@@ -86,6 +86,9 @@ pub struct Found {
     pub model: Option<String>,
     /// (input including cached, output including reasoning, cached).
     pub tokens: Option<(Option<i64>, Option<i64>, Option<i64>)>,
+    /// Input tokens written to the cache (part of input), where the record
+    /// says: priced apart when the cost is estimated.
+    pub cache_written: Option<i64>,
     pub cost: Option<f64>,
     pub duration_ms: Option<i64>,
     pub tool_name: Option<String>,
@@ -134,6 +137,7 @@ pub(super) fn claude(name: &str, a: &[KeyValue]) -> Found {
                 event_type: Some(kind::LLM_REQUEST),
                 model: text(a, &["model"]),
                 tokens: Some((input, int(a, &["output_tokens"]), read)),
+                cache_written: created,
                 cost: float(a, &["cost_usd"]),
                 duration_ms: int(a, &["duration_ms"]),
                 ..Found::default()
@@ -268,6 +272,7 @@ pub(super) fn genai_request(a: &[KeyValue]) -> Found {
             ),
             int(a, &["gen_ai.usage.cache_read.input_tokens"]),
         )),
+        cache_written: int(a, &["gen_ai.usage.cache_creation.input_tokens"]),
         error: attrs::get(a, "error.type").is_some(),
         ..Found::default()
     }
@@ -284,6 +289,7 @@ pub(super) fn openinference(kind_: &str, a: &[KeyValue]) -> Found {
                 int(a, &["llm.token_count.completion"]),
                 int(a, &["llm.token_count.prompt_details.cache_read"]),
             )),
+            cache_written: int(a, &["llm.token_count.prompt_details.cache_write"]),
             cost: float(a, &["llm.cost.total"]),
             ..Found::default()
         },

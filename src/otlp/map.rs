@@ -662,4 +662,40 @@ mod tests {
         let other = sum("some.lines_of_code", 1, vec![(Some("added"), AsInt(5))]);
         assert_eq!(keys(&other), [serde_json::json!([null, null, null, null])]);
     }
+
+    #[test]
+    fn a_genai_span_prices_cache_writes_apart() {
+        use crate::otlp::price::Price;
+        let prices = PriceTable::from_models(std::collections::BTreeMap::from([(
+            "claude-sonnet-4-5".to_owned(),
+            Price {
+                input: 3.0,
+                output: 15.0,
+                cached_input: Some(0.3),
+                cache_write_input: Some(3.75),
+            },
+        )]));
+        let resource = [s("service.name", "some-genai-app")];
+        let m = span(
+            &ctx(&resource, &prices),
+            &span_with(
+                "chat claude-sonnet-4-5",
+                vec![
+                    s("gen_ai.operation.name", "chat"),
+                    s("gen_ai.request.model", "claude-sonnet-4-5"),
+                    i("gen_ai.usage.input_tokens", 1_000_000),
+                    i("gen_ai.usage.cache_read.input_tokens", 500_000),
+                    i("gen_ai.usage.cache_creation.input_tokens", 300_000),
+                    i("gen_ai.usage.output_tokens", 100_000),
+                ],
+            ),
+        );
+        let want = 0.2 * 3.0 + 0.5 * 0.3 + 0.3 * 3.75 + 0.1 * 15.0;
+        let cost = m.event.cost_usd.unwrap();
+        assert!((cost - want).abs() < 1e-9, "{cost} vs {want}");
+        assert_eq!(
+            (m.event.input_tokens, m.event.cached_tokens),
+            (Some(1_000_000), Some(500_000))
+        );
+    }
 }

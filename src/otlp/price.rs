@@ -1,7 +1,8 @@
 //! Estimated cost for agents that report tokens but no cost (Gemini CLI,
 //! Codex, Copilot): a price table from configuration, model → USD per
-//! million input, output and cached-input tokens. The table is the
-//! operator's: prices change, and no built-in list would stay right.
+//! million input, output, cached-input (cache read) and cache-write input
+//! tokens. The table is the operator's: prices change, and no built-in list
+//! would stay right.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -33,9 +34,14 @@ pub enum PriceError {
 pub struct Price {
     pub input: f64,
     pub output: f64,
-    /// Cached input tokens; the input price when absent.
+    /// Cached input tokens (read from the cache); the input price when
+    /// absent.
     #[serde(default)]
     pub cached_input: Option<f64>,
+    /// Input tokens written to the cache (Anthropic charges 1.25× the
+    /// input price for a 5-minute cache); the input price when absent.
+    #[serde(default)]
+    pub cache_write_input: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -64,7 +70,12 @@ impl PriceTable {
             source,
         })?;
         for (model, price) in &file.models {
-            let all = [Some(price.input), Some(price.output), price.cached_input];
+            let all = [
+                Some(price.input),
+                Some(price.output),
+                price.cached_input,
+                price.cache_write_input,
+            ];
             if all.iter().flatten().any(|v| !v.is_finite() || *v < 0.0) {
                 return Err(PriceError::Invalid {
                     path: p,
@@ -110,17 +121,33 @@ impl PriceTable {
         })
     }
 
-    /// Estimated cost in USD. `input` includes `cached` (the one definition
-    /// used throughout, docs/otlp.md).
-    pub fn estimate(&self, model: &str, input: i64, output: i64, cached: i64) -> Option<f64> {
+    /// Estimated cost in USD. `input` includes `cached` and `written` (the
+    /// one definition used throughout, docs/otlp.md): the tokens read from
+    /// the cache and those written to it are parts of the input.
+    pub fn estimate(&self, model: &str, tokens: Tokens) -> Option<f64> {
         let p = self.price(model)?;
-        let cached = cached.clamp(0, input.max(0));
-        let fresh = input.max(0) - cached;
+        let input = tokens.input.max(0);
+        let cached = tokens.cached.clamp(0, input);
+        let written = tokens.written.clamp(0, input - cached);
+        let fresh = input - cached - written;
         let usd = fresh as f64 * p.input
             + cached as f64 * p.cached_input.unwrap_or(p.input)
-            + output.max(0) as f64 * p.output;
+            + written as f64 * p.cache_write_input.unwrap_or(p.input)
+            + tokens.output.max(0) as f64 * p.output;
         Some(usd / 1e6)
     }
+}
+
+/// A request's tokens, as [`PriceTable::estimate`] prices them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tokens {
+    /// Every input token, cached and cache-written ones included.
+    pub input: i64,
+    pub output: i64,
+    /// Input tokens read from the cache.
+    pub cached: i64,
+    /// Input tokens written to the cache.
+    pub written: i64,
 }
 
 #[cfg(test)]
@@ -135,6 +162,7 @@ mod tests {
                     input: 2.5,
                     output: 10.0,
                     cached_input: Some(1.25),
+                    cache_write_input: None,
                 },
             ),
             (
@@ -143,6 +171,16 @@ mod tests {
                     input: 0.15,
                     output: 0.6,
                     cached_input: None,
+                    cache_write_input: None,
+                },
+            ),
+            (
+                "claude-sonnet-4-5".to_owned(),
+                Price {
+                    input: 3.0,
+                    output: 15.0,
+                    cached_input: Some(0.3),
+                    cache_write_input: Some(3.75),
                 },
             ),
         ]))
@@ -160,15 +198,39 @@ mod tests {
     #[test]
     fn cached_tokens_are_part_of_input_and_priced_apart() {
         // 1M input of which 400k cached, 100k output.
+        let t = |input, output, cached, written| Tokens {
+            input,
+            output,
+            cached,
+            written,
+        };
         let usd = table()
-            .estimate("gpt-4o", 1_000_000, 100_000, 400_000)
+            .estimate("gpt-4o", t(1_000_000, 100_000, 400_000, 0))
             .unwrap();
         let want = 0.6 * 2.5 + 0.4 * 1.25 + 0.1 * 10.0;
         assert!((usd - want).abs() < 1e-9, "{usd} vs {want}");
         // No cached price: cached input at the input price.
         let usd = table()
-            .estimate("gpt-4o-mini", 1_000_000, 0, 500_000)
+            .estimate("gpt-4o-mini", t(1_000_000, 0, 500_000, 0))
             .unwrap();
         assert!((usd - 0.15).abs() < 1e-9);
+        // Cache writes at their own price: 1M input = 200k fresh + 500k
+        // read + 300k written.
+        let usd = table()
+            .estimate("claude-sonnet-4-5", t(1_000_000, 0, 500_000, 300_000))
+            .unwrap();
+        let want = 0.2 * 3.0 + 0.5 * 0.3 + 0.3 * 3.75;
+        assert!((usd - want).abs() < 1e-9, "{usd} vs {want}");
+        // Without a cache-write price, written tokens cost the input price;
+        // counts beyond the input are clamped to it, never negative.
+        let usd = table()
+            .estimate("gpt-4o-mini", t(1_000_000, 0, 0, 300_000))
+            .unwrap();
+        assert!((usd - 0.15).abs() < 1e-9);
+        let usd = table()
+            .estimate("claude-sonnet-4-5", t(100, 0, 80, 500))
+            .unwrap();
+        let want = (80.0 * 0.3 + 20.0 * 3.75) / 1e6;
+        assert!((usd - want).abs() < 1e-12, "{usd} vs {want}");
     }
 }

@@ -255,9 +255,12 @@ fn figures(
     } else if let (Some(m), true) = (model, input.is_some() || output.is_some())
         && let Some(usd) = ctx.prices.estimate(
             m,
-            input.unwrap_or(0),
-            output.unwrap_or(0),
-            cached.unwrap_or(0),
+            crate::otlp::price::Tokens {
+                input: input.unwrap_or(0),
+                output: output.unwrap_or(0),
+                cached: cached.unwrap_or(0),
+                written: found.cache_written.unwrap_or(0),
+            },
         )
     {
         cost = Some(usd);
