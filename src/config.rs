@@ -244,6 +244,16 @@ pub struct ServeConfig {
     #[arg(long, env = "AGENT_TELEMETRY_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_optional_addr)]
     pub metrics_listen: OptionalAddr,
 
+    /// Projects that get their own `project` label in the per-project
+    /// metrics (rows, cost); later ones are counted as `other`. Bounds the
+    /// series a project flood can create.
+    #[arg(
+        long,
+        env = "AGENT_TELEMETRY_METRICS_MAX_PROJECTS",
+        default_value_t = 100
+    )]
+    pub metrics_max_projects: usize,
+
     /// On SIGTERM/Ctrl-C: how long to keep flushing buffered rows and sending
     /// their acks before exiting anyway. A second signal exits at once.
     #[arg(long, env = "AGENT_TELEMETRY_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]

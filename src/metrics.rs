@@ -46,6 +46,8 @@ pub const REDACTIONS: &str = "agent_telemetry_redactions_total";
 pub const CONTENT_POLICY: &str = "agent_telemetry_content_policy_total";
 pub const CONTENT_POLICY_UNRESOLVED: &str = "agent_telemetry_content_policy_unresolved_total";
 pub const STREAMS_ENDED: &str = "agent_telemetry_streams_ended_total";
+pub const PROJECT_ROWS: &str = "agent_telemetry_project_rows_total";
+pub const PROJECT_COST: &str = "agent_telemetry_project_cost_nano_usd_total";
 
 /// Bucket bounds (seconds) of the latency histograms: a fast flush takes a
 /// few milliseconds, a flush retried through a database restart up to
@@ -205,6 +207,14 @@ pub fn describe() {
         OTLP_RECORDS,
         "OTLP records mapped to rows, per signal and agent (other: any unlisted agent)"
     );
+    describe_counter!(
+        PROJECT_ROWS,
+        "Rows newly stored, per table and project (the project's full name for the first --metrics-max-projects projects, then other)"
+    );
+    describe_counter!(
+        PROJECT_COST,
+        "Cost of the agent events newly stored, in nano-USD (USD x 1e9), per project as agent_telemetry_project_rows_total labels it"
+    );
 }
 
 /// Registers every counter and histogram at 0, with the label values known
@@ -329,6 +339,15 @@ pub fn rows_conflicting(table: Table, n: u64) {
 
 pub fn batch_refused(table: Table, reason: &'static str) {
     counter!(BATCHES_REFUSED, "table" => table.name(), "reason" => reason).increment(1);
+}
+
+/// Rows newly stored of one project, and their cost (events only).
+pub fn project_stored(table: Table, project: &str, rows: u64, cost_nanos: i64) {
+    counter!(PROJECT_ROWS, "table" => table.name(), "project" => project.to_owned())
+        .increment(rows);
+    if table == Table::AgentEvents {
+        counter!(PROJECT_COST, "project" => project.to_owned()).increment(cost_nanos.max(0) as u64);
+    }
 }
 
 pub fn rows_stored(table: Table, stored: u64, duplicates: u64) {

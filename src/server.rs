@@ -252,6 +252,7 @@ impl Pipeline {
             cfg.pipeline.id_conflict_window,
             layout,
             give_up.clone(),
+            cfg.metrics_max_projects,
         ));
         let (late, refresher) = if timescaledb {
             let (late, task) = LateRefresher::spawn(

@@ -29,7 +29,7 @@ fn the_configuration_and_its_rules_load() {
     let text = promtool(&["check", "config", "prometheus.yml"]);
     assert!(text.contains("SUCCESS: 1 rule files found"), "{text}");
     let text = promtool(&["check", "rules", "alerts.yml"]);
-    assert!(text.contains("SUCCESS: 9 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 11 rules found"), "{text}");
 }
 
 #[test]
@@ -40,7 +40,7 @@ fn every_alert_has_a_unit_test_and_they_pass() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 9, "{alerts:?}");
+    assert_eq!(alerts.len(), 11, "{alerts:?}");
     for alert in &alerts {
         assert!(
             tests.contains(&format!("alertname: {alert}\n")),

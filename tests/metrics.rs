@@ -1,5 +1,6 @@
-//! The Prometheus endpoint exposes the ingest counters. (Its own test
-//! binary: the metrics recorder is global to a process.)
+//! The Prometheus endpoint exposes the ingest counters, and the
+//! per-project ones with their bounded labels. (Its own test binary: the
+//! metrics recorder is global to a process.)
 
 mod common;
 
@@ -12,15 +13,25 @@ async fn metrics_count_stored_and_rejected_rows() {
         .local_addr()
         .unwrap();
     let (_pg, _conn, svc) = common::service_with("metrics", |cfg| {
-        cfg.metrics_listen = OptionalAddr(Some(port))
+        cfg.metrics_listen = OptionalAddr(Some(port));
+        cfg.metrics_max_projects = 2;
     })
     .await;
     let mut client = common::client(&svc.endpoint).await;
-    let mut events: Vec<pb::AgentEvent> =
-        (0..10).map(|_| common::event("acme/metrics", 5)).collect();
+    let mut events: Vec<pb::AgentEvent> = (0..10)
+        .map(|_| {
+            let mut e = common::event("acme/metrics", 5);
+            e.cost_usd = Some(0.25);
+            e
+        })
+        .collect();
     events[3].session_id = "nope".into();
-    let ack = common::ingest(&mut client, 1, events).await;
+    let ack = common::ingest(&mut client, 1, events.clone()).await;
     assert_eq!(ack.stored, 9);
+    // A resend stores nothing and counts nothing per project.
+    let ack = common::ingest(&mut client, 2, events).await;
+    assert_eq!((ack.stored, ack.duplicates), (0, 9));
+    // The bad row is rejected again in the resend.
     let text = common::scrape(port).await;
     assert!(
         text.contains("agent_telemetry_rows_stored_total{table=\"agent_events\"} 9"),
@@ -28,12 +39,44 @@ async fn metrics_count_stored_and_rejected_rows() {
     );
     assert!(
         text.contains(
-            "agent_telemetry_rows_rejected_total{table=\"agent_events\",reason=\"session_id\"} 1"
+            "agent_telemetry_rows_rejected_total{table=\"agent_events\",reason=\"session_id\"} 2"
         ),
         "{text}"
     );
     assert!(
-        text.contains("agent_telemetry_acks_total{table=\"agent_events\",result=\"ok\"} 1"),
+        text.contains("agent_telemetry_acks_total{table=\"agent_events\",result=\"ok\"} 2"),
+        "{text}"
+    );
+    // Per project: the 9 new rows and their 2.25 USD; with a cap of two
+    // projects, a third one is counted as `other`.
+    for (seq, project) in [(3, "acme/second"), (4, "acme/third"), (5, "acme/fourth")] {
+        let ack = common::ingest(&mut client, seq, vec![common::event(project, 5)]).await;
+        assert_eq!(ack.stored, 1, "{ack:?}");
+    }
+    let text = common::scrape(port).await;
+    let series = |prefix: &str| -> Vec<String> {
+        let mut found: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect();
+        found.sort();
+        found
+    };
+    assert_eq!(
+        series("agent_telemetry_project_rows_total"),
+        [
+            "agent_telemetry_project_rows_total{table=\"agent_events\",project=\"acme/metrics\"} 9",
+            "agent_telemetry_project_rows_total{table=\"agent_events\",project=\"acme/second\"} 1",
+            "agent_telemetry_project_rows_total{table=\"agent_events\",project=\"other\"} 2",
+        ],
+        "{text}"
+    );
+    assert!(
+        series("agent_telemetry_project_cost_nano_usd_total").contains(
+            &"agent_telemetry_project_cost_nano_usd_total{project=\"acme/metrics\"} 2250000000"
+                .to_owned()
+        ),
         "{text}"
     );
     svc.running.shutdown().await.unwrap();

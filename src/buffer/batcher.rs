@@ -164,6 +164,7 @@ mod tests {
             data: Bytes::from(vec![0u8; rows * 10]),
             row_ends: (1..=rows as u32).map(|r| r * 10).collect(),
             row_index: (0..rows as u32).collect(),
+            row_tally: vec![(1, 0); rows],
             late_hours: Vec::new(),
             enqueued: Instant::now(),
             done: oneshot::channel().0,

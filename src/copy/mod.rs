@@ -28,6 +28,9 @@ pub struct Piece {
     pub row_ends: Vec<u32>,
     /// The client's index of each row in its batch (rejected rows leave gaps).
     pub row_index: Vec<u32>,
+    /// Each row's project and cost (nano-USD), counted per project once
+    /// the row is newly stored (`agent_telemetry_project_*`).
+    pub row_tally: Vec<(i32, i64)>,
     /// Hours holding late rows of this piece, sorted (see
     /// [`crate::maintain::refresh`]); usually empty.
     pub late_hours: Vec<i64>,

@@ -24,7 +24,12 @@
 //! Decisions are made on SQLSTATE codes and connection state, never on
 //! message text.
 
-use std::{collections::HashMap, ops::Range, time::Duration};
+use std::{
+    collections::HashMap,
+    ops::Range,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use deadpool_postgres::{Object, Pool, PoolError};
@@ -141,6 +146,73 @@ pub struct CopyWriter {
     layout: Layout,
     /// Cancelled when the shutdown deadline has passed: stop retrying.
     give_up: CancellationToken,
+    /// The `project` label of the per-project figures.
+    labels: ProjectLabels,
+}
+
+/// Rows newly stored and their cost, per project id, in one flush.
+type Tally = HashMap<i32, (u64, i64)>;
+
+/// Project id → the `project` label of `agent_telemetry_project_*`: its
+/// `full_name`, for the first `max` projects this process stores rows of,
+/// `other` for the rest, so that a flood of projects cannot flood
+/// Prometheus with series.
+struct ProjectLabels {
+    max: usize,
+    names: Mutex<HashMap<i32, Arc<str>>>,
+}
+
+const OTHER: &str = "other";
+
+impl ProjectLabels {
+    /// The labels of `ids`: known ones from memory, new ones from
+    /// `projects` (one query per flush that meets a new project).
+    async fn of(&self, pool: &Pool, ids: &[i32]) -> HashMap<i32, Arc<str>> {
+        let (mut out, missing) = {
+            let names = self.names.lock().expect("labels lock");
+            let mut out = HashMap::with_capacity(ids.len());
+            let mut missing = Vec::new();
+            for id in ids {
+                match names.get(id) {
+                    Some(l) => {
+                        out.insert(*id, l.clone());
+                    }
+                    None => missing.push(*id),
+                }
+            }
+            (out, missing)
+        };
+        if missing.is_empty() {
+            return out;
+        }
+        let found: Vec<(i32, String)> = match pool.get().await {
+            Ok(client) => client
+                .query(
+                    "SELECT id, full_name FROM projects WHERE id = ANY($1)",
+                    &[&missing],
+                )
+                .await
+                .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        let mut names = self.names.lock().expect("labels lock");
+        for id in missing {
+            let label: Arc<str> = match found.iter().find(|(i, _)| *i == id) {
+                // Named while there is room; `other` afterwards, for good.
+                Some((_, name)) if names.len() < self.max => Arc::from(name.as_str()),
+                Some(_) => Arc::from(OTHER),
+                // Not found (the lookup failed): counted, not remembered.
+                None => {
+                    out.insert(id, Arc::from(OTHER));
+                    continue;
+                }
+            };
+            names.insert(id, label.clone());
+            out.insert(id, label);
+        }
+        out
+    }
 }
 
 impl CopyWriter {
@@ -150,6 +222,7 @@ impl CopyWriter {
         conflict_window: Duration,
         layout: Layout,
         give_up: CancellationToken,
+        max_project_labels: usize,
     ) -> Self {
         Self {
             pool,
@@ -157,6 +230,10 @@ impl CopyWriter {
             conflict_window_us: conflict_window.as_micros() as i64,
             layout,
             give_up,
+            labels: ProjectLabels {
+                max: max_project_labels,
+                names: Mutex::default(),
+            },
         }
     }
 
@@ -166,13 +243,14 @@ impl CopyWriter {
         let started = Instant::now();
         let rows: usize = pieces.iter().map(Piece::rows).sum();
         let mut outcomes = vec![PieceOutcome::default(); pieces.len()];
+        let mut tally = Tally::new();
         // Past the shutdown deadline, what has not been copied is answered
         // "not stored, resend" at once instead of waiting for a database
         // that does not take it (a COPY waiting for a lock, say).
         let copied = tokio::select! {
             biased;
             _ = self.give_up.cancelled() => false,
-            () = self.copy_all(table, &pieces, &mut outcomes) => true,
+            () = self.copy_all(table, &pieces, &mut outcomes, &mut tally) => true,
         };
         if !copied {
             for (piece, outcome) in pieces.iter().zip(&mut outcomes) {
@@ -186,6 +264,14 @@ impl CopyWriter {
             }
         }
         metrics::flush_done(table, rows, started.elapsed());
+        if !tally.is_empty() {
+            let ids: Vec<i32> = tally.keys().copied().collect();
+            let labels = self.labels.of(&self.pool, &ids).await;
+            for (id, (rows, cost_nanos)) in tally {
+                let label = labels.get(&id).map_or(OTHER, |l| &**l);
+                metrics::project_stored(table, label, rows, cost_nanos);
+            }
+        }
         for (piece, outcome) in pieces.into_iter().zip(outcomes) {
             metrics::rows_stored(table, outcome.stored as u64, outcome.duplicates as u64);
             metrics::ack_latency(table, piece.enqueued.elapsed());
@@ -196,7 +282,13 @@ impl CopyWriter {
 
     /// The probe, then COPYs until every row of `pieces` is stored, found
     /// stored, rejected or failed, each recorded in `outcomes`.
-    async fn copy_all(&self, table: Table, pieces: &[Piece], outcomes: &mut [PieceOutcome]) {
+    async fn copy_all(
+        &self,
+        table: Table,
+        pieces: &[Piece],
+        outcomes: &mut [PieceOutcome],
+        tally: &mut Tally,
+    ) {
         let all: Vec<Segment> = pieces
             .iter()
             .enumerate()
@@ -249,7 +341,7 @@ impl CopyWriter {
         let mut work = if all.is_empty() { vec![] } else { vec![all] };
         while let Some(set) = work.pop() {
             match self.copy_with_retry(table, pieces, &set).await {
-                Ok(copied) => record(&set, copied, outcomes),
+                Ok(copied) => record(&set, copied, pieces, outcomes, tally),
                 Err(e) if e.is_row_error() => {
                     let n: usize = set.iter().map(|s| s.rows.len()).sum();
                     if n == 1 {
@@ -692,19 +784,35 @@ fn row_key(table: Table, row: &[u8]) -> (Uuid, i64) {
     (id, ts)
 }
 
-fn record(set: &[Segment], copied: Copied, outcomes: &mut [PieceOutcome]) {
+fn record(
+    set: &[Segment],
+    copied: Copied,
+    pieces: &[Piece],
+    outcomes: &mut [PieceOutcome],
+    tally: &mut Tally,
+) {
+    let mut stored = |outcome: &mut PieceOutcome, seg: &Segment, r: usize| {
+        outcome.stored += 1;
+        if let Some(&(project, cost)) = pieces[seg.piece].row_tally.get(r) {
+            let t = tally.entry(project).or_default();
+            t.0 += 1;
+            t.1 = t.1.saturating_add(cost.max(0));
+        }
+    };
     match copied {
         Copied::All => {
             for seg in set {
-                outcomes[seg.piece].stored += seg.rows.len() as u32;
+                for r in seg.rows.clone() {
+                    stored(&mut outcomes[seg.piece], seg, r);
+                }
             }
         }
         Copied::PerRow(flags) => {
             let mut flags = flags.into_iter();
             for seg in set {
-                for _ in seg.rows.clone() {
+                for r in seg.rows.clone() {
                     if flags.next().unwrap_or(false) {
-                        outcomes[seg.piece].stored += 1;
+                        stored(&mut outcomes[seg.piece], seg, r);
                     } else {
                         outcomes[seg.piece].duplicates += 1;
                     }

@@ -22,6 +22,7 @@ pub(super) struct PieceBuilder {
     data: BytesMut,
     row_ends: Vec<u32>,
     row_index: Vec<u32>,
+    row_tally: Vec<(i32, i64)>,
     /// Rows older than this are late; their hours are collected.
     late_before_us: Option<i64>,
     late_hours: BTreeSet<i64>,
@@ -35,6 +36,7 @@ impl PieceBuilder {
             data: BytesMut::with_capacity(raw_bytes + raw_bytes / 2 + rows * 64),
             row_ends: Vec::with_capacity(rows),
             row_index: Vec::with_capacity(rows),
+            row_tally: Vec::with_capacity(rows),
             late_before_us,
             late_hours: BTreeSet::new(),
         }
@@ -44,13 +46,20 @@ impl PieceBuilder {
         self.row_ends.is_empty()
     }
 
-    pub(super) fn row(&mut self, index: u32, ts_us: i64, encode: impl FnOnce(&mut BytesMut)) {
+    pub(super) fn row(
+        &mut self,
+        index: u32,
+        ts_us: i64,
+        tally: (i32, i64),
+        encode: impl FnOnce(&mut BytesMut),
+    ) {
         if self.late_before_us.is_some_and(|before| ts_us < before) {
             self.late_hours.insert(refresh::hour_of(ts_us));
         }
         encode(&mut self.data);
         self.row_ends.push(self.data.len() as u32);
         self.row_index.push(index);
+        self.row_tally.push(tally);
     }
 
     /// The piece, holding exactly its encoded bytes, in memory and in the
@@ -82,6 +91,7 @@ impl PieceBuilder {
             data,
             row_ends: self.row_ends,
             row_index: self.row_index,
+            row_tally: self.row_tally,
             late_hours: self.late_hours.into_iter().collect(),
             enqueued: Instant::now(),
             done,

@@ -154,6 +154,10 @@ pub trait Record: Message + Default + Sized + Send + Sync + 'static {
 
     fn encode_row(buf: &mut BytesMut, row: &Self::Row<'_>, dim: &Self::Dim);
 
+    /// What the per-project figures count of a row once it is stored: its
+    /// project and its cost in nano-USD.
+    fn tally(row: &Self::Row<'_>, dim: &Self::Dim) -> (i32, i64);
+
     /// The spool's form of the accepted rows of a batch.
     fn spooled(sequence: u64, sessions: Vec<pb::ChatSession>, rows: Vec<Bytes>) -> spool::Batch;
 
@@ -258,6 +262,10 @@ impl Record for pb::AgentEvent {
         encode::encode_event(buf, row, project, user)
     }
 
+    fn tally(row: &EventRow<'_>, &(project, _): &(i32, Option<i32>)) -> (i32, i64) {
+        (project, row.cost_nanos.unwrap_or(0))
+    }
+
     fn user_slot(&mut self) -> Option<&mut Option<pb::User>> {
         Some(&mut self.user)
     }
@@ -349,6 +357,10 @@ impl Record for pb::ChatMessage {
 
     fn encode_row(buf: &mut BytesMut, row: &MessageRow<'_>, session: &SessionInfo) {
         encode::encode_message(buf, row, session.project_id, &session.agent_type)
+    }
+
+    fn tally(_: &MessageRow<'_>, session: &SessionInfo) -> (i32, i64) {
+        (session.project_id, 0)
     }
 
     fn user_slot(&mut self) -> Option<&mut Option<pb::User>> {
