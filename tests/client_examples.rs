@@ -283,3 +283,74 @@ async fn typescript_example_runs_on_its_own_over_tls_with_a_key() {
     })
     .await;
 }
+
+/// README's grpcurl example as written, short of grpcurl itself (not
+/// packaged for Debian): its `-d` body expanded by bash as the shell would
+/// (today's timestamp), decoded with protobuf's JSON mapping as grpcurl
+/// decodes it, sent with its `authorization: Bearer $KEY` header and KEY
+/// unset, to a service on loopback. Stored once; sent again, a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_grpcurl_example_is_stored_as_written() {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let call = readme
+        .split("grpcurl -plaintext -H \"authorization: Bearer $KEY\" -d ")
+        .nth(1)
+        .expect("README's IngestAgentEvents example");
+    let (body, rest) = call
+        .split_once(" localhost:50051 ")
+        .expect("the example's endpoint");
+    assert!(
+        rest.starts_with("agent_telemetry.v1.TelemetryIngest/IngestAgentEvents"),
+        "{rest}"
+    );
+    let expanded = run(
+        Command::new("bash")
+            .arg("-c")
+            .arg(format!("printf %s {body}"))
+            .env_remove("KEY"),
+        "bash, expanding the example's body",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let body_file = dir.path().join("body.json");
+    std::fs::write(&body_file, &expanded).unwrap();
+    let (_pg, _conn, svc) = common::service("readme_grpcurl").await;
+    let python = tokio::task::spawn_blocking(python).await.unwrap();
+    let script = r#"
+import subprocess, sys, tempfile
+proto, endpoint, body = sys.argv[1:4]
+out = tempfile.mkdtemp()
+subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{proto}", f"--python_out={out}",
+                f"--grpc_python_out={out}", "agent_telemetry/v1/telemetry.proto"], check=True)
+sys.path.insert(0, out)
+import grpc
+from google.protobuf import json_format
+from agent_telemetry.v1 import telemetry_pb2 as pb, telemetry_pb2_grpc as rpc
+batch = json_format.Parse(open(body).read(), pb.AgentEventBatch())
+stub = rpc.TelemetryIngestStub(grpc.insecure_channel(endpoint))
+for _ in range(2):
+    ack = stub.IngestAgentEvents(batch, metadata=[("authorization", "Bearer")])
+    print(ack.stored, ack.duplicates, len(ack.rejected), "|".join(r.reason for r in ack.rejected))
+"#;
+    let endpoint = svc.endpoint.trim_start_matches("http://").to_owned();
+    let proto = Path::new(ROOT).join("proto");
+    let out = tokio::task::spawn_blocking(move || {
+        run(
+            Command::new(python)
+                .arg("-c")
+                .arg(script)
+                .arg(proto)
+                .arg(endpoint)
+                .arg(body_file),
+            "the README example's request",
+        )
+    })
+    .await
+    .unwrap();
+    common::say(&format!("README grpcurl example: {}", out.trim()));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["1 0 0 ", "0 1 0 "],
+        "{out}"
+    );
+    svc.running.shutdown().await.unwrap();
+}
