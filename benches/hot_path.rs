@@ -59,6 +59,7 @@ fn encode_all(rows: &[EventRow<'_>], capacity: usize) -> BytesMut {
 }
 
 /// What the service does per batch before COPY: all three stages.
+#[inline(never)]
 fn pipeline(bytes: &Bytes, limits: &Limits, window: TimeWindow, capacity: usize) -> BytesMut {
     let decoded = decode(bytes);
     let rows = validate_all(&decoded, limits, window);
@@ -66,6 +67,7 @@ fn pipeline(bytes: &Bytes, limits: &Limits, window: TimeWindow, capacity: usize)
 }
 
 /// The pipeline with each decoded event redacted first, as intake does.
+#[inline(never)]
 fn pipeline_redacted(
     bytes: &Bytes,
     redactor: &Redactor,
