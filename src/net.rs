@@ -40,17 +40,19 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ListenE
     Ok((listener, local))
 }
 
+/// A PEM file of `--tls-cert` / `--tls-key`, its path in the error.
+fn read_pem(path: &PathBuf) -> Result<Vec<u8>, ListenError> {
+    std::fs::read(path).map_err(|source| ListenError::Tls {
+        path: path.clone(),
+        source,
+    })
+}
+
 /// A tonic server builder with the TLS settings, if any.
 pub fn grpc_builder(cfg: &ServeConfig) -> Result<tonic::transport::Server, ListenError> {
     let mut builder = tonic::transport::Server::builder();
     if let (Some(cert), Some(key)) = (&cfg.security.tls_cert, &cfg.security.tls_key) {
-        let read = |path: &PathBuf| {
-            std::fs::read(path).map_err(|source| ListenError::Tls {
-                path: path.clone(),
-                source,
-            })
-        };
-        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+        let identity = tonic::transport::Identity::from_pem(read_pem(cert)?, read_pem(key)?);
         builder =
             builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
         tracing::info!(cert = %cert.display(), "serving gRPC over TLS");
@@ -66,13 +68,7 @@ pub async fn http_tls(
     let (Some(cert), Some(key)) = (&cfg.security.tls_cert, &cfg.security.tls_key) else {
         return Ok(None);
     };
-    let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|source| ListenError::Tls {
-            path: path.clone(),
-            source,
-        })
-    };
-    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    let (cert_pem, key_pem) = (read_pem(cert)?, read_pem(key)?);
     axum_server::tls_rustls::RustlsConfig::from_pem(cert_pem, key_pem)
         .await
         .map(Some)

@@ -90,14 +90,10 @@ fn make_typescript() -> PathBuf {
     dir.join("dist/sendEvents.js")
 }
 
-/// Runs one example against a fresh service and checks what it stored.
-async fn example_stores_every_event_once(project: &str, command: impl FnOnce() -> Command) {
-    let (pg, conn, svc) = common::service_with(project, |cfg| {
-        cfg.security.require_api_key = true;
-        cfg.pipeline.copy_retry_timeout = Duration::from_secs(1);
-    })
-    .await;
-    let mut db = common::db(&conn).await;
+/// A key for `project`, as `keys create --project` makes one, and the
+/// connection it was made on.
+async fn example_key(conn: &str, project: &str) -> (tokio_postgres::Client, String) {
+    let mut db = common::db(conn).await;
     let key = agent_telemetry::auth::keys::create(
         &mut db,
         "example",
@@ -107,6 +103,17 @@ async fn example_stores_every_event_once(project: &str, command: impl FnOnce() -
     .await
     .unwrap()
     .key;
+    (db, key)
+}
+
+/// Runs one example against a fresh service and checks what it stored.
+async fn example_stores_every_event_once(project: &str, command: impl FnOnce() -> Command) {
+    let (pg, conn, svc) = common::service_with(project, |cfg| {
+        cfg.security.require_api_key = true;
+        cfg.pipeline.copy_retry_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let (db, key) = example_key(&conn, project).await;
     let mut cmd = command();
     cmd.args(["--events", &EVENTS.to_string(), "--project", project])
         .env("AGENT_TELEMETRY_ENDPOINT", &svc.endpoint)
@@ -204,27 +211,14 @@ fn copy_proto(dir: &Path) {
 /// its README says, run from its own folder against a TLS listener that
 /// requires a key, with the endpoint in loadgen's form.
 async fn example_reaches_a_tls_listener(project: &str, command: impl FnOnce(&Path) -> Command) {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let tls = tempfile::tempdir().unwrap();
-    let ca = tls.path().join("cert.pem");
-    std::fs::write(&ca, cert.cert.pem()).unwrap();
-    std::fs::write(tls.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let tls = common::SelfSigned::new("localhost");
+    let ca = tls.cert.clone();
     let (_pg, conn, svc) = common::service_with(project, |cfg| {
         cfg.security.require_api_key = true;
-        cfg.security.tls_cert = Some(tls.path().join("cert.pem"));
-        cfg.security.tls_key = Some(tls.path().join("key.pem"));
+        tls.serve(cfg);
     })
     .await;
-    let mut db = common::db(&conn).await;
-    let key = agent_telemetry::auth::keys::create(
-        &mut db,
-        "example",
-        &[project.into()],
-        &Default::default(),
-    )
-    .await
-    .unwrap()
-    .key;
+    let (db, key) = example_key(&conn, project).await;
     let alone = tempfile::tempdir().unwrap();
     copy_proto(alone.path());
     let mut cmd = command(alone.path());

@@ -1410,15 +1410,11 @@ async fn pseudonymised_developers_leave_no_email_or_account_id_and_can_be_forgot
 /// private CA: NODE_EXTRA_CA_CERTS, OTEL_EXPORTER_OTLP_CERTIFICATE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_exporters_send_over_tls_to_both_receivers() {
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("cert.pem");
-    std::fs::write(&ca, cert.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let tls = common::SelfSigned::new("127.0.0.1");
+    let ca = tls.cert.clone();
     let (_pg, conn, svc) = common::service_with("otlp_tls", |c| {
         with_otlp(c);
-        c.security.tls_cert = Some(ca.clone());
-        c.security.tls_key = Some(dir.path().join("key.pem"));
+        tls.serve(c);
     })
     .await;
     // HTTP: node's trust store; gRPC: the exporter's own setting.

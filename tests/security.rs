@@ -258,16 +258,9 @@ async fn off_loopback_a_key_is_required_unless_explicitly_allowed() {
 
 #[tokio::test]
 async fn tls_serves_clients_that_trust_the_certificate_and_only_them() {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
-    std::fs::write(dir.path().join("cert.pem"), &cert_pem).unwrap();
-    std::fs::write(dir.path().join("key.pem"), &key_pem).unwrap();
-    let (_pg, _conn, svc) = common::service_with("tls", |c| {
-        c.security.tls_cert = Some(dir.path().join("cert.pem"));
-        c.security.tls_key = Some(dir.path().join("key.pem"));
-    })
-    .await;
+    let tls = common::SelfSigned::new("localhost");
+    let cert_pem = tls.cert_pem.clone();
+    let (_pg, _conn, svc) = common::service_with("tls", |c| tls.serve(c)).await;
     let port = svc.running.addr.port();
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(&cert_pem))
@@ -711,14 +704,10 @@ async fn a_developers_key_names_the_developer_of_rows_that_name_none() {
 /// certificate's name and the key; and what each says when one is missing.
 #[tokio::test(flavor = "multi_thread")]
 async fn loadgen_and_health_reach_a_tls_listener_with_a_key() {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("cert.pem");
-    std::fs::write(&ca, cert.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let tls = common::SelfSigned::new("localhost");
+    let ca = tls.cert.clone();
     let (_pg, conn, svc) = common::service_with("client_tls", |c| {
-        c.security.tls_cert = Some(dir.path().join("cert.pem"));
-        c.security.tls_key = Some(dir.path().join("key.pem"));
+        tls.serve(c);
         c.security.require_api_key = true;
     })
     .await;

@@ -264,6 +264,8 @@ impl CopyWriter {
             }
         }
         metrics::flush_done(table, rows, started.elapsed());
+        // Before the acks, so that what an ack reports is on /metrics by
+        // then; naming a project costs one query, once per project.
         if !tally.is_empty() {
             let ids: Vec<i32> = tally.keys().copied().collect();
             let labels = self.labels.of(&self.pool, &ids).await;

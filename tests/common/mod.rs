@@ -540,3 +540,38 @@ pub fn otlp_text(key: &str, v: &str) -> opentelemetry_proto::tonic::common::v1::
         ..Default::default()
     }
 }
+
+/// A self-signed certificate for `name` (a host name or an IP address)
+/// and its key, as `cert.pem` and `key.pem` in a directory of their own:
+/// what `--tls-cert` / `--tls-key` and a client's CA file take.
+#[allow(dead_code)]
+pub struct SelfSigned {
+    _dir: tempfile::TempDir,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub cert_pem: String,
+}
+
+#[allow(dead_code)]
+impl SelfSigned {
+    pub fn new(name: &str) -> Self {
+        let made = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let cert_pem = made.cert.pem();
+        std::fs::write(&cert, &cert_pem).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        Self {
+            _dir: dir,
+            cert,
+            key,
+            cert_pem,
+        }
+    }
+
+    /// The service serves TLS with it.
+    pub fn serve(&self, cfg: &mut agent_telemetry::config::ServeConfig) {
+        cfg.security.tls_cert = Some(self.cert.clone());
+        cfg.security.tls_key = Some(self.key.clone());
+    }
+}
