@@ -215,9 +215,10 @@ pub struct Scan {
 
 /// Texts that hold no secret, by hash, each compared whole before it is
 /// trusted: a collision only costs a search. Only texts of
-/// [`Clean::MIN`]..=[`Clean::MAX`] bytes: a shorter one costs about as much
-/// to hash as to search, a longer one (a chat reply) is rarely repeated
-/// and is not worth copying.
+/// [`Clean::MIN`]..=[`Clean::MAX`] bytes: a short one (a tag, a branch)
+/// too, since a search's fixed cost is above a look-up's (BENCHMARKS.md,
+/// "Redaction"); a longer one (a chat reply) is rarely repeated and is not
+/// worth copying. The empty text is never searched.
 #[derive(Default)]
 struct Clean {
     texts: String,
@@ -226,7 +227,7 @@ struct Clean {
 }
 
 impl Clean {
-    const MIN: usize = 16;
+    const MIN: usize = 1;
     const MAX: usize = 4096;
 
     /// The hash of a text worth remembering.
@@ -259,6 +260,9 @@ impl Clean {
         hits: &mut Hits,
         redact: impl FnOnce(&str, &mut Hits) -> Option<String>,
     ) {
+        if f.is_empty() {
+            return;
+        }
         let key = self.key(f);
         if key.is_some_and(|k| self.holds(k, f)) {
             return;
@@ -494,12 +498,14 @@ impl Redactor {
         let rest = aho_corasick::Input::new(s).range(from..);
         for m in self.keywords.find_overlapping_iter(rest) {
             let k = m.pattern().as_usize();
+            let after_name = &s[rules::name_end(s, m.end())..];
             for &i in &self.keyword_rules[k] {
-                if self.rules[i].after.holds(s, m.end()) {
+                if self.rules[i].after.holds_after_name(after_name) {
                     candidates.push(i);
                 }
             }
-            json_name = json_name || (self.name_keyword[k] && After::JsonString.holds(s, m.end()));
+            json_name = json_name
+                || (self.name_keyword[k] && After::JsonString.holds_after_name(after_name));
         }
         candidates.sort_unstable();
         candidates.dedup();
@@ -542,13 +548,25 @@ impl Redactor {
             .apply(f, &mut scan.hits, |s, hits| self.json(s, hits));
     }
 
+    /// JSON that is one record's own (an event's data and metrics: a
+    /// request id, a duration, a file): rarely a repeat, so not worth
+    /// hashing and copying to find one.
+    fn own_json_field(&self, f: &mut String, scan: &mut Scan) {
+        if f.is_empty() {
+            return;
+        }
+        if let Some(r) = self.json(f, &mut scan.hits) {
+            *f = r;
+        }
+    }
+
     /// An event's free text: its JSON and tags. Its identifiers (ids,
     /// types, agent, project, model, developer) are not free text: they
     /// group rows and are checked for their form instead.
     pub fn event(&self, e: &mut pb::AgentEvent, scan: &mut Scan) {
         self.json_field(&mut e.context_json, scan);
-        self.json_field(&mut e.data_json, scan);
-        self.json_field(&mut e.metrics_json, scan);
+        self.own_json_field(&mut e.data_json, scan);
+        self.own_json_field(&mut e.metrics_json, scan);
         for t in &mut e.tags {
             self.field(t, scan);
         }

@@ -38,38 +38,48 @@ pub enum After {
     JsonString,
 }
 
-/// The characters a secret's name goes on with after its keyword
-/// (`pass` → `password`, `token` → `token_v2`), as [`SECRET_NAME`] and the
-/// flag rule allow them, in either case.
-fn name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+/// Where a secret's name that goes on past its keyword at byte `at` ends
+/// (`pass` → `password`, `token` → `token_v2`): its characters, as
+/// [`SECRET_NAME`] and the flag rule allow them, in either case, are all
+/// ASCII, so the end is a character boundary. Found once per keyword match
+/// and shared by its rules' [`After`] checks.
+pub fn name_end(s: &str, at: usize) -> usize {
+    at + s.as_bytes()[at..]
+        .iter()
+        .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        .count()
 }
 
 /// What a value after `name: ` is made of ([`After::Colon`]'s rule).
-fn token_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=' | '_' | '.' | '~' | '-')
+fn token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'_' | b'.' | b'~' | b'-')
 }
 
 impl After {
     /// Whether `s` after a keyword that ends at byte `at` goes on as the
-    /// rule needs. Whitespace is Unicode's, as the patterns' `\s`.
+    /// rule needs.
     pub fn holds(self, s: &str, at: usize) -> bool {
-        let mut rest = s[at..].trim_start_matches(name_char);
+        self.holds_after_name(&s[name_end(s, at)..])
+    }
+
+    /// The same, given what follows the whole name ([`name_end`]).
+    /// Whitespace is Unicode's, as the patterns' `\s`.
+    pub fn holds_after_name(self, rest: &str) -> bool {
         match self {
             After::Any => true,
             After::Flag => rest.starts_with(|c: char| c.is_whitespace() || c == '='),
             After::Assign => {
-                rest = rest.strip_prefix(['"', '\'']).unwrap_or(rest);
+                let rest = rest.strip_prefix(['"', '\'']).unwrap_or(rest);
                 rest.trim_start().starts_with('=')
             }
             After::Colon => {
-                rest = rest.strip_prefix(['"', '\'']).unwrap_or(rest);
+                let rest = rest.strip_prefix(['"', '\'']).unwrap_or(rest);
                 let Some(value) = rest.trim_start().strip_prefix(':') else {
                     return false;
                 };
                 let value = value.trim_start();
                 let value = value.strip_prefix(['"', '\'']).unwrap_or(value);
-                value.chars().take(8).take_while(|&c| token_char(c)).count() == 8
+                value.len() >= 8 && value.as_bytes()[..8].iter().all(|&b| token_byte(b))
             }
             After::JsonString => rest
                 .strip_prefix('"')

@@ -429,7 +429,8 @@ fn a_name_runs_its_rules_only_where_a_value_follows_it() {
 /// A batch remembers the texts it found clean and compares a repeat
 /// instead of searching it: once as plain text and once as JSON, which
 /// differ (a secret's name with a short value is a secret only in JSON);
-/// a repeated secret is redacted and counted every time.
+/// a repeated secret is redacted and counted every time. A short text (a
+/// tag) is remembered too; an event's own data and metrics are not.
 #[test]
 fn a_batch_searches_a_repeated_clean_text_once_and_still_redacts_every_secret() {
     let r = redactor();
@@ -446,12 +447,12 @@ fn a_batch_searches_a_repeated_clean_text_once_and_still_redacts_every_secret() 
             context_json: context.clone(),
             data_json: named.clone(),
             metrics_json: leaked.clone(),
-            tags: vec![named.clone()],
+            tags: vec![named.clone(), "main".to_owned(), String::new()],
             ..Default::default()
         };
         r.event(&mut e, &mut scan);
         assert_eq!(e.context_json, context);
-        assert_eq!(e.tags, std::slice::from_ref(&named), "clean as text");
+        assert_eq!(e.tags, [named.as_str(), "main", ""], "clean as text");
         assert!(!e.data_json.contains("hunter2"), "{}", e.data_json);
         assert!(!e.metrics_json.contains("ghp_"), "{}", e.metrics_json);
     }
@@ -460,5 +461,15 @@ fn a_batch_searches_a_repeated_clean_text_once_and_still_redacts_every_secret() 
     // Remembered once each: the context as JSON, the tag as text.
     assert_eq!(scan.clean_json.at.len(), 1);
     assert_eq!(scan.clean_json.texts, context);
-    assert_eq!(scan.clean_text.texts, named);
+    assert_eq!(scan.clean_text.texts, format!("{named}main"));
+    let mut e = pb::AgentEvent {
+        data_json: r#"{"exit_code":0}"#.to_owned(),
+        ..Default::default()
+    };
+    r.event(&mut e, &mut scan);
+    assert_eq!(
+        scan.clean_json.at.len(),
+        1,
+        "an event's data is not remembered"
+    );
 }
