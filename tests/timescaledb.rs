@@ -121,8 +121,8 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
     );
     // A new database on a TimescaleDB with direct compress gets the
     // columnstore layout: no unique index on the wide tables (direct
-    // compress refuses them), keys in narrow tables whose unique index
-    // includes the time column, kept for --max-past and the spool margin.
+    // compress refuses them), keys in narrow tables unique by id, kept for
+    // --max-past and the spool margin.
     // PGlite's TimescaleDB (2.23) has direct compress but not into a
     // hypertable with continuous aggregates: the row store there, with the
     // primary keys; native 2.28 gets the columnstore, with key tables.
@@ -145,11 +145,23 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
     if tsdb.native {
         assert_eq!(layout.layout, Layout::Columnstore, "{layout}");
         assert!(layout.reason.contains("has direct compress"), "{layout}");
-        assert_eq!(uniques, ["agent_event_keys true", "chat_message_keys true"]);
+        // Unique by id alone: a plain table, not a hypertable.
+        assert_eq!(
+            uniques,
+            ["agent_event_keys false", "chat_message_keys false"]
+        );
         for keys in ["agent_event_keys", "chat_message_keys"] {
             assert_eq!(
-                job_setting(&db, "policy_retention", keys, "drop_after").await,
-                "97 days"
+                text(
+                    &db,
+                    &format!(
+                        "SELECT (config ->> 'drop_after')::interval::text || ' ' || schedule_interval::text
+                         FROM timescaledb_information.jobs
+                         WHERE proc_name = 'agent_telemetry_prune_keys' AND config ->> 'keys' = '{keys}'"
+                    )
+                )
+                .await,
+                "97 days 01:00:00"
             );
         }
         assert_eq!(recorded, ["columnstore"]);
@@ -1094,21 +1106,78 @@ async fn the_columnstore_copies_into_compressed_chunks_and_finds_resends_in_its_
     mixed.extend(events_at(1_800, 250));
     let ack = common::ingest(&mut client, 3, mixed).await;
     assert_eq!((ack.stored, ack.duplicates), (250, 250), "{ack:?}");
+    // An id reused with another timestamp is a conflict at any distance in
+    // the key window (the key table is unique by id; --id-conflict-window
+    // is the row store's): 90 s later, two days earlier. Within one batch,
+    // a repeat with another time is a conflict, with the same time a
+    // duplicate; the first of each is stored.
+    let mut reused = batch[..2].to_vec();
+    reused[0].timestamp.as_mut().unwrap().seconds += 90;
+    reused[1].timestamp.as_mut().unwrap().seconds -= 2 * 86_400;
+    let twice = events_at(900, 2);
+    let mut later = twice[0].clone();
+    later.timestamp.as_mut().unwrap().seconds += 30;
+    reused.extend([twice[0].clone(), later, twice[1].clone(), twice[1].clone()]);
+    let ack = common::ingest(&mut client, 4, reused).await;
+    assert_eq!(
+        (ack.stored, ack.duplicates, ack.conflicts),
+        (2, 1, 3),
+        "{ack:?}"
+    );
+    let refused: Vec<(u32, &str, &str)> = ack
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.field.as_str(), r.code.as_str()))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            (0, "id", "ALREADY_EXISTS"),
+            (1, "id", "ALREADY_EXISTS"),
+            (3, "id", "ALREADY_EXISTS")
+        ],
+        "{ack:?}"
+    );
+    assert!(
+        ack.rejected[0].reason.contains("is stored with timestamp"),
+        "{ack:?}"
+    );
     drop(client);
     svc.running.shutdown().await.unwrap();
 
     let db = common::db(&tsdb.conn).await;
     assert_eq!(
         common::count(&db, "SELECT count(*) FROM agent_events").await,
-        750
+        752
     );
     assert_eq!(
         common::count(&db, "SELECT count(DISTINCT id) FROM agent_events").await,
-        750
+        752
     );
     assert_eq!(
         common::count(&db, "SELECT count(*) FROM agent_event_keys").await,
-        750
+        752
+    );
+    // The key tables' retention job deletes keys past the key window
+    // (--max-past and the spool margin: 97 days) and no other.
+    db.execute(
+        "INSERT INTO agent_event_keys VALUES (gen_random_uuid(), now() - interval '98 days')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let prune = common::count(
+        &db,
+        "SELECT job_id::bigint FROM timescaledb_information.jobs
+         WHERE proc_name = 'agent_telemetry_prune_keys' AND config ->> 'keys' = 'agent_event_keys'",
+    )
+    .await;
+    db.batch_execute(&format!("CALL run_job({prune})"))
+        .await
+        .unwrap();
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_event_keys").await,
+        752
     );
     // Native 2.28: every flush went to the columnstore. PGlite's 2.23
     // falls back to the row store (continuous aggregates), and says so.
@@ -1118,7 +1187,7 @@ async fn the_columnstore_copies_into_compressed_chunks_and_finds_resends_in_its_
         "SELECT reason FROM agent_telemetry_settings WHERE name = 'layout'",
     )
     .await;
-    assert_eq!(in_heap, if tsdb.native { 0 } else { 750 }, "{reason:?}");
+    assert_eq!(in_heap, if tsdb.native { 0 } else { 752 }, "{reason:?}");
     common::aggregates::assert_aggregates_match(&db, |_| "true".into()).await;
     if tsdb.native {
         // Recompression: direct compress leaves its chunks "unordered", in
@@ -1164,7 +1233,7 @@ async fn the_columnstore_copies_into_compressed_chunks_and_finds_resends_in_its_
         );
         assert_eq!(
             common::count(&db, "SELECT count(*) FROM agent_events").await,
-            750
+            752
         );
         common::aggregates::assert_aggregates_match(&db, |_| "true".into()).await;
     }
@@ -1216,7 +1285,7 @@ async fn the_columnstore_copies_into_compressed_chunks_and_finds_resends_in_its_
             .switched
             .as_deref()
             .unwrap_or("")
-            .contains("agent_events: 750 keys copied to agent_event_keys"),
+            .contains("agent_events: 752 keys copied to agent_event_keys"),
         "{chosen:?}"
     );
     // A resend after the switch back is still found.

@@ -7,13 +7,29 @@
 --   compress can COPY straight into compressed chunks (it refuses a table
 --   with a unique index). Resends are found in narrow key tables,
 --   agent_event_keys and chat_message_keys, COPYed in the same
---   transaction: one (id, "timestamp") pair per row, kept for
---   `key_window` (longer than any row intake accepts, --max-past plus a
---   margin for the spool), then dropped with their chunks.
+--   transaction: one (id, "timestamp") pair per row, unique by id, so the
+--   COPY itself refuses an id stored before with any timestamp (a resend,
+--   or an id reused with another time: docs/reliability.md, "One id, one
+--   row") and no probe is needed before it. A hypertable's unique index
+--   must hold its time column, so the key tables are plain tables, kept
+--   for `key_window` (longer than any row intake accepts, --max-past plus
+--   a margin for the spool) by a job that deletes older keys; a BRIN index
+--   on the time finds them, as keys arrive in about time order. (Key
+--   tables that were hypertables keyed by (id, "timestamp"), as first
+--   built, are rebuilt from the rows of the key window.)
 --
 -- A switch to columnstore fills the key tables from the rows of the key
 -- window and drops the primary keys; a switch back re-creates them (which
 -- fails if a duplicate got in, and then changes nothing).
+
+-- The key tables' retention job: keys older than config.drop_after go.
+CREATE OR REPLACE PROCEDURE agent_telemetry_prune_keys(job_id int, config jsonb)
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('DELETE FROM %I WHERE "timestamp" < now() - %L::interval',
+                   config ->> 'keys', config ->> 'drop_after');
+END $$;
+
 CREATE OR REPLACE FUNCTION agent_telemetry_set_layout(layout text, key_window interval)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -28,31 +44,42 @@ BEGIN
         DECLARE
             keys text := CASE t WHEN 'agent_events' THEN 'agent_event_keys' ELSE 'chat_message_keys' END;
             has_pk boolean := EXISTS (SELECT FROM pg_constraint WHERE conrelid = t::regclass AND contype = 'p');
+            prune  record;
         BEGIN
+            SELECT j.job_id, j.config INTO prune FROM timescaledb_information.jobs j
+            WHERE j.proc_name = 'agent_telemetry_prune_keys' AND j.config ->> 'keys' = keys;
             IF layout = 'columnstore' THEN
+                IF EXISTS (SELECT FROM timescaledb_information.hypertables h WHERE h.hypertable_name = keys) THEN
+                    EXECUTE format('DROP TABLE %I', keys);
+                    done := done || format('%s: rebuilt unique by id; ', keys);
+                END IF;
                 IF to_regclass(keys) IS NULL THEN
-                    EXECUTE format('CREATE TABLE %I (id uuid NOT NULL, "timestamp" timestamptz NOT NULL, PRIMARY KEY (id, "timestamp"))', keys);
-                    PERFORM create_hypertable(keys, by_range('timestamp',
-                        (SELECT d.time_interval FROM timescaledb_information.dimensions d
-                         WHERE d.hypertable_name = t AND d.dimension_number = 1)),
-                        create_default_indexes => false);
+                    EXECUTE format('CREATE TABLE %I (id uuid PRIMARY KEY, "timestamp" timestamptz NOT NULL)', keys);
+                    EXECUTE format('CREATE INDEX %I ON %I USING brin ("timestamp")', keys || '_timestamp', keys);
+                    -- From the rows of the key window; of an id stored with
+                    -- several timestamps, the earliest.
+                    EXECUTE format('INSERT INTO %I (id, "timestamp") SELECT id, "timestamp" FROM %I
+                                    WHERE "timestamp" > now() - %L::interval ORDER BY "timestamp"
+                                    ON CONFLICT DO NOTHING', keys, t, key_window);
+                    GET DIAGNOSTICS n = ROW_COUNT;
+                    done := done || format('%s: %s keys copied to %s; ', t, n, keys);
                 END IF;
                 IF has_pk THEN
-                    EXECUTE format('INSERT INTO %I (id, "timestamp") SELECT id, "timestamp" FROM %I
-                                    WHERE "timestamp" > now() - %L::interval ON CONFLICT DO NOTHING', keys, t, key_window);
-                    GET DIAGNOSTICS n = ROW_COUNT;
                     EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', t, t || '_pkey');
-                    done := done || format('%s: %s keys copied to %s, primary key dropped; ', t, n, keys);
+                    done := done || format('%s: primary key dropped; ', t);
                 END IF;
-                IF (agent_telemetry_job('policy_retention', keys)).job_id IS NULL
-                   OR NOT agent_telemetry_same((agent_telemetry_job('policy_retention', keys)).config,
-                                               jsonb_build_object('drop_after', key_window::text)) THEN
-                    IF (agent_telemetry_job('policy_retention', keys)).job_id IS NOT NULL THEN
-                        PERFORM remove_retention_policy(keys);
+                IF prune.job_id IS NULL
+                   OR NOT agent_telemetry_same(prune.config, jsonb_build_object('drop_after', key_window::text)) THEN
+                    IF prune.job_id IS NOT NULL THEN
+                        PERFORM delete_job(prune.job_id);
                     END IF;
-                    PERFORM add_retention_policy(keys, drop_after => key_window);
+                    PERFORM add_job('agent_telemetry_prune_keys', '1 hour',
+                                    config => jsonb_build_object('keys', keys, 'drop_after', key_window::text));
                 END IF;
             ELSE
+                IF prune.job_id IS NOT NULL THEN
+                    PERFORM delete_job(prune.job_id);
+                END IF;
                 IF NOT has_pk THEN
                     EXECUTE format('ALTER TABLE %I ADD PRIMARY KEY (id, "timestamp")', t);
                     done := done || format('%s: primary key re-created; ', t);

@@ -9,11 +9,15 @@
 //!   COPY fail with unique_violation. The writer then looks the flush's keys
 //!   up in one query (an index probe per row), counts the rows found as
 //!   duplicates, and COPYs the rest — still binary COPY, which is what keeps
-//!   a client's reconnect from slowing everyone's flushes down. Should that
-//!   COPY fail on a duplicate again (a row stored meanwhile by another
-//!   flush, or a row twice in one flush), the rows go through a temporary
-//!   staging table and `INSERT … ON CONFLICT DO NOTHING`, in one
-//!   transaction. Only flushes that contain a resend pay for any of this.
+//!   a client's reconnect from slowing everyone's flushes down. In the row
+//!   store, should that COPY fail on a duplicate again (a row stored
+//!   meanwhile by another flush, or a row twice in one flush), the rows go
+//!   through a temporary staging table and `INSERT … ON CONFLICT DO
+//!   NOTHING`, in one transaction. The columnstore's key tables are unique
+//!   by id: the same look-up also finds ids reused with another timestamp
+//!   (conflicts) and repeats within the flush, and is run again until the
+//!   COPY of the rest goes through. Only flushes that contain a resend pay
+//!   for any of this.
 //! - **Connection trouble** (unreachable, restarting, closed): retried with
 //!   exponential backoff until `--copy-retry-timeout`, then the pieces are
 //!   resolved with a retryable failure — never as stored.
@@ -133,8 +137,19 @@ struct Segment {
 enum Copied {
     /// Every row was new.
     All,
-    /// Per row, in segment order: newly stored (true) or already there.
-    PerRow(Vec<bool>),
+    /// Per row, in segment order.
+    PerRow(Vec<Fate>),
+}
+
+/// What became of one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Stored,
+    /// Its key was stored already (a resend), or came earlier in the flush.
+    Duplicate,
+    /// Its id is stored with another timestamp (this one, in µs): not
+    /// stored (docs/reliability.md, "One id, one row").
+    Conflict(i64),
 }
 
 pub struct CopyWriter {
@@ -314,18 +329,8 @@ impl CopyWriter {
                         Probe::New => {}
                         Probe::Stored => outcomes[seg].duplicates += 1,
                         Probe::Conflict(stored_us) => {
-                            let index = pieces[seg].row_index[r];
-                            let (_, ts) = row_key(table, &pieces[seg].slice(r..r + 1));
                             conflicting += 1;
-                            outcomes[seg].conflicts += 1;
-                            outcomes[seg].rejected.push(Rejection::conflict(
-                            index,
-                            format!(
-                                "a row with this id is stored with timestamp {}; this one has {}: an id names one row, so it was not stored (give a new row a new id)",
-                                rfc3339_us(stored_us),
-                                rfc3339_us(ts)
-                            ),
-                        ));
+                            reject_conflict(table, pieces, outcomes, seg, r, stored_us);
                         }
                     }
                 }
@@ -343,7 +348,7 @@ impl CopyWriter {
         let mut work = if all.is_empty() { vec![] } else { vec![all] };
         while let Some(set) = work.pop() {
             match self.copy_with_retry(table, pieces, &set).await {
-                Ok(copied) => record(&set, copied, pieces, outcomes, tally),
+                Ok(copied) => record(table, &set, copied, pieces, outcomes, tally),
                 Err(e) if e.is_row_error() => {
                     let n: usize = set.iter().map(|s| s.rows.len()).sum();
                     if n == 1 {
@@ -397,6 +402,9 @@ impl CopyWriter {
     /// range widened by the conflict window; the primary key `(id,
     /// timestamp)` answers it per chunk. With the window at 0, no probe:
     /// every row is taken as new, and the COPY's unique check finds resends.
+    /// On the columnstore, no probe either: its key tables are unique by
+    /// id, so the key COPY itself refuses a resend and a reused id alike
+    /// ([`resolve_by_id`]).
     async fn probe(
         &self,
         table: Table,
@@ -404,12 +412,12 @@ impl CopyWriter {
         set: &[Segment],
     ) -> Result<Vec<Probe>, CopyError> {
         let keys = keys_of(table, pieces, set);
-        if self.conflict_window_us == 0 || keys.is_empty() {
+        if self.conflict_window_us == 0 || self.layout == Layout::Columnstore || keys.is_empty() {
             return Ok(vec![Probe::New; keys.len()]);
         }
         let w = self.conflict_window_us;
         let client = self.pool.get().await?;
-        let stored = stored_keys(&client, table, self.layout, &keys, w).await?;
+        let stored = stored_keys(&client, table, &keys, w).await?;
         Ok(probe_keys(&keys, &stored, w))
     }
 
@@ -452,16 +460,20 @@ impl CopyWriter {
         let layout = self.layout;
         match copy_rows(&client, table, layout, pieces, set).await {
             Ok(()) => Ok(Copied::All),
+            Err(e) if e.is_unique_violation() && layout == Layout::Columnstore => {
+                resolve_by_id(&client, table, pieces, set, e).await
+            }
             Err(e) if e.is_unique_violation() => {
-                let stored = already_stored(&client, table, layout, pieces, set).await?;
+                let stored = already_stored(&client, table, pieces, set).await?;
+                let fate = |stored: bool| if stored { Fate::Duplicate } else { Fate::Stored };
                 let fresh = only(set, |i| !stored[i]);
                 if fresh.is_empty() {
-                    return Ok(Copied::PerRow(vec![false; stored.len()]));
+                    return Ok(Copied::PerRow(vec![Fate::Duplicate; stored.len()]));
                 }
                 match copy_rows(&client, table, layout, pieces, &fresh).await {
-                    Ok(()) => Ok(Copied::PerRow(stored.iter().map(|s| !s).collect())),
+                    Ok(()) => Ok(Copied::PerRow(stored.into_iter().map(fate).collect())),
                     Err(e) if e.is_unique_violation() => {
-                        copy_deduplicated(&client, table, layout, pieces, set).await
+                        copy_deduplicated(&client, table, pieces, set).await
                     }
                     Err(e) => Err(e),
                 }
@@ -544,12 +556,11 @@ impl CopyWriter {}
 async fn already_stored(
     client: &Object,
     table: Table,
-    layout: Layout,
     pieces: &[Piece],
     set: &[Segment],
 ) -> Result<Vec<bool>, CopyError> {
     let keys = keys_of(table, pieces, set);
-    let found = stored_keys(client, table, layout, &keys, 0).await?;
+    let found = stored_keys(client, table, &keys, 0).await?;
     // A row twice in one flush (resent while the first send was still
     // buffered) is stored once: later occurrences count as duplicates.
     let mut seen = std::collections::HashSet::with_capacity(keys.len());
@@ -571,23 +582,17 @@ fn keys_of(table: Table, pieces: &[Piece], set: &[Segment]) -> Vec<(Uuid, i64)> 
         .collect()
 }
 
-/// The timestamps stored for each id of `keys`, within their time range
+/// The timestamps stored for each id of `keys` in a row-store table, within their time range
 /// widened by `margin_us`. The time range lets the planner skip other
 /// chunks; `id = ANY` probes the primary key (id, timestamp) once per id
 /// and chunk.
 async fn stored_keys(
     client: &Object,
     table: Table,
-    layout: Layout,
     keys: &[(Uuid, i64)],
     margin_us: i64,
 ) -> Result<HashMap<Uuid, Vec<i64>>, CopyError> {
-    // The key table answers for a columnstore table: the table itself has
-    // no index on id.
-    let keyed = match layout {
-        Layout::Rowstore => table.name(),
-        Layout::Columnstore => table.keys_name(),
-    };
+    let keyed = table.name();
     let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
     let (from, to) = keys
         .iter()
@@ -700,12 +705,11 @@ async fn send_copy(
     Ok(sink.finish().await?)
 }
 
-/// The resend path: COPY into a session-local staging table, then move the
-/// rows that are not there yet, all in one transaction.
+/// The row store's last resort: COPY into a session-local staging table,
+/// then move the rows that are not there yet, all in one transaction.
 async fn copy_deduplicated(
     client: &Object,
     table: Table,
-    layout: Layout,
     pieces: &[Piece],
     set: &[Segment],
 ) -> Result<Copied, CopyError> {
@@ -719,22 +723,10 @@ async fn copy_deduplicated(
             ))
             .await?;
         send_copy(client, &format!("COPY {name}_staging ({cols}) FROM STDIN (FORMAT binary)"), pieces, set).await?;
-        let insert = match layout {
-            Layout::Rowstore => format!(
-                "INSERT INTO {name} ({cols}) SELECT {cols} FROM {name}_staging ORDER BY id, \"timestamp\" ON CONFLICT DO NOTHING \
-                 RETURNING id, \"timestamp\""
-            ),
-            // The key table decides which rows are new; each new key's
-            // first row goes in.
-            Layout::Columnstore => format!(
-                "WITH fresh AS (INSERT INTO {keys} (id, \"timestamp\") SELECT DISTINCT id, \"timestamp\" FROM {name}_staging \
-                 ORDER BY 1, 2 ON CONFLICT DO NOTHING RETURNING id, \"timestamp\") \
-                 INSERT INTO {name} ({cols}) SELECT DISTINCT ON (s.id, s.\"timestamp\") {staged} FROM {name}_staging s \
-                 JOIN fresh USING (id, \"timestamp\") RETURNING id, \"timestamp\"",
-                keys = table.keys_name(),
-                staged = table.columns().split(", ").map(|c| format!("s.{c}")).collect::<Vec<_>>().join(", ")
-            ),
-        };
+        let insert = format!(
+            "INSERT INTO {name} ({cols}) SELECT {cols} FROM {name}_staging ORDER BY id, \"timestamp\" ON CONFLICT DO NOTHING \
+             RETURNING id, \"timestamp\""
+        );
         let inserted = client.query(&insert, &[]).await?;
         Ok::<_, CopyError>(inserted)
     }
@@ -763,17 +755,111 @@ async fn copy_deduplicated(
         let piece = &pieces[seg.piece];
         for r in seg.rows.clone() {
             let key = row_key(table, &piece.slice(r..r + 1));
-            let fresh = match new.get_mut(&key) {
+            let fate = match new.get_mut(&key) {
                 Some(n) if *n > 0 => {
                     *n -= 1;
-                    true
+                    Fate::Stored
                 }
-                _ => false,
+                _ => Fate::Duplicate,
             };
-            flags.push(fresh);
+            flags.push(fate);
         }
     }
     Ok(Copied::PerRow(flags))
+}
+
+/// Row `r` of piece `seg` is not stored: its id is stored with `stored_us`.
+fn reject_conflict(
+    table: Table,
+    pieces: &[Piece],
+    outcomes: &mut [PieceOutcome],
+    seg: usize,
+    r: usize,
+    stored_us: i64,
+) {
+    let index = pieces[seg].row_index[r];
+    let (_, ts) = row_key(table, &pieces[seg].slice(r..r + 1));
+    outcomes[seg].conflicts += 1;
+    outcomes[seg].rejected.push(Rejection::conflict(
+        index,
+        format!(
+            "a row with this id is stored with timestamp {}; this one has {}: an id names one row, so it was not stored (give a new row a new id)",
+            rfc3339_us(stored_us),
+            rfc3339_us(ts)
+        ),
+    ));
+}
+
+/// The columnstore's resend path, after its COPY met a stored id
+/// (`first`): the ids of `set` are looked up in the key table (its
+/// primary key, one probe per id, whatever their time); a row whose key
+/// is stored is a duplicate, one whose id is stored with another
+/// timestamp a conflict, and so is a later row of the flush that repeats
+/// an earlier one's id with another time (with the same time, a
+/// duplicate). The rest are COPYed again, in one transaction as always.
+async fn resolve_by_id(
+    client: &Object,
+    table: Table,
+    pieces: &[Piece],
+    set: &[Segment],
+    first: CopyError,
+) -> Result<Copied, CopyError> {
+    let keys = keys_of(table, pieces, set);
+    let mut fates: Vec<Option<Fate>> = vec![None; keys.len()];
+    let mut last = first;
+    // Another round only when the COPY of the new rows met a key another
+    // flush committed after the look-up: that row is classified next time,
+    // so each round settles at least one row.
+    for _ in 0..=keys.len() {
+        let open: Vec<usize> = (0..keys.len()).filter(|&n| fates[n].is_none()).collect();
+        let ids: Vec<Uuid> = open.iter().map(|&n| keys[n].0).collect();
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT id, \"timestamp\" FROM {} WHERE id = ANY($1)",
+                table.keys_name()
+            ))
+            .await?;
+        let stored: HashMap<Uuid, i64> = client
+            .query(&statement, &[&ids])
+            .await?
+            .iter()
+            .map(|row| (row.get(0), system_time_to_pg_us(row.get(1))))
+            .collect();
+        let mut first_in_flush: HashMap<Uuid, i64> = HashMap::with_capacity(open.len());
+        for &n in &open {
+            let (id, ts) = keys[n];
+            fates[n] = match stored.get(&id) {
+                Some(&s) if s == ts => Some(Fate::Duplicate),
+                Some(&s) => Some(Fate::Conflict(s)),
+                None => match first_in_flush.get(&id) {
+                    Some(&f) if f == ts => Some(Fate::Duplicate),
+                    Some(&f) => Some(Fate::Conflict(f)),
+                    None => {
+                        first_in_flush.insert(id, ts);
+                        None
+                    }
+                },
+            };
+        }
+        let fresh = only(set, |n| fates[n].is_none());
+        if fresh.is_empty() {
+            break;
+        }
+        match copy_rows(client, table, Layout::Columnstore, pieces, &fresh).await {
+            Ok(()) => {
+                for f in fates.iter_mut().filter(|f| f.is_none()) {
+                    *f = Some(Fate::Stored);
+                }
+                break;
+            }
+            Err(e) if e.is_unique_violation() => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    if fates.iter().any(Option::is_none) {
+        return Err(last);
+    }
+    Ok(Copied::PerRow(fates.into_iter().flatten().collect()))
 }
 
 /// (id, timestamp in µs since 2000-01-01) of one encoded row: the table's key.
@@ -787,6 +873,7 @@ fn row_key(table: Table, row: &[u8]) -> (Uuid, i64) {
 }
 
 fn record(
+    table: Table,
     set: &[Segment],
     copied: Copied,
     pieces: &[Piece],
@@ -809,16 +896,23 @@ fn record(
                 }
             }
         }
-        Copied::PerRow(flags) => {
-            let mut flags = flags.into_iter();
+        Copied::PerRow(fates) => {
+            let mut fates = fates.into_iter();
+            let mut conflicting = 0;
             for seg in set {
                 for r in seg.rows.clone() {
-                    if flags.next().unwrap_or(false) {
-                        stored(&mut outcomes[seg.piece], seg, r);
-                    } else {
-                        outcomes[seg.piece].duplicates += 1;
+                    match fates.next().unwrap_or(Fate::Duplicate) {
+                        Fate::Stored => stored(&mut outcomes[seg.piece], seg, r),
+                        Fate::Duplicate => outcomes[seg.piece].duplicates += 1,
+                        Fate::Conflict(stored_us) => {
+                            conflicting += 1;
+                            reject_conflict(table, pieces, outcomes, seg.piece, r, stored_us);
+                        }
                     }
                 }
+            }
+            if conflicting > 0 {
+                metrics::rows_conflicting(table, conflicting);
             }
         }
     }
