@@ -200,7 +200,12 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
         )
         .await,
         [
-            "agent_events project_id,agent_id,event_type / \"timestamp\" DESC,id",
+            // By project alone for direct compress's per-flush batches.
+            if tsdb.native {
+                "agent_events project_id / \"timestamp\" DESC,id"
+            } else {
+                "agent_events project_id,agent_id,event_type / \"timestamp\" DESC,id"
+            },
             "chat_messages project_id,agent_type / \"timestamp\" DESC,id"
         ]
     );
