@@ -232,8 +232,16 @@ async fn a_resent_batch_stores_nothing_twice() {
     let mut mixed: Vec<pb::AgentEvent> = first[..50].to_vec();
     mixed.extend((0..50).map(|_| common::event("acme/widgets", 30)));
     mixed.push(mixed[60].clone());
-    let ack = common::ingest(&mut client, 2, mixed).await;
+    let ack = common::ingest(&mut client, 2, mixed.clone()).await;
     assert_eq!((ack.stored, ack.duplicates), (50, 51), "{ack:?}");
+    // The same to a new process, which has no memory of the keys it did
+    // not store: the database's unique key finds them.
+    drop(client);
+    svc.running.shutdown().await.unwrap();
+    let svc = common::start_service(common::serve_config(&conn)).await;
+    let mut client = common::client(&svc.endpoint).await;
+    let ack = common::ingest(&mut client, 3, mixed).await;
+    assert_eq!((ack.stored, ack.duplicates), (0, 101), "{ack:?}");
     let db = common::db(&conn).await;
     assert_eq!(
         common::count(&db, "SELECT count(*) FROM agent_events").await,

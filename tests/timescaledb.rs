@@ -1184,6 +1184,16 @@ async fn the_columnstore_copies_into_compressed_chunks_and_finds_resends_in_its_
         common::count(&db, "SELECT count(*) FROM agent_event_keys").await,
         752
     );
+    drop(db);
+    // A resend to a new process, which has no memory of the keys: the key
+    // COPY refuses them and the key table's look-up finds them.
+    let svc = common::start_service(cfg.clone()).await;
+    let mut client = common::client(&svc.endpoint).await;
+    let ack = common::ingest(&mut client, 5, batch.clone()).await;
+    assert_eq!((ack.stored, ack.duplicates), (0, 500), "{ack:?}");
+    drop(client);
+    svc.running.shutdown().await.unwrap();
+    let db = common::db(&tsdb.conn).await;
     // Native 2.28: every flush went to the columnstore. PGlite's 2.23
     // falls back to the row store (continuous aggregates), and says so.
     let in_heap = heap_rows(&db, "agent_events").await;

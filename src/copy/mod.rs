@@ -4,9 +4,12 @@
 //! format out (one buffer per batch, no per-row allocation); intake calls it
 //! (stage 2) and hands the bytes on as a [`Piece`]. [`writer`] does the IO:
 //! one `COPY … FROM STDIN (FORMAT binary)` per flush, committed before any
-//! piece of it is resolved.
+//! piece of it is resolved; [`recent`] remembers the keys it committed
+//! lately and is copying now, so that a client's resend costs no failed
+//! COPY.
 
 pub mod encode;
+mod recent;
 pub mod writer;
 
 use std::ops::Range;

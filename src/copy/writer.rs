@@ -43,7 +43,10 @@ use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::encode::{HEADER, TRAILER};
+use super::{
+    encode::{HEADER, TRAILER},
+    recent::{COMMITTED_KEYS, RecentKeys, Seen},
+};
 use crate::{
     ack::{Failure, PieceOutcome, Rejection},
     codes::ErrorKind,
@@ -163,6 +166,8 @@ pub struct CopyWriter {
     give_up: CancellationToken,
     /// The `project` label of the per-project figures.
     labels: ProjectLabels,
+    /// Per table: keys committed lately and being copied now (recent.rs).
+    recent: [RecentKeys; 2],
 }
 
 /// Rows newly stored and their cost, per project id, in one flush.
@@ -249,6 +254,17 @@ impl CopyWriter {
                 max: max_project_labels,
                 names: Mutex::default(),
             },
+            recent: [
+                RecentKeys::new(COMMITTED_KEYS),
+                RecentKeys::new(COMMITTED_KEYS),
+            ],
+        }
+    }
+
+    fn recent(&self, table: Table) -> &RecentKeys {
+        match table {
+            Table::AgentEvents => &self.recent[0],
+            Table::ChatMessages => &self.recent[1],
         }
     }
 
@@ -314,6 +330,35 @@ impl CopyWriter {
                 rows: 0..p.rows(),
             })
             .collect();
+        // Rows this process committed lately are duplicates; rows another
+        // flush is copying now wait for it (recent.rs). The claim holds
+        // this flush's keys until it is done.
+        let keys = keys_of(table, pieces, &all);
+        let recent = self.recent(table);
+        let (seen, _claim) = recent.claim(&keys);
+        let waiting: Vec<usize> = (0..keys.len())
+            .filter(|&n| seen[n] == Seen::InFlight)
+            .collect();
+        let mut duplicate: Vec<bool> = seen.iter().map(|s| *s == Seen::Committed).collect();
+        if !waiting.is_empty() {
+            let waited: Vec<_> = waiting.iter().map(|&n| keys[n]).collect();
+            for (&n, committed) in waiting.iter().zip(recent.settle(&waited).await) {
+                duplicate[n] = committed;
+            }
+        }
+        let all = if duplicate.contains(&true) {
+            let rows = all
+                .iter()
+                .flat_map(|s| s.rows.clone().map(move |_| s.piece));
+            for (seg, &dup) in rows.zip(&duplicate) {
+                if dup {
+                    outcomes[seg].duplicates += 1;
+                }
+            }
+            only(&all, |n| !duplicate[n])
+        } else {
+            all
+        };
         // One probe of the flush's keys: rows already stored (a resend) are
         // counted as duplicates and not copied, which spares the resend path
         // a failed COPY; rows whose id is stored with another timestamp are
@@ -348,7 +393,20 @@ impl CopyWriter {
         let mut work = if all.is_empty() { vec![] } else { vec![all] };
         while let Some(set) = work.pop() {
             match self.copy_with_retry(table, pieces, &set).await {
-                Ok(copied) => record(table, &set, copied, pieces, outcomes, tally),
+                Ok(copied) => {
+                    let stored = keys_of(table, pieces, &set);
+                    match &copied {
+                        Copied::All => recent.committed(stored),
+                        Copied::PerRow(fates) => recent.committed(
+                            stored
+                                .into_iter()
+                                .zip(fates)
+                                .filter(|(_, f)| matches!(f, Fate::Stored | Fate::Duplicate))
+                                .map(|(k, _)| k),
+                        ),
+                    }
+                    record(table, &set, copied, pieces, outcomes, tally)
+                }
                 Err(e) if e.is_row_error() => {
                     let n: usize = set.iter().map(|s| s.rows.len()).sum();
                     if n == 1 {
@@ -465,7 +523,13 @@ impl CopyWriter {
             }
             Err(e) if e.is_unique_violation() => {
                 let stored = already_stored(&client, table, pieces, set).await?;
-                let fate = |stored: bool| if stored { Fate::Duplicate } else { Fate::Stored };
+                let fate = |stored: bool| {
+                    if stored {
+                        Fate::Duplicate
+                    } else {
+                        Fate::Stored
+                    }
+                };
                 let fresh = only(set, |i| !stored[i]);
                 if fresh.is_empty() {
                     return Ok(Copied::PerRow(vec![Fate::Duplicate; stored.len()]));
