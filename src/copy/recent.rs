@@ -23,10 +23,11 @@ use uuid::Uuid;
 /// (id, timestamp in µs): a row's key.
 pub type Key = (Uuid, i64);
 
-/// How many committed keys are kept (about 5 MiB): more than a client's
-/// window of unacknowledged batches at the defaults (16 batches of 1,000
-/// rows on each of a few streams), which is what a reconnect resends.
-pub const COMMITTED_KEYS: usize = 100_000;
+/// How many committed keys are kept per table (about 2 MiB): twice a
+/// client stream's window of unacknowledged batches at the defaults (16
+/// batches of 1,000 rows), which is what a reconnect resends. 100,000
+/// cost 8 MiB of peak RSS under overload (BENCHMARKS.md), over its bound.
+pub const COMMITTED_KEYS: usize = 32_768;
 
 pub struct RecentKeys {
     inner: Mutex<Inner>,
