@@ -45,7 +45,7 @@ use uuid::Uuid;
 
 use super::{
     encode::{HEADER, TRAILER},
-    recent::{COMMITTED_KEYS, RecentKeys, Seen},
+    recent::{COMMITTED_KEYS, Claim, RecentKeys, Seen},
 };
 use crate::{
     ack::{Failure, PieceOutcome, Rejection},
@@ -330,35 +330,8 @@ impl CopyWriter {
                 rows: 0..p.rows(),
             })
             .collect();
-        // Rows this process committed lately are duplicates; rows another
-        // flush is copying now wait for it (recent.rs). The claim holds
-        // this flush's keys until it is done.
-        let keys = keys_of(table, pieces, &all);
-        let recent = self.recent(table);
-        let (seen, _claim) = recent.claim(&keys);
-        let waiting: Vec<usize> = (0..keys.len())
-            .filter(|&n| seen[n] == Seen::InFlight)
-            .collect();
-        let mut duplicate: Vec<bool> = seen.iter().map(|s| *s == Seen::Committed).collect();
-        if !waiting.is_empty() {
-            let waited: Vec<_> = waiting.iter().map(|&n| keys[n]).collect();
-            for (&n, committed) in waiting.iter().zip(recent.settle(&waited).await) {
-                duplicate[n] = committed;
-            }
-        }
-        let all = if duplicate.contains(&true) {
-            let rows = all
-                .iter()
-                .flat_map(|s| s.rows.clone().map(move |_| s.piece));
-            for (seg, &dup) in rows.zip(&duplicate) {
-                if dup {
-                    outcomes[seg].duplicates += 1;
-                }
-            }
-            only(&all, |n| !duplicate[n])
-        } else {
-            all
-        };
+        // The claim holds this flush's keys until it is done.
+        let (all, _claim) = self.skip_recent(table, pieces, all, outcomes).await;
         // One probe of the flush's keys: rows already stored (a resend) are
         // counted as duplicates and not copied, which spares the resend path
         // a failed COPY; rows whose id is stored with another timestamp are
@@ -394,17 +367,7 @@ impl CopyWriter {
         while let Some(set) = work.pop() {
             match self.copy_with_retry(table, pieces, &set).await {
                 Ok(copied) => {
-                    let stored = keys_of(table, pieces, &set);
-                    match &copied {
-                        Copied::All => recent.committed(stored),
-                        Copied::PerRow(fates) => recent.committed(
-                            stored
-                                .into_iter()
-                                .zip(fates)
-                                .filter(|(_, f)| matches!(f, Fate::Stored | Fate::Duplicate))
-                                .map(|(k, _)| k),
-                        ),
-                    }
+                    self.remember(table, pieces, &set, &copied);
                     record(table, &set, copied, pieces, outcomes, tally)
                 }
                 Err(e) if e.is_row_error() => {
@@ -452,6 +415,59 @@ impl CopyWriter {
                     }
                 }
             }
+        }
+    }
+
+    /// `all` without the rows whose keys this process committed lately
+    /// (counted as duplicates), after waiting for the flushes that are
+    /// copying some of its keys now (recent.rs); and this flush's claim on
+    /// the rest, to hold until it is done.
+    async fn skip_recent<'a>(
+        &'a self,
+        table: Table,
+        pieces: &[Piece],
+        all: Vec<Segment>,
+        outcomes: &mut [PieceOutcome],
+    ) -> (Vec<Segment>, Claim<'a>) {
+        let keys = keys_of(table, pieces, &all);
+        let recent = self.recent(table);
+        let (seen, claim) = recent.claim(&keys);
+        let mut duplicate: Vec<bool> = seen.iter().map(|s| *s == Seen::Committed).collect();
+        let waiting: Vec<usize> = (0..keys.len())
+            .filter(|&n| seen[n] == Seen::InFlight)
+            .collect();
+        if !waiting.is_empty() {
+            let waited: Vec<_> = waiting.iter().map(|&n| keys[n]).collect();
+            for (&n, committed) in waiting.iter().zip(recent.settle(&waited).await) {
+                duplicate[n] = committed;
+            }
+        }
+        if !duplicate.contains(&true) {
+            return (all, claim);
+        }
+        let pieces_of_rows = all
+            .iter()
+            .flat_map(|s| s.rows.clone().map(move |_| s.piece));
+        for (piece, &dup) in pieces_of_rows.zip(&duplicate) {
+            if dup {
+                outcomes[piece].duplicates += 1;
+            }
+        }
+        (only(&all, |n| !duplicate[n]), claim)
+    }
+
+    /// The keys of the rows of `set` that are stored now, as `copied` says.
+    fn remember(&self, table: Table, pieces: &[Piece], set: &[Segment], copied: &Copied) {
+        let keys = keys_of(table, pieces, set);
+        let recent = self.recent(table);
+        match copied {
+            Copied::All => recent.committed(keys),
+            Copied::PerRow(fates) => recent.committed(
+                keys.into_iter()
+                    .zip(fates)
+                    .filter(|(_, f)| matches!(f, Fate::Stored | Fate::Duplicate))
+                    .map(|(k, _)| k),
+            ),
         }
     }
 
