@@ -165,6 +165,9 @@ mod tests {
             row_ends: (1..=rows as u32).map(|r| r * 10).collect(),
             row_index: (0..rows as u32).collect(),
             row_tally: vec![(1, 0); rows],
+            row_keys: (0..rows as u128)
+                .map(|r| (uuid::Uuid::from_u128(r), 0))
+                .collect(),
             late_hours: Vec::new(),
             enqueued: Instant::now(),
             done: oneshot::channel().0,

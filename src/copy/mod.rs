@@ -34,6 +34,9 @@ pub struct Piece {
     /// Each row's project and cost (nano-USD), counted per project once
     /// the row is newly stored (`agent_telemetry_project_*`).
     pub row_tally: Vec<(i32, i64)>,
+    /// Each row's key (id, timestamp in µs since 2000-01-01), as intake
+    /// checked it: what the writer dedupes by, without parsing the bytes.
+    pub row_keys: Vec<(uuid::Uuid, i64)>,
     /// Hours holding late rows of this piece, sorted (see
     /// [`crate::maintain::refresh`]); usually empty.
     pub late_hours: Vec<i64>,

@@ -348,7 +348,7 @@ impl CopyWriter {
                         Probe::Stored => outcomes[seg].duplicates += 1,
                         Probe::Conflict(stored_us) => {
                             conflicting += 1;
-                            reject_conflict(table, pieces, outcomes, seg, r, stored_us);
+                            reject_conflict(pieces, outcomes, seg, r, stored_us);
                         }
                     }
                 }
@@ -429,7 +429,7 @@ impl CopyWriter {
         all: Vec<Segment>,
         outcomes: &mut [PieceOutcome],
     ) -> (Vec<Segment>, Claim<'a>) {
-        let keys = keys_of(table, pieces, &all);
+        let keys = keys_of(pieces, &all);
         let recent = self.recent(table);
         let (seen, claim) = recent.claim(&keys);
         let mut duplicate: Vec<bool> = seen.iter().map(|s| *s == Seen::Committed).collect();
@@ -458,7 +458,7 @@ impl CopyWriter {
 
     /// The keys of the rows of `set` that are stored now, as `copied` says.
     fn remember(&self, table: Table, pieces: &[Piece], set: &[Segment], copied: &Copied) {
-        let keys = keys_of(table, pieces, set);
+        let keys = keys_of(pieces, set);
         let recent = self.recent(table);
         match copied {
             Copied::All => recent.committed(keys),
@@ -485,7 +485,7 @@ impl CopyWriter {
         pieces: &[Piece],
         set: &[Segment],
     ) -> Result<Vec<Probe>, CopyError> {
-        let keys = keys_of(table, pieces, set);
+        let keys = keys_of(pieces, set);
         if self.conflict_window_us == 0 || self.layout == Layout::Columnstore || keys.is_empty() {
             return Ok(vec![Probe::New; keys.len()]);
         }
@@ -588,7 +588,7 @@ async fn copy_rows(
         .batch_execute("BEGIN; SET LOCAL timescaledb.enable_direct_compress_copy = on")
         .await?;
     let result = async {
-        send_key_copy(client, table, &keys_of(table, pieces, set)).await?;
+        send_key_copy(client, table, &keys_of(pieces, set)).await?;
         send_copy(client, &copy, pieces, set).await?;
         client.batch_execute("COMMIT").await?;
         Ok(())
@@ -639,7 +639,7 @@ async fn already_stored(
     pieces: &[Piece],
     set: &[Segment],
 ) -> Result<Vec<bool>, CopyError> {
-    let keys = keys_of(table, pieces, set);
+    let keys = keys_of(pieces, set);
     let found = stored_keys(client, table, &keys, 0).await?;
     // A row twice in one flush (resent while the first send was still
     // buffered) is stored once: later occurrences count as duplicates.
@@ -651,14 +651,9 @@ async fn already_stored(
 }
 
 /// The keys of the rows of `set`, in order.
-fn keys_of(table: Table, pieces: &[Piece], set: &[Segment]) -> Vec<(Uuid, i64)> {
+fn keys_of(pieces: &[Piece], set: &[Segment]) -> Vec<(Uuid, i64)> {
     set.iter()
-        .flat_map(|seg| {
-            let piece = &pieces[seg.piece];
-            seg.rows
-                .clone()
-                .map(move |r| row_key(table, &piece.slice(r..r + 1)))
-        })
+        .flat_map(|seg| pieces[seg.piece].row_keys[seg.rows.clone()].iter().copied())
         .collect()
 }
 
@@ -834,7 +829,7 @@ async fn copy_deduplicated(
     for seg in set {
         let piece = &pieces[seg.piece];
         for r in seg.rows.clone() {
-            let key = row_key(table, &piece.slice(r..r + 1));
+            let key = piece.row_keys[r];
             let fate = match new.get_mut(&key) {
                 Some(n) if *n > 0 => {
                     *n -= 1;
@@ -850,7 +845,6 @@ async fn copy_deduplicated(
 
 /// Row `r` of piece `seg` is not stored: its id is stored with `stored_us`.
 fn reject_conflict(
-    table: Table,
     pieces: &[Piece],
     outcomes: &mut [PieceOutcome],
     seg: usize,
@@ -858,7 +852,7 @@ fn reject_conflict(
     stored_us: i64,
 ) {
     let index = pieces[seg].row_index[r];
-    let (_, ts) = row_key(table, &pieces[seg].slice(r..r + 1));
+    let (_, ts) = pieces[seg].row_keys[r];
     outcomes[seg].conflicts += 1;
     outcomes[seg].rejected.push(Rejection::conflict(
         index,
@@ -884,7 +878,7 @@ async fn resolve_by_id(
     set: &[Segment],
     first: CopyError,
 ) -> Result<Copied, CopyError> {
-    let keys = keys_of(table, pieces, set);
+    let keys = keys_of(pieces, set);
     let mut fates: Vec<Option<Fate>> = vec![None; keys.len()];
     let mut last = first;
     // Another round only when the COPY of the new rows met a key another
@@ -942,16 +936,6 @@ async fn resolve_by_id(
     Ok(Copied::PerRow(fates.into_iter().flatten().collect()))
 }
 
-/// (id, timestamp in µs since 2000-01-01) of one encoded row: the table's key.
-fn row_key(table: Table, row: &[u8]) -> (Uuid, i64) {
-    let (id_field, ts_field) = table.key_fields();
-    let fields = super::encode::row_fields(row);
-    let value = |i: usize| fields[i].expect("key fields are never NULL");
-    let id = Uuid::from_slice(value(id_field)).expect("uuid field");
-    let ts = i64::from_be_bytes(value(ts_field).try_into().expect("timestamptz field"));
-    (id, ts)
-}
-
 fn record(
     table: Table,
     set: &[Segment],
@@ -986,7 +970,7 @@ fn record(
                         Fate::Duplicate => outcomes[seg.piece].duplicates += 1,
                         Fate::Conflict(stored_us) => {
                             conflicting += 1;
-                            reject_conflict(table, pieces, outcomes, seg.piece, r, stored_us);
+                            reject_conflict(pieces, outcomes, seg.piece, r, stored_us);
                         }
                     }
                 }

@@ -462,9 +462,12 @@ impl Intake {
         let mut piece = PieceBuilder::new(raw, checked.len(), self.late_before());
         for row in &checked {
             match R::resolve(self, row, &found, scope) {
-                Ok(dim) => piece.row(R::index(row), R::ts_us(row), R::tally(row, &dim), |buf| {
-                    R::encode_row(buf, row, &dim)
-                }),
+                Ok(dim) => piece.row(
+                    R::index(row),
+                    (R::id(row), R::ts_us(row)),
+                    R::tally(row, &dim),
+                    |buf| R::encode_row(buf, row, &dim),
+                ),
                 Err(why) => rejected.push(why),
             }
         }

@@ -9,6 +9,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, oneshot},
     time::{Duration, Instant},
 };
+use uuid::Uuid;
 
 use crate::{
     ack::PieceOutcome,
@@ -23,6 +24,7 @@ pub(super) struct PieceBuilder {
     row_ends: Vec<u32>,
     row_index: Vec<u32>,
     row_tally: Vec<(i32, i64)>,
+    row_keys: Vec<(Uuid, i64)>,
     /// Rows older than this are late; their hours are collected.
     late_before_us: Option<i64>,
     late_hours: BTreeSet<i64>,
@@ -37,6 +39,7 @@ impl PieceBuilder {
             row_ends: Vec::with_capacity(rows),
             row_index: Vec::with_capacity(rows),
             row_tally: Vec::with_capacity(rows),
+            row_keys: Vec::with_capacity(rows),
             late_before_us,
             late_hours: BTreeSet::new(),
         }
@@ -49,10 +52,11 @@ impl PieceBuilder {
     pub(super) fn row(
         &mut self,
         index: u32,
-        ts_us: i64,
+        key: (Uuid, i64),
         tally: (i32, i64),
         encode: impl FnOnce(&mut BytesMut),
     ) {
+        let (_, ts_us) = key;
         if self.late_before_us.is_some_and(|before| ts_us < before) {
             self.late_hours.insert(refresh::hour_of(ts_us));
         }
@@ -60,6 +64,7 @@ impl PieceBuilder {
         self.row_ends.push(self.data.len() as u32);
         self.row_index.push(index);
         self.row_tally.push(tally);
+        self.row_keys.push(key);
     }
 
     /// The piece, holding exactly its encoded bytes, in memory and in the
@@ -92,6 +97,7 @@ impl PieceBuilder {
             row_ends: self.row_ends,
             row_index: self.row_index,
             row_tally: self.row_tally,
+            row_keys: self.row_keys,
             late_hours: self.late_hours.into_iter().collect(),
             enqueued: Instant::now(),
             done,

@@ -128,6 +128,8 @@ pub trait Record: Message + Default + Sized + Send + Sync + 'static {
 
     fn ts_us(row: &Self::Row<'_>) -> i64;
 
+    fn id(row: &Self::Row<'_>) -> Uuid;
+
     /// What the rows need looked up in the database before they can be
     /// encoded (`batch_sessions`: the chat sessions of the batch that were
     /// accepted, which need no look-up).
@@ -204,6 +206,10 @@ impl Record for pb::AgentEvent {
 
     fn ts_us(row: &EventRow<'_>) -> i64 {
         row.ts_us
+    }
+
+    fn id(row: &EventRow<'_>) -> Uuid {
+        row.id
     }
 
     fn lookup<'a>(_: &Intake, rows: &[Self::Row<'a>], _: &[Uuid]) -> Lookup<'a> {
@@ -314,6 +320,10 @@ impl Record for pb::ChatMessage {
 
     fn ts_us(row: &MessageRow<'_>) -> i64 {
         row.ts_us
+    }
+
+    fn id(row: &MessageRow<'_>) -> Uuid {
+        row.id
     }
 
     fn lookup<'a>(intake: &Intake, rows: &[Self::Row<'a>], batch_sessions: &[Uuid]) -> Lookup<'a> {

@@ -665,16 +665,9 @@ mod tests {
 
     #[test]
     fn a_genai_span_prices_cache_writes_apart() {
-        use crate::otlp::price::Price;
-        let prices = PriceTable::from_models(std::collections::BTreeMap::from([(
-            "claude-sonnet-4-5".to_owned(),
-            Price {
-                input: 3.0,
-                output: 15.0,
-                cached_input: Some(0.3),
-                cache_write_input: Some(3.75),
-            },
-        )]));
+        let prices = PriceTable::from_models(std::collections::BTreeMap::from([
+            crate::otlp::price::sonnet_4_5(),
+        ]));
         let resource = [s("service.name", "some-genai-app")];
         let m = span(
             &ctx(&resource, &prices),

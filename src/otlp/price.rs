@@ -150,6 +150,21 @@ pub struct Tokens {
     pub written: i64,
 }
 
+/// Claude Sonnet 4.5's prices, cache reads and writes apart: a fixture of
+/// the tests here and in `map`.
+#[cfg(test)]
+pub(crate) fn sonnet_4_5() -> (String, Price) {
+    (
+        "claude-sonnet-4-5".to_owned(),
+        Price {
+            input: 3.0,
+            output: 15.0,
+            cached_input: Some(0.3),
+            cache_write_input: Some(3.75),
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,15 +189,7 @@ mod tests {
                     cache_write_input: None,
                 },
             ),
-            (
-                "claude-sonnet-4-5".to_owned(),
-                Price {
-                    input: 3.0,
-                    output: 15.0,
-                    cached_input: Some(0.3),
-                    cache_write_input: Some(3.75),
-                },
-            ),
+            sonnet_4_5(),
         ]))
     }
 
