@@ -987,11 +987,27 @@ const CLAUDE_ORG: &str = "9d2f6a3c-1111-4c2e-8a4b-5e6f7a8b9c0d";
 /// Claude Code's and Gemini CLI's fixtures over OTLP/gRPC, now; Gemini's
 /// rows in `gemini_project`.
 async fn claude_and_gemini(svc: &common::TestService, gemini_project: &str) {
+    claude_and_gemini_at(svc, gemini_project, now_ms()).await
+}
+
+async fn claude_and_gemini_at(svc: &common::TestService, gemini_project: &str, now: u64) {
     let ep = endpoints(svc);
-    let now = now_ms();
     send("claude", "grpc", &ep.grpc, now, &[]).await;
     let header = format!("x-project={gemini_project}");
     send("gemini", "grpc", &ep.grpc, now, &["--header", &header]).await;
+}
+
+/// No row stored twice: on the columnstore nothing but the key tables
+/// stands in the way of a second copy.
+async fn each_id_once(db: &Client, at: &str) {
+    for table in ["agent_events", "chat_messages"] {
+        let twice = common::count(
+            db,
+            &format!("SELECT count(*) - count(DISTINCT id) FROM {table}"),
+        )
+        .await;
+        assert_eq!(twice, 0, "{at}: rows of {table} stored twice");
+    }
 }
 
 /// What an editor extension sends for three developers in two
@@ -1059,7 +1075,10 @@ async fn developer_and_team_figures_are_exact_over_native_and_otlp(tsdb: TsDb) {
     with_otlp(&mut cfg);
     cfg.storage.late_refresh_every = Duration::from_millis(200);
     let svc = common::start_service(cfg.clone()).await;
-    claude_and_gemini(&svc, "globex/shop").await;
+    let now = now_ms();
+    claude_and_gemini_at(&svc, "globex/shop", now).await;
+    // The exporters retry the same records (after a lost response, say).
+    claude_and_gemini_at(&svc, "globex/shop", now).await;
     let mut client = common::client(&svc.endpoint).await;
     let ack = common::ingest(&mut client, 1, native_work(120)).await;
     assert!(ack.rejected.is_empty(), "{ack:?}");
@@ -1068,6 +1087,7 @@ async fn developer_and_team_figures_are_exact_over_native_and_otlp(tsdb: TsDb) {
     svc.running.shutdown().await.unwrap();
     {
         let db = common::db(&tsdb.conn).await;
+        each_id_once(&db, "after the exporters' retries").await;
         assert_aggregates_exact(&db).await;
         materialise_all(&db).await;
         set_materialized_only(&db, true).await;

@@ -10,7 +10,7 @@ pub mod grafana;
 use std::{os::unix::fs::PermissionsExt, time::Duration};
 
 use agent_telemetry::{
-    config::{OptionalAddr, ServeConfig},
+    config::{OptionalAddr, ServeConfig, StorageLayout},
     db::embedded::{Cluster, ClusterOptions},
     pb::{self, telemetry_ingest_client::TelemetryIngestClient},
     server::{self, Running},
@@ -352,6 +352,9 @@ impl Drop for PgliteServer {
 pub struct TsDb {
     pub conn: String,
     pub native: bool,
+    /// The storage layout its services run (default: what `auto` chooses,
+    /// the row store on PGlite's 2.23 and the columnstore on native 2.28).
+    pub layout: StorageLayout,
     _pglite: Option<PgliteServer>,
     _cluster: Option<TestCluster>,
 }
@@ -369,6 +372,7 @@ impl TsDb {
         Self {
             conn: server.conn.clone(),
             native: false,
+            layout: StorageLayout::Auto,
             _pglite: Some(server),
             _cluster: None,
         }
@@ -388,6 +392,7 @@ impl TsDb {
         Some(Self {
             conn,
             native: true,
+            layout: StorageLayout::Auto,
             _pglite: None,
             _cluster: Some(pg),
         })
@@ -398,9 +403,16 @@ impl TsDb {
         self._cluster.as_ref()
     }
 
+    /// The same database, its services in `layout`.
+    pub fn in_layout(mut self, layout: StorageLayout) -> Self {
+        self.layout = layout;
+        self
+    }
+
     /// Service settings for this database: PGlite takes one connection.
     pub fn serve_config(&self) -> ServeConfig {
         let mut cfg = serve_config(&self.conn);
+        cfg.storage.storage_layout = self.layout;
         if !self.native {
             cfg.database.pool_size = 1;
             cfg.pipeline.copy_concurrency = 1;
