@@ -13,10 +13,11 @@
 //! registered after that), so two flushes never wait for each other.
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{VecDeque, hash_map::Entry},
     sync::Mutex,
 };
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -35,11 +36,19 @@ pub struct RecentKeys {
     released: Notify,
 }
 
+/// Every row of every flush passes through these sets four or five times,
+/// so they hash with foldhash rather than SipHash: SipHash's share of the
+/// service's CPU was about 10 % at 100,000 rows/s (BENCHMARKS.md). Its
+/// per-process random seed is what stands against a client choosing ids
+/// that collide; the ids are the client's own rows' either way.
 struct Inner {
     committed: HashSet<Key>,
     /// In the order committed: the oldest are forgotten first.
     order: VecDeque<Key>,
-    in_flight: HashSet<Key>,
+    /// Each key being copied, with the flush that claimed it.
+    in_flight: HashMap<Key, u64>,
+    /// The number of the next claim.
+    next_claim: u64,
     capacity: usize,
 }
 
@@ -78,7 +87,8 @@ impl RecentKeys {
             inner: Mutex::new(Inner {
                 committed: HashSet::with_capacity(capacity.min(1 << 16)),
                 order: VecDeque::new(),
-                in_flight: HashSet::new(),
+                in_flight: HashMap::new(),
+                next_claim: 0,
                 capacity,
             }),
             released: Notify::new(),
@@ -89,29 +99,35 @@ impl RecentKeys {
     /// in `keys` is new once; the repeat is left to the copy stage, which
     /// counts it as a duplicate.
     pub fn claim(&self, keys: &[Key]) -> (Vec<Seen>, Claim<'_>) {
-        let mut inner = self.inner.lock().expect("recent keys lock");
-        let mut claimed: HashSet<Key> = HashSet::new();
+        let mut guard = self.inner.lock().expect("recent keys lock");
+        let inner = &mut *guard;
+        let me = inner.next_claim;
+        inner.next_claim += 1;
+        let mut claimed = Vec::with_capacity(keys.len());
         let seen = keys
             .iter()
             .map(|k| {
                 if inner.committed.contains(k) {
-                    Seen::Committed
-                } else if inner.in_flight.insert(*k) {
-                    claimed.insert(*k);
-                    Seen::New
-                } else if claimed.contains(k) {
-                    Seen::New
-                } else {
-                    Seen::InFlight
+                    return Seen::Committed;
+                }
+                match inner.in_flight.entry(*k) {
+                    Entry::Vacant(v) => {
+                        v.insert(me);
+                        claimed.push(*k);
+                        Seen::New
+                    }
+                    // A repeat within this flush.
+                    Entry::Occupied(o) if *o.get() == me => Seen::New,
+                    Entry::Occupied(_) => Seen::InFlight,
                 }
             })
             .collect();
-        drop(inner);
+        drop(guard);
         (
             seen,
             Claim {
                 recent: self,
-                keys: claimed.into_iter().collect(),
+                keys: claimed,
             },
         )
     }
@@ -126,7 +142,7 @@ impl RecentKeys {
             released.as_mut().enable();
             {
                 let inner = self.inner.lock().expect("recent keys lock");
-                if !waiting.iter().any(|k| inner.in_flight.contains(k)) {
+                if !waiting.iter().any(|k| inner.in_flight.contains_key(k)) {
                     return waiting
                         .iter()
                         .map(|k| inner.committed.contains(k))

@@ -170,8 +170,9 @@ pub struct CopyWriter {
     recent: [RecentKeys; 2],
 }
 
-/// Rows newly stored and their cost, per project id, in one flush.
-type Tally = HashMap<i32, (u64, i64)>;
+/// Rows newly stored and their cost, per project id, in one flush: one
+/// look-up per stored row, hence foldhash (the keys are our own ids).
+type Tally = foldhash::HashMap<i32, (u64, i64)>;
 
 /// Project id → the `project` label of `agent_telemetry_project_*`: its
 /// `full_name`, for the first `max` projects this process stores rows of,
@@ -274,7 +275,7 @@ impl CopyWriter {
         let started = Instant::now();
         let rows: usize = pieces.iter().map(Piece::rows).sum();
         let mut outcomes = vec![PieceOutcome::default(); pieces.len()];
-        let mut tally = Tally::new();
+        let mut tally = Tally::default();
         // Past the shutdown deadline, what has not been copied is answered
         // "not stored, resend" at once instead of waiting for a database
         // that does not take it (a COPY waiting for a lock, say).
