@@ -635,7 +635,6 @@ async fn send_key_copy(
     Ok(sink.finish().await?)
 }
 
-
 /// Per row of `set`, in order: whether a row with its key is stored already
 /// (or comes earlier in the same set).
 async fn already_stored(
