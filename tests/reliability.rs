@@ -418,9 +418,12 @@ async fn overload_keeps_memory_bounded_and_loses_nothing() {
     let pg = common::TestCluster::start();
     let conn = pg.database("overload").await;
     let work = tempfile::tempdir().unwrap();
+    // A short admission timeout: at 200 ms a fast machine's database
+    // emptied the 8 MiB in time and refused almost nothing (3 batches, or
+    // none with the suite's other tests beside it).
     let args = vec![
         "--buffer-bytes=8388608".to_owned(),
-        "--admission-timeout=200ms".to_owned(),
+        "--admission-timeout=20ms".to_owned(),
     ];
     let svc = Service::start(
         exe(),

@@ -37,8 +37,9 @@ pub struct RecentKeys {
 }
 
 /// Every row of every flush passes through these sets four or five times,
-/// so they hash with foldhash rather than SipHash: SipHash's share of the
-/// service's CPU was about 10 % at 100,000 rows/s (BENCHMARKS.md). Its
+/// so they hash with foldhash rather than SipHash: with SipHash they took
+/// 11 % of the service's CPU samples at 100,000 rows/s, with foldhash 6 %
+/// (BENCHMARKS.md, "Where the columnstore service's CPU goes"). Its
 /// per-process random seed is what stands against a client choosing ids
 /// that collide; the ids are the client's own rows' either way.
 struct Inner {

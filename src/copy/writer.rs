@@ -591,7 +591,8 @@ async fn copy_rows(
     let result = async {
         // In id order, the B-tree inserts of one flush walk its leaf pages
         // in order instead of at random: 0.64 -> 0.50 s for 300,000 keys
-        // in 10,000-key COPYs into a table of 300,000 (BENCHMARKS.md).
+        // in 10,000-key COPYs into a table of 300,000 (BENCHMARKS.md,
+        // "Where the columnstore service's CPU goes").
         let mut keys = keys_of(pieces, set);
         keys.sort_unstable();
         send_key_copy(client, table, &keys).await?;
