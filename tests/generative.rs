@@ -551,8 +551,8 @@ async fn check_jobs(db: &Client, at: &str) {
 }
 
 /// Takes the policy jobs off native TimescaleDB's scheduler; the test runs
-/// them itself. On TimescaleDB 2.28.3 built against PostgreSQL 15.18 every
-/// scheduled run fails with "cannot drop portal \"\" while it is being set
+/// them itself. On some builds of TimescaleDB 2.28.3 against PostgreSQL 15
+/// every scheduled run fails with "cannot drop portal \"\" while it is being set
 /// up" (SQLSTATE 24000) whatever the job, while the same job run with
 /// `CALL run_job` succeeds (docs/schema.md, "Testing on TimescaleDB").
 async fn off_the_schedule(conn: &str) {
