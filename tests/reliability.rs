@@ -70,10 +70,10 @@ async fn database_crash_restart_mid_stream_loses_and_duplicates_nothing() {
 /// there): the rows and their keys commit together or not at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_the_columnstore_a_database_crash_restart_mid_stream_loses_and_duplicates_nothing() {
-    let Some(tsdb) = common::TsDb::native("columnstore restart mid-stream").await else {
+    let Some(tsdb) = native_columnstore("columnstore restart mid-stream").await else {
         return;
     };
-    let svc = common::start_service(columnstore(&tsdb)).await;
+    let svc = common::start_service(tsdb.serve_config()).await;
     let conn = tsdb.conn.clone();
     restart_mid_stream(svc, &conn, " (columnstore)", move || {
         tsdb.cluster()
@@ -86,10 +86,11 @@ async fn on_the_columnstore_a_database_crash_restart_mid_stream_loses_and_duplic
     .await;
 }
 
-fn columnstore(tsdb: &common::TsDb) -> agent_telemetry::config::ServeConfig {
-    let mut cfg = tsdb.serve_config();
-    cfg.storage.storage_layout = agent_telemetry::config::StorageLayout::Columnstore;
-    cfg
+/// Native TimescaleDB with its services in the columnstore layout, or None
+/// (after a SKIPPED line) where it is not installed.
+async fn native_columnstore(test: &str) -> Option<common::TsDb> {
+    let tsdb = common::TsDb::native(test).await?;
+    Some(tsdb.in_layout(agent_telemetry::config::StorageLayout::Columnstore))
 }
 
 /// 200,000 events over 4 streams; after 40,000 acks `restart` restarts the
@@ -136,11 +137,11 @@ async fn database_down_30s_with_the_spool_acks_continue_and_rows_arrive_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_the_columnstore_database_down_30s_with_the_spool_acks_continue_and_rows_arrive_once() {
-    let Some(tsdb) = common::TsDb::native("columnstore outage with the spool").await else {
+    let Some(tsdb) = native_columnstore("columnstore outage with the spool").await else {
         return;
     };
     let spool = tempfile::tempdir().unwrap();
-    let mut cfg = columnstore(&tsdb);
+    let mut cfg = tsdb.serve_config();
     cfg.spool.spool_dir = Some(spool.path().to_owned());
     let svc = common::start_service(cfg).await;
     spool_outage(tsdb.cluster().unwrap(), &tsdb.conn, svc, " (columnstore)").await;
@@ -207,10 +208,10 @@ async fn database_down_without_the_spool_gets_errors_never_a_false_ack() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_the_columnstore_database_down_without_the_spool_gets_errors_never_a_false_ack() {
-    let Some(tsdb) = common::TsDb::native("columnstore outage without the spool").await else {
+    let Some(tsdb) = native_columnstore("columnstore outage without the spool").await else {
         return;
     };
-    let mut cfg = columnstore(&tsdb);
+    let mut cfg = tsdb.serve_config();
     cfg.pipeline.copy_retry_timeout = Duration::from_secs(2);
     let svc = common::start_service(cfg).await;
     outage_without_spool(tsdb.cluster().unwrap(), &tsdb.conn, svc, " (columnstore)").await;
@@ -366,7 +367,8 @@ async fn on_the_columnstore_in_pglite_every_batch_sent_three_times_at_once_is_st
 }
 
 async fn three_times_at_once_on_the_columnstore(tsdb: common::TsDb, label: &str) {
-    let svc = common::start_service(columnstore(&tsdb)).await;
+    let tsdb = tsdb.in_layout(agent_telemetry::config::StorageLayout::Columnstore);
+    let svc = common::start_service(tsdb.serve_config()).await;
     three_times_at_once(svc, &tsdb.conn, label).await;
     let db = common::db(&tsdb.conn).await;
     assert_eq!(

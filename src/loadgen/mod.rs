@@ -282,6 +282,14 @@ pub struct RawBatch {
     pub events: Bytes,
 }
 
+impl RawBatch {
+    /// The batch's wire form: its sequence number, then its events.
+    fn write(&self, dst: &mut impl bytes::BufMut) {
+        prost::encoding::uint64::encode(1, &self.sequence, dst);
+        dst.put_slice(&self.events);
+    }
+}
+
 /// The events of a batch in their wire form, without a sequence number.
 pub fn encode_events(events: Vec<pb::AgentEvent>) -> Bytes {
     use prost::Message;
@@ -310,14 +318,6 @@ impl tonic::codec::Encoder for RawEventsEncoder {
     ) -> Result<(), tonic::Status> {
         item.write(dst);
         Ok(())
-    }
-}
-
-impl RawBatch {
-    /// The batch's wire form: its sequence number, then its events.
-    fn write(&self, dst: &mut impl bytes::BufMut) {
-        prost::encoding::uint64::encode(1, &self.sequence, dst);
-        dst.put_slice(&self.events);
     }
 }
 
@@ -429,8 +429,12 @@ async fn send(
     })
 }
 
+/// Largest response either of loadgen's clients (the generated one and the
+/// raw event-batch one) accepts.
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
 fn client(cfg: &LoadgenConfig, channel: Channel) -> TelemetryIngestClient<Channel> {
-    let c = TelemetryIngestClient::new(channel).max_decoding_message_size(64 << 20);
+    let c = TelemetryIngestClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
     if cfg.gzip {
         c.send_compressed(CompressionEncoding::Gzip)
     } else {
@@ -505,7 +509,7 @@ async fn event_stream(
     make: MakeBatch<RawBatch>,
     tally: Arc<Tally>,
 ) -> Result<(), LoadgenError> {
-    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
     if cfg.gzip {
         grpc = grpc.send_compressed(CompressionEncoding::Gzip);
     }
