@@ -533,6 +533,15 @@ pub struct StorageConfig {
     )]
     pub storage_layout: StorageLayout,
 
+    /// Columnstore layout: how long the key tables keep a row's key, by the
+    /// row's timestamp. A resend of a younger row is found by the key
+    /// table's unique index alone; of an older one, by a look-up in the
+    /// stored rows first (docs/reliability.md, "One id, one row"). Either
+    /// is exact; this decides the key tables' size and which resends pay
+    /// for the look-up.
+    #[arg(long, env = "AGENT_TELEMETRY_KEY_WINDOW", default_value = "2days", value_parser = humantime::parse_duration)]
+    pub key_window: Duration,
+
     /// Password of the read-only role `agent_telemetry_reader` that
     /// dashboards connect as. When set, migrating gives the role LOGIN and
     /// this password (every run, so a changed secret takes effect on the next
@@ -625,6 +634,10 @@ impl StorageConfig {
             (
                 self.compress_after >= hour,
                 "--compress-after must be at least 1h",
+            ),
+            (
+                self.key_window >= hour,
+                "--key-window must be at least 1h: resends come seconds to minutes after the first send, and each one past the window costs a look-up in the stored rows",
             ),
         ];
         match rules.iter().find(|(ok, _)| !ok) {

@@ -251,6 +251,7 @@ impl Pipeline {
             cfg.pipeline.copy_retry_timeout,
             cfg.pipeline.id_conflict_window,
             layout,
+            cfg.storage.key_window,
             give_up.clone(),
             cfg.metrics_max_projects,
         ));

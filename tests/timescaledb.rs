@@ -32,6 +32,7 @@ on_timescaledb!(
     copy_into_a_compressed_chunk_stores_late_rows_and_counts_resends,
     compression_and_retention_jobs_act_on_the_right_chunks,
     the_columnstore_copies_into_compressed_chunks_and_finds_resends_in_its_keys,
+    past_the_key_window_resends_are_found_in_the_stored_rows,
 );
 
 fn storage() -> StorageConfig {
@@ -1091,6 +1092,102 @@ async fn heap_rows(db: &Client, table: &str) -> i64 {
     .await
 }
 
+/// Runs the key tables' retention job for agent_event_keys now.
+async fn prune_keys(db: &Client) {
+    let prune = common::count(
+        db,
+        "SELECT job_id::bigint FROM timescaledb_information.jobs
+         WHERE proc_name = 'agent_telemetry_prune_keys' AND config ->> 'keys' = 'agent_event_keys'",
+    )
+    .await;
+    db.batch_execute(&format!("CALL run_job({prune})"))
+        .await
+        .unwrap();
+}
+
+/// Past `--key-window` the key tables no longer hold a row's key; a
+/// resend is then found in the stored rows. Rows 3 to 8 hours old with a
+/// 1-hour window: their keys pruned by the retention job, a new process
+/// (no memory of them) is sent them again, alone, mixed with new rows,
+/// with ids reused 30 s away, and twice at once; every id is stored once
+/// and the aggregates equal the raw rows.
+async fn past_the_key_window_resends_are_found_in_the_stored_rows(tsdb: TsDb) {
+    let mut cfg = tsdb.serve_config();
+    cfg.storage.storage_layout = agent_telemetry::config::StorageLayout::Columnstore;
+    cfg.storage.key_window = Duration::from_secs(3_600);
+    let old = events_at(3 * 3_600, 300);
+    let recent = events_at(60, 20);
+    let first: Vec<_> = old.iter().chain(&recent).cloned().collect();
+    let svc = common::start_service(cfg.clone()).await;
+    let mut client = common::client(&svc.endpoint).await;
+    let ack = common::ingest(&mut client, 1, first.clone()).await;
+    assert_eq!(ack.stored, 320, "{ack:?}");
+    drop(client);
+    // PGlite has one connection: the service lets go of it first.
+    svc.running.shutdown().await.unwrap();
+    let db = common::db(&tsdb.conn).await;
+    // (Native TimescaleDB's scheduler may have run the job already: it
+    // starts a new job at once.)
+    prune_keys(&db).await;
+    // Older than the window and its hour of margin: only the recent keys
+    // are left, so the look-up in the rows is all that can find the rest.
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_event_keys").await,
+        20
+    );
+    drop(db);
+
+    let svc = common::start_service(cfg.clone()).await;
+    let mut client = common::client(&svc.endpoint).await;
+    let ack = common::ingest(&mut client, 2, first.clone()).await;
+    assert_eq!((ack.stored, ack.duplicates), (0, 320), "{ack:?}");
+    // Half resent, half new rows past the window.
+    let fresh_old = events_at(4 * 3_600 + 30, 100);
+    let mut mixed = old[150..].to_vec();
+    mixed.extend(fresh_old.iter().cloned());
+    let ack = common::ingest(&mut client, 3, mixed).await;
+    assert_eq!((ack.stored, ack.duplicates), (100, 150), "{ack:?}");
+    // Ids of stored rows with their times moved by 30 s: conflicts.
+    let mut reused = old[..3].to_vec();
+    for e in &mut reused {
+        e.timestamp.as_mut().unwrap().seconds += 30;
+    }
+    let ack = common::ingest(&mut client, 4, reused).await;
+    assert_eq!((ack.stored, ack.conflicts), (0, 3), "{ack:?}");
+    assert!(
+        ack.rejected
+            .iter()
+            .all(|r| r.code == "ALREADY_EXISTS" && r.reason.contains("is stored with timestamp")),
+        "{ack:?}"
+    );
+    // New rows past the window, sent on two streams at once: the key
+    // table's unique index settles the race, past the window too.
+    let twice = events_at(5 * 3_600 + 45, 200);
+    let mut other = common::client(&svc.endpoint).await;
+    let (a, b) = tokio::join!(
+        common::ingest(&mut client, 5, twice.clone()),
+        common::ingest(&mut other, 1, twice.clone())
+    );
+    assert_eq!(
+        (a.stored + b.stored, a.duplicates + b.duplicates),
+        (200, 200),
+        "{a:?} {b:?}"
+    );
+    drop((client, other));
+    svc.running.shutdown().await.unwrap();
+
+    let db = common::db(&tsdb.conn).await;
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_events").await,
+        620
+    );
+    assert_eq!(
+        common::count(&db, "SELECT count(DISTINCT id) FROM agent_events").await,
+        620
+    );
+    common::aggregates::assert_aggregates_match(&db, |_| "true".into()).await;
+}
+
 /// The columnstore layout end to end: the service's flushes land in
 /// compressed chunks (direct compress took them: no row in any chunk's
 /// heap), every key in the key table, a resent batch is counted as
@@ -1163,23 +1260,29 @@ async fn the_columnstore_copies_into_compressed_chunks_and_finds_resends_in_its_
         common::count(&db, "SELECT count(*) FROM agent_event_keys").await,
         752
     );
-    // The key tables' retention job deletes keys past the key window
-    // (--max-past and the spool margin: 97 days) and no other.
-    db.execute(
-        "INSERT INTO agent_event_keys VALUES (gen_random_uuid(), now() - interval '98 days')",
-        &[],
+    // The key tables' retention job deletes keys past the key window and
+    // its margin (--key-window 2 days + 1 hour) and no other.
+    db.batch_execute(
+        "INSERT INTO agent_event_keys VALUES
+             ('00000000-0000-4000-8000-000000000001', now() - interval '2 days'),
+             ('00000000-0000-4000-8000-000000000002', now() - interval '2 days 2 hours')",
     )
     .await
     .unwrap();
-    let prune = common::count(
-        &db,
-        "SELECT job_id::bigint FROM timescaledb_information.jobs
-         WHERE proc_name = 'agent_telemetry_prune_keys' AND config ->> 'keys' = 'agent_event_keys'",
+    prune_keys(&db).await;
+    assert_eq!(
+        strings(
+            &db,
+            "SELECT id::text FROM agent_event_keys WHERE id::text LIKE '00000000-%'"
+        )
+        .await,
+        ["00000000-0000-4000-8000-000000000001"]
+    );
+    db.batch_execute(
+        "DELETE FROM agent_event_keys WHERE id = '00000000-0000-4000-8000-000000000001'",
     )
-    .await;
-    db.batch_execute(&format!("CALL run_job({prune})"))
-        .await
-        .unwrap();
+    .await
+    .unwrap();
     assert_eq!(
         common::count(&db, "SELECT count(*) FROM agent_event_keys").await,
         752

@@ -12,9 +12,11 @@
 --   or an id reused with another time: docs/reliability.md, "One id, one
 --   row") and no probe is needed before it. A hypertable's unique index
 --   must hold its time column, so the key tables are plain tables, kept
---   for `key_window` (longer than any row intake accepts, --max-past plus
---   a margin for the spool) by a job that deletes older keys; a BRIN index
---   on the time finds them, as keys arrive in about time order. (Key
+--   for `key_window` (--key-window plus an hour for the clocks'
+--   difference) by a job that deletes older keys; a BRIN index on the time
+--   finds them, as keys arrive in about time order. The service looks a
+--   row older than --key-window up in the wide table's rows as well, so a
+--   pruned key costs a look-up, not exactness (docs/reliability.md). (Key
 --   tables that were hypertables keyed by (id, "timestamp"), as first
 --   built, are rebuilt from the rows of the key window.)
 --

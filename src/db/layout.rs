@@ -15,11 +15,12 @@ use tokio_postgres::Client;
 
 use crate::config::StorageLayout;
 
-/// How long a row's key is kept beyond `--max-past`: a spooled batch is
-/// validated against the time it was received, so its rows may be older
-/// than `--max-past` when it is replayed; a replay later than this after
-/// receipt could store a resent row twice (docs/reliability.md).
-pub const SPOOL_MARGIN: Duration = Duration::from_secs(7 * 86_400);
+/// How much longer than `--key-window` the key tables keep a key. The
+/// writer relies on a key while its row is younger than the window by the
+/// service's clock; the retention job deletes by the database's. The margin
+/// covers the clocks' difference, so a key is never gone while a resend of
+/// its row would skip the look-up in the stored rows (docs/reliability.md).
+pub const KEY_MARGIN: Duration = Duration::from_secs(3_600);
 
 /// The first TimescaleDB whose direct compress takes a COPY into a
 /// hypertable with continuous aggregates (2.21 to 2.23 refuse it, "the

@@ -128,14 +128,10 @@ impl Report {
 
 /// Applies pending migrations and makes the policies and the reader
 /// password match `storage`: what `serve` and `migrate` do.
-pub async fn run(
-    client: &mut Client,
-    storage: &StorageConfig,
-    max_past: Duration,
-) -> Result<Report, MigrateError> {
+pub async fn run(client: &mut Client, storage: &StorageConfig) -> Result<Report, MigrateError> {
     let mut report = locked(client, storage, true).await?;
     if let Mode::TimescaleDb { version } = &report.mode {
-        let key_window = max_past + crate::db::layout::SPOOL_MARGIN;
+        let key_window = storage.key_window + crate::db::layout::KEY_MARGIN;
         let chosen =
             crate::db::layout::apply(client, storage.storage_layout, version, key_window).await?;
         if let Some(done) = &chosen.switched {
