@@ -942,26 +942,32 @@ async fn resolve_by_id(
 ) -> Result<Copied, CopyError> {
     let keys = keys_of(pieces, set);
     let mut fates: Vec<Option<Fate>> = vec![None; keys.len()];
+    // Before any COPY, only the stored rows are looked in: a key the key
+    // table holds makes the COPY fail, and the next round looks there.
+    let mut in_keys = first.is_some();
     let mut last = first;
     // Another round only when the COPY of the new rows met a key another
     // flush committed after the look-up: that row is classified next time,
     // so each round settles at least one row.
     for _ in 0..=keys.len() {
         let open: Vec<usize> = (0..keys.len()).filter(|&n| fates[n].is_none()).collect();
-        let ids: Vec<Uuid> = open.iter().map(|&n| keys[n].0).collect();
-        let statement = client
-            .prepare_cached(&format!(
-                "SELECT id, \"timestamp\" FROM {} WHERE id = ANY($1)",
-                table.keys_name()
-            ))
-            .await?;
-        let mut stored: HashMap<Uuid, Vec<i64>> = HashMap::with_capacity(ids.len());
-        for row in client.query(&statement, &[&ids]).await? {
-            stored
-                .entry(row.get(0))
-                .or_default()
-                .push(system_time_to_pg_us(row.get(1)));
+        let mut stored: HashMap<Uuid, Vec<i64>> = HashMap::with_capacity(open.len());
+        if in_keys {
+            let ids: Vec<Uuid> = open.iter().map(|&n| keys[n].0).collect();
+            let statement = client
+                .prepare_cached(&format!(
+                    "SELECT id, \"timestamp\" FROM {} WHERE id = ANY($1)",
+                    table.keys_name()
+                ))
+                .await?;
+            for row in client.query(&statement, &[&ids]).await? {
+                stored
+                    .entry(row.get(0))
+                    .or_default()
+                    .push(system_time_to_pg_us(row.get(1)));
+            }
         }
+        in_keys = true;
         let old: Vec<(Uuid, i64)> = open
             .iter()
             .map(|&n| keys[n])
