@@ -1036,6 +1036,15 @@ async fn settings_that_would_lose_data_are_refused() {
             .contains("raw retention must exceed --max-past"),
         "{err}"
     );
+    let mut s = storage();
+    s.key_window = Duration::from_secs(3_599);
+    let err = run_migrations("host=/nonexistent dbname=x", &s, Limits::default().max_past)
+        .await
+        .expect_err("refused before connecting");
+    assert!(
+        err.to_string().contains("--key-window must be at least 1h"),
+        "{err}"
+    );
 }
 
 // ---- Native TimescaleDB only: what PGlite (no background workers) cannot show ----

@@ -17,9 +17,9 @@
 //!   by id: the same look-up also finds ids reused with another timestamp
 //!   (conflicts) and repeats within the flush, and is run again until the
 //!   COPY of the rest goes through. They hold `--key-window` of keys: a
-//!   flush with rows older than that is looked up first, in the stored
-//!   rows as well, since those rows' keys may be gone. Only flushes that contain a resend pay
-//!   for any of this.
+//!   flush with rows older than that looks their ids up in the stored rows
+//!   before its COPY, since those rows' keys may be gone. Only flushes that
+//!   contain a resend or such old rows pay for any of this.
 //! - **Connection trouble** (unreachable, restarting, closed): retried with
 //!   exponential backoff until `--copy-retry-timeout`, then the pieces are
 //!   resolved with a retryable failure — never as stored.
@@ -256,7 +256,7 @@ impl CopyWriter {
             retry_timeout,
             conflict_window_us: conflict_window.as_micros() as i64,
             layout,
-            key_window_us: key_window.as_micros() as i64,
+            key_window_us: i64::try_from(key_window.as_micros()).unwrap_or(i64::MAX),
             give_up,
             labels: ProjectLabels {
                 max: max_project_labels,
@@ -541,7 +541,8 @@ impl CopyWriter {
         let client = self.pool.get().await?;
         let layout = self.layout;
         let past = PastKeyWindow {
-            before_us: system_time_to_pg_us(std::time::SystemTime::now()) - self.key_window_us,
+            before_us: system_time_to_pg_us(std::time::SystemTime::now())
+                .saturating_sub(self.key_window_us),
             margin_us: self.conflict_window_us,
         };
         if layout == Layout::Columnstore && keys_of(pieces, set).iter().any(|k| past.holds(k)) {
