@@ -1187,6 +1187,20 @@ async fn past_the_key_window_resends_are_found_in_the_stored_rows(tsdb: TsDb) {
             .all(|r| r.code == "ALREADY_EXISTS" && r.reason.contains("is stored with timestamp")),
         "{ack:?}"
     );
+    // One row past the window sends the flush down the look-first path;
+    // with it, a recent row's id moved by 30 s, twice: its key is found
+    // only when the COPY meets it, and the repeat follows the first's fate
+    // (a conflict), not a duplicate of a row never stored.
+    let mut moved = recent[0].clone();
+    moved.timestamp.as_mut().unwrap().seconds += 30;
+    let mut batch = events_at(4 * 3_600 + 50, 1);
+    batch.extend([moved.clone(), moved]);
+    let ack = common::ingest(&mut client, 8, batch).await;
+    assert_eq!(
+        (ack.stored, ack.duplicates, ack.conflicts),
+        (1, 0, 2),
+        "{ack:?}"
+    );
     // New rows past the window, sent on two streams at once: the key
     // table's unique index settles the race, past the window too.
     let twice = events_at(5 * 3_600 + 45, 200);
@@ -1200,17 +1214,78 @@ async fn past_the_key_window_resends_are_found_in_the_stored_rows(tsdb: TsDb) {
         (200, 200),
         "{a:?} {b:?}"
     );
+    let mut stored_in_all = 621;
+    if tsdb.native {
+        // The writer and the retention job share a lock (PGlite serves one
+        // connection, so only native can hold it from outside): while the
+        // job holds it, a flush with rows past the window waits, one with
+        // recent rows does not.
+        let db = common::db(&tsdb.conn).await;
+        db.execute(
+            "SELECT pg_advisory_lock($1)",
+            &[&agent_telemetry::db::layout::KEY_PRUNE_LOCK],
+        )
+        .await
+        .unwrap();
+        let ack = common::ingest(&mut client, 6, events_at(30, 5)).await;
+        assert_eq!(ack.stored, 5, "{ack:?}");
+        let waiting = tokio::spawn({
+            let mut client = client.clone();
+            async move { common::ingest(&mut client, 7, events_at(6 * 3_600, 5)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !waiting.is_finished(),
+            "stored past the window while the job held the lock"
+        );
+        db.execute(
+            "SELECT pg_advisory_unlock($1)",
+            &[&agent_telemetry::db::layout::KEY_PRUNE_LOCK],
+        )
+        .await
+        .unwrap();
+        let ack = waiting.await.unwrap();
+        assert_eq!(ack.stored, 5, "{ack:?}");
+        // And the job waits for a flush that holds it.
+        db.execute(
+            "SELECT pg_advisory_lock_shared($1)",
+            &[&agent_telemetry::db::layout::KEY_PRUNE_LOCK],
+        )
+        .await
+        .unwrap();
+        let job = common::db(&tsdb.conn).await;
+        job.batch_execute("SET lock_timeout = '200ms'")
+            .await
+            .unwrap();
+        let prune = common::count(
+            &job,
+            "SELECT job_id::bigint FROM timescaledb_information.jobs
+             WHERE proc_name = 'agent_telemetry_prune_keys' AND config ->> 'keys' = 'agent_event_keys'",
+        )
+        .await;
+        let err = job
+            .batch_execute(&format!("CALL run_job({prune})"))
+            .await
+            .expect_err("the job waits for the lock");
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+            "{}",
+            agent_telemetry::db::error::describe(&err)
+        );
+        stored_in_all += 10;
+    }
     drop((client, other));
     svc.running.shutdown().await.unwrap();
 
     let db = common::db(&tsdb.conn).await;
     assert_eq!(
         common::count(&db, "SELECT count(*) FROM agent_events").await,
-        620
+        stored_in_all
     );
     assert_eq!(
         common::count(&db, "SELECT count(DISTINCT id) FROM agent_events").await,
-        620
+        stored_in_all
     );
     common::aggregates::assert_aggregates_match(&db, |_| "true".into()).await;
 }

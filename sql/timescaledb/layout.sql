@@ -33,9 +33,14 @@
 -- written, measured. A change applies to chunks compressed from then on.
 
 -- The key tables' retention job: keys older than config.drop_after go.
+-- Under the advisory lock (src/db/layout.rs, KEY_PRUNE_LOCK, "agentkey")
+-- that a flush with rows past the key window holds shared from its look-up
+-- in the stored rows to its commit: a key committed meanwhile by another
+-- flush is not deleted before that flush's key COPY meets it.
 CREATE OR REPLACE PROCEDURE agent_telemetry_prune_keys(job_id int, config jsonb)
 LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM pg_advisory_xact_lock(7018690069354210681);
     EXECUTE format('DELETE FROM %I WHERE "timestamp" < now() - %L::interval',
                    config ->> 'keys', config ->> 'drop_after');
 END $$;

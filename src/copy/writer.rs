@@ -53,7 +53,7 @@ use crate::{
     ack::{Failure, PieceOutcome, Rejection},
     codes::ErrorKind,
     copy::Piece,
-    db::layout::Layout,
+    db::layout::{KEY_PRUNE_LOCK, Layout},
     metrics,
     row::Table,
     time::{pg_us_to_system_time, system_time_to_pg_us},
@@ -924,9 +924,10 @@ impl PastKeyWindow {
 /// The columnstore's resend path, after its COPY met a stored id
 /// (`first`), or before any COPY when rows of `set` are past the key
 /// window. The ids of `set` are looked up in the key table (its primary
-/// key, one probe per id, whatever their time), and those of rows past
-/// the key window also in the wide table's rows around their times (their
-/// keys may be pruned; the rows are there until retention). A row whose
+/// key, one probe per id, whatever their time; not before the first COPY,
+/// which fails on a key the table holds), and those of rows past the key
+/// window also in the wide table's rows around their times (their keys
+/// may be pruned; the rows are there until retention). A row whose
 /// key is stored is a duplicate, one whose id is stored with another
 /// timestamp a conflict, and so is a later row of the flush that repeats
 /// an earlier one's id with another time (with the same time, a
@@ -947,76 +948,127 @@ async fn resolve_by_id(
     // table holds makes the COPY fail, and the next round looks there.
     let mut in_keys = first.is_some();
     let mut last = first;
+    // Per row: the earlier row of the flush whose fate decides its own.
+    let mut repeats: Vec<Option<usize>> = vec![None; keys.len()];
     // Another round only when the COPY of the new rows met a key another
     // flush committed after the look-up: that row is classified next time,
     // so each round settles at least one row.
     for _ in 0..=keys.len() {
         let open: Vec<usize> = (0..keys.len()).filter(|&n| fates[n].is_none()).collect();
-        let mut stored: HashMap<Uuid, Vec<i64>> = HashMap::with_capacity(open.len());
-        if in_keys {
-            let ids: Vec<Uuid> = open.iter().map(|&n| keys[n].0).collect();
-            let statement = client
-                .prepare_cached(&format!(
-                    "SELECT id, \"timestamp\" FROM {} WHERE id = ANY($1)",
-                    table.keys_name()
-                ))
-                .await?;
-            for row in client.query(&statement, &[&ids]).await? {
-                stored
-                    .entry(row.get(0))
-                    .or_default()
-                    .push(system_time_to_pg_us(row.get(1)));
-            }
-        }
-        in_keys = true;
         let old: Vec<(Uuid, i64)> = open
             .iter()
             .map(|&n| keys[n])
             .filter(|k| past.holds(k))
             .collect();
-        if !old.is_empty() {
-            let rows = stored_keys(client, table, &old, past.margin_us, Lookup::ByScan).await?;
-            for (id, times) in rows {
-                stored.entry(id).or_default().extend(times);
-            }
+        // The key tables' retention job deletes under this lock, taken
+        // exclusively: held from the look-up in the rows to the COPY's
+        // commit, it keeps a key another flush commits meanwhile from being
+        // deleted before this flush's key COPY meets it.
+        let locked = !old.is_empty();
+        if locked {
+            client
+                .execute("SELECT pg_advisory_lock_shared($1)", &[&KEY_PRUNE_LOCK])
+                .await?;
         }
-        let mut first_in_flush: HashMap<Uuid, i64> = HashMap::with_capacity(open.len());
-        for &n in &open {
-            let (id, ts) = keys[n];
-            let there = stored.get(&id).map(Vec::as_slice).unwrap_or_default();
-            fates[n] = match there.first() {
-                _ if there.contains(&ts) => Some(Fate::Duplicate),
-                Some(&s) => Some(Fate::Conflict(s)),
-                None => match first_in_flush.get(&id) {
-                    Some(&f) if f == ts => Some(Fate::Duplicate),
-                    Some(&f) => Some(Fate::Conflict(f)),
+        let round: Result<Option<CopyError>, CopyError> = async {
+            let mut stored: HashMap<Uuid, Vec<i64>> = HashMap::with_capacity(open.len());
+            if in_keys {
+                let ids: Vec<Uuid> = open.iter().map(|&n| keys[n].0).collect();
+                let statement = client
+                    .prepare_cached(&format!(
+                        "SELECT id, \"timestamp\" FROM {} WHERE id = ANY($1)",
+                        table.keys_name()
+                    ))
+                    .await?;
+                for row in client.query(&statement, &[&ids]).await? {
+                    stored
+                        .entry(row.get(0))
+                        .or_default()
+                        .push(system_time_to_pg_us(row.get(1)));
+                }
+            }
+            if locked {
+                let rows = stored_keys(client, table, &old, past.margin_us, Lookup::ByScan).await?;
+                for (id, times) in rows {
+                    stored.entry(id).or_default().extend(times);
+                }
+            }
+            // A later row of the flush with an id not found stored waits
+            // for its first occurrence's fate, which the COPY below or a
+            // later round (whose look-up may find the id) decides.
+            let mut first_in_flush: HashMap<Uuid, usize> = HashMap::with_capacity(open.len());
+            for &n in &open {
+                let (id, ts) = keys[n];
+                let there = stored.get(&id).map(Vec::as_slice).unwrap_or_default();
+                repeats[n] = None;
+                fates[n] = match there.first() {
+                    _ if there.contains(&ts) => Some(Fate::Duplicate),
+                    Some(&s) => Some(Fate::Conflict(s)),
                     None => {
-                        first_in_flush.insert(id, ts);
+                        repeats[n] = first_in_flush.get(&id).copied();
+                        first_in_flush.entry(id).or_insert(n);
                         None
                     }
-                },
-            };
-        }
-        let fresh = only(set, |n| fates[n].is_none());
-        if fresh.is_empty() {
-            break;
-        }
-        match copy_rows(client, table, Layout::Columnstore, pieces, &fresh).await {
-            Ok(()) => {
-                for f in fates.iter_mut().filter(|f| f.is_none()) {
-                    *f = Some(Fate::Stored);
-                }
-                break;
+                };
             }
-            Err(e) if e.is_unique_violation() => last = Some(e),
-            Err(e) => return Err(e),
+            let fresh = only(set, |n| fates[n].is_none() && repeats[n].is_none());
+            if fresh.is_empty() {
+                return Ok(None);
+            }
+            match copy_rows(client, table, Layout::Columnstore, pieces, &fresh).await {
+                Ok(()) => {
+                    for (f, r) in fates.iter_mut().zip(&repeats) {
+                        if f.is_none() && r.is_none() {
+                            *f = Some(Fate::Stored);
+                        }
+                    }
+                    Ok(None)
+                }
+                Err(e) if e.is_unique_violation() => Ok(Some(e)),
+                Err(e) => Err(e),
+            }
+        }
+        .await;
+        if locked {
+            // A connection that fails here is dropped, and its lock with it.
+            let _ = client
+                .execute("SELECT pg_advisory_unlock_shared($1)", &[&KEY_PRUNE_LOCK])
+                .await;
+        }
+        in_keys = true;
+        match round? {
+            None => break,
+            Some(e) => last = Some(e),
         }
     }
+    settle_repeats(&keys, &mut fates, &repeats);
     if fates.iter().any(Option::is_none) {
         // Every round ends settled or after a unique_violation.
         return Err(last.expect("an unsettled round met a unique_violation"));
     }
     Ok(Copied::PerRow(fates.into_iter().flatten().collect()))
+}
+
+/// The fates of rows that repeat an earlier row's id in one flush, from
+/// that row's: stored or found stored with its own time, the repeat is a
+/// duplicate with the same time and a conflict with another; in conflict
+/// with a stored time, the repeat is a duplicate of that row if it has
+/// that time, else a conflict with it too.
+fn settle_repeats(keys: &[(Uuid, i64)], fates: &mut [Option<Fate>], repeats: &[Option<usize>]) {
+    for (n, first) in repeats.iter().enumerate() {
+        let Some(first) = *first else { continue };
+        let ts = keys[n].1;
+        let stored = match fates[first] {
+            Some(Fate::Stored | Fate::Duplicate) => keys[first].1,
+            Some(Fate::Conflict(s)) => s,
+            None => continue,
+        };
+        fates[n] = Some(if ts == stored {
+            Fate::Duplicate
+        } else {
+            Fate::Conflict(stored)
+        });
+    }
 }
 
 fn record(
@@ -1133,6 +1185,44 @@ mod tests {
         assert_eq!(
             probe_keys(&keys, &stored, 2_000),
             [Stored, Conflict(1_000), New, New, New, Conflict(100)]
+        );
+    }
+
+    #[test]
+    fn a_repeat_in_a_flush_follows_its_first_rows_fate() {
+        let id = |n: u128| Uuid::from_u128(n);
+        let keys = [
+            (id(1), 10),
+            (id(1), 10),
+            (id(1), 11),
+            (id(2), 20),
+            (id(2), 20),
+            (id(2), 30),
+            (id(3), 40),
+        ];
+        let mut fates = [
+            Some(Fate::Stored),
+            None,
+            None,
+            // The first id-2 row conflicts with a row stored at 30.
+            Some(Fate::Conflict(30)),
+            None,
+            None,
+            Some(Fate::Duplicate),
+        ];
+        let repeats = [None, Some(0), Some(0), None, Some(3), Some(3), None];
+        settle_repeats(&keys, &mut fates, &repeats);
+        assert_eq!(
+            fates,
+            [
+                Some(Fate::Stored),
+                Some(Fate::Duplicate),
+                Some(Fate::Conflict(10)),
+                Some(Fate::Conflict(30)),
+                Some(Fate::Conflict(30)),
+                Some(Fate::Duplicate),
+                Some(Fate::Duplicate),
+            ]
         );
     }
 

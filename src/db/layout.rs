@@ -22,6 +22,12 @@ use crate::config::StorageLayout;
 /// its row would skip the look-up in the stored rows (docs/reliability.md).
 pub const KEY_MARGIN: Duration = Duration::from_secs(3_600);
 
+/// Arbitrary, fixed: the advisory lock the key tables' retention job
+/// (`agent_telemetry_prune_keys`, which writes it as a literal) takes
+/// exclusively and a flush with rows past the key window takes shared,
+/// from its look-up in the stored rows to its commit (src/copy/writer.rs).
+pub const KEY_PRUNE_LOCK: i64 = 0x6167_656e_746b_6579; // "agentkey"
+
 /// The first TimescaleDB whose direct compress takes a COPY into a
 /// hypertable with continuous aggregates (2.21 to 2.23 refuse it, "the
 /// destination table has continuous aggregates", and fall back to the row
@@ -243,6 +249,15 @@ async fn direct_compress_takes_a_copy(client: &mut Client) -> Result<bool, tokio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_retention_job_takes_the_writers_lock() {
+        let sql = include_str!("../../sql/timescaledb/layout.sql");
+        assert!(
+            sql.contains(&format!("pg_advisory_xact_lock({KEY_PRUNE_LOCK})")),
+            "layout.sql's prune job must lock {KEY_PRUNE_LOCK}"
+        );
+    }
 
     #[test]
     fn direct_compress_is_known_from_its_first_version() {
