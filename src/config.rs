@@ -536,7 +536,7 @@ pub struct StorageConfig {
     /// Columnstore layout: how long the key tables keep a row's key, by the
     /// row's timestamp. A resend of a younger row is found by the key
     /// table's unique index alone; of an older one, by a look-up in the
-    /// stored rows first (docs/reliability.md, "One id, one row"). Either
+    /// stored rows first (docs/reliability.md, "Resends are harmless"). Either
     /// is exact; this decides the key tables' size and which resends pay
     /// for the look-up.
     #[arg(long, env = "AGENT_TELEMETRY_KEY_WINDOW", default_value = "2days", value_parser = humantime::parse_duration)]
