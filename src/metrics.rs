@@ -14,6 +14,7 @@ pub const ROWS_STORED: &str = "agent_telemetry_rows_stored_total";
 pub const ROWS_DUPLICATE: &str = "agent_telemetry_rows_duplicate_total";
 pub const ROWS_REJECTED: &str = "agent_telemetry_rows_rejected_total";
 pub const ROWS_CONFLICTING: &str = "agent_telemetry_rows_conflicting_total";
+pub const ROWS_PAST_KEY_WINDOW: &str = "agent_telemetry_rows_past_key_window_total";
 pub const BATCHES: &str = "agent_telemetry_batches_total";
 pub const BATCHES_REFUSED: &str = "agent_telemetry_batches_refused_total";
 pub const BATCH_ROWS: &str = "agent_telemetry_batch_rows";
@@ -112,6 +113,10 @@ pub fn describe() {
     describe_counter!(
         ROWS_CONFLICTING,
         "Rows not stored because their id is stored with another timestamp, per table"
+    );
+    describe_counter!(
+        ROWS_PAST_KEY_WINDOW,
+        "Columnstore: rows older than --key-window looked up in the stored rows before their COPY, per table (once per look-up)"
     );
     describe_counter!(BATCHES, "Batches received, per table");
     describe_counter!(
@@ -231,6 +236,7 @@ pub fn zero() {
             ROWS_STORED,
             ROWS_DUPLICATE,
             ROWS_CONFLICTING,
+            ROWS_PAST_KEY_WINDOW,
             COPY_RETRIES,
             COPY_FAILURES,
             ROWS_SPOOLED,
@@ -335,6 +341,10 @@ pub fn rows_rejected(table: Table, reason: &str, n: u64) {
 
 pub fn rows_conflicting(table: Table, n: u64) {
     counter!(ROWS_CONFLICTING, "table" => table.name()).increment(n);
+}
+
+pub fn rows_past_key_window(table: Table, n: u64) {
+    counter!(ROWS_PAST_KEY_WINDOW, "table" => table.name()).increment(n);
 }
 
 pub fn batch_refused(table: Table, reason: &'static str) {

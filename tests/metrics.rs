@@ -79,5 +79,33 @@ async fn metrics_count_stored_and_rejected_rows() {
         ),
         "{text}"
     );
+
+    // The columnstore's look-up of rows past the key window (PGlite), by a
+    // second service without an endpoint of its own: the recorder is the
+    // process's, so the first service's endpoint shows its counters.
+    assert!(
+        text.contains("agent_telemetry_rows_past_key_window_total{table=\"agent_events\"} 0"),
+        "{text}"
+    );
+    let tsdb =
+        common::TsDb::pglite().in_layout(agent_telemetry::config::StorageLayout::Columnstore);
+    let mut cfg = tsdb.serve_config();
+    cfg.storage.key_window = std::time::Duration::from_secs(3_600);
+    cfg.metrics_listen = OptionalAddr(None);
+    let columnstore = common::start_service(cfg).await;
+    let mut other = common::client(&columnstore.endpoint).await;
+    let mut rows: Vec<pb::AgentEvent> = (0..7)
+        .map(|_| common::event("acme/old", 3 * 3_600))
+        .collect();
+    rows.push(common::event("acme/old", 5));
+    let ack = common::ingest(&mut other, 1, rows).await;
+    assert_eq!(ack.stored, 8, "{ack:?}");
+    let text = common::scrape(port).await;
+    assert!(
+        text.contains("agent_telemetry_rows_past_key_window_total{table=\"agent_events\"} 7"),
+        "{text}"
+    );
+    drop(other);
+    columnstore.running.shutdown().await.unwrap();
     svc.running.shutdown().await.unwrap();
 }

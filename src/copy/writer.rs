@@ -966,6 +966,7 @@ async fn resolve_by_id(
         // deleted before this flush's key COPY meets it.
         let locked = !old.is_empty();
         if locked {
+            metrics::rows_past_key_window(table, old.len() as u64);
             client
                 .execute("SELECT pg_advisory_lock_shared($1)", &[&KEY_PRUNE_LOCK])
                 .await?;
