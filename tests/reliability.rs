@@ -868,7 +868,22 @@ impl Drop for SmallDisk {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_disk_under_the_spool_refuses_then_recovers_by_itself() {
-    let test = "a_full_disk_under_the_spool_refuses_then_recovers_by_itself";
+    full_disk_recovers(
+        "a_full_disk_under_the_spool_refuses_then_recovers_by_itself",
+        1 << 20,
+    )
+    .await;
+}
+
+/// The whole spool is the one segment being written (its size is above the
+/// disk's), so no segment is ever wholly before the replayed position:
+/// that segment must still be given back once replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_holding_one_segment_recovers_too() {
+    full_disk_recovers("a_full_disk_holding_one_segment_recovers_too", 1 << 30).await;
+}
+
+async fn full_disk_recovers(test: &str, segment_bytes: u64) {
     // About 30 MB of spool entries: twice what the filesystem holds.
     const EVENTS: usize = 100_000;
     let Some(disk) = SmallDisk::mount(16, test) else {
@@ -879,7 +894,7 @@ async fn a_full_disk_under_the_spool_refuses_then_recovers_by_itself() {
         c.spool.spool_dir = Some(dir.clone());
         // Far more than the filesystem holds: the disk is the limit.
         c.spool.spool_max_bytes = 1 << 30;
-        c.spool.spool_segment_bytes = 1 << 20;
+        c.spool.spool_segment_bytes = segment_bytes;
         c.spool.spool_reserve_bytes = 1 << 20;
     })
     .await;

@@ -19,6 +19,14 @@
 //! lag after a crash, which only makes replay offer rows again that the
 //! database recognises as duplicates.
 //!
+//! The segment being written is freed too once every record in it is
+//! committed: an append that finds no room while committed bytes are still
+//! on disk asks the writer to *cut* (start a new segment and delete the
+//! committed one) and then looks again, and [`open`] deletes the segments
+//! wholly committed before a restart. So a spool whose every byte sits in
+//! one segment (a segment size above the disk's or the limit's) still
+//! gives its space back once replay has stored it.
+//!
 //! A full disk: an append is refused before the disk fills, when the
 //! spool's filesystem has less free space than the append plus a reserve
 //! ([`LogError::DiskFull`], RESOURCE_EXHAUSTED for the client). A write or
@@ -170,11 +178,19 @@ struct Append {
     done: oneshot::Sender<Result<Position, LogError>>,
 }
 
+/// What the writer thread is asked to do, in order.
+enum Msg {
+    Append(Append),
+    /// If every byte of the segment being written is committed: start a
+    /// new one and delete it. Answers with the bytes freed.
+    Cut(oneshot::Sender<u64>),
+}
+
 /// The writing end: appends records, durable when the call returns.
 #[derive(Clone)]
 pub struct Log {
     dir: Arc<PathBuf>,
-    appends: mpsc::UnboundedSender<Append>,
+    appends: mpsc::UnboundedSender<Msg>,
     /// Bytes in segment files, plus appends accepted and not yet written.
     used: Arc<AtomicU64>,
     /// Of those, the bytes before the committed position (in the database
@@ -189,6 +205,8 @@ pub struct Log {
     /// Whether appends are being refused for lack of disk space (logged
     /// when it changes).
     refusing: Arc<AtomicBool>,
+    /// An append was refused for room and no cut has freed any since.
+    starved: Arc<AtomicBool>,
     /// Segment files' ends as known durable: what the reader may read up to.
     durable: watch::Receiver<Position>,
 }
@@ -233,7 +251,7 @@ pub fn open(
         used += end;
         ends.insert(n, end);
     }
-    let (committed, seq) = match read_committed(dir) {
+    let (mut committed, seq) = match read_committed(dir) {
         Some((p, seq)) if ends.contains_key(&p.segment) => (p, seq),
         found => (
             Position {
@@ -243,9 +261,35 @@ pub fn open(
             found.map_or(0, |(_, seq)| seq),
         ),
     };
+    // Segments wholly committed before the restart (the last of them may
+    // have been the one being written): their space is given back now, so
+    // a spool that filled its disk and was then replayed takes appends at
+    // once.
+    let spent: Vec<u64> = ends
+        .iter()
+        .filter(|&(&n, &end)| {
+            n < committed.segment || (n == committed.segment && committed.offset >= end)
+        })
+        .map(|(&n, _)| n)
+        .collect();
+    for n in spent {
+        let path = segment_path(dir, n);
+        match fs::remove_file(&path) {
+            Ok(()) => used -= ends.remove(&n).unwrap_or(0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+    }
+    let first_new = existing.last().map_or(1, |n| n + 1);
+    if !ends.contains_key(&committed.segment) {
+        // All of it is in the database: replay starts at the next segment.
+        committed = Position {
+            segment: ends.keys().next().copied().unwrap_or(first_new),
+            offset: 0,
+        };
+    }
     let (_, size) = disk_space(dir).map_err(io_err(dir))?;
     let reserve = reserve.min(size / 10);
-    let first_new = existing.last().map_or(1, |n| n + 1);
     let path = segment_path(dir, first_new);
     let file = OpenOptions::new()
         .create_new(true)
@@ -258,6 +302,7 @@ pub fn open(
         offset: 0,
     };
     let (durable_tx, durable) = watch::channel(start);
+    let (committed_tx, committed_rx) = watch::channel(committed);
     let (appends, rx) = mpsc::unbounded_channel();
     // Segments wholly before the committed position stay until the first
     // commit deletes them.
@@ -269,6 +314,7 @@ pub fn open(
     let used = Arc::new(AtomicU64::new(used));
     let done = Arc::new(AtomicU64::new(done));
     let unwritten = Arc::new(AtomicU64::new(0));
+    let starved = Arc::new(AtomicBool::new(false));
     let dir = Arc::new(dir.to_owned());
     let writer = Writer {
         dir: dir.clone(),
@@ -277,6 +323,10 @@ pub fn open(
         segment_bytes,
         durable: durable_tx,
         unwritten: unwritten.clone(),
+        committed: committed_rx,
+        used: used.clone(),
+        done: done.clone(),
+        starved: starved.clone(),
         needs_new_segment: false,
         #[cfg(test)]
         fail_next: FAIL_NEXT_WRITE.with(|f| f.clone()),
@@ -294,6 +344,7 @@ pub fn open(
         reserve,
         unwritten,
         refusing: Arc::default(),
+        starved: starved.clone(),
         durable: durable.clone(),
     };
     let mut reader = Reader {
@@ -304,6 +355,11 @@ pub fn open(
         used,
         done,
         committed: None,
+        committed_at: committed_tx,
+        starved,
+        // Weak: the writer thread ends when the last `Log` is dropped,
+        // which is how the reader learns that nothing more will come.
+        writer: log.appends.downgrade(),
         seq,
     };
     // The position's slots: kept when they exist, else made now while
@@ -379,6 +435,39 @@ impl Log {
     /// Appends one record and returns once it is on disk (fsynced), or
     /// [`LogError::Full`] at once when the spool has no room for it.
     pub async fn append(&self, payload: &[u8]) -> Result<Position, LogError> {
+        match self.try_append(payload).await {
+            Err(LogError::Full { .. } | LogError::DiskFull { .. }) => {
+                // Committed bytes may still be on disk (the segment being
+                // written, replayed): the writer frees them if so (a cut
+                // replay asked for may be under way: this one waits behind
+                // it), and the append looks again, once.
+                self.cut().await;
+                let again = self.try_append(payload).await;
+                if matches!(
+                    again,
+                    Err(LogError::Full { .. } | LogError::DiskFull { .. })
+                ) {
+                    // Replay frees the segment being written once it has
+                    // caught up, without waiting for the next append.
+                    self.starved.store(true, Ordering::Release);
+                }
+                again
+            }
+            other => other,
+        }
+    }
+
+    /// Asks the writer to start a new segment and delete the one it was
+    /// writing, if every byte of it is committed. Returns the bytes freed.
+    async fn cut(&self) -> u64 {
+        let (tx, rx) = oneshot::channel();
+        if self.appends.send(Msg::Cut(tx)).is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
+
+    async fn try_append(&self, payload: &[u8]) -> Result<Position, LogError> {
         let framed = frame(payload);
         let n = framed.len() as u64;
         let before = self.used.fetch_add(n, Ordering::AcqRel);
@@ -399,7 +488,11 @@ impl Log {
             return Err(e);
         }
         let (done, rx) = oneshot::channel();
-        if self.appends.send(Append { framed, done }).is_err() {
+        if self
+            .appends
+            .send(Msg::Append(Append { framed, done }))
+            .is_err()
+        {
             undo();
             return Err(LogError::Closed);
         }
@@ -472,6 +565,13 @@ struct Writer {
     segment_bytes: u64,
     durable: watch::Sender<Position>,
     unwritten: Arc<AtomicU64>,
+    /// Where replay has got to: a cut deletes the segment being written
+    /// only when it is wholly before this.
+    committed: watch::Receiver<Position>,
+    /// The log's byte counts, which a cut lowers ([`Log`]).
+    used: Arc<AtomicU64>,
+    done: Arc<AtomicU64>,
+    starved: Arc<AtomicBool>,
     /// After a failed write: the next one starts a new segment first.
     needs_new_segment: bool,
     /// Test hook: the next write fails half-way with ENOSPC.
@@ -486,17 +586,30 @@ thread_local! {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Append>) {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         // Group commit: everything that queued up while the last fsync ran
-        // is written and synced together.
+        // is written and synced together; a cut asked for meanwhile comes
+        // after the group, in the order it was asked.
         while let Some(first) = rx.blocking_recv() {
+            let first = match first {
+                Msg::Append(a) => a,
+                Msg::Cut(reply) => {
+                    let _ = reply.send(self.cut());
+                    continue;
+                }
+            };
+            let mut cut = None;
             let mut group = vec![first];
             let mut bytes = group[0].framed.len();
             while bytes < 16 << 20 {
                 match rx.try_recv() {
-                    Ok(a) => {
+                    Ok(Msg::Append(a)) => {
                         bytes += a.framed.len();
                         group.push(a);
+                    }
+                    Ok(Msg::Cut(reply)) => {
+                        cut = Some(reply);
+                        break;
                     }
                     Err(_) => break,
                 }
@@ -517,6 +630,44 @@ impl Writer {
                         path: self.dir.to_path_buf(),
                         source: io::Error::new(e.kind(), e.to_string()),
                     }));
+            }
+            if let Some(reply) = cut {
+                let _ = reply.send(self.cut());
+            }
+        }
+    }
+
+    /// Starts a new segment and deletes the one being written, when every
+    /// byte of it is committed; returns the bytes freed (0 when it is not
+    /// wholly committed, empty, or a new segment cannot be made yet).
+    fn cut(&mut self) -> u64 {
+        let committed = *self.committed.borrow();
+        if self.at.offset == 0 || committed < self.at || self.needs_new_segment {
+            return 0;
+        }
+        let old = segment_path(&self.dir, self.at.segment);
+        if let Err(e) = self.rotate() {
+            tracing::warn!(error = %e, "spool: cannot start a new segment to free the replayed one yet");
+            return 0;
+        }
+        let len = fs::metadata(&old).map(|m| m.len()).unwrap_or(0);
+        match fs::remove_file(&old) {
+            Ok(()) => {
+                self.used.fetch_sub(len, Ordering::AcqRel);
+                let _ = self
+                    .done
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                        Some(d.saturating_sub(len))
+                    });
+                tracing::info!(segment = %old.display(), bytes = len, "spool: the replayed segment being written is deleted; appends go to a new one");
+                self.starved.store(false, Ordering::Release);
+                len
+            }
+            // The replayer deleted it first (and counted it).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => {
+                tracing::warn!(error = %e, segment = %old.display(), "spool: cannot delete a replayed segment");
+                0
             }
         }
     }
@@ -591,6 +742,12 @@ pub struct Reader {
     done: Arc<AtomicU64>,
     /// The `committed` file with its two slots, once made.
     committed: Option<File>,
+    /// The committed position, for the writer's cuts.
+    committed_at: watch::Sender<Position>,
+    /// Set by a refused append: a commit that reaches the durable end asks
+    /// the writer to cut, so the space comes back before the next append.
+    starved: Arc<AtomicBool>,
+    writer: mpsc::WeakUnboundedSender<Msg>,
     /// Sequence number of the last slot written.
     seq: u64,
 }
@@ -682,10 +839,26 @@ impl Reader {
             }
             let path = segment_path(&dir, n);
             let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            fs::remove_file(&path).map_err(io_err(&path))?;
-            self.used.fetch_sub(len, Ordering::AcqRel);
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    self.used.fetch_sub(len, Ordering::AcqRel);
+                }
+                // The writer cut and deleted it (and counted it).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
         }
-        self.done.store(pos.offset, Ordering::Release);
+        // A segment the writer has cut away holds no committed bytes.
+        let on_disk = segment_path(&dir, pos.segment).exists();
+        self.done
+            .store(if on_disk { pos.offset } else { 0 }, Ordering::Release);
+        self.committed_at.send_replace(pos);
+        if self.starved.load(Ordering::Acquire) && pos >= *self.durable.borrow() {
+            // Nobody waits for the answer: the next append sees the room.
+            if let Some(writer) = self.writer.upgrade() {
+                let _ = writer.send(Msg::Cut(oneshot::channel().0));
+            }
+        }
         let Some(file) = &self.committed else {
             return self.prepare_committed(pos);
         };
@@ -810,6 +983,63 @@ mod tests {
             Err(LogError::Full { .. })
         ));
         log.append(&[3u8; 100]).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_spool_that_is_one_full_segment_gives_its_space_back_once_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        // The segment size is above the limit: every record is in the
+        // segment being written, which never rotates by size.
+        let (log, mut reader, _) = open(dir.path(), 10_000, 1 << 30, 0).unwrap();
+        let mut appended = 0;
+        while log.append(&[1u8; 900]).await.is_ok() {
+            appended += 1;
+        }
+        assert!(matches!(
+            log.append(&[1u8; 900]).await,
+            Err(LogError::Full { .. })
+        ));
+        assert_eq!(segments(dir.path()).unwrap().len(), 1);
+        let mut end = Position::default();
+        for _ in 0..appended {
+            end = reader.next().await.unwrap().unwrap().1;
+        }
+        reader.commit(end).unwrap();
+        assert_eq!(log.pending(), 0);
+        // The next append frees the replayed segment and is taken.
+        let at = log.append(&[2u8; 900]).await.unwrap();
+        assert!(at.segment > end.segment, "{at:?} after {end:?}");
+        assert_eq!(segments(dir.path()).unwrap(), vec![at.segment]);
+        assert_eq!(log.used(), 900 + HEADER as u64);
+        assert_eq!(log.pending(), 900 + HEADER as u64);
+        // The replayer's next commit counts the same bytes once.
+        let next = reader.next().await.unwrap().unwrap();
+        assert_eq!(next.0, Bytes::from(vec![2u8; 900]));
+        reader.commit(end).unwrap();
+        assert_eq!(log.pending(), 900 + HEADER as u64);
+        reader.commit(next.1).unwrap();
+        assert_eq!(log.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_restart_deletes_the_segments_replayed_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut reader, _) = open(dir.path(), 10_000, 1 << 30, 0).unwrap();
+        let mut end = Position::default();
+        for i in 0..5u8 {
+            log.append(&[i; 900]).await.unwrap();
+            end = reader.next().await.unwrap().unwrap().1;
+        }
+        reader.commit(end).unwrap();
+        drop((log, reader));
+        let (log, mut reader, _) = open(dir.path(), 10_000, 1 << 30, 0).unwrap();
+        assert_eq!((log.used(), log.pending()), (0, 0));
+        assert_eq!(segments(dir.path()).unwrap().len(), 1, "only the new one");
+        // The limit is all there again, and replay goes on from there.
+        for i in 0..10u8 {
+            log.append(&[i; 900]).await.unwrap();
+        }
+        assert_eq!(reader.next().await.unwrap().unwrap().0, vec![0u8; 900]);
     }
 
     #[tokio::test]
