@@ -430,6 +430,12 @@ pub fn redacted(table: &'static str, hits: &crate::intake::redact::Hits) {
     }
 }
 
+/// URLs whose userinfo an edge took out before intake (OTLP attributes),
+/// under the redaction kind intake counts the same under.
+pub fn url_userinfo_stripped(table: &'static str, n: u64) {
+    counter!(REDACTIONS, "table" => table, "kind" => crate::privacy::URL_USERINFO).increment(n);
+}
+
 /// Every mode at 0 for both tables, with `--content-policy`.
 pub fn zero_content_policy() {
     for t in ["agent_events", "chat_messages"] {

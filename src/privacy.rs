@@ -144,3 +144,55 @@ mod tests {
         assert!(Pseudonyms::configured(false, None).unwrap().is_none());
     }
 }
+
+/// The redaction kind (`agent_telemetry_redactions_total{kind}`) of
+/// credentials taken out of a URL's userinfo.
+pub const URL_USERINFO: &str = "url-userinfo";
+
+/// `url` without its userinfo (`https://TOKEN@host/…`,
+/// `https://user:password@host/…` → `https://host/…`), or None when it
+/// has none. CI checkouts name their remote with a token in it, and a
+/// project named so would keep the token in `projects.repo_url`, readable
+/// by every dashboard. Only `scheme://` URLs: an scp-style `git@host:path`
+/// names an SSH login, not a secret.
+pub fn strip_url_userinfo(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let valid_scheme = !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'-'));
+    if !valid_scheme {
+        return None;
+    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@')?;
+    Some(format!("{scheme}://{}", &rest[at + 1..]))
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::strip_url_userinfo as strip;
+
+    #[test]
+    fn userinfo_is_taken_out_of_scheme_urls_only() {
+        assert_eq!(
+            strip("https://ghp_abc123@github.com/acme/api.git").as_deref(),
+            Some("https://github.com/acme/api.git")
+        );
+        assert_eq!(
+            strip("https://x-access-token:s3cr3t@github.com/acme/api").as_deref(),
+            Some("https://github.com/acme/api")
+        );
+        // A password holding '@' (unescaped): the last '@' ends the userinfo.
+        assert_eq!(
+            strip("https://u:p@ss@gitlab.example.com:8443/g/r").as_deref(),
+            Some("https://gitlab.example.com:8443/g/r")
+        );
+        assert_eq!(strip("https://github.com/acme/api"), None);
+        // An '@' in the path is not userinfo.
+        assert_eq!(strip("https://github.com/acme/api@v2"), None);
+        assert_eq!(strip("git@github.com:acme/api.git"), None);
+        assert_eq!(strip("acme/api"), None);
+        assert_eq!(strip("not a url://x@y"), None);
+    }
+}

@@ -143,6 +143,8 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
             let (listener, local) = crate::net::bind(addr).await?;
             let handle =
                 metrics::install().map_err(|source| ServerError::Metrics { addr, source })?;
+            // Credentials in URLs are taken out with redaction on or off.
+            metrics::zero_redactions(std::iter::once(crate::privacy::URL_USERINFO));
             if let Some(r) = &redactor {
                 metrics::zero_redactions(r.kinds());
             }
@@ -212,7 +214,7 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
     let done = tokio::spawn(stop_in_order(
         serve,
         tasks,
-        database,
+        (database, pool),
         pipeline.give_up,
         cfg.shutdown_timeout,
         drain.clone(),
@@ -387,10 +389,14 @@ struct Tasks {
 /// and the result is [`ServerError::DeadlinePassed`], so that the process
 /// exits non-zero and a supervisor sees an unclean stop. Stops the embedded
 /// database last.
+/// How long the pool's connections get to close before the embedded
+/// database stops (each needs one poll of its task to send its Terminate).
+const CONNECTIONS_CLOSE: Duration = Duration::from_millis(200);
+
 async fn stop_in_order(
     serve: JoinHandle<Served>,
     tasks: Tasks,
-    database: Database,
+    (database, pool): (Database, Pool),
     give_up: CancellationToken,
     deadline: Duration,
     drain: CancellationToken,
@@ -431,6 +437,14 @@ async fn stop_in_order(
             Err(ServerError::DeadlinePassed(deadline))
         }
     };
+    // The pool's connections end before the database does: stopping it
+    // under them would log each one's end as a connection error. Closing
+    // drops the idle ones; each connection's task then says goodbye to the
+    // server when next polled, which the pause lets happen.
+    pool.close();
+    if database.embedded.is_some() {
+        tokio::time::sleep(CONNECTIONS_CLOSE).await;
+    }
     // The service owns its embedded cluster, even one a crash left running.
     if let Err(e) = database.stop().await {
         tracing::error!(error = %e, "stopping the embedded PostgreSQL failed");

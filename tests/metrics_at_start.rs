@@ -130,6 +130,7 @@ async fn counters_exist_at_zero_and_increase_counts_the_first_refusals() {
         r#"agent_telemetry_flush_duration_seconds_bucket{table="chat_messages",le="+Inf"} 0"#,
         r#"agent_telemetry_redactions_total{table="agent_events",kind="github-token"} 0"#,
         r#"agent_telemetry_redactions_total{table="chat_sessions",kind="secret-field"} 0"#,
+        r#"agent_telemetry_redactions_total{table="agent_events",kind="url-userinfo"} 0"#,
         r#"agent_telemetry_content_policy_total{table="agent_events",mode="hashed"} 0"#,
         r#"agent_telemetry_content_policy_total{table="chat_messages",mode="not_stored"} 0"#,
         r#"agent_telemetry_content_policy_unresolved_total{table="chat_messages"} 0"#,
@@ -205,6 +206,17 @@ async fn counters_exist_at_zero_and_increase_counts_the_first_refusals() {
     assert_eq!(ack.stored, 1, "{ack:?}");
     let text = common::scrape(metrics).await;
     let counted = r#"agent_telemetry_redactions_total{table="agent_events",kind="github-token"} 1"#;
+    assert!(text.contains(counted), "{text}");
+
+    // A token in a project's URL is taken out and counted.
+    let in_url = common::event(
+        "https://ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8@github.com/acme/metrics.git",
+        5,
+    );
+    let ack = common::ingest(&mut client, 6, vec![in_url]).await;
+    assert_eq!(ack.stored, 1, "{ack:?}");
+    let text = common::scrape(metrics).await;
+    let counted = r#"agent_telemetry_redactions_total{table="agent_events",kind="url-userinfo"} 1"#;
     assert!(text.contains(counted), "{text}");
 
     // A file's contents the policy hashes count under its mode.

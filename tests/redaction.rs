@@ -317,7 +317,7 @@ async fn secrets_never_reach_the_spool_or_the_database() {
     );
     assert_eq!(
         common::strings(&db, "SELECT repo_url FROM projects WHERE name = 'redact'").await,
-        ["https://bot:[REDACTED:github-token]@github.com/acme/redact.git"]
+        ["https://github.com/acme/redact.git"]
     );
     assert_eq!(
         common::count(
@@ -344,6 +344,73 @@ async fn with_redaction_off_what_was_sent_is_stored() {
     assert_eq!(
         common::rows_naming(&db, &[GITHUB, AWS, CUSTOM]).await,
         ["agent_events: 1"]
+    );
+    svc.running.shutdown().await.unwrap();
+}
+
+/// CI checkouts name their remote with a token in it. Whatever field
+/// names a project so (an event's project, a chat session's project and
+/// repository URL, an agent session's project, an OTLP resource), the
+/// token is stored nowhere, redaction on or off, and the rows land in the
+/// project the URL names.
+#[tokio::test]
+async fn a_token_in_a_repository_url_is_stored_nowhere() {
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef01234567";
+    let url = format!("https://{TOKEN}@github.com/acme/url-token.git");
+    let with_password = format!("https://x-access-token:{TOKEN}@github.com/acme/url-token");
+    let (_pg, conn, svc) = common::service_with("url_token", |c| {
+        c.redaction.redaction = Switch::Off;
+        c.otlp.otlp_grpc_listen = OptionalAddr(Some("127.0.0.1:0".parse().unwrap()));
+    })
+    .await;
+    let mut client = common::client(&svc.endpoint).await;
+    let ack = common::ingest(&mut client, 1, vec![common::event(&url, 5)]).await;
+    assert_eq!(ack.stored, 1, "{ack:?}");
+    let (mut session, message) = chat();
+    let project = session
+        .workspace
+        .as_mut()
+        .and_then(|w| w.project.as_mut())
+        .unwrap();
+    project.name = with_password.clone();
+    project.repo_url = Some(url.clone());
+    let ack = client
+        .ingest_chat_messages(pb::ChatMessageBatch {
+            sequence: 2,
+            sessions: vec![session],
+            messages: vec![message],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ack.stored, ack.rejected.len()), (1, 0), "{ack:?}");
+    let otlp = format!("http://{}", svc.running.otlp_grpc_addr.unwrap());
+    let mut logs = LogsServiceClient::connect(otlp).await.unwrap();
+    let mut export = otlp_logs();
+    for kv in &mut export.resource_logs[0]
+        .resource
+        .as_mut()
+        .unwrap()
+        .attributes
+    {
+        if kv.key == "project.name" {
+            *kv = text("project.name", &url);
+        }
+    }
+    let reply = logs.export(export).await.unwrap().into_inner();
+    assert!(reply.partial_success.is_none(), "{reply:?}");
+    let db = common::db(&conn).await;
+    assert_eq!(
+        common::rows_naming(&db, &[TOKEN]).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        common::strings(
+            &db,
+            "SELECT coalesce(repo_url, '') FROM projects WHERE full_name = 'acme/url-token'"
+        )
+        .await,
+        ["https://github.com/acme/url-token.git"]
     );
     svc.running.shutdown().await.unwrap();
 }

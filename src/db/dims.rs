@@ -68,7 +68,11 @@ impl ProjectName {
         } else if let Some((_, rest)) = s.split_once("://") {
             let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
             let host = authority.rsplit('@').next().unwrap_or(authority);
-            (Some(host), path, Some(s.to_owned()))
+            // Never a credential in the stored URL (intake strips it
+            // already, and counts it; `keys create` and the policy file
+            // come here directly).
+            let url = crate::privacy::strip_url_userinfo(s).unwrap_or_else(|| s.to_owned());
+            (Some(host), path, Some(url))
         } else {
             let trimmed = s.trim_matches('/');
             match trimmed.split_once('/') {
@@ -893,6 +897,13 @@ mod tests {
             ("gitlab.com/group/sub/repo", "group/sub", "repo")
         );
         assert_eq!(parse("scratch").owner, "");
+        // A token in the URL is never kept.
+        let p = parse("https://ghp_0123456789abcdef@github.com/acme/api.git");
+        assert_eq!(
+            p.repo_url.as_deref(),
+            Some("https://github.com/acme/api.git")
+        );
+        assert_eq!(p.identity, "github.com/acme/api");
         assert!(ProjectName::parse("https://github.com/", &cfg).is_err());
     }
 

@@ -307,14 +307,16 @@ impl Intake {
     /// Step 3's first part: each decoded row's credentials redacted; the
     /// indices of the rows that changed, in order.
     fn redact_rows<R: Record>(&self, rows: &mut [(u32, R)]) -> Vec<u32> {
-        let Some(redactor) = &self.redactor else {
-            return Vec::new();
-        };
         let mut scan = redact::Scan::default();
         let mut changed = Vec::new();
         for (i, r) in rows {
             let before = scan.hits.total();
-            r.redact(redactor, &mut scan);
+            if let Some(p) = r.project_mut() {
+                redact::strip_url_userinfo(p, &mut scan.hits);
+            }
+            if let Some(redactor) = &self.redactor {
+                r.redact(redactor, &mut scan);
+            }
             if scan.hits.total() > before {
                 changed.push(*i);
             }
@@ -408,13 +410,19 @@ impl Intake {
 
     /// The same for the chat sessions a batch or a report carries.
     pub(super) fn redact_chat_sessions(&self, sessions: &mut [crate::pb::ChatSession]) {
-        if let Some(redactor) = &self.redactor {
-            let mut scan = redact::Scan::default();
-            for s in sessions {
+        let mut scan = redact::Scan::default();
+        for s in sessions {
+            if let Some(p) = s.workspace.as_mut().and_then(|w| w.project.as_mut()) {
+                redact::strip_url_userinfo(&mut p.name, &mut scan.hits);
+                if let Some(url) = p.repo_url.as_mut() {
+                    redact::strip_url_userinfo(url, &mut scan.hits);
+                }
+            }
+            if let Some(redactor) = &self.redactor {
                 redactor.chat_session(s, &mut scan);
             }
-            metrics::redacted("chat_sessions", &scan.hits);
         }
+        metrics::redacted("chat_sessions", &scan.hits);
     }
 
     fn buffer(&self, table: Table) -> &TableBuffer {

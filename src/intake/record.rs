@@ -170,6 +170,10 @@ pub trait Record: Message + Default + Sized + Send + Sync + 'static {
     /// The record's credentials redacted, in place.
     fn redact(&mut self, redactor: &Redactor, scan: &mut Scan);
 
+    /// The project the row names itself, where a row of this kind does
+    /// (a URL's credentials are taken out of it, redaction on or off).
+    fn project_mut(&mut self) -> Option<&mut String>;
+
     /// Whose content policy the record follows.
     fn policy_subject(&self) -> Subject<'_>;
 
@@ -280,6 +284,10 @@ impl Record for pb::AgentEvent {
         redactor.event(self, scan)
     }
 
+    fn project_mut(&mut self) -> Option<&mut String> {
+        Some(&mut self.project)
+    }
+
     fn policy_subject(&self) -> Subject<'_> {
         Subject::Project(&self.project)
     }
@@ -380,6 +388,10 @@ impl Record for pb::ChatMessage {
 
     fn redact(&mut self, redactor: &Redactor, scan: &mut Scan) {
         redactor.message(self, scan)
+    }
+
+    fn project_mut(&mut self) -> Option<&mut String> {
+        None
     }
 
     fn policy_subject(&self) -> Subject<'_> {

@@ -116,13 +116,14 @@ impl Intake {
             scope,
         );
         self.redact_chat_sessions(&mut report.chat_sessions);
-        if let Some(redactor) = &self.redactor {
-            let mut scan = super::redact::Scan::default();
-            for s in &mut report.agent_sessions {
+        let mut scan = super::redact::Scan::default();
+        for s in &mut report.agent_sessions {
+            super::redact::strip_url_userinfo(&mut s.project, &mut scan.hits);
+            if let Some(redactor) = &self.redactor {
                 redactor.agent_session(s, &mut scan);
             }
-            crate::metrics::redacted("agent_sessions", &scan.hits);
         }
+        crate::metrics::redacted("agent_sessions", &scan.hits);
         let rows = report.chat_sessions.len() + report.agent_sessions.len();
         if rows > self.limits.max_batch_rows {
             return Err(IngestError::TooManySessions {

@@ -43,6 +43,7 @@ impl<'a> Context<'a> {
         strip_identity: bool,
     ) -> Self {
         let mut context = attrs::to_map(resource);
+        strip_url_credentials(&mut context);
         if strip_identity {
             context.retain(|k, _| !IDENTITY_ATTRIBUTES.contains(&k.as_str()));
         }
@@ -125,6 +126,7 @@ pub(super) fn build(ctx: &Context, draft: Draft<'_>) -> Mapped {
             data.entry(k).or_insert(v);
         }
     }
+    strip_url_credentials(&mut data);
     data.insert("event_name".into(), name.clone().into());
     if let Some(t) = &found.tool_name {
         data.insert("tool_name".into(), t.clone().into());
@@ -147,7 +149,9 @@ pub(super) fn build(ctx: &Context, draft: Draft<'_>) -> Mapped {
     } else {
         pb::Severity::Unspecified
     };
-    let project = text(ctx.resource, PROJECT_KEYS).or_else(|| text(attrs, PROJECT_KEYS));
+    let project = text(ctx.resource, PROJECT_KEYS)
+        .or_else(|| text(attrs, PROJECT_KEYS))
+        .map(|p| crate::privacy::strip_url_userinfo(&p).unwrap_or(p));
     let timestamp = Some(crate::time::to_timestamp(ts));
     let sequence = int(attrs, &["event.sequence"])
         .and_then(|s| i32::try_from(s).ok())
@@ -200,6 +204,26 @@ pub(super) fn build(ctx: &Context, draft: Draft<'_>) -> Mapped {
         agent: agent.id().to_owned(),
         project,
         messages,
+    }
+}
+
+/// An attribute whose whole value is a URL (`vcs.repository.url.full`,
+/// a repository given as `project.name`) keeps no userinfo: CI remotes
+/// carry tokens there. Counted as the redaction kind `url-userinfo`, with
+/// redaction on or off; a URL inside longer text is the redaction rules'.
+fn strip_url_credentials(map: &mut Map<String, Json>) {
+    let mut stripped = 0;
+    for v in map.values_mut() {
+        if let Json::String(s) = v
+            && let Some(clean) = crate::privacy::strip_url_userinfo(s)
+            && !s.contains(char::is_whitespace)
+        {
+            *s = clean;
+            stripped += 1;
+        }
+    }
+    if stripped > 0 {
+        crate::metrics::url_userinfo_stripped("agent_events", stripped);
     }
 }
 

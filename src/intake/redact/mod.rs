@@ -178,7 +178,24 @@ impl std::fmt::Debug for Redactor {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Hits(Vec<(Arc<str>, u64)>);
 
+/// A project name or repository URL without its userinfo, counted as
+/// [`crate::privacy::URL_USERINFO`]. Runs whether redaction is on or not:
+/// these fields are identifiers, not free text, and no rule sees them.
+pub fn strip_url_userinfo(field: &mut String, hits: &mut Hits) {
+    if let Some(clean) = crate::privacy::strip_url_userinfo(field) {
+        *field = clean;
+        hits.add_str(crate::privacy::URL_USERINFO);
+    }
+}
+
 impl Hits {
+    fn add_str(&mut self, kind: &str) {
+        match self.0.iter_mut().find(|(k, _)| &**k == kind) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((Arc::from(kind), 1)),
+        }
+    }
+
     fn add(&mut self, kind: &Arc<str>) {
         match self.0.iter_mut().find(|(k, _)| k == kind) {
             Some((_, n)) => *n += 1,

@@ -221,12 +221,23 @@ pub fn builtin() -> Vec<Builtin> {
             &["eyJ"],
             r"(?-u:\b)eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",
         ),
-        // `scheme://user:password@host`: only the password.
+        // `scheme://user:password@host`: only the password (a user name
+        // never starts a marker: a redacted user name stays as it is).
         rule(
             "url-password",
             &["://"],
-            r"(?-u:\b)[A-Za-z][A-Za-z0-9+.-]{1,30}://[^\s:/@]+:(?P<s>[^\s/@]+)@",
+            r"(?-u:\b)[A-Za-z][A-Za-z0-9+.-]{1,30}://[^\s:/@\[]+:(?P<s>[^\s/@]+)@",
         ),
+        // `scheme://TOKEN@host` (CI remotes): a user name that looks
+        // random is a token; `ssh://git@host` keeps its login.
+        Builtin {
+            check: Check::Random,
+            ..rule(
+                "url-userinfo",
+                &["://"],
+                r"(?-u:\b)[A-Za-z][A-Za-z0-9+.-]{1,30}://(?P<s>[^\s:/@\[]{8,})@",
+            )
+        },
         rule(
             "authorization-header",
             &["authorization"],

@@ -65,6 +65,9 @@ fn secret(rng: &mut SmallRng, kind: &str) -> String {
             pick(rng, ALNUM, 14)
         }
         "authorization-header" | "bearer-token" => pick(rng, URLSAFE, 40),
+        // A classic 40-hex GitHub token as a remote's user name; a digit
+        // and a letter at its end, as every such token has somewhere.
+        "url-userinfo" => format!("{}0f", pick(rng, ALNUM, 38)),
         other => panic!("no generator for {other}"),
     }
 }
@@ -78,6 +81,10 @@ fn placed(kind: &str, s: &str) -> Vec<String> {
         "azure-sas-signature" => vec![format!(
             "curl 'https://acme.blob.core.windows.net/c/b.txt?sv=2022-11-02&sp=r&sig={s}'"
         )],
+        "url-userinfo" => vec![
+            format!("git remote add origin https://{s}@github.com/acme/api.git"),
+            format!("fatal: unable to access 'https://{s}@github.com/acme/api.git/'"),
+        ],
         "url-password" => vec![
             format!("psql postgres://app:{s}@db.internal:5432/app"),
             format!("DATABASE_URL=mysql://root:{s}@localhost/test"),
@@ -125,6 +132,7 @@ const KINDS: &[&str] = &[
     "huggingface-token",
     "jwt",
     "url-password",
+    "url-userinfo",
     "authorization-header",
     "bearer-token",
     "basic-auth-flag",
