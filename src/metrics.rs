@@ -42,6 +42,7 @@ pub const BUILD_INFO: &str = "agent_telemetry_build_info";
 pub const STORAGE_LAYOUT: &str = "agent_telemetry_storage_layout";
 pub const OTLP_EXPORTS: &str = "agent_telemetry_otlp_exports_total";
 pub const OTLP_RECORDS: &str = "agent_telemetry_otlp_records_total";
+pub const OTLP_IGNORED: &str = "agent_telemetry_otlp_records_ignored_total";
 pub const PRICE_RELOADS: &str = "agent_telemetry_price_table_reloads_total";
 pub const REDACTIONS: &str = "agent_telemetry_redactions_total";
 pub const CONTENT_POLICY: &str = "agent_telemetry_content_policy_total";
@@ -213,6 +214,10 @@ pub fn describe() {
         "OTLP records mapped to rows, per signal and agent (other: any unlisted agent)"
     );
     describe_counter!(
+        OTLP_IGNORED,
+        "OTLP records accepted and not stored, per signal: they repeat another record's figures or are an agent's internal output (docs/otlp.md, \"What is not stored\")"
+    );
+    describe_counter!(
         PROJECT_ROWS,
         "Rows newly stored, per table and project (the project's full name for the first --metrics-max-projects projects, then other)"
     );
@@ -288,6 +293,7 @@ pub fn zero() {
         for agent in OTLP_AGENTS.iter().chain(&["other"]) {
             counter!(OTLP_RECORDS, "signal" => signal, "agent" => *agent).absolute(0);
         }
+        counter!(OTLP_IGNORED, "signal" => signal).absolute(0);
     }
 }
 
@@ -511,6 +517,13 @@ pub fn otlp_records(signal: &'static str, agent: &str, n: usize) {
         .copied()
         .unwrap_or("other");
     counter!(OTLP_RECORDS, "signal" => signal, "agent" => agent).increment(n as u64);
+}
+
+/// OTLP records accepted and not stored, per signal.
+pub fn otlp_ignored(signal: &'static str, n: usize) {
+    if n > 0 {
+        counter!(OTLP_IGNORED, "signal" => signal).increment(n as u64);
+    }
 }
 
 pub fn stream_ended(reason: &'static str) {

@@ -414,8 +414,8 @@ async fn codex_logs(db: &Client) {
                 cost_source: Some("estimated".into()),
                 ..x("llm_request")
             },
-            // Other SSE events: stored under their own name, no figures.
-            x("codex.sse_event"),
+            // The stream's other events (an output item here) are not
+            // stored: they carry no figure of their own.
             Row {
                 tool: Some("shell".into()),
                 ..x("tool_decision")

@@ -330,6 +330,11 @@ pub struct Dimensions {
 }
 
 impl Dimensions {
+    /// The pool the cache reads and writes through.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     pub fn new(pool: Pool, projects_cfg: ProjectsConfig) -> Self {
         Self {
             pool,
@@ -764,7 +769,9 @@ impl Dimensions {
 
     /// Creates or updates an agent session: start, end, outcome. Fields the
     /// client leaves empty keep their stored value, so a session can be
-    /// reported at its start and again at its end.
+    /// reported at its start and again at its end. Its start only moves
+    /// earlier and its end only later: reports that arrive out of order (a
+    /// resend, a spool replay, OTLP exports of one session) do not shrink it.
     pub async fn upsert_agent_session(&self, s: &AgentSessionRow<'_>) -> Result<(), DimsError> {
         let project_id = self.project_id(&s.src.project).await?;
         let src: &pb::AgentSession = s.src;
@@ -799,7 +806,7 @@ impl Dimensions {
                     agent_version = EXCLUDED.agent_version, project_id = EXCLUDED.project_id,
                     user_id = COALESCE(EXCLUDED.user_id, agent_sessions.user_id),
                     start_time = LEAST(agent_sessions.start_time, EXCLUDED.start_time),
-                    end_time = COALESCE(EXCLUDED.end_time, agent_sessions.end_time),
+                    end_time = GREATEST(EXCLUDED.end_time, agent_sessions.end_time),
                     duration = COALESCE(EXCLUDED.duration, agent_sessions.duration),
                     context = agent_sessions.context || EXCLUDED.context,
                     metrics = agent_sessions.metrics || EXCLUDED.metrics,

@@ -2,7 +2,8 @@
 //! rows and their cache ([`dims`]), and the embedded PostgreSQL the service
 //! runs when no `DATABASE_URL` is given ([`embedded`]), and opening
 //! whichever of the two a command uses ([`open`]), and the read-only roles
-//! of one organisation ([`readers`]).
+//! of one organisation ([`readers`]), and chat sessions' figures counted
+//! from their rows ([`totals`]).
 
 pub mod dims;
 pub mod embedded;
@@ -11,6 +12,7 @@ pub mod layout;
 pub mod migrate;
 pub mod open;
 pub mod readers;
+pub mod totals;
 
 use std::{str::FromStr, time::Duration};
 

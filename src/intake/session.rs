@@ -151,6 +151,15 @@ impl Intake {
         Ok(out)
     }
 
+    /// Counts the chat sessions' messages and tokens again from their
+    /// committed rows (the OTLP edge's sessions, whose exporters never
+    /// report them; [`crate::db::totals`]).
+    pub async fn recount_chat_sessions(&self, ids: &[Uuid]) -> Result<u64, IngestError> {
+        crate::db::totals::recount_chat_sessions(self.dims.pool(), ids)
+            .await
+            .map_err(|source| IngestError::Sessions { source })
+    }
+
     async fn agent_session(
         &self,
         s: &pb::AgentSession,

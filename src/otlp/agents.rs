@@ -31,6 +31,12 @@ impl Agent {
         }
     }
 
+    /// Claude Code, Gemini CLI and Codex put each request's figures in
+    /// their log events: their spans and metrics repeat them.
+    pub fn logs_carry_figures(&self) -> bool {
+        matches!(self, Agent::ClaudeCode | Agent::GeminiCli | Agent::Codex)
+    }
+
     pub(super) fn detect(resource: &[KeyValue], name: &str, record: &[KeyValue]) -> Agent {
         let service = text(resource, &["service.name"])
             .unwrap_or_default()
@@ -102,23 +108,59 @@ pub struct Found {
     /// Productivity counts a metric point carries (`lines_added`,
     /// `lines_removed`, `commits`, `pull_requests`), for `data`.
     pub counts: Vec<(&'static str, i64)>,
+    /// Not stored at all: the record repeats what another record of the
+    /// same agent carries, or says nothing about the work (docs/otlp.md,
+    /// "What is not stored").
+    pub ignored: bool,
+}
+
+impl Found {
+    /// A record that is not stored.
+    pub fn ignored() -> Self {
+        Found {
+            ignored: true,
+            ..Found::default()
+        }
+    }
+}
+
+/// What an agent sends in place of a text it was told not to log: Claude
+/// Code `<REDACTED>`, Codex `[REDACTED]`. Never content: no chat message
+/// is made of it (the event keeps the text's length the agent sends).
+pub fn is_placeholder(text: &str) -> bool {
+    let t = text.trim();
+    ["<redacted>", "[redacted]", "redacted"]
+        .iter()
+        .any(|p| t.eq_ignore_ascii_case(p))
 }
 
 /// Whether a tool-permission decision let the call run. Each agent has its
-/// own words: Claude Code `accept` / `reject`; Codex `approved`,
-/// `approved_for_session` / `denied`, `abort`; Gemini CLI `accept`,
-/// `auto_accept`, `modify` (the user edited the call and ran it) / `reject`.
-/// An unknown word is no decision rather than a guess.
+/// own words: Claude Code `accept` / `reject` (in `decision`, which
+/// 2.1.328 sends, or the documented `decision_type`); Codex `approved`,
+/// `approved_for_session`, `approved_with_amendment` (an approval that
+/// also amends the exec policy) and the network policy's `allow…` words /
+/// `denied`, `abort`, `timed_out` and its `deny…` words; Gemini CLI
+/// `accept`, `auto_accept`, `modify` (the user edited the call and ran it)
+/// / `reject`. An unknown word is no decision rather than a guess.
 fn decision(a: &[KeyValue]) -> Option<bool> {
-    match text(a, &["decision"])?.to_ascii_lowercase().as_str() {
+    let word = text(a, &["decision", "decision_type"])?.to_ascii_lowercase();
+    match word.as_str() {
         "accept"
         | "accepted"
         | "auto_accept"
         | "modify"
         | "approved"
         | "approved_for_session"
+        | "approved_with_amendment"
+        | "approved_execpolicy_amendment"
         | "allow" => Some(true),
-        "reject" | "rejected" | "denied" | "deny" | "abort" => Some(false),
+        "reject" | "rejected" | "denied" | "deny" | "abort" | "timed_out" | "timeout" => {
+            Some(false)
+        }
+        // The network policy's words: `allow_once`, `allow_for_session`,
+        // `deny_once`, …
+        w if w.starts_with("allow_") => Some(true),
+        w if w.starts_with("deny_") => Some(false),
         _ => None,
     }
 }
@@ -162,6 +204,22 @@ pub(super) fn claude(name: &str, a: &[KeyValue]) -> Found {
             ..Found::default()
         },
         "claude_code.user_prompt" => prompt(a),
+        // The reply of a turn: its text is the session's assistant message.
+        "claude_code.assistant_response" => Found {
+            texts: text(a, &["response"])
+                .map(|t| vec![("assistant", t)])
+                .unwrap_or_default(),
+            ..Found::default()
+        },
+        // The model refused: an error of the request, whose tokens and
+        // cost its `api_request` carries.
+        "claude_code.api_refusal" => Found {
+            event_type: Some(kind::ERROR),
+            model: text(a, &["model"]),
+            duration_ms: int(a, &["duration_ms"]),
+            error: true,
+            ..Found::default()
+        },
         _ => Found::default(),
     }
 }
@@ -188,11 +246,15 @@ pub(super) fn gemini(name: &str, a: &[KeyValue]) -> Found {
                 duration_ms: int(a, &["duration_ms"]),
                 error: failed,
                 texts: text(a, &["response_text"])
+                    .and_then(|t| gemini_reply(&t))
                     .map(|t| vec![("assistant", t)])
                     .unwrap_or_default(),
                 ..Found::default()
             }
         }
+        // The same request and reply as `api_request` and `api_response`,
+        // with the whole system prompt (32 KiB) on every call.
+        "gen_ai.client.inference.operation.details" => Found::ignored(),
         "gemini_cli.api_error" => Found {
             event_type: Some(kind::ERROR),
             model: text(a, &["model"]),
@@ -214,23 +276,46 @@ pub(super) fn gemini(name: &str, a: &[KeyValue]) -> Found {
 
 /// Codex: tokens come on the `sse_event` of kind `response.completed`
 /// (OpenAI's input includes cached tokens, output includes reasoning);
-/// numbers arrive as strings.
+/// numbers arrive as strings. Codex 0.169 logs each `response.completed`
+/// twice: once as one of the stream's events (only `duration_ms`, always
+/// 0), once with the token counts; a stream that fails ends in a
+/// `response.completed` with only `error.message`. So one model call is one
+/// row: the counted one, or the failed one; the stream's other events are
+/// not stored.
 pub(super) fn codex(name: &str, a: &[KeyValue]) -> Found {
+    const TOKENS: [&str; 3] = [
+        "input_token_count",
+        "output_token_count",
+        "cached_token_count",
+    ];
     match name {
         "codex.sse_event" if text(a, &["event.kind"]).as_deref() == Some("response.completed") => {
+            let counted = TOKENS.iter().any(|k| attrs::get(a, k).is_some());
+            let failed = text(a, &["error.message"]).is_some();
+            if !counted && !failed {
+                return Found::ignored();
+            }
             Found {
                 event_type: Some(kind::LLM_REQUEST),
                 model: text(a, &["model"]),
-                tokens: Some((
-                    int(a, &["input_token_count"]),
-                    int(a, &["output_token_count"]),
-                    int(a, &["cached_token_count"]),
-                )),
+                tokens: counted.then(|| {
+                    (
+                        int(a, &[TOKENS[0]]),
+                        int(a, &[TOKENS[1]]),
+                        int(a, &[TOKENS[2]]),
+                    )
+                }),
+                cache_written: int(a, &["cache_write_token_count"]).filter(|n| *n > 0),
                 duration_ms: int(a, &["duration_ms"]),
+                error: failed && !counted,
                 ..Found::default()
             }
         }
-        "codex.sse_event" | "codex.api_request" if text(a, &["error.message"]).is_some() => Found {
+        // Progress of the stream (deltas, `response.created`, and
+        // `response.failed`, whose failure the `response.completed` after
+        // it carries): no figure of its own.
+        "codex.sse_event" => Found::ignored(),
+        "codex.api_request" if text(a, &["error.message"]).is_some() => Found {
             model: text(a, &["model"]),
             error: true,
             ..Found::default()
@@ -318,14 +403,54 @@ pub(super) fn tool(a: &[KeyValue], name_keys: &[&str]) -> Found {
     }
 }
 
+/// A user prompt: `prompt`, else Claude Code's `prompt_text` (2.1.328
+/// sends both, the same text).
 pub(super) fn prompt(a: &[KeyValue]) -> Found {
     Found {
         event_type: Some(kind::USER_PROMPT),
-        texts: text(a, &["prompt"])
+        texts: text(a, &["prompt", "prompt_text"])
             .map(|t| vec![("user", t)])
             .unwrap_or_default(),
         ..Found::default()
     }
+}
+
+/// Gemini CLI's `response_text`: the JSON of the streamed
+/// GenerateContentResponse chunks (an array; one object for a call that
+/// was not streamed). The reply is the text of their candidates' parts,
+/// in order, without the model's thoughts (`"thought": true`); a reply of
+/// function calls only has no text. Text that is not such JSON (older
+/// versions sent the reply itself) is the reply as it is.
+pub(super) fn gemini_reply(raw: &str) -> Option<String> {
+    let json: Json = match serde_json::from_str(raw) {
+        Ok(j @ (Json::Array(_) | Json::Object(_))) => j,
+        _ => return Some(raw.to_owned()),
+    };
+    let chunks = match &json {
+        Json::Array(a) => a.iter().collect::<Vec<_>>(),
+        one => vec![one],
+    };
+    let mut out = String::new();
+    for chunk in chunks {
+        let candidates = chunk.get("candidates").and_then(Json::as_array);
+        // The first candidate is the reply (the CLI asks for one).
+        let Some(parts) = candidates
+            .and_then(|c| c.first())
+            .and_then(|c| c.pointer("/content/parts"))
+            .and_then(Json::as_array)
+        else {
+            continue;
+        };
+        for part in parts {
+            if part.get("thought").and_then(Json::as_bool) == Some(true) {
+                continue;
+            }
+            if let Some(t) = part.get("text").and_then(Json::as_str) {
+                out.push_str(t);
+            }
+        }
+    }
+    (!out.trim().is_empty()).then_some(out)
 }
 
 /// The last user message of `gen_ai.input.messages` and the assistant's

@@ -33,21 +33,38 @@ use serde_json::{Map, Value as Json, json};
 use super::{
     agents::{self, Found},
     attrs::{self, text},
-    rows::{Draft, build, content_id, session_of, span_id},
+    rows::{Draft, build, content_id, names_session, session_of, span_id},
 };
 pub use super::{
     agents::{Agent, kind},
-    rows::{Context, Mapped},
+    rows::{Context, MACHINE_PREFIX, Mapped},
 };
 
-pub fn log_record(ctx: &Context, rec: &LogRecord) -> Mapped {
+/// A name, as an event type: no sentence (a log message in the body) and
+/// no code location (Codex's `eventName` is "event otel/src/…rs:324").
+fn as_name(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty() && !s.contains(char::is_whitespace)).then(|| s.to_owned())
+}
+
+/// One log record's rows, or None when it is not stored ([`Found::ignored`];
+/// a record of an agent mapped here that names no event is its debug
+/// output).
+pub fn log_record(ctx: &Context, rec: &LogRecord) -> Option<Mapped> {
     let attrs = rec.attributes.as_slice();
     let body = rec.body.as_ref().and_then(|b| b.value.as_ref());
-    let raw_name = text(attrs, &["event.name"])
-        .or_else(|| (!rec.event_name.is_empty()).then(|| rec.event_name.clone()))
-        .or_else(|| body.and_then(attrs::value_text))
-        .unwrap_or_else(|| "log".into());
-    let agent = Agent::detect(ctx.resource, &raw_name, attrs);
+    let named = text(attrs, &["event.name"])
+        .or_else(|| as_name(&rec.event_name))
+        .or_else(|| {
+            body.and_then(attrs::value_text)
+                .as_deref()
+                .and_then(as_name)
+        });
+    let agent = Agent::detect(ctx.resource, named.as_deref().unwrap_or(""), attrs);
+    if named.is_none() && agent.logs_carry_figures() {
+        return None;
+    }
+    let raw_name = named.unwrap_or_else(|| "log".into());
     // Claude Code's `event.name` is the bare name ("api_request"); its body
     // has the full one.
     let name = match &agent {
@@ -77,6 +94,9 @@ pub fn log_record(ctx: &Context, rec: &LogRecord) -> Mapped {
         },
         _ => Found::default(),
     };
+    if found.ignored {
+        return None;
+    }
     if rec.severity_number >= 17 {
         found.error = true;
     }
@@ -96,7 +116,7 @@ pub fn log_record(ctx: &Context, rec: &LogRecord) -> Mapped {
     }
     let id = content_id(b"log", ctx, &rec.encode_to_vec());
     let session = session_of(&agent, attrs, ctx.resource, &rec.trace_id);
-    build(
+    let mut mapped = build(
         ctx,
         Draft {
             agent,
@@ -108,10 +128,19 @@ pub fn log_record(ctx: &Context, rec: &LogRecord) -> Mapped {
             session,
             data,
         },
-    )
+    );
+    // A record emitted inside a span (Claude Code's events with tracing on)
+    // hangs under that span's row in the drill-down.
+    if rec.span_id.len() == 8 && rec.span_id.iter().any(|b| *b != 0) {
+        mapped.event.parent_event_id = span_id(&rec.trace_id, &rec.span_id).to_string();
+    }
+    Some(mapped)
 }
 
-pub fn span(ctx: &Context, span: &Span) -> Mapped {
+/// One span's rows, or None when it is not stored: a span of an agent
+/// whose logs carry the figures that names no session is its internal
+/// tracing (Codex sends ~500 a run), which would make a session per trace.
+pub fn span(ctx: &Context, span: &Span) -> Option<Mapped> {
     let attrs = span.attributes.as_slice();
     let op = text(attrs, &["gen_ai.operation.name"]).unwrap_or_else(|| {
         span.name
@@ -125,7 +154,10 @@ pub fn span(ctx: &Context, span: &Span) -> Mapped {
     // Claude Code, Gemini CLI and Codex put each request's figures in their
     // logs: their spans (beta tracing, internal spans) would count them a
     // second time, so they are stored under their names without figures.
-    let logs_carry_figures = matches!(agent, Agent::ClaudeCode | Agent::GeminiCli | Agent::Codex);
+    let logs_carry_figures = agent.logs_carry_figures();
+    if logs_carry_figures && !names_session(attrs, ctx.resource) {
+        return None;
+    }
     let mut found = match (oi_kind.as_deref(), op.as_str()) {
         _ if logs_carry_figures => Found::default(),
         (Some(k), _) => agents::openinference(k, attrs),
@@ -196,8 +228,19 @@ pub fn span(ctx: &Context, span: &Span) -> Mapped {
     if let Some(parent) = event_parent {
         mapped.event.parent_event_id = parent.to_string();
     }
-    mapped
+    Some(mapped)
 }
+
+/// Metrics of the agents whose events carry the figures that no event
+/// carries: Claude Code's productivity counters and active time. Their
+/// other metrics repeat the events' tokens, cost and counts (Gemini CLI's
+/// cumulatively, at every export), and Codex's name no conversation.
+const KEPT_AGENT_METRICS: &[&str] = &[
+    "claude_code.lines_of_code.count",
+    "claude_code.commit.count",
+    "claude_code.pull_request.count",
+    "claude_code.active_time.total",
+];
 
 /// Metric data points are stored as `metric` rows: their figures in
 /// `metrics`, never in the token or cost columns (the per-request events
@@ -205,6 +248,9 @@ pub fn span(ctx: &Context, span: &Span) -> Mapped {
 pub fn metric(ctx: &Context, metric: &Metric) -> Vec<Mapped> {
     let agent_hint = Agent::detect(ctx.resource, &metric.name, &[]);
     let mut out = Vec::new();
+    if agent_hint.logs_carry_figures() && !KEPT_AGENT_METRICS.contains(&metric.name.as_str()) {
+        return out;
+    }
     let mut point = |attrs: &[KeyValue],
                      time: u64,
                      figures: Json,
@@ -415,17 +461,24 @@ mod tests {
     fn spans_of_agents_whose_logs_carry_the_figures_count_nothing() {
         let prices = PriceTable::default();
         let resource = [s("service.name", "claude-code")];
+        let attrs = vec![
+            s("gen_ai.operation.name", "chat"),
+            s("gen_ai.request.model", "claude-sonnet-4-5"),
+            i("gen_ai.usage.input_tokens", 100),
+        ];
+        // Naming no session, it is the agent's internal tracing: not stored.
+        let internal = span(
+            &ctx(&resource, &prices),
+            &span_with("claude_code.llm_request", attrs.clone()),
+        );
+        assert!(internal.is_none());
+        let mut attrs = attrs;
+        attrs.push(s("session.id", "6f1c2a7e-0d3b-4c1e-9a51-3b8e2f7d9c01"));
         let m = span(
             &ctx(&resource, &prices),
-            &span_with(
-                "claude_code.llm_request",
-                vec![
-                    s("gen_ai.operation.name", "chat"),
-                    s("gen_ai.request.model", "claude-sonnet-4-5"),
-                    i("gen_ai.usage.input_tokens", 100),
-                ],
-            ),
-        );
+            &span_with("claude_code.llm_request", attrs),
+        )
+        .unwrap();
         assert_eq!(m.event.event_type, "chat");
         assert_eq!(m.event.model, None);
         assert_eq!(m.event.input_tokens, None);
@@ -447,7 +500,8 @@ mod tests {
         let a = span(
             &ctx(&resource, &prices),
             &span_with("ChatOpenAI", attrs.clone()),
-        );
+        )
+        .unwrap();
         assert_eq!(a.event.event_type, kind::LLM_REQUEST);
         assert_eq!(a.agent, "my-rag-app");
         assert_eq!(
@@ -455,7 +509,7 @@ mod tests {
             (Some(900), Some(100))
         );
         assert_eq!(a.event.cost_usd, Some(0.0042));
-        let b = span(&ctx(&resource, &prices), &span_with("other", attrs));
+        let b = span(&ctx(&resource, &prices), &span_with("other", attrs)).unwrap();
         assert_eq!(a.session, b.session, "the same session text, the same UUID");
         assert_eq!(a.session.get_version_num(), 8);
     }
@@ -475,12 +529,12 @@ mod tests {
             attributes: attrs,
             ..Default::default()
         };
-        let alone = log_record(&ctx(&resource, &prices), &rec);
+        let alone = log_record(&ctx(&resource, &prices), &rec).unwrap();
         assert_eq!(alone.event.event_type, kind::LLM_REQUEST);
         assert_eq!(alone.event.input_tokens, Some(10));
         rec.trace_id = vec![1; 16];
         rec.span_id = vec![2; 8];
-        let inside = log_record(&ctx(&resource, &prices), &rec);
+        let inside = log_record(&ctx(&resource, &prices), &rec).unwrap();
         assert_eq!(
             inside.event.event_type,
             "gen_ai.client.inference.operation.details"
@@ -509,13 +563,16 @@ mod tests {
             ],
             ..Default::default()
         };
-        let a = log_record(&ctx(&resource, &prices), &rec);
-        let b = log_record(&ctx(&resource, &prices), &rec);
+        let a = log_record(&ctx(&resource, &prices), &rec).unwrap();
+        let b = log_record(&ctx(&resource, &prices), &rec).unwrap();
         assert_eq!(a.event.id, b.event.id);
         let mut other = rec.clone();
         other.time_unix_nano += 1;
         assert_ne!(
-            log_record(&ctx(&resource, &prices), &other).event.id,
+            log_record(&ctx(&resource, &prices), &other)
+                .unwrap()
+                .event
+                .id,
             a.event.id
         );
     }
@@ -570,7 +627,7 @@ mod tests {
                 ],
                 ..Default::default()
             };
-            let m = log_record(&ctx(&resource, &prices), &rec);
+            let m = log_record(&ctx(&resource, &prices), &rec).unwrap();
             let d = data(&m);
             assert_eq!(
                 d.get("accepted").and_then(Json::as_bool),
@@ -658,9 +715,19 @@ mod tests {
             keys(&fraction),
             [serde_json::json!([null, null, null, null])]
         );
-        // Another agent's metric of the same shape is not Claude Code's.
+        // Another metric of the same shape is no count; from Claude Code,
+        // whose events carry its figures, it is not stored at all.
         let other = sum("some.lines_of_code", 1, vec![(Some("added"), AsInt(5))]);
-        assert_eq!(keys(&other), [serde_json::json!([null, null, null, null])]);
+        assert!(keys(&other).is_empty());
+        let tokens = sum(
+            "claude_code.token.usage",
+            1,
+            vec![(Some("input"), AsInt(5))],
+        );
+        assert!(
+            keys(&tokens).is_empty(),
+            "the api_request events count them"
+        );
     }
 
     #[test]
@@ -683,6 +750,7 @@ mod tests {
                 ],
             ),
         );
+        let m = m.unwrap();
         let want = 0.2 * 3.0 + 0.5 * 0.3 + 0.3 * 3.75 + 0.1 * 15.0;
         let cost = m.event.cost_usd.unwrap();
         assert!((cost - want).abs() < 1e-9, "{cost} vs {want}");

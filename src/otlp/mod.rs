@@ -141,7 +141,11 @@ struct Item {
 /// The machine a record came from, from its resource.
 #[derive(Clone)]
 struct Host {
-    machine_id: String,
+    /// `host.id`, else `host.name`; None when the resource names neither
+    /// (Claude Code sends no host attribute): the agent's installation
+    /// stands for the machine then, so that every developer's machine does
+    /// not become one workspace.
+    machine_id: Option<String>,
     hostname: String,
     username: String,
     os_type: String,
@@ -151,8 +155,7 @@ impl Host {
     fn of(resource: &[KeyValue]) -> Self {
         let t = |keys: &[&str]| attrs::text(resource, keys).unwrap_or_default();
         let hostname = t(&["host.name"]);
-        let machine_id =
-            attrs::text(resource, &["host.id", "host.name"]).unwrap_or_else(|| "unknown".into());
+        let machine_id = attrs::text(resource, &["host.id", "host.name"]);
         Self {
             machine_id,
             hostname,
@@ -199,6 +202,7 @@ impl OtlpIntake {
         let scope = self.scope(meta).await?;
         let prices = self.settings.prices.load_full();
         let mut items = Vec::new();
+        let mut ignored = 0;
         for (r, rl) in req.resource_logs.iter().enumerate() {
             let resource = rl.resource.as_ref().map(|r| r.attributes.as_slice());
             let resource = resource.unwrap_or_default();
@@ -206,14 +210,19 @@ impl OtlpIntake {
             for (s, sl) in rl.scope_logs.iter().enumerate() {
                 let ctx = self.context(&prices, resource, scope_name(&sl.scope));
                 for (l, rec) in sl.log_records.iter().enumerate() {
+                    let Some(mapped) = map::log_record(&ctx, rec) else {
+                        ignored += 1;
+                        continue;
+                    };
                     items.push(Item {
-                        mapped: map::log_record(&ctx, rec),
+                        mapped,
                         locator: format!("resourceLogs[{r}].scopeLogs[{s}].logRecords[{l}]"),
                         host: host.clone(),
                     });
                 }
             }
         }
+        crate::metrics::otlp_ignored("logs", ignored);
         self.store("logs", items, &scope, meta).await
     }
 
@@ -225,6 +234,7 @@ impl OtlpIntake {
         let scope = self.scope(meta).await?;
         let prices = self.settings.prices.load_full();
         let mut items = Vec::new();
+        let mut ignored = 0;
         for (r, rs) in req.resource_spans.iter().enumerate() {
             let resource = rs.resource.as_ref().map(|r| r.attributes.as_slice());
             let resource = resource.unwrap_or_default();
@@ -232,14 +242,19 @@ impl OtlpIntake {
             for (s, ss) in rs.scope_spans.iter().enumerate() {
                 let ctx = self.context(&prices, resource, scope_name(&ss.scope));
                 for (i, span) in ss.spans.iter().enumerate() {
+                    let Some(mapped) = map::span(&ctx, span) else {
+                        ignored += 1;
+                        continue;
+                    };
                     items.push(Item {
-                        mapped: map::span(&ctx, span),
+                        mapped,
                         locator: format!("resourceSpans[{r}].scopeSpans[{s}].spans[{i}]"),
                         host: host.clone(),
                     });
                 }
             }
         }
+        crate::metrics::otlp_ignored("traces", ignored);
         self.store("traces", items, &scope, meta).await
     }
 
@@ -251,6 +266,7 @@ impl OtlpIntake {
         let scope = self.scope(meta).await?;
         let prices = self.settings.prices.load_full();
         let mut items = Vec::new();
+        let mut ignored = 0;
         for (r, rm) in req.resource_metrics.iter().enumerate() {
             let resource = rm.resource.as_ref().map(|r| r.attributes.as_slice());
             let resource = resource.unwrap_or_default();
@@ -258,7 +274,9 @@ impl OtlpIntake {
             for (s, sm) in rm.scope_metrics.iter().enumerate() {
                 let ctx = self.context(&prices, resource, scope_name(&sm.scope));
                 for (m, metric) in sm.metrics.iter().enumerate() {
-                    for (p, mapped) in map::metric(&ctx, metric).into_iter().enumerate() {
+                    let points = map::metric(&ctx, metric);
+                    ignored += map::metric_points(metric).saturating_sub(points.len());
+                    for (p, mapped) in points.into_iter().enumerate() {
                         items.push(Item {
                             mapped,
                             locator: format!(
@@ -271,6 +289,7 @@ impl OtlpIntake {
                 }
             }
         }
+        crate::metrics::otlp_ignored("metrics", ignored);
         self.store("metrics", items, &scope, meta).await
     }
 
@@ -372,6 +391,7 @@ impl OtlpIntake {
         }
         let fallback = self.fallback_project(scope, meta);
         self.resolve_projects(&mut items, &fallback);
+        machine_developers(&mut items, scope);
         let max = self.intake.limits.max_batch_rows.max(2);
 
         // Events: all chunks go into the buffer first, then their commits
@@ -401,9 +421,12 @@ impl OtlpIntake {
         for (c, chunk) in messages.chunks(max / 2).enumerate() {
             let mut sessions: BTreeMap<Uuid, pb::ChatSession> = BTreeMap::new();
             for (item, m) in chunk {
-                sessions
+                let s = sessions
                     .entry(item.mapped.session)
                     .or_insert_with(|| chat_session(item, m.timestamp));
+                if s.model_id.is_none() {
+                    s.model_id = item.mapped.event.model.clone();
+                }
             }
             let batch = Batch {
                 sequence: c as u64,
@@ -422,7 +445,115 @@ impl OtlpIntake {
                 .collect();
             problems.message_ack(&ack, &locators)?;
         }
+        self.sessions(&items, scope).await;
         problems.outcome(items.len())
+    }
+
+    /// The agent sessions of an export's records, and the counts of the
+    /// chat sessions it added messages to. Each export of a session
+    /// upserts it again (its start only moves earlier, its end later), so
+    /// one that fails here (the database away while the spool takes the
+    /// rows) is made good by the session's next export; it costs the
+    /// export nothing.
+    async fn sessions(&self, items: &[Item], scope: &Scope) {
+        let mut sessions: BTreeMap<Uuid, pb::AgentSession> = BTreeMap::new();
+        for item in items.iter().filter(|i| i.mapped.session_named) {
+            let e = &item.mapped.event;
+            let s = sessions
+                .entry(item.mapped.session)
+                .or_insert_with(|| agent_session(item));
+            let key = |t: &prost_types::Timestamp| (t.seconds, t.nanos);
+            if let Some(ts) = e.timestamp {
+                if s.start_time.is_none_or(|t| key(&ts) < key(&t)) {
+                    s.start_time = Some(ts);
+                }
+                if s.end_time.is_none_or(|t| key(&ts) > key(&t)) {
+                    s.end_time = Some(ts);
+                }
+            }
+            if s.agent_version.is_empty() {
+                s.agent_version.clone_from(&e.agent_version);
+            }
+            if s.user.is_none() {
+                s.user.clone_from(&e.user);
+            }
+        }
+        // Every session of the export: a later export of a session adds
+        // tokens to its chat session without a message (a session with
+        // no chat session is no row to update).
+        let ids: Vec<Uuid> = items
+            .iter()
+            .map(|i| i.mapped.session)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for chunk in sessions
+            .into_values()
+            .collect::<Vec<_>>()
+            .chunks(self.intake.limits.max_batch_rows.max(1))
+        {
+            let report = pb::SessionReport {
+                chat_sessions: Vec::new(),
+                agent_sessions: chunk.to_vec(),
+            };
+            match self.intake.report_sessions(&report, scope).await {
+                Ok(out) if !out.agent_sessions_rejected.is_empty() => {
+                    tracing::warn!(rejected = ?out.agent_sessions_rejected, "OTLP: agent sessions not stored");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "OTLP: agent sessions not stored now; the session's next export stores them");
+                }
+            }
+        }
+        if let Err(e) = self.intake.recount_chat_sessions(&ids).await {
+            tracing::warn!(error = %e, "OTLP: chat sessions not counted now; the session's next export counts them");
+        }
+    }
+}
+
+/// The agent session an OTLP record belongs to: OTLP has no session
+/// start or end of its own, so its records' times bound it; its figures
+/// are its events' (`agent_session_results`).
+fn agent_session(item: &Item) -> pb::AgentSession {
+    let e = &item.mapped.event;
+    pb::AgentSession {
+        id: item.mapped.session.to_string(),
+        agent_id: item.mapped.agent.clone(),
+        agent_version: e.agent_version.clone(),
+        project: e.project.clone(),
+        start_time: None,
+        end_time: None,
+        duration_s: None,
+        context_json: r#"{"source":"otlp"}"#.into(),
+        metrics_json: String::new(),
+        outcome: String::new(),
+        quality_score: None,
+        user: e.user.clone(),
+        organization: e.organization.clone(),
+    }
+}
+
+/// Rows that name no developer, from a key that names none either, get
+/// their agent installation's identity (Claude Code's `user.id`, Gemini
+/// CLI's `installation.id`) as a machine's developer of last resort: the
+/// key's developer ranks above it (intake fills that in), and a person's
+/// account or email above both.
+fn machine_developers(items: &mut [Item], scope: &Scope) {
+    if scope.user().is_some() {
+        return;
+    }
+    for item in items {
+        let m = &mut item.mapped;
+        if m.event.user.is_none()
+            && let Some(id) = &m.installation
+        {
+            m.event.user = Some(pb::User {
+                key: format!("{}{}:{id}", map::MACHINE_PREFIX, m.agent),
+                display_name: format!("{} installation {}", m.agent, id.get(..8).unwrap_or(id)),
+                email: String::new(),
+            });
+        }
     }
 }
 
@@ -432,12 +563,22 @@ fn chat_session(item: &Item, started: Option<prost_types::Timestamp>) -> pb::Cha
     let agent = &item.mapped.agent;
     let project = &item.mapped.event.project;
     let h = &item.host;
+    let machine_id = h
+        .machine_id
+        .clone()
+        .or_else(|| {
+            item.mapped
+                .installation
+                .as_ref()
+                .map(|i| format!("{agent}-installation:{i}"))
+        })
+        .unwrap_or_else(|| "unknown".into());
     pb::ChatSession {
         session_id: item.mapped.session.to_string(),
         workspace: Some(pb::Workspace {
             // No editor workspace id in OTLP: one workspace per agent,
             // machine and project.
-            workspace_id: format!("otlp:{agent}:{}:{project}", h.machine_id),
+            workspace_id: format!("otlp:{agent}:{machine_id}:{project}"),
             workspace_path: String::new(),
             workspace_type: "otlp".into(),
             branch: None,
@@ -449,7 +590,7 @@ fn chat_session(item: &Item, started: Option<prost_types::Timestamp>) -> pb::Cha
                 organization: item.mapped.event.organization.clone(),
             }),
             machine: Some(pb::Machine {
-                machine_id: h.machine_id.clone(),
+                machine_id,
                 hostname: h.hostname.clone(),
                 username: h.username.clone(),
                 os_type: h.os_type.clone(),

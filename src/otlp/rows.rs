@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    agents::{Agent, Found},
+    agents::{Agent, Found, is_placeholder},
     attrs::{self, int, text},
     price::PriceTable,
 };
@@ -44,6 +44,9 @@ impl<'a> Context<'a> {
     ) -> Self {
         let mut context = attrs::to_map(resource);
         strip_url_credentials(&mut context);
+        for key in NOT_IN_CONTEXT {
+            context.remove(*key);
+        }
         if strip_identity {
             context.retain(|k, _| !IDENTITY_ATTRIBUTES.contains(&k.as_str()));
         }
@@ -75,6 +78,12 @@ pub struct Mapped {
     pub agent: String,
     pub project: Option<String>,
     pub messages: Vec<pb::ChatMessage>,
+    /// The agent installation the record names, if any
+    /// (`installation_of`).
+    pub installation: Option<String>,
+    /// Whether the record names its session (else it is its trace's or
+    /// its process's, and makes no agent session).
+    pub session_named: bool,
 }
 
 /// Attributes that hold prompt or response text: they become chat
@@ -82,12 +91,28 @@ pub struct Mapped {
 /// The content policy's `chat` mode governs the same keys in `data`.
 const TEXT_KEYS: &[&str] = crate::intake::policy::OTLP_TEXT_ATTRIBUTES;
 
+/// Attributes not kept in `data`: the agent's system prompt and tool
+/// definitions, the same on every request of a session (Gemini CLI sends
+/// 32 KiB and 15 KiB of them on every call and span).
+const DEFINITION_KEYS: &[&str] = &[
+    "gen_ai.system_instructions",
+    "gen_ai.tool.definitions",
+    "gen_ai.agent.description",
+];
+
+/// Resource attributes not kept in `context`: the command line holds the
+/// prompt itself when it is given with `-p` (Gemini CLI, Claude Code),
+/// whether prompts are logged or not.
+const NOT_IN_CONTEXT: &[&str] = &["process.command_args", "process.command"];
+
+/// Attributes naming a record's session. Not OpenTelemetry's `thread.id`:
+/// that is the thread of execution (Codex puts it on each of its spans),
+/// and it would make a session per thread number.
 const SESSION_KEYS: &[&str] = &[
     "session.id",
     "conversation.id",
     "gen_ai.conversation.id",
     "copilot_chat.session_id",
-    "thread.id",
 ];
 
 const PROJECT_KEYS: &[&str] = &[
@@ -122,7 +147,7 @@ pub(super) fn build(ctx: &Context, draft: Draft<'_>) -> Mapped {
     let model = found.model.clone();
     for (k, v) in attrs::to_map(attrs) {
         let identity = ctx.strip_identity && IDENTITY_ATTRIBUTES.contains(&k.as_str());
-        if !TEXT_KEYS.contains(&k.as_str()) && !identity {
+        if !TEXT_KEYS.contains(&k.as_str()) && !DEFINITION_KEYS.contains(&k.as_str()) && !identity {
             data.entry(k).or_insert(v);
         }
     }
@@ -141,9 +166,7 @@ pub(super) fn build(ctx: &Context, draft: Draft<'_>) -> Mapped {
         data.insert((*key).into(), (*n).into());
     }
     let figures = figures(ctx, &found, model.as_deref(), &mut data);
-    let agent_version = text(ctx.resource, &["service.version"])
-        .or_else(|| text(attrs, &["app.version"]))
-        .unwrap_or_default();
+    let agent_version = agent_version(&agent, ctx.resource, attrs);
     let severity = if found.error {
         pb::Severity::Error
     } else {
@@ -153,13 +176,11 @@ pub(super) fn build(ctx: &Context, draft: Draft<'_>) -> Mapped {
         .or_else(|| text(attrs, PROJECT_KEYS))
         .map(|p| crate::privacy::strip_url_userinfo(&p).unwrap_or(p));
     let timestamp = Some(crate::time::to_timestamp(ts));
-    let sequence = int(attrs, &["event.sequence"])
-        .and_then(|s| i32::try_from(s).ok())
-        .unwrap_or(0)
-        .max(0);
+    let sequence = message_sequence(attrs, ts);
     let messages = found
         .texts
         .into_iter()
+        .filter(|(_, content)| !is_placeholder(content))
         .enumerate()
         .map(|(i, (role, content))| pb::ChatMessage {
             id: derived(&id, &[b"message", &[i as u8]]).to_string(),
@@ -168,7 +189,7 @@ pub(super) fn build(ctx: &Context, draft: Draft<'_>) -> Mapped {
             content,
             timestamp,
             // The order inside a record: the reply after its prompt.
-            sequence: sequence.saturating_mul(2).saturating_add(i as i32),
+            sequence: sequence.saturating_add(i as i32),
             metadata_json:
                 json!({ "source": "otlp", "event_name": name, "event_id": id.to_string() })
                     .to_string(),
@@ -196,16 +217,71 @@ pub(super) fn build(ctx: &Context, draft: Draft<'_>) -> Mapped {
             output_tokens: figures.output,
             cached_tokens: figures.cached.filter(|v| *v >= 0),
             cost_usd: figures.cost.filter(|c| c.is_finite() && *c >= 0.0),
-            user: user_of(ctx.resource, attrs),
+            user: user_of(&agent, ctx.resource, attrs),
             organization: organization_of(ctx.resource, attrs),
             model,
         },
         session,
+        installation: installation_of(&agent, ctx.resource, attrs),
+        session_named: names_session(attrs, ctx.resource),
         agent: agent.id().to_owned(),
         project,
         messages,
     }
 }
+
+/// The agent's own version: `service.version`, else `app.version`. Gemini
+/// CLI's `service.version` is Node's (`v20.20.2`, `process.version`), and
+/// its own version is not in its telemetry: a runtime's version is never
+/// the agent's, so it stays empty.
+fn agent_version(agent: &Agent, resource: &[KeyValue], attrs: &[KeyValue]) -> String {
+    let runtime = text(resource, &["process.runtime.version"]);
+    let is_runtime = |v: &str| {
+        runtime
+            .as_deref()
+            .is_some_and(|r| v.trim_start_matches('v') == r.trim_start_matches('v'))
+            || (*agent == Agent::GeminiCli && v.starts_with('v'))
+    };
+    text(resource, &["service.version"])
+        .filter(|v| !is_runtime(v))
+        .or_else(|| text(attrs, &["app.version"]))
+        .unwrap_or_default()
+}
+
+/// Where a record's chat messages stand in their session. Claude Code
+/// numbers its events (`event.sequence`); the others do not, and their
+/// messages follow one another in time: seconds since 2020 (an i32 holds
+/// them until 2088), so that a session's messages sort in the order they
+/// were said. The reply of a record comes after its prompt (the index
+/// within the record is added to twice the position).
+fn message_sequence(attrs: &[KeyValue], ts: SystemTime) -> i32 {
+    const SINCE: u64 = 1_577_836_800; // 2020-01-01T00:00:00Z
+    let position = int(attrs, &["event.sequence"]).unwrap_or_else(|| {
+        let secs = ts
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        secs.saturating_sub(SINCE) as i64
+    });
+    i32::try_from(position.max(0).saturating_mul(2)).unwrap_or(i32::MAX - 1)
+}
+
+/// The installation a record comes from, where the agent names one:
+/// Claude Code's `user.id` (a hash per installation, all it sends with an
+/// API key) and Gemini CLI's `installation.id`. A machine's identity, not
+/// a person's: the developer of last resort ([`MACHINE_PREFIX`]) and the
+/// machine of a workspace when the resource names no host.
+fn installation_of(agent: &Agent, resource: &[KeyValue], attrs: &[KeyValue]) -> Option<String> {
+    let key = match agent {
+        Agent::ClaudeCode => "user.id",
+        Agent::GeminiCli => "installation.id",
+        _ => return None,
+    };
+    text(attrs, &[key]).or_else(|| text(resource, &[key]))
+}
+
+/// What a developer key made of an installation id starts with: it names
+/// a machine, and can be merged into a person later (`users merge`).
+pub const MACHINE_PREFIX: &str = "machine:";
 
 /// An attribute whose whole value is a URL (`vcs.repository.url.full`,
 /// a repository given as `project.name`) keeps no userinfo: CI remotes
@@ -227,14 +303,29 @@ fn strip_url_credentials(map: &mut Map<String, Json>) {
     }
 }
 
-/// Attributes naming the developer, most stable first: Claude Code's
-/// account id, then the GenAI conventions' user ids, then an email.
-const USER_KEYS: &[&str] = &["user.account_uuid", "user.id", "enduser.id", "user.email"];
+/// Attributes naming the developer, most stable first: the account
+/// (Claude Code's `user.account_uuid`, Codex's `user.account_id`), the
+/// user id of the general conventions, then an email. Claude Code's
+/// `user.id` is not a person's: it names its installation.
+const USER_KEYS: &[&str] = &[
+    "user.account_uuid",
+    "user.account_id",
+    "enduser.id",
+    "user.id",
+    "user.email",
+];
 
-/// The developer a record names (on the record, else its resource).
-fn user_of(resource: &[KeyValue], attrs: &[KeyValue]) -> Option<pb::User> {
+/// The developer a record names (on the record, else its resource); an
+/// installation id is no developer here: it is the last resort, after the
+/// API key's developer ([`super::OtlpIntake`] decides).
+fn user_of(agent: &Agent, resource: &[KeyValue], attrs: &[KeyValue]) -> Option<pb::User> {
     let either = |keys: &[&str]| text(attrs, keys).or_else(|| text(resource, keys));
-    let key = either(USER_KEYS)?;
+    let keys: Vec<&str> = USER_KEYS
+        .iter()
+        .copied()
+        .filter(|k| !(*agent == Agent::ClaudeCode && *k == "user.id"))
+        .collect();
+    let key = either(&keys)?;
     Some(pb::User {
         key,
         display_name: either(&["user.name"]).unwrap_or_default(),
@@ -303,6 +394,13 @@ fn figures(
         cached,
         cost,
     }
+}
+
+/// Whether the record or its resource names its session.
+pub(super) fn names_session(attrs: &[KeyValue], resource: &[KeyValue]) -> bool {
+    text(attrs, SESSION_KEYS)
+        .or_else(|| text(resource, SESSION_KEYS))
+        .is_some()
 }
 
 /// The record's session: its own id attribute (a UUID, or any text hashed

@@ -35,19 +35,24 @@ pub const HASH_PREFIX: &str = "sha256:";
 /// they follow the `chat` mode. The OTLP mapping makes chat messages of the
 /// same keys.
 pub const PROMPT_KEYS: &[&str] = &[
-    // The first six are the OTLP attributes that become chat messages.
+    // The first nine are the OTLP attributes that become chat messages
+    // (or, when the agent sent a placeholder, nothing).
     "prompt",
+    "prompt_text",
+    "response",
     "response_text",
     "gen_ai.input.messages",
     "gen_ai.output.messages",
     "input.value",
     "output.value",
+    // Gemini CLI's whole request history, on every request.
+    "request_text",
     "messages",
     "completion",
 ];
 
 /// The OTLP attributes whose texts the mapping makes chat messages of.
-pub const OTLP_TEXT_ATTRIBUTES: &[&str] = PROMPT_KEYS.split_at(6).0;
+pub const OTLP_TEXT_ATTRIBUTES: &[&str] = PROMPT_KEYS.split_at(9).0;
 
 /// Keys of `data` whose values are a file's contents or a change to them
 /// (Claude Code's Write and Edit tool inputs, diffs and patches): they

@@ -1,0 +1,822 @@
+//! The real agents, as they really send: the pinned Claude Code, Codex and
+//! Gemini CLIs from npm (tests/agents/package.json), each run offline
+//! against a mock of its model API written for this test
+//! (tests/agents/mock-*.mjs), with its own OTLP exporter pointed at the
+//! service under test. What is stored is checked against what the mock
+//! answered: one `llm_request` per model call with the mock's exact tokens
+//! and the agent's cost, errors as errors, the real prompts and replies as
+//! chat messages in order (none when the agent redacts them), one agent
+//! session per run and no other session, and the bytes stored per model
+//! call within a stated budget.
+//!
+//! As root, Claude Code's `--dangerously-skip-permissions` needs
+//! `IS_SANDBOX=1`; Gemini CLI needs `GOOGLE_GEMINI_BASE_URL`,
+//! `GEMINI_API_KEY`, `security.auth.selectedType: "gemini-api-key"` and a
+//! trusted folder; Codex takes a custom model provider with
+//! `wire_api = "responses"`.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    io::BufRead,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use agent_telemetry::config::OptionalAddr;
+use serde_json::Value as Json;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+/// Bytes stored per model call (events, chat messages and sessions of a
+/// run, as PostgreSQL stores their rows, divided by its model calls), at
+/// most. Measured on the runs here: 5.3–9.7 KiB; before the agents'
+/// debris and repeats were left out, 40–150 KiB (docs/otlp.md, "Bytes per
+/// model call").
+const BUDGET_PER_CALL: i64 = 12 << 10;
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agents")
+}
+
+/// Installs the pinned CLIs (committed lock file) once; npm's cache keeps
+/// them between runs.
+fn install() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let bin = dir().join("node_modules/.bin");
+        if ["claude", "codex", "gemini"]
+            .iter()
+            .all(|b| bin.join(b).exists())
+        {
+            return;
+        }
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(dir())
+            .status()
+            .expect("run `npm ci` in tests/agents (Node.js and npm are needed)");
+        assert!(status.success(), "`npm ci` in tests/agents failed");
+    });
+}
+
+fn bin(name: &str) -> PathBuf {
+    dir().join("node_modules/.bin").join(name)
+}
+
+/// A mock model API, stopped on drop; its log has one JSON line a call.
+struct Mock {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Mock {
+    fn start(script: &str, scenario: &str, tmp: &Path) -> Self {
+        let log = tmp.join(format!("{script}-{scenario}.jsonl"));
+        let mut child = Command::new("node")
+            .arg(dir().join(script))
+            .args([scenario, log.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the mock model API");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("LISTENING ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{script}: {line:?}"));
+        Mock { child, port, log }
+    }
+
+    /// The model calls it answered: `call` and `usage` per line.
+    fn calls(&self) -> Vec<Json> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|c: &Json| c["call"] != "other")
+            .collect()
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh home and a git repository to work in.
+fn workplace(tmp: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let home = tmp.join(name).join("home");
+    let work = tmp.join(name).join("work");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    for args in [
+        &["init", "-q"][..],
+        &["config", "user.email", "dev@example.com"],
+        &["config", "user.name", "Dev"],
+    ] {
+        assert!(
+            Command::new("git")
+                .args(args)
+                .current_dir(&work)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    std::fs::write(work.join("README.md"), "# demo\n").unwrap();
+    (home, work)
+}
+
+/// Runs an agent CLI with only the environment given (and PATH), in
+/// `work`; its output. The exporters flush before the process exits, and
+/// the service answers an export once its rows are committed.
+async fn run(
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, String)],
+    work: &Path,
+    must_succeed: bool,
+) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TERM", "dumb")
+        .env("SHELL", "/bin/bash")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(work)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(180), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{} did not finish in 180 s", program.display()))
+        .unwrap();
+    if must_succeed {
+        assert!(
+            out.status.success(),
+            "{} failed: {}\n{}\n{}",
+            program.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// USD per million tokens for the models the mocks answer as.
+fn prices(tmp: &Path) -> PathBuf {
+    let path = tmp.join("prices.json");
+    std::fs::write(
+        &path,
+        r#"{"models": {
+            "gpt-5": {"input": 1.25, "output": 10, "cached_input": 0.125},
+            "gemini-2.5-flash": {"input": 0.30, "output": 2.50, "cached_input": 0.075}
+        }}"#,
+    )
+    .unwrap();
+    path
+}
+
+async fn service(
+    name: &str,
+    tmp: &Path,
+) -> (common::TestCluster, Client, common::TestService, String) {
+    let prices = prices(tmp);
+    let (pg, conn, svc) = common::service_with(name, |c| {
+        c.otlp.otlp_http_listen = OptionalAddr(Some("127.0.0.1:0".parse().unwrap()));
+        c.otlp.price_table = Some(prices);
+    })
+    .await;
+    let otlp = format!("http://{}", svc.running.otlp_http_addr.unwrap());
+    let db = common::db(&conn).await;
+    (pg, db, svc, otlp)
+}
+
+/// The sessions of `agent` not in `seen` (and adds them).
+async fn new_sessions(db: &Client, agent: &str, seen: &mut BTreeSet<Uuid>) -> Vec<Uuid> {
+    let all: Vec<Uuid> = db
+        .query(
+            "SELECT DISTINCT session_id FROM agent_events WHERE agent_id = $1",
+            &[&agent],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let new: Vec<Uuid> = all.into_iter().filter(|s| !seen.contains(s)).collect();
+    seen.extend(new.iter().copied());
+    new
+}
+
+/// The one session a run made: no span or metric makes another.
+async fn one_session(db: &Client, agent: &str, seen: &mut BTreeSet<Uuid>, run: &str) -> Uuid {
+    let new = new_sessions(db, agent, seen).await;
+    assert_eq!(new.len(), 1, "{run}: one session, not {new:?}");
+    new[0]
+}
+
+/// One model call as stored: (input, output, cached, cost, failed).
+#[derive(Debug, PartialEq)]
+struct Call {
+    input: Option<i64>,
+    output: Option<i64>,
+    cached: Option<i64>,
+    failed: bool,
+}
+
+async fn llm_requests(db: &Client, session: Uuid) -> Vec<(Call, Option<f64>, Json)> {
+    db.query(
+        "SELECT input_tokens, output_tokens, cached_tokens, severity = 'error', cost_usd::float8, data
+         FROM agent_events WHERE session_id = $1 AND event_type = 'llm_request'
+         ORDER BY \"timestamp\", id",
+        &[&session],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            Call {
+                input: r.get(0),
+                output: r.get(1),
+                cached: r.get(2),
+                failed: r.get::<_, Option<bool>>(3).unwrap_or(false),
+            },
+            r.get(4),
+            r.get(5),
+        )
+    })
+    .collect()
+}
+
+fn call(input: i64, output: i64, cached: i64) -> Call {
+    Call {
+        input: Some(input),
+        output: Some(output),
+        cached: Some(cached),
+        failed: false,
+    }
+}
+
+/// The session's chat messages: (role, content), in their order.
+async fn messages(db: &Client, session: Uuid) -> Vec<(String, String)> {
+    db.query(
+        "SELECT role, content FROM chat_messages WHERE session_id = $1 ORDER BY sequence, \"timestamp\"",
+        &[&session],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+fn said(role: &str, text: &str) -> (String, String) {
+    (role.to_owned(), text.to_owned())
+}
+
+/// The run's agent session as the dashboards read it: (LLM requests,
+/// input tokens, output tokens).
+async fn agent_session(db: &Client, session: Uuid) -> (i64, Option<i64>, Option<i64>) {
+    let r = db
+        .query_one(
+            "SELECT llm_requests, input_tokens::int8, output_tokens::int8
+             FROM agent_session_results WHERE session_id = $1",
+            &[&session],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("no agent session {session}: {e}"));
+    (r.get(0), r.get(1), r.get(2))
+}
+
+/// The chat session's stored figures: (messages, tokens, model).
+async fn chat_session(db: &Client, session: Uuid) -> (i32, i64, Option<String>) {
+    let r = db
+        .query_one(
+            "SELECT message_count, total_tokens, model_id FROM chat_sessions WHERE session_id = $1",
+            &[&session],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+/// Bytes the run's rows take, per model call, as PostgreSQL stores them.
+async fn bytes_per_call(db: &Client, session: Uuid, calls: usize) -> i64 {
+    let n: i64 = db
+        .query_one(
+            "SELECT (SELECT coalesce(sum(pg_column_size(e.*)), 0) FROM agent_events e WHERE session_id = $1)
+                  + (SELECT coalesce(sum(pg_column_size(m.*)), 0) FROM chat_messages m WHERE session_id = $1)
+                  + (SELECT coalesce(sum(pg_column_size(s.*)), 0) FROM chat_sessions s WHERE session_id = $1)
+                  + (SELECT coalesce(sum(pg_column_size(a.*)), 0) FROM agent_sessions a WHERE id = $1)",
+            &[&session],
+        )
+        .await
+        .unwrap()
+        .get::<_, Option<i64>>(0)
+        .unwrap_or(0);
+    n / calls.max(1) as i64
+}
+
+async fn check_budget(db: &Client, session: Uuid, calls: usize, run: &str) {
+    let per_call = bytes_per_call(db, session, calls).await;
+    common::say(&format!(
+        "{run}: {per_call} bytes stored per model call ({calls} calls)"
+    ));
+    assert!(
+        per_call <= BUDGET_PER_CALL,
+        "{run}: {per_call} bytes per model call, over the budget of {BUDGET_PER_CALL}"
+    );
+}
+
+/// The session's rows by event type: how many, and their bytes.
+async fn event_types(db: &Client, session: Uuid) -> Vec<String> {
+    common::strings(
+        db,
+        &format!(
+            "SELECT event_type || ' ' || count(*) || ' (' || sum(pg_column_size(e.*)) || ' B)'
+             FROM agent_events e WHERE session_id = '{session}'
+             GROUP BY event_type ORDER BY 1"
+        ),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_2_1_328_as_it_really_sends() {
+    install();
+    let tmp = tempfile::tempdir().unwrap();
+    let (_pg, db, svc, otlp) = service("real_claude", tmp.path()).await;
+    let mut seen = BTreeSet::new();
+    let claude = |mock: &Mock, home: &Path, extra: &[(&'static str, &str)]| {
+        let mut env = vec![
+            ("HOME", home.display().to_string()),
+            (
+                "ANTHROPIC_BASE_URL",
+                format!("http://127.0.0.1:{}", mock.port),
+            ),
+            ("ANTHROPIC_API_KEY", "sk-test".into()),
+            ("IS_SANDBOX", "1".into()),
+            ("CLAUDE_CODE_ENABLE_TELEMETRY", "1".into()),
+            ("OTEL_LOGS_EXPORTER", "otlp".into()),
+            ("OTEL_METRICS_EXPORTER", "otlp".into()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".into()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
+            ("OTEL_LOGS_EXPORT_INTERVAL", "500".into()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1000".into()),
+            ("DISABLE_AUTOUPDATER", "1".into()),
+            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        env
+    };
+    let args = [
+        "-p",
+        "run echo hello",
+        "--dangerously-skip-permissions",
+        "--output-format",
+        "json",
+    ];
+
+    // 1. As installed: prompts and replies are `<REDACTED>`.
+    let mock = Mock::start("mock-anthropic.mjs", "ok", tmp.path());
+    let (home, work) = workplace(tmp.path(), "default");
+    let out = run(
+        &bin("claude"),
+        &args,
+        &claude(&mock, &home, &[]),
+        &work,
+        true,
+    )
+    .await;
+    let result: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let session = one_session(&db, "claude-code", &mut seen, "default").await;
+    assert_eq!(
+        result["session_id"],
+        session.to_string(),
+        "the agent's own id"
+    );
+    let calls = llm_requests(&db, session).await;
+    assert_eq!(mock.calls().len(), 2, "{:?}", mock.calls());
+    // Claude Code's input excludes the cache: stored input = input + read + written.
+    assert_eq!(
+        calls.iter().map(|c| &c.0).collect::<Vec<_>>(),
+        [
+            &call(1200 + 300 + 100, 40, 300),
+            &call(1500 + 1400 + 50, 12, 1400)
+        ]
+    );
+    // The agent's own cost, as it sent it.
+    let sent: f64 = result["total_cost_usd"].as_f64().unwrap();
+    let stored: f64 = calls.iter().map(|c| c.1.unwrap()).sum();
+    assert!((stored - sent).abs() < 1e-9, "cost {stored} vs {sent}");
+    assert!(calls.iter().all(|c| c.2["cost_source"] == "agent"));
+    assert_eq!(
+        messages(&db, session).await,
+        [],
+        "a placeholder is no prompt"
+    );
+    assert_eq!(agent_session(&db, session).await, (2, Some(4550), Some(52)));
+    // With an API key it sends only its installation's id: the developer is
+    // that machine's, marked as such.
+    let developer = common::strings(
+        &db,
+        &format!(
+            "SELECT DISTINCT u.key FROM agent_events e JOIN users u ON u.id = e.user_id WHERE session_id = '{session}'"
+        ),
+    )
+    .await;
+    assert!(
+        developer.len() == 1 && developer[0].starts_with("machine:claude-code:"),
+        "{developer:?}"
+    );
+    check_budget(&db, session, 2, "Claude Code, prompts not logged").await;
+    drop(mock);
+
+    // 2. Prompts logged, tracing on, a subagent: the subagent's calls count,
+    // under its own agent id; the log records hang under their spans.
+    let mock = Mock::start("mock-anthropic.mjs", "subagent", tmp.path());
+    let (home, work) = workplace(tmp.path(), "subagent");
+    let env = claude(
+        &mock,
+        &home,
+        &[
+            ("OTEL_LOG_USER_PROMPTS", "1"),
+            ("CLAUDE_CODE_ENHANCED_TELEMETRY_BETA", "1"),
+            ("OTEL_TRACES_EXPORTER", "otlp"),
+        ],
+    );
+    run(&bin("claude"), &args, &env, &work, true).await;
+    let session = one_session(&db, "claude-code", &mut seen, "subagent").await;
+    let calls = llm_requests(&db, session).await;
+    assert_eq!(mock.calls().len(), 4, "{:?}", mock.calls());
+    let mut got: Vec<&Call> = calls.iter().map(|c| &c.0).collect();
+    got.sort_by_key(|c| c.input);
+    assert_eq!(
+        got,
+        [
+            &call(1600, 40, 300),
+            &call(2900, 30, 600),
+            &call(2950, 12, 1400),
+            &call(4225, 9, 2000)
+        ]
+    );
+    let subagent: Vec<&Json> = calls
+        .iter()
+        .map(|c| &c.2)
+        .filter(|d| d.get("agent_id").is_some())
+        .collect();
+    assert_eq!(subagent.len(), 2, "the subagent's calls name it: {calls:?}");
+    let linked = common::count(
+        &db,
+        &format!(
+            "SELECT count(*) FROM agent_events e WHERE session_id = '{session}' AND event_type = 'llm_request'
+             AND EXISTS (SELECT 1 FROM agent_events s WHERE s.id::text = e.parent_event_id::text)"
+        ),
+    )
+    .await;
+    assert_eq!(linked, 4, "each request under its span");
+    let said_ = messages(&db, session).await;
+    assert_eq!(said_.first(), Some(&said("user", "run echo hello")));
+    assert_eq!(said_.last(), Some(&said("assistant", "Done: hello")));
+    assert!(
+        said_.iter().all(|(_, t)| !t.contains("REDACTED")),
+        "{said_:?}"
+    );
+    let (count, tokens, _) = chat_session(&db, session).await;
+    assert_eq!(count as usize, said_.len());
+    assert_eq!(tokens, 1600 + 2900 + 2950 + 4225 + 40 + 30 + 12 + 9);
+    assert_eq!(agent_session(&db, session).await.0, 4);
+    common::say(&format!(
+        "Claude Code with tracing: {:?}",
+        event_types(&db, session).await
+    ));
+    check_budget(&db, session, 4, "Claude Code, prompts logged, tracing on").await;
+    drop(mock);
+
+    // 3. The API fails: an error, no successful request.
+    let mock = Mock::start("mock-anthropic.mjs", "fail500", tmp.path());
+    let (home, work) = workplace(tmp.path(), "fail");
+    let env = claude(&mock, &home, &[("CLAUDE_CODE_MAX_RETRIES", "0")]);
+    run(&bin("claude"), &args, &env, &work, false).await;
+    let session = one_session(&db, "claude-code", &mut seen, "fail").await;
+    assert!(llm_requests(&db, session).await.is_empty());
+    let errors = common::strings(
+        &db,
+        &format!(
+            "SELECT event_type || ' ' || (data->>'status_code') FROM agent_events
+             WHERE session_id = '{session}' AND severity = 'error'"
+        ),
+    )
+    .await;
+    assert_eq!(errors, ["error_encountered 500"]);
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_0_169_0_as_it_really_sends() {
+    install();
+    let tmp = tempfile::tempdir().unwrap();
+    let (_pg, db, svc, otlp) = service("real_codex", tmp.path()).await;
+    let mut seen = BTreeSet::new();
+    let codex = |mock: &Mock, home: &Path, prompts: bool, all: bool, retries: u32| {
+        let exporter = |signal: &str| {
+            format!(
+                "{{ otlp-http = {{ endpoint = \"{otlp}/v1/{signal}\", protocol = \"json\" }} }}"
+            )
+        };
+        let mut config = format!(
+            "model = \"gpt-5-codex\"\nmodel_provider = \"mock\"\n\n\
+             [model_providers.mock]\nname = \"mock\"\nbase_url = \"http://127.0.0.1:{}/v1\"\n\
+             wire_api = \"responses\"\nenv_key = \"OPENAI_API_KEY\"\n\
+             request_max_retries = {retries}\nstream_max_retries = {retries}\n\n\
+             [otel]\nenvironment = \"test\"\nlog_user_prompt = {prompts}\nexporter = {}\n",
+            mock.port,
+            exporter("logs")
+        );
+        if all {
+            config += &format!(
+                "trace_exporter = {}\nmetrics_exporter = {}\n",
+                exporter("traces"),
+                exporter("metrics")
+            );
+        } else {
+            config += "metrics_exporter = \"none\"\n";
+        }
+        std::fs::write(home.join("config.toml"), config).unwrap();
+        vec![
+            ("HOME", home.display().to_string()),
+            ("CODEX_HOME", home.display().to_string()),
+            ("OPENAI_API_KEY", "sk-test".to_owned()),
+        ]
+    };
+    let args = [
+        "exec",
+        "--skip-git-repo-check",
+        "--dangerously-bypass-approvals-and-sandbox",
+        "run echo hello",
+    ];
+    // gpt-5's prices: input 1.25, cached 0.125, output 10 per million.
+    let cost = |input: f64, cached: f64, output: f64| {
+        ((input - cached) * 1.25 + cached * 0.125 + output * 10.0) / 1e6
+    };
+
+    // 1. As configured by default: the prompt is `[REDACTED]`, logs only.
+    let mock = Mock::start("mock-openai.mjs", "ok", tmp.path());
+    let (home, work) = workplace(tmp.path(), "default");
+    run(
+        &bin("codex"),
+        &args,
+        &codex(&mock, &home, false, false, 0),
+        &work,
+        true,
+    )
+    .await;
+    let session = one_session(&db, "codex", &mut seen, "default").await;
+    assert_eq!(mock.calls().len(), 2, "{:?}", mock.calls());
+    let calls = llm_requests(&db, session).await;
+    assert_eq!(
+        calls.iter().map(|c| &c.0).collect::<Vec<_>>(),
+        [&call(1000, 50, 200), &call(1300, 70, 300)],
+        "each call once, though Codex logs its completion twice"
+    );
+    let want = [cost(1000.0, 200.0, 50.0), cost(1300.0, 300.0, 70.0)];
+    for (c, want) in calls.iter().zip(want) {
+        assert!((c.1.unwrap() - want).abs() < 1e-12, "{c:?} vs {want}");
+        assert_eq!(c.2["cost_source"], "estimated");
+    }
+    assert_eq!(
+        messages(&db, session).await,
+        [],
+        "a placeholder is no prompt"
+    );
+    assert_eq!(
+        agent_session(&db, session).await,
+        (2, Some(2300), Some(120))
+    );
+    check_budget(&db, session, 2, "Codex, prompt not logged").await;
+    drop(mock);
+
+    // 2. Prompt logged, traces and metrics exported too: ~500 spans and
+    // ~50 metric points of its internals make no session and no row.
+    let mock = Mock::start("mock-openai.mjs", "ok", tmp.path());
+    let (home, work) = workplace(tmp.path(), "all");
+    run(
+        &bin("codex"),
+        &args,
+        &codex(&mock, &home, true, true, 0),
+        &work,
+        true,
+    )
+    .await;
+    let session = one_session(&db, "codex", &mut seen, "all").await;
+    assert_eq!(llm_requests(&db, session).await.len(), 2);
+    assert_eq!(
+        messages(&db, session).await,
+        [said("user", "run echo hello")]
+    );
+    let (count, tokens, _) = chat_session(&db, session).await;
+    assert_eq!((count, tokens), (1, 2300 + 120));
+    let types = event_types(&db, session).await;
+    common::say(&format!("Codex with traces and metrics: {types:?}"));
+    assert!(
+        !types
+            .iter()
+            .any(|t| t.starts_with("metric ") || t.starts_with("codex.sse_event")),
+        "Codex's metrics repeat its events: {types:?}"
+    );
+    check_budget(
+        &db,
+        session,
+        2,
+        "Codex, prompt logged, traces and metrics on",
+    )
+    .await;
+    drop(mock);
+
+    // 3. The first stream fails and Codex retries: one failed request,
+    // then the two counted ones.
+    let mock = Mock::start("mock-openai.mjs", "fail_once", tmp.path());
+    let (home, work) = workplace(tmp.path(), "fail");
+    run(
+        &bin("codex"),
+        &args,
+        &codex(&mock, &home, false, false, 1),
+        &work,
+        true,
+    )
+    .await;
+    let session = one_session(&db, "codex", &mut seen, "fail").await;
+    let calls = llm_requests(&db, session).await;
+    assert_eq!(
+        calls.iter().map(|c| &c.0).collect::<Vec<_>>(),
+        [
+            &Call {
+                input: None,
+                output: None,
+                cached: None,
+                failed: true
+            },
+            &call(1300, 70, 300),
+            &call(1700, 90, 400)
+        ]
+    );
+    assert!(calls[0].2["error.message"].as_str().is_some());
+    svc.running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_cli_0_61_0_as_it_really_sends() {
+    install();
+    let tmp = tempfile::tempdir().unwrap();
+    let (_pg, db, svc, otlp) = service("real_gemini", tmp.path()).await;
+    let mut seen = BTreeSet::new();
+    let gemini = |mock: &Mock, home: &Path, prompts: bool| {
+        std::fs::create_dir_all(home.join(".gemini")).unwrap();
+        let settings = serde_json::json!({
+            "security": {"auth": {"selectedType": "gemini-api-key"}},
+            "telemetry": {"enabled": true, "target": "local", "otlpEndpoint": otlp,
+                          "otlpProtocol": "http", "logPrompts": prompts, "traces": true},
+            "privacy": {"usageStatisticsEnabled": false},
+            "general": {"enableAutoUpdate": false, "enableAutoUpdateNotification": false, "maxAttempts": 1}
+        });
+        std::fs::write(home.join(".gemini/settings.json"), settings.to_string()).unwrap();
+        let tmpdir = home.join("tmp");
+        std::fs::create_dir_all(&tmpdir).unwrap();
+        vec![
+            ("HOME", home.display().to_string()),
+            ("TMPDIR", tmpdir.display().to_string()),
+            (
+                "GOOGLE_GEMINI_BASE_URL",
+                format!("http://127.0.0.1:{}", mock.port),
+            ),
+            ("GEMINI_API_KEY", "test".into()),
+            ("GEMINI_CLI_TRUST_WORKSPACE", "true".into()),
+            ("GEMINI_CLI_NO_RELAUNCH", "true".into()),
+        ]
+    };
+    let args = [
+        "-p",
+        "run echo hello",
+        "--approval-mode=yolo",
+        "-m",
+        "gemini-2.5-flash",
+    ];
+    // gemini-2.5-flash's prices: input 0.30, cached 0.075, output 2.50.
+    let cost = |input: f64, cached: f64, output: f64| {
+        ((input - cached) * 0.30 + cached * 0.075 + output * 2.50) / 1e6
+    };
+
+    // 1. Prompts logged, traces on.
+    let mock = Mock::start("mock-gemini.mjs", "ok", tmp.path());
+    let (home, work) = workplace(tmp.path(), "prompts");
+    run(
+        &bin("gemini"),
+        &args,
+        &gemini(&mock, &home, true),
+        &work,
+        true,
+    )
+    .await;
+    let session = one_session(&db, "gemini-cli", &mut seen, "prompts").await;
+    let mock_calls = mock.calls();
+    assert_eq!(mock_calls.len(), 2, "{mock_calls:?}");
+    let calls = llm_requests(&db, session).await;
+    // Thoughts are output the model generated.
+    assert_eq!(
+        calls.iter().map(|c| &c.0).collect::<Vec<_>>(),
+        [&call(1111, 22 + 44, 333), &call(1250, 7, 0)]
+    );
+    let want = [cost(1111.0, 333.0, 66.0), cost(1250.0, 0.0, 7.0)];
+    for (c, want) in calls.iter().zip(want) {
+        assert!((c.1.unwrap() - want).abs() < 1e-12, "{c:?} vs {want}");
+    }
+    // The replies' text, not the streamed chunks' JSON; no thought.
+    assert_eq!(
+        messages(&db, session).await,
+        [
+            said("user", "run echo hello"),
+            said("assistant", "I will run the command."),
+            said("assistant", "Done: hello"),
+        ]
+    );
+    assert_eq!(
+        chat_session(&db, session).await,
+        (3, 1111 + 66 + 1250 + 7, Some("gemini-2.5-flash".into()))
+    );
+    assert_eq!(agent_session(&db, session).await.0, 2);
+    // Its service.version is Node's: no version rather than the runtime's.
+    let versions = common::strings(
+        &db,
+        &format!("SELECT DISTINCT agent_version FROM agent_events WHERE session_id = '{session}'"),
+    )
+    .await;
+    assert_eq!(versions, [""]);
+    common::say(&format!(
+        "Gemini CLI with prompts and traces: {:?}",
+        event_types(&db, session).await
+    ));
+    check_budget(&db, session, 2, "Gemini CLI, prompts logged, traces on").await;
+    drop(mock);
+
+    // 2. Prompts not logged: no message, the same figures.
+    let mock = Mock::start("mock-gemini.mjs", "ok", tmp.path());
+    let (home, work) = workplace(tmp.path(), "quiet");
+    run(
+        &bin("gemini"),
+        &args,
+        &gemini(&mock, &home, false),
+        &work,
+        true,
+    )
+    .await;
+    let session = one_session(&db, "gemini-cli", &mut seen, "quiet").await;
+    assert_eq!(llm_requests(&db, session).await.len(), 2);
+    assert_eq!(messages(&db, session).await, []);
+    let context = common::strings(
+        &db,
+        &format!("SELECT DISTINCT context::text FROM agent_events WHERE session_id = '{session}'"),
+    )
+    .await;
+    assert!(
+        context.iter().all(|c| !c.contains("run echo hello")),
+        "the command line holds the prompt: {context:?}"
+    );
+    check_budget(&db, session, 2, "Gemini CLI, prompts not logged").await;
+    drop(mock);
+
+    // 3. The API refuses the request: an error, no successful request.
+    let mock = Mock::start("mock-gemini.mjs", "fail400", tmp.path());
+    let (home, work) = workplace(tmp.path(), "fail");
+    run(
+        &bin("gemini"),
+        &args,
+        &gemini(&mock, &home, true),
+        &work,
+        false,
+    )
+    .await;
+    let session = one_session(&db, "gemini-cli", &mut seen, "fail").await;
+    assert!(
+        llm_requests(&db, session).await.iter().all(|c| c.0.failed),
+        "no request succeeded"
+    );
+    let errors = common::count(
+        &db,
+        &format!("SELECT count(*) FROM agent_events WHERE session_id = '{session}' AND severity = 'error'"),
+    )
+    .await;
+    assert!(errors >= 1, "the failure is an error");
+    svc.running.shutdown().await.unwrap();
+}
