@@ -136,31 +136,24 @@ pub fn is_placeholder(text: &str) -> bool {
 
 /// Whether a tool-permission decision let the call run. Each agent has its
 /// own words: Claude Code `accept` / `reject` (in `decision`, which
-/// 2.1.328 sends, or the documented `decision_type`); Codex `approved`,
+/// 2.1.328 sends, or `decision_type`); Codex `approved`,
 /// `approved_for_session`, `approved_with_amendment` (an approval that
-/// also amends the exec policy) and the network policy's `allow…` words /
-/// `denied`, `abort`, `timed_out` and its `deny…` words; Gemini CLI
+/// also amends the exec policy), the MCP and network policies'
+/// `approved_…` / `denied`, `denied_with_network_policy_deny`, `abort`,
+/// `timed_out`; Gemini CLI
 /// `accept`, `auto_accept`, `modify` (the user edited the call and ran it)
 /// / `reject`. An unknown word is no decision rather than a guess.
 fn decision(a: &[KeyValue]) -> Option<bool> {
     let word = text(a, &["decision", "decision_type"])?.to_ascii_lowercase();
     match word.as_str() {
-        "accept"
-        | "accepted"
-        | "auto_accept"
-        | "modify"
-        | "approved"
-        | "approved_for_session"
-        | "approved_with_amendment"
-        | "approved_execpolicy_amendment"
-        | "allow" => Some(true),
-        "reject" | "rejected" | "denied" | "deny" | "abort" | "timed_out" | "timeout" => {
-            Some(false)
-        }
-        // The network policy's words: `allow_once`, `allow_for_session`,
-        // `deny_once`, …
-        w if w.starts_with("allow_") => Some(true),
-        w if w.starts_with("deny_") => Some(false),
+        "accept" | "accepted" | "auto_accept" | "modify" | "allow" => Some(true),
+        "reject" | "rejected" | "deny" | "abort" | "timed_out" | "timeout" => Some(false),
+        // Codex 0.169's words beyond the plain ones: `approved_for_session`,
+        // `approved_with_amendment`, `approved_mcp_policy_amendment`,
+        // `approved_with_network_policy_allow` /
+        // `denied_with_network_policy_deny`.
+        w if w.starts_with("approved") => Some(true),
+        w if w.starts_with("denied") => Some(false),
         _ => None,
     }
 }
@@ -212,11 +205,11 @@ pub(super) fn claude(name: &str, a: &[KeyValue]) -> Found {
             ..Found::default()
         },
         // The model refused: an error of the request, whose tokens and
-        // cost its `api_request` carries.
+        // cost its `api_request` carries. No model on the row: the
+        // dashboards count rows with a model as requests, and its request
+        // is counted already (the model stays in `data`).
         "claude_code.api_refusal" => Found {
             event_type: Some(kind::ERROR),
-            model: text(a, &["model"]),
-            duration_ms: int(a, &["duration_ms"]),
             error: true,
             ..Found::default()
         },
@@ -491,7 +484,8 @@ pub(super) fn genai_texts(a: &[KeyValue]) -> Vec<(&'static str, String)> {
 
 /// The productivity counters an agent exports as metrics, as the `data`
 /// keys the productivity figures sum: Claude Code's lines of code (by
-/// `type`), commits and pull requests. Only a delta point is a count of its
+/// `type`), commits and pull requests; Copilot Chat's lines of code and
+/// pull requests. Only a delta point is a count of its
 /// own; a cumulative point repeats the running total at every export, and
 /// summing those would count each line again every minute.
 pub(super) fn metric_counts(
@@ -504,13 +498,16 @@ pub(super) fn metric_counts(
         return Vec::new();
     };
     let key = match name {
-        "claude_code.lines_of_code.count" => match text(a, &["type"]).as_deref() {
-            Some("added") => "lines_added",
-            Some("removed") => "lines_removed",
-            _ => return Vec::new(),
-        },
+        // Copilot Chat counts the lines of an edit hunk the user accepted.
+        "claude_code.lines_of_code.count" | "copilot_chat.lines_of_code.count" => {
+            match text(a, &["type"]).as_deref() {
+                Some("added") => "lines_added",
+                Some("removed") => "lines_removed",
+                _ => return Vec::new(),
+            }
+        }
         "claude_code.commit.count" => "commits",
-        "claude_code.pull_request.count" => "pull_requests",
+        "claude_code.pull_request.count" | "copilot_chat.pull_request.count" => "pull_requests",
         _ => return Vec::new(),
     };
     vec![(key, v)]
