@@ -269,6 +269,22 @@ fn call(input: i64, output: i64, cached: i64) -> Call {
     }
 }
 
+/// USD of (input, cached, output) tokens at (input, cached, output)
+/// prices per million, cached tokens being part of the input.
+fn estimate(prices: (f64, f64, f64), tokens: (f64, f64, f64)) -> f64 {
+    let ((p_in, p_cached, p_out), (input, cached, output)) = (prices, tokens);
+    ((input - cached) * p_in + cached * p_cached + output * p_out) / 1e6
+}
+
+/// Each request's cost is the price table's estimate of its tokens.
+fn assert_estimated(calls: &[(Call, Option<f64>, Json)], want: &[f64]) {
+    assert_eq!(calls.len(), want.len());
+    for (c, want) in calls.iter().zip(want) {
+        assert!((c.1.unwrap() - want).abs() < 1e-12, "{c:?} vs {want}");
+        assert_eq!(c.2["cost_source"], "estimated");
+    }
+}
+
 /// The session's chat messages: (role, content), in their order.
 async fn messages(db: &Client, session: Uuid) -> Vec<(String, String)> {
     db.query(
@@ -567,10 +583,8 @@ async fn codex_0_169_0_as_it_really_sends() {
         "--dangerously-bypass-approvals-and-sandbox",
         "run echo hello",
     ];
-    // gpt-5's prices: input 1.25, cached 0.125, output 10 per million.
-    let cost = |input: f64, cached: f64, output: f64| {
-        ((input - cached) * 1.25 + cached * 0.125 + output * 10.0) / 1e6
-    };
+    // gpt-5's prices, as in the test's table.
+    let cost = |input, cached, output| estimate((1.25, 0.125, 10.0), (input, cached, output));
 
     // 1. As configured by default: the prompt is `[REDACTED]`, logs only.
     let mock = Mock::start("mock-openai.mjs", "ok", tmp.path());
@@ -592,10 +606,7 @@ async fn codex_0_169_0_as_it_really_sends() {
         "each call once, though Codex logs its completion twice"
     );
     let want = [cost(1000.0, 200.0, 50.0), cost(1300.0, 300.0, 70.0)];
-    for (c, want) in calls.iter().zip(want) {
-        assert!((c.1.unwrap() - want).abs() < 1e-12, "{c:?} vs {want}");
-        assert_eq!(c.2["cost_source"], "estimated");
-    }
+    assert_estimated(&calls, &want);
     assert_eq!(
         messages(&db, session).await,
         [],
@@ -713,10 +724,8 @@ async fn gemini_cli_0_61_0_as_it_really_sends() {
         "-m",
         "gemini-2.5-flash",
     ];
-    // gemini-2.5-flash's prices: input 0.30, cached 0.075, output 2.50.
-    let cost = |input: f64, cached: f64, output: f64| {
-        ((input - cached) * 0.30 + cached * 0.075 + output * 2.50) / 1e6
-    };
+    // gemini-2.5-flash's prices, as in the test's table.
+    let cost = |input, cached, output| estimate((0.30, 0.075, 2.50), (input, cached, output));
 
     // 1. Prompts logged, traces on.
     let mock = Mock::start("mock-gemini.mjs", "ok", tmp.path());
@@ -739,9 +748,7 @@ async fn gemini_cli_0_61_0_as_it_really_sends() {
         [&call(1111, 22 + 44, 333), &call(1250, 7, 0)]
     );
     let want = [cost(1111.0, 333.0, 66.0), cost(1250.0, 0.0, 7.0)];
-    for (c, want) in calls.iter().zip(want) {
-        assert!((c.1.unwrap() - want).abs() < 1e-12, "{c:?} vs {want}");
-    }
+    assert_estimated(&calls, &want);
     // The replies' text, not the streamed chunks' JSON; no thought.
     assert_eq!(
         messages(&db, session).await,

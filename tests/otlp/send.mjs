@@ -11,6 +11,15 @@
 // strings, Gemini CLI and Copilot as numbers. Timestamps derive from
 // <now-ms> so that two runs with the same value send identical records.
 // Exits non-zero if any export failed.
+//
+// What each fixture follows, as published for the version it names (late
+// 2025): Claude Code 2.0.14, its "Monitoring" documentation; Gemini CLI,
+// docs/telemetry.md of google-gemini/gemini-cli; Codex 0.46.0, the [otel]
+// section of openai/codex's docs/config.md; Copilot Chat, which cannot run
+// here, the OpenTelemetry GenAI semantic conventions and
+// vscode-copilot-chat's docs/monitoring/agent_monitoring.md. The real Claude
+// Code 2.1.328, Codex 0.169.0 and Gemini CLI 0.61.0 binaries are run by
+// tests/agents.rs.
 
 import { Metadata } from '@grpc/grpc-js';
 import { DiagConsoleLogger, DiagLogLevel, SpanKind, SpanStatusCode, context, diag, trace } from '@opentelemetry/api';
