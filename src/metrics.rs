@@ -43,6 +43,7 @@ pub const STORAGE_LAYOUT: &str = "agent_telemetry_storage_layout";
 pub const OTLP_EXPORTS: &str = "agent_telemetry_otlp_exports_total";
 pub const OTLP_RECORDS: &str = "agent_telemetry_otlp_records_total";
 pub const OTLP_IGNORED: &str = "agent_telemetry_otlp_records_ignored_total";
+pub const UNPRICED: &str = "agent_telemetry_unpriced_requests_total";
 pub const PRICE_RELOADS: &str = "agent_telemetry_price_table_reloads_total";
 pub const REDACTIONS: &str = "agent_telemetry_redactions_total";
 pub const CONTENT_POLICY: &str = "agent_telemetry_content_policy_total";
@@ -214,6 +215,10 @@ pub fn describe() {
         "OTLP records mapped to rows, per signal and agent (other: any unlisted agent)"
     );
     describe_counter!(
+        UNPRICED,
+        "Requests with tokens and no cost whose model the price table lacks (stored without a cost; the model is logged once)"
+    );
+    describe_counter!(
         OTLP_IGNORED,
         "OTLP records accepted and not stored, per signal: they repeat another record's figures or are an agent's internal output (docs/otlp.md, \"What is not stored\")"
     );
@@ -279,6 +284,7 @@ pub fn zero() {
     }
     counter!(SPOOL_REPLAY_RETRIES).absolute(0);
     counter!(SPOOL_REJECTED).absolute(0);
+    counter!(UNPRICED).absolute(0);
     for signal in ["logs", "traces", "metrics"] {
         for result in [
             "ok",
@@ -517,6 +523,11 @@ pub fn otlp_records(signal: &'static str, agent: &str, n: usize) {
         .copied()
         .unwrap_or("other");
     counter!(OTLP_RECORDS, "signal" => signal, "agent" => agent).increment(n as u64);
+}
+
+/// A request priced by no entry of the price table.
+pub fn unpriced_request() {
+    counter!(UNPRICED).increment(1);
 }
 
 /// OTLP records accepted and not stored, per signal.

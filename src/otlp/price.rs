@@ -1,12 +1,19 @@
 //! Estimated cost for agents that report tokens but no cost (Gemini CLI,
 //! Codex, Copilot): a price table from configuration, model → USD per
 //! million input, output, cached-input (cache read) and cache-write input
-//! tokens. The table is the operator's: prices change, and no built-in list
-//! would stay right.
+//! tokens, with higher rates for long prompts where the provider has them.
+//! The table is the operator's: prices change, and no built-in list would
+//! stay right. Two formats: this service's own, and LiteLLM's public
+//! `model_prices_and_context_window.json`, which ccusage prices from too.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    sync::Mutex,
+};
 
 use serde::Deserialize;
+use serde_json::Value as Json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PriceError {
@@ -44,10 +51,19 @@ pub struct Price {
     pub cache_write_input: Option<f64>,
 }
 
+/// A model's prices: its base rates, and the rates of prompts longer than
+/// each threshold (LiteLLM's `…_above_200k_tokens`).
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    base: Price,
+    /// (input tokens above which, rates), in ascending order.
+    tiers: Vec<(i64, Price)>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PriceTable {
-    /// Model name (lower case) → price.
-    models: BTreeMap<String, Price>,
+    /// Model name (lower case) → prices.
+    models: BTreeMap<String, Entry>,
 }
 
 #[derive(Deserialize)]
@@ -56,27 +72,91 @@ struct File {
     models: BTreeMap<String, Price>,
 }
 
+impl Price {
+    fn valid(&self) -> bool {
+        [
+            Some(self.input),
+            Some(self.output),
+            self.cached_input,
+            self.cache_write_input,
+        ]
+        .iter()
+        .flatten()
+        .all(|v| v.is_finite() && *v >= 0.0)
+    }
+}
+
+/// The providers whose models LiteLLM also lists under a bare name; a key
+/// of theirs with a prefix (`gemini/gemini-2.5-pro`) also prices the bare
+/// name when the list has no entry of that name.
+const FIRST_PARTY: &[&str] = &[
+    "anthropic",
+    "openai",
+    "gemini",
+    "xai",
+    "deepseek",
+    "mistral",
+];
+
+/// LiteLLM's per-token price fields, and the service's per-million ones
+/// they fill.
+const LITELLM_FIELDS: [&str; 4] = [
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+];
+
 impl PriceTable {
-    /// Reads a JSON file `{"models": {"gpt-4o": {"input": 2.5, "output": 10,
-    /// "cached_input": 1.25}, ...}}`.
+    /// Reads a JSON file: this service's `{"models": {"gpt-4o": {"input":
+    /// 2.5, "output": 10, "cached_input": 1.25}, ...}}` (USD per million
+    /// tokens), or LiteLLM's `model_prices_and_context_window.json` (USD per
+    /// token, a key per model).
     pub fn load(path: &Path) -> Result<Self, PriceError> {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| PriceError::Read {
             path: p.clone(),
             source,
         })?;
-        let file: File = serde_json::from_str(&text).map_err(|source| PriceError::Parse {
+        let parse = |source| PriceError::Parse {
             path: p.clone(),
             source,
-        })?;
-        for (model, price) in &file.models {
-            let all = [
-                Some(price.input),
-                Some(price.output),
-                price.cached_input,
-                price.cache_write_input,
-            ];
-            if all.iter().flatten().any(|v| !v.is_finite() || *v < 0.0) {
+        };
+        let json: Json = serde_json::from_str(&text).map_err(parse)?;
+        let models = match json.as_object() {
+            Some(o) if o.len() == 1 && o.contains_key("models") => {
+                let file: File = serde_json::from_value(json).map_err(parse)?;
+                file.models
+                    .into_iter()
+                    .map(|(k, base)| {
+                        (
+                            k,
+                            Entry {
+                                base,
+                                tiers: Vec::new(),
+                            },
+                        )
+                    })
+                    .collect()
+            }
+            Some(o) => litellm(o).map_err(|(model, reason)| PriceError::Invalid {
+                path: p.clone(),
+                model,
+                reason,
+            })?,
+            None => {
+                return Err(PriceError::Invalid {
+                    path: p,
+                    model: String::new(),
+                    reason: "the table is not a JSON object".into(),
+                });
+            }
+        };
+        for (model, e) in &models {
+            if !std::iter::once(&e.base)
+                .chain(e.tiers.iter().map(|(_, t)| t))
+                .all(Price::valid)
+            {
                 return Err(PriceError::Invalid {
                     path: p,
                     model: model.clone(),
@@ -84,10 +164,27 @@ impl PriceTable {
                 });
             }
         }
-        Ok(Self::from_models(file.models))
+        Ok(Self::from_entries(models))
     }
 
     pub fn from_models(models: BTreeMap<String, Price>) -> Self {
+        Self::from_entries(
+            models
+                .into_iter()
+                .map(|(k, base)| {
+                    (
+                        k,
+                        Entry {
+                            base,
+                            tiers: Vec::new(),
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn from_entries(models: BTreeMap<String, Entry>) -> Self {
         Self {
             models: models
                 .into_iter()
@@ -108,24 +205,60 @@ impl PriceTable {
     /// name starts with ("gpt-4o" prices "gpt-4o-2024-08-06"), ignoring a
     /// provider prefix such as "models/" or "anthropic/".
     pub fn price(&self, model: &str) -> Option<Price> {
+        self.entry(model).map(|e| e.base)
+    }
+
+    fn entry(&self, model: &str) -> Option<&Entry> {
         let model = model.to_ascii_lowercase();
         let bare = model.rsplit('/').next().unwrap_or(&model);
         [model.as_str(), bare].into_iter().find_map(|m| {
-            self.models.get(m).copied().or_else(|| {
+            self.models.get(m).or_else(|| {
                 self.models
                     .iter()
                     .filter(|(k, _)| m.starts_with(k.as_str()))
                     .max_by_key(|(k, _)| k.len())
-                    .map(|(_, p)| *p)
+                    .map(|(_, e)| e)
             })
         })
+    }
+
+    /// The rates of a request of `input` tokens (cached and cache-written
+    /// ones included): a prompt longer than a tier's threshold is priced
+    /// whole at that tier's rates, every token type, as Anthropic and
+    /// Google bill long prompts and LiteLLM computes them (ccusage prices
+    /// only each type's tokens past the threshold at the higher rate:
+    /// docs/otlp.md, "Cost").
+    pub fn rates(&self, model: &str, input: i64) -> Option<Price> {
+        let e = self.entry(model)?;
+        Some(
+            e.tiers
+                .iter()
+                .rev()
+                .find(|(above, _)| input > *above)
+                .map_or(e.base, |(_, p)| *p),
+        )
+    }
+
+    /// Says once per model (a process's first few hundred) that requests of
+    /// a model the table does not have get no cost, rather than a cost of 0
+    /// nobody notices.
+    pub fn report_missing(&self, model: &str) {
+        static REPORTED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+        let mut reported = REPORTED.lock().expect("reported models");
+        if reported.len() < 500 && reported.insert(model.to_owned()) {
+            tracing::warn!(
+                model,
+                models = self.len(),
+                "the price table has no price for this model: its requests are stored without a cost (data.cost_source = \"unpriced\"); add it to the table and reload (SIGHUP)"
+            );
+        }
     }
 
     /// Estimated cost in USD. `input` includes `cached` and `written` (the
     /// one definition used throughout, docs/otlp.md): the tokens read from
     /// the cache and those written to it are parts of the input.
     pub fn estimate(&self, model: &str, tokens: Tokens) -> Option<f64> {
-        let p = self.price(model)?;
+        let p = self.rates(model, tokens.input.max(0))?;
         let input = tokens.input.max(0);
         let cached = tokens.cached.clamp(0, input);
         let written = tokens.written.clamp(0, input - cached);
@@ -136,6 +269,86 @@ impl PriceTable {
             + tokens.output.max(0) as f64 * p.output;
         Some(usd / 1e6)
     }
+}
+
+/// LiteLLM's list as entries: the per-token prices of the models whose
+/// mode is chat (or unsaid), in USD per million; `sample_spec` and entries
+/// without an input and an output price are left out. A tier's price a
+/// field does not give is the base one.
+fn litellm(o: &serde_json::Map<String, Json>) -> Result<BTreeMap<String, Entry>, (String, String)> {
+    let mut out = BTreeMap::new();
+    let mut aliases = Vec::new();
+    for (key, v) in o {
+        let Some(e) = v.as_object().filter(|_| key != "sample_spec") else {
+            continue;
+        };
+        let mode = e.get("mode").and_then(Json::as_str);
+        if mode.is_some_and(|m| !matches!(m, "chat" | "completion" | "responses")) {
+            continue;
+        }
+        let field = |name: &str| -> Result<Option<f64>, (String, String)> {
+            match e.get(name) {
+                None | Some(Json::Null) => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .map(|usd| Some(usd * 1e6))
+                    .ok_or_else(|| (key.clone(), format!("{name} is not a number"))),
+            }
+        };
+        let (Some(input), Some(output)) = (field(LITELLM_FIELDS[0])?, field(LITELLM_FIELDS[1])?)
+        else {
+            continue;
+        };
+        let base = Price {
+            input,
+            output,
+            cached_input: field(LITELLM_FIELDS[2])?,
+            cache_write_input: field(LITELLM_FIELDS[3])?,
+        };
+        let mut thresholds = BTreeSet::new();
+        for name in e.keys() {
+            if let Some(rest) = LITELLM_FIELDS
+                .iter()
+                .find_map(|f| name.strip_prefix(f)?.strip_prefix("_above_"))
+                && let Some(k) = rest.strip_suffix("k_tokens")
+                && let Ok(k) = k.parse::<i64>()
+            {
+                thresholds.insert(k * 1000);
+            }
+        }
+        let mut tiers = Vec::new();
+        for above in thresholds {
+            let at = |i: usize, base: Option<f64>| -> Result<Option<f64>, (String, String)> {
+                Ok(field(&format!(
+                    "{}_above_{}k_tokens",
+                    LITELLM_FIELDS[i],
+                    above / 1000
+                ))?
+                .or(base))
+            };
+            tiers.push((
+                above,
+                Price {
+                    input: at(0, Some(base.input))?.unwrap_or(base.input),
+                    output: at(1, Some(base.output))?.unwrap_or(base.output),
+                    cached_input: at(2, base.cached_input)?,
+                    cache_write_input: at(3, base.cache_write_input)?,
+                },
+            ));
+        }
+        let entry = Entry { base, tiers };
+        let provider = e.get("litellm_provider").and_then(Json::as_str);
+        if let Some((_, bare)) = key.rsplit_once('/')
+            && provider.is_some_and(|p| FIRST_PARTY.contains(&p))
+        {
+            aliases.push((bare.to_owned(), entry.clone()));
+        }
+        out.insert(key.clone(), entry);
+    }
+    for (bare, entry) in aliases {
+        out.entry(bare).or_insert(entry);
+    }
+    Ok(out)
 }
 
 /// A request's tokens, as [`PriceTable::estimate`] prices them.
@@ -239,5 +452,96 @@ mod tests {
             .unwrap();
         let want = (80.0 * 0.3 + 20.0 * 3.75) / 1e6;
         assert!((usd - want).abs() < 1e-12, "{usd} vs {want}");
+    }
+
+    /// Excerpts of LiteLLM's `model_prices_and_context_window.json` (the
+    /// entries as in litellm 1.110.2's copy of it, cost fields only).
+    fn litellm_file() -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            f.path(),
+            r#"{
+              "sample_spec": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.0, "litellm_provider": "one of https://docs.litellm.ai/docs/providers", "mode": "one of: chat, embedding, ..."},
+              "vertex_ai/claude-sonnet-4-5": {
+                "cache_creation_input_token_cost": 3.75e-06,
+                "cache_creation_input_token_cost_above_1hr": 6e-06,
+                "cache_read_input_token_cost": 3e-07,
+                "input_cost_per_token": 3e-06,
+                "input_cost_per_token_above_200k_tokens": 6e-06,
+                "output_cost_per_token_above_200k_tokens": 2.25e-05,
+                "cache_creation_input_token_cost_above_200k_tokens": 7.5e-06,
+                "cache_read_input_token_cost_above_200k_tokens": 6e-07,
+                "litellm_provider": "vertex_ai-anthropic_models",
+                "max_input_tokens": 200000, "max_output_tokens": 64000,
+                "mode": "chat", "output_cost_per_token": 1.5e-05},
+              "gemini/gemini-2.5-pro": {
+                "cache_read_input_token_cost": 1.25e-07,
+                "cache_read_input_token_cost_above_200k_tokens": 2.5e-07,
+                "input_cost_per_token": 1.25e-06,
+                "input_cost_per_token_above_200k_tokens": 2.5e-06,
+                "litellm_provider": "gemini", "mode": "chat",
+                "output_cost_per_token": 1e-05,
+                "output_cost_per_token_above_200k_tokens": 1.5e-05},
+              "gpt-5": {"input_cost_per_token": 1.25e-06, "output_cost_per_token": 1e-05,
+                        "cache_read_input_token_cost": 1.25e-07, "litellm_provider": "openai", "mode": "chat"},
+              "text-embedding-3-small": {"input_cost_per_token": 2e-08, "output_cost_per_token": 0.0, "mode": "embedding"}
+            }"#,
+        )
+        .unwrap();
+        f
+    }
+
+    #[test]
+    fn litellms_list_prices_per_million_with_its_long_prompt_tier() {
+        let f = litellm_file();
+        let t = PriceTable::load(f.path()).unwrap();
+        assert!(t.price("sample_spec").is_none());
+        assert!(
+            t.price("text-embedding-3-small").is_none(),
+            "chat models only"
+        );
+        // USD per token, as USD per million.
+        let p = t.price("vertex_ai/claude-sonnet-4-5").unwrap();
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(near(p.input, 3.0) && near(p.output, 15.0), "{p:?}");
+        assert!(near(p.cached_input.unwrap(), 0.3) && near(p.cache_write_input.unwrap(), 3.75));
+        // A first-party key with a prefix prices the bare name too.
+        assert!(t.price("gemini-2.5-pro").is_some());
+        let tokens = |input, output, cached| Tokens {
+            input,
+            output,
+            cached,
+            written: 0,
+        };
+        // At 200,000 input tokens: the base rates.
+        let usd = t
+            .estimate("gemini-2.5-pro", tokens(200_000, 1_000, 100_000))
+            .unwrap();
+        let want = (100_000.0 * 1.25 + 100_000.0 * 0.125 + 1_000.0 * 10.0) / 1e6;
+        assert!((usd - want).abs() < 1e-9, "{usd} vs {want}");
+        // One more: every token of the request at the long-prompt rates,
+        // as Google bills it.
+        let usd = t
+            .estimate("gemini-2.5-pro", tokens(200_001, 1_000, 100_000))
+            .unwrap();
+        let want = (100_001.0 * 2.5 + 100_000.0 * 0.25 + 1_000.0 * 15.0) / 1e6;
+        assert!((usd - want).abs() < 1e-9, "{usd} vs {want}");
+        let usd = t.estimate("gpt-5", tokens(1_000_000, 0, 0)).unwrap();
+        assert!((usd - 1.25).abs() < 1e-9, "{usd}");
+    }
+
+    #[test]
+    fn a_litellm_price_that_is_no_number_names_its_model() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            f.path(),
+            r#"{"gpt-5": {"input_cost_per_token": "cheap", "output_cost_per_token": 1e-05}}"#,
+        )
+        .unwrap();
+        let err = PriceTable::load(f.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("\"gpt-5\"") && err.contains("input_cost_per_token is not a number"),
+            "{err}"
+        );
     }
 }

@@ -367,19 +367,27 @@ fn figures(
     let mut cost = found.cost;
     if cost.is_some() {
         data.insert("cost_source".into(), "agent".into());
-    } else if let (Some(m), true) = (model, input.is_some() || output.is_some())
-        && let Some(usd) = ctx.prices.estimate(
-            m,
-            crate::otlp::price::Tokens {
-                input: input.unwrap_or(0),
-                output: output.unwrap_or(0),
-                cached: cached.unwrap_or(0),
-                written: found.cache_written.unwrap_or(0),
-            },
-        )
-    {
-        cost = Some(usd);
-        data.insert("cost_source".into(), "estimated".into());
+    } else if let (Some(m), true) = (model, input.is_some() || output.is_some()) {
+        let tokens = crate::otlp::price::Tokens {
+            input: input.unwrap_or(0),
+            output: output.unwrap_or(0),
+            cached: cached.unwrap_or(0),
+            written: found.cache_written.unwrap_or(0),
+        };
+        match ctx.prices.estimate(m, tokens) {
+            Some(usd) => {
+                cost = Some(usd);
+                data.insert("cost_source".into(), "estimated".into());
+            }
+            // A table that lacks the model says so, once, and the row
+            // says it has no price, rather than a cost of 0.
+            None if !ctx.prices.is_empty() => {
+                ctx.prices.report_missing(m);
+                crate::metrics::unpriced_request();
+                data.insert("cost_source".into(), "unpriced".into());
+            }
+            None => {}
+        }
     }
     if cached.is_some_and(|c| input.is_some_and(|i| c > i)) {
         // A cached count above the input would make the cached share > 100 %.

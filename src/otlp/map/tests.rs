@@ -544,3 +544,25 @@ fn gemini_replies_are_their_text_and_its_node_version_is_no_agent_version() {
     assert_eq!(m.event.agent_version, "");
     assert!(!m.event.context_json.contains("my secret plan"));
 }
+
+#[test]
+fn a_model_the_price_table_lacks_is_unpriced_not_free() {
+    let prices = PriceTable::from_models(std::collections::BTreeMap::from([
+        crate::otlp::price::sonnet_4_5(),
+    ]));
+    let resource = [s("service.name", "gemini-cli")];
+    let rec = record(
+        "gemini_cli.api_response",
+        vec![
+            s("model", "gemini-9-ultra"),
+            i("input_token_count", 100),
+            i("output_token_count", 10),
+        ],
+    );
+    let m = log_record(&ctx(&resource, &prices), &rec).unwrap();
+    assert_eq!(m.event.cost_usd, None, "no cost rather than 0");
+    assert_eq!(data(&m)["cost_source"], "unpriced");
+    // Without a table there is nothing to miss.
+    let m = log_record(&ctx(&resource, &PriceTable::default()), &rec).unwrap();
+    assert!(data(&m).get("cost_source").is_none());
+}
