@@ -53,6 +53,7 @@ pub mod metrics;
 pub mod net;
 pub mod otlp;
 pub mod pb;
+pub mod price;
 pub mod privacy;
 pub mod row;
 pub mod server;

@@ -145,7 +145,7 @@ fn compose_gives_the_service_only_settings_it_reads() {
         .find(|v| v.split(':').nth(1) == Some(prices.as_str()))
         .unwrap_or_else(|| panic!("{prices} is not mounted"));
     let source = Path::new(ROOT).join(mounted.split(':').next().unwrap());
-    let table = agent_telemetry::otlp::price::PriceTable::load(&source).unwrap();
+    let table = agent_telemetry::price::PriceTable::load(&source).unwrap();
     assert!(table.price("gpt-4o-2024-08-06").is_some());
 
     // Prometheus scrapes the service's metrics port.

@@ -19,7 +19,6 @@ pub mod attrs;
 pub mod grpc;
 pub mod http;
 pub mod map;
-pub mod price;
 mod rows;
 pub mod serve;
 
@@ -38,16 +37,14 @@ use opentelemetry_proto::tonic::{
 };
 use uuid::Uuid;
 
-use self::{
-    map::{Context, Mapped},
-    price::PriceTable,
-};
+use self::map::{Context, Mapped};
 use crate::{
     ack::{BatchOutcome, RejectionKind},
     auth::{AuthError, Authenticator, Scope},
     codes::ErrorKind,
     intake::{Batch, IngestError, Intake, Rows},
     pb,
+    price::PriceTable,
 };
 
 /// Why an export was refused as a whole.

@@ -15,9 +15,8 @@ use uuid::Uuid;
 use super::{
     agents::{Agent, Found, is_placeholder},
     attrs::{self, int, text},
-    price::PriceTable,
 };
-use crate::{pb, privacy::IDENTITY_ATTRIBUTES};
+use crate::{pb, price::PriceTable, privacy::IDENTITY_ATTRIBUTES};
 
 /// What every record of one `ResourceLogs`/`ResourceSpans`/`ResourceMetrics` shares.
 pub struct Context<'a> {
@@ -368,7 +367,7 @@ fn figures(
     if cost.is_some() {
         data.insert("cost_source".into(), "agent".into());
     } else if let (Some(m), true) = (model, input.is_some() || output.is_some()) {
-        let tokens = crate::otlp::price::Tokens {
+        let tokens = crate::price::Tokens {
             input: input.unwrap_or(0),
             output: output.unwrap_or(0),
             cached: cached.unwrap_or(0),

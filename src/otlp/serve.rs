@@ -8,12 +8,14 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 
-use super::{
-    OtlpIntake, OtlpSettings,
-    grpc::OtlpGrpc,
+use super::{OtlpIntake, OtlpSettings, grpc::OtlpGrpc};
+use crate::{
+    auth::Authenticator,
+    config::ServeConfig,
+    intake::Intake,
+    net::ListenError,
     price::{PriceError, PriceTable},
 };
-use crate::{auth::Authenticator, config::ServeConfig, intake::Intake, net::ListenError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

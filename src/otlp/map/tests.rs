@@ -2,7 +2,7 @@
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
 
-use crate::{otlp::price::PriceTable, pb};
+use crate::{pb, price::PriceTable};
 
 use super::*;
 
@@ -319,7 +319,7 @@ fn delta_line_commit_and_pull_request_counters_become_counts_and_cumulative_ones
 #[test]
 fn a_genai_span_prices_cache_writes_apart() {
     let prices = PriceTable::from_models(std::collections::BTreeMap::from([
-        crate::otlp::price::sonnet_4_5(),
+        crate::price::sonnet_4_5(),
     ]));
     let resource = [s("service.name", "some-genai-app")];
     let m = span(
@@ -548,7 +548,7 @@ fn gemini_replies_are_their_text_and_its_node_version_is_no_agent_version() {
 #[test]
 fn a_model_the_price_table_lacks_is_unpriced_not_free() {
     let prices = PriceTable::from_models(std::collections::BTreeMap::from([
-        crate::otlp::price::sonnet_4_5(),
+        crate::price::sonnet_4_5(),
     ]));
     let resource = [s("service.name", "gemini-cli")];
     let rec = record(

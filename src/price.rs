@@ -1,5 +1,6 @@
 //! Estimated cost for agents that report tokens but no cost (Gemini CLI,
-//! Codex, Copilot): a price table from configuration, model → USD per
+//! Codex, Copilot over OTLP; transcripts the importer reads): a price
+//! table from configuration, model → USD per
 //! million input, output, cached-input (cache read) and cache-write input
 //! tokens, with higher rates for long prompts where the provider has them.
 //! The table is the operator's: prices change, and no built-in list would
