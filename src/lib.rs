@@ -46,6 +46,8 @@ pub mod codes;
 pub mod config;
 pub mod copy;
 pub mod db;
+pub mod ids;
+pub mod import;
 pub mod intake;
 pub mod loadgen;
 pub mod maintain;

@@ -55,6 +55,9 @@ enum Command {
     Migrate(config::MigrateConfig),
     /// Stream realistic synthetic events and messages to a running service.
     Loadgen(loadgen::LoadgenConfig),
+    /// Send the agents' local transcripts (Claude Code's) to a running
+    /// service: a team's whole history (docs/import.md).
+    Import(agent_telemetry::import::ImportConfig),
     /// Benchmarks (BENCHMARKS.md).
     #[command(subcommand)]
     Bench(agent_telemetry::bench::BenchCommand),
@@ -132,6 +135,10 @@ async fn main() -> ExitCode {
         Command::Loadgen(cfg) => loadgen::run(&cfg)
             .await
             .map(|s| println!("{s}"))
+            .map_err(Into::into),
+        Command::Import(cfg) => agent_telemetry::import::run(&cfg)
+            .await
+            .map(|s| print!("{s}"))
             .map_err(Into::into),
         Command::Keys(cfg) => keys(cfg).await,
         Command::Users(cfg) => users(cfg).await,

@@ -827,3 +827,229 @@ async fn gemini_cli_0_61_0_as_it_really_sends() {
     assert!(errors >= 1, "the failure is an error");
     svc.running.shutdown().await.unwrap();
 }
+
+/// ccusage's JSON (`ccusage claude daily|session --json --offline`) on the
+/// transcripts in `claude_dir`, dates in UTC.
+fn ccusage(report: &str, claude_dir: &Path, tmp: &Path) -> Json {
+    let out = Command::new(bin("ccusage"))
+        .args(["claude", report, "--json", "--offline"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", tmp)
+        .env("TZ", "UTC")
+        .env("CLAUDE_CONFIG_DIR", claude_dir)
+        .output()
+        .expect("run ccusage");
+    assert!(
+        out.status.success(),
+        "ccusage {report}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// (key, model) → (input with the cache, output, cache reads), from
+/// ccusage's rows: its input excludes the cache, as Anthropic's does.
+fn ccusage_figures(rows: &[Json], key: &str) -> BTreeSet<(String, String, i64, i64, i64)> {
+    rows.iter()
+        .flat_map(|r| {
+            let k = r[key].as_str().unwrap().to_owned();
+            r["modelBreakdowns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |m| {
+                    let n = |f: &str| m[f].as_i64().unwrap();
+                    (
+                        k.clone(),
+                        m["modelName"].as_str().unwrap().to_owned(),
+                        n("inputTokens") + n("cacheCreationTokens") + n("cacheReadTokens"),
+                        n("outputTokens"),
+                        n("cacheReadTokens"),
+                    )
+                })
+        })
+        .collect()
+}
+
+async fn stored_figures(db: &Client, key: &str) -> BTreeSet<(String, String, i64, i64, i64)> {
+    db.query(
+        &format!(
+            "SELECT {key}, model, sum(input_tokens)::int8, sum(output_tokens)::int8, sum(cached_tokens)::int8
+             FROM agent_events WHERE event_type = 'llm_request' GROUP BY 1, 2"
+        ),
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+    .collect()
+}
+
+fn import(claude_dir: &Path, endpoint: &str, tmp: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+        .args(["import", "--endpoint", endpoint, "--project", "acme/agents"])
+        .arg("--claude-dir")
+        .arg(claude_dir)
+        .arg("--price-table")
+        .arg(prices(tmp))
+        .env("HOME", tmp)
+        .output()
+        .expect("run agent-telemetry import");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "import failed: {text}");
+    text
+}
+
+/// The transcripts the real Claude Code 2.1.328 wrote (a run with a tool
+/// call that also exported OTLP to the service, a run with a subagent, and
+/// a line cut short as by a crash) imported: one `llm_request` per model
+/// call with the mock's tokens (the OTLP-exported run's calls and messages
+/// not twice), the subagent's calls in its parent session, figures per day
+/// and model and per session equal to ccusage's on the same files, and a
+/// second import storing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_transcripts_import_once_and_equal_ccusage() {
+    install();
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("developer");
+    std::fs::create_dir_all(&home).unwrap();
+    let (_pg, db, svc, otlp) = service("import_claude", tmp.path()).await;
+    let mut calls = 0;
+    for scenario in ["ok", "subagent"] {
+        let mock = Mock::start("mock-anthropic.mjs", scenario, tmp.path());
+        let (_, work) = workplace(tmp.path(), scenario);
+        // The first run also exports its telemetry, prompts included.
+        let exporting = scenario == "ok";
+        let telemetry = [
+            ("CLAUDE_CODE_ENABLE_TELEMETRY", "1"),
+            ("OTEL_LOGS_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+            ("OTEL_LOG_USER_PROMPTS", "1"),
+            // The same project the import names: one session, one project.
+            ("OTEL_RESOURCE_ATTRIBUTES", "project.name=acme/agents"),
+        ];
+        let mut env = vec![
+            ("HOME", home.display().to_string()),
+            (
+                "ANTHROPIC_BASE_URL",
+                format!("http://127.0.0.1:{}", mock.port),
+            ),
+            ("ANTHROPIC_API_KEY", "sk-test".into()),
+            ("IS_SANDBOX", "1".into()),
+            ("DISABLE_AUTOUPDATER", "1".into()),
+            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".into()),
+        ];
+        if exporting {
+            env.extend(telemetry.iter().map(|(k, v)| (*k, v.to_string())));
+        }
+        let args = ["-p", "run echo hello", "--dangerously-skip-permissions"];
+        run(&bin("claude"), &args, &env, &work, true).await;
+        calls += mock.calls().len();
+    }
+    let claude_dir = home.join(".claude");
+    // A crash in the middle of a line: reported, and the rest imported.
+    let mut files = Vec::new();
+    common_files(&claude_dir.join("projects"), &mut files);
+    let first = files
+        .iter()
+        .find(|f| !f.to_string_lossy().contains("subagents"))
+        .unwrap();
+    let mut text = std::fs::read_to_string(first).unwrap();
+    text.push_str("{\"type\":\"assistant\",\"message\":{\"id\":\"msg_cut");
+    std::fs::write(first, text).unwrap();
+
+    let exported = common::count(
+        &db,
+        "SELECT count(*) FROM agent_events WHERE event_type = 'llm_request'",
+    )
+    .await;
+    assert_eq!(exported, 2, "the first run's calls, over OTLP");
+    let endpoint = svc.endpoint.clone();
+    let said = import(&claude_dir, &endpoint, tmp.path());
+    common::say(&said);
+    assert!(said.contains("1 lines skipped"), "{said}");
+    assert!(
+        said.contains(" 4 already stored") && said.contains(" 0 rejected"),
+        "the exported run's two calls, its prompt and reply: {said}"
+    );
+    assert!(
+        said.contains(".jsonl:") && said.contains("not a JSON line"),
+        "{said}"
+    );
+    let requests = common::count(
+        &db,
+        "SELECT count(*) FROM agent_events WHERE event_type = 'llm_request'",
+    )
+    .await;
+    assert_eq!(
+        requests as usize, calls,
+        "one row per model call the mock answered"
+    );
+    let sessions = common::count(&db, "SELECT count(DISTINCT session_id) FROM agent_events").await;
+    assert_eq!(
+        sessions, 2,
+        "the subagent's calls are in its parent's session"
+    );
+    let subagent = common::count(
+        &db,
+        "SELECT count(*) FROM agent_events WHERE event_type = 'llm_request' AND context ? 'agent_id'",
+    )
+    .await;
+    assert_eq!(subagent, 2);
+    assert_eq!(
+        common::count(&db, "SELECT count(*) FROM agent_sessions").await,
+        2
+    );
+    // The prompt and reply of each run once, whichever edge brought them.
+    let said = common::strings(
+        &db,
+        "SELECT role || ' ' || content || ' ' || count(*) FROM chat_messages
+         WHERE content IN ('run echo hello', 'Done: hello') GROUP BY role, content ORDER BY 1",
+    )
+    .await;
+    assert_eq!(said, ["assistant Done: hello 2", "user run echo hello 2"]);
+
+    // Equal to ccusage on the same files: per day and model, per session.
+    let daily = ccusage("daily", &claude_dir, tmp.path());
+    assert_eq!(
+        stored_figures(&db, "(\"timestamp\" AT TIME ZONE 'UTC')::date::text").await,
+        ccusage_figures(daily["daily"].as_array().unwrap(), "date")
+    );
+    let by_session = ccusage("session", &claude_dir, tmp.path());
+    assert_eq!(
+        stored_figures(&db, "session_id::text").await,
+        ccusage_figures(by_session["sessions"].as_array().unwrap(), "sessionId")
+    );
+
+    // Again: nothing new.
+    let again = import(&claude_dir, &endpoint, tmp.path());
+    assert!(again.contains(" 0 stored"), "{again}");
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM agent_events WHERE event_type = 'llm_request'"
+        )
+        .await as usize,
+        calls
+    );
+    svc.running.shutdown().await.unwrap();
+}
+
+fn common_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            common_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "jsonl") {
+            out.push(p);
+        }
+    }
+    out.sort();
+}

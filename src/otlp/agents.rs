@@ -112,6 +112,12 @@ pub struct Found {
     /// same agent carries, or says nothing about the work (docs/otlp.md,
     /// "What is not stored").
     pub ignored: bool,
+    /// The agent's own id of what the row is (`request`, request id): the
+    /// row's id derives from it, as the transcript importer's does
+    /// ([`crate::ids`]), so that the two edges make one row.
+    pub row_key: Option<(&'static str, String)>,
+    /// The same for the record's one text: the transcript line's uuid.
+    pub message_key: Option<String>,
 }
 
 impl Found {
@@ -164,6 +170,7 @@ pub(super) fn claude(name: &str, a: &[KeyValue]) -> Found {
     match name {
         "claude_code.api_request" => {
             let fresh = int(a, &["input_tokens"]);
+            let row_key = text(a, &["request_id"]).map(|r| ("request", r));
             let read = int(a, &["cache_read_tokens"]);
             let created = int(a, &["cache_creation_tokens"]);
             let input = (fresh.is_some() || read.is_some() || created.is_some())
@@ -175,6 +182,7 @@ pub(super) fn claude(name: &str, a: &[KeyValue]) -> Found {
                 cache_written: created,
                 cost: float(a, &["cost_usd"]),
                 duration_ms: int(a, &["duration_ms"]),
+                row_key,
                 ..Found::default()
             }
         }
@@ -196,12 +204,16 @@ pub(super) fn claude(name: &str, a: &[KeyValue]) -> Found {
             accepted: decision(a),
             ..Found::default()
         },
-        "claude_code.user_prompt" => prompt(a),
+        "claude_code.user_prompt" => Found {
+            message_key: text(a, &["message.uuid"]),
+            ..prompt(a)
+        },
         // The reply of a turn: its text is the session's assistant message.
         "claude_code.assistant_response" => Found {
             texts: text(a, &["response"])
                 .map(|t| vec![("assistant", t)])
                 .unwrap_or_default(),
+            message_key: text(a, &["message.uuid"]),
             ..Found::default()
         },
         // The model refused: an error of the request, whose tokens and

@@ -140,7 +140,10 @@ pub(super) struct Draft<'a> {
 /// The record's rows: its event, and a chat message per text it carries.
 pub(super) fn build(ctx: &Context, draft: Draft<'_>) -> Mapped {
     let (agent, name, attrs, found) = (draft.agent, draft.name, draft.attrs, draft.found);
-    let (ts, id, session, mut data) = (draft.ts, draft.id, draft.session, draft.data);
+    let (ts, mut id, session, mut data) = (draft.ts, draft.id, draft.session, draft.data);
+    if let Some((kind, key)) = &found.row_key {
+        id = crate::ids::agent_row(agent.id(), kind, key);
+    }
     // Only request rows (and failed requests) name a model: the dashboards
     // count rows with a model as LLM requests. Other rows keep it in `data`.
     let model = found.model.clone();
@@ -182,7 +185,11 @@ pub(super) fn build(ctx: &Context, draft: Draft<'_>) -> Mapped {
         .filter(|(_, content)| !is_placeholder(content))
         .enumerate()
         .map(|(i, (role, content))| pb::ChatMessage {
-            id: derived(&id, &[b"message", &[i as u8]]).to_string(),
+            id: match (&found.message_key, i) {
+                (Some(key), 0) => crate::ids::agent_row(agent.id(), "message", key),
+                _ => derived(&id, &[b"message", &[i as u8]]),
+            }
+            .to_string(),
             session_id: session.to_string(),
             role: role.into(),
             content,

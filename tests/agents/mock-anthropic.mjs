@@ -12,6 +12,7 @@
 //   subagent  first call: the Agent tool with a task marked "SUBTASK:";
 //             the subagent's two calls as "ok"; then the final text.
 //   fail500   every call of the agent's turn answers HTTP 500.
+// Message and request ids are unique to the process, as the API's are.
 // Each call answers with fixed token counts (USAGE), which the test
 // asserts exactly, and is logged as one JSON line: {call, usage, status}.
 import fs from 'node:fs';
@@ -19,12 +20,17 @@ import http from 'node:http';
 
 const [scenario = 'ok', logFile] = process.argv.slice(2);
 
+// As the API sends it: the cache writes also broken down by lifetime.
+const usage = (input, output, read, written) => ({
+  input_tokens: input, output_tokens: output, cache_read_input_tokens: read, cache_creation_input_tokens: written,
+  cache_creation: { ephemeral_5m_input_tokens: written, ephemeral_1h_input_tokens: 0 },
+});
 const USAGE = {
-  main1: { input_tokens: 1200, output_tokens: 40, cache_read_input_tokens: 300, cache_creation_input_tokens: 100 },
-  main2: { input_tokens: 1500, output_tokens: 12, cache_read_input_tokens: 1400, cache_creation_input_tokens: 50 },
-  sub1: { input_tokens: 2100, output_tokens: 30, cache_read_input_tokens: 600, cache_creation_input_tokens: 200 },
-  sub2: { input_tokens: 2200, output_tokens: 9, cache_read_input_tokens: 2000, cache_creation_input_tokens: 25 },
-  side: { input_tokens: 77, output_tokens: 7, cache_read_input_tokens: 0, cache_creation_input_tokens: 0 },
+  main1: usage(1200, 40, 300, 100),
+  main2: usage(1500, 12, 1400, 50),
+  sub1: usage(2100, 30, 600, 200),
+  sub2: usage(2200, 9, 2000, 25),
+  side: usage(77, 7, 0, 0),
 };
 const SUBTASK = 'SUBTASK:';
 
@@ -48,7 +54,7 @@ function classify(body) {
 }
 
 function reply(call) {
-  const bash = { type: 'tool_use', id: `toolu_mock_${call}`, name: 'Bash', input: { command: 'echo hello', description: 'Print hello' } };
+  const bash = { type: 'tool_use', id: `toolu_mock_${process.pid}_${call}`, name: 'Bash', input: { command: 'echo hello', description: 'Print hello' } };
   switch (call) {
     case 'main1':
       return scenario === 'subagent'
@@ -68,12 +74,12 @@ function reply(call) {
 function send(res, body, call) {
   const [content, stop] = reply(call);
   const usage = USAGE[call];
-  const message = { id: `msg_mock_${seq}`, type: 'message', role: 'assistant', model: body.model, content, stop_reason: stop, stop_sequence: null, usage };
+  const message = { id: `msg_mock_${process.pid}_${seq}`, type: 'message', role: 'assistant', model: body.model, content, stop_reason: stop, stop_sequence: null, usage };
   if (!body.stream) {
-    res.writeHead(200, { 'content-type': 'application/json', 'request-id': `req_mock_${seq}` });
+    res.writeHead(200, { 'content-type': 'application/json', 'request-id': `req_mock_${process.pid}_${seq}` });
     return res.end(JSON.stringify(message));
   }
-  res.writeHead(200, { 'content-type': 'text/event-stream', 'request-id': `req_mock_${seq}` });
+  res.writeHead(200, { 'content-type': 'text/event-stream', 'request-id': `req_mock_${process.pid}_${seq}` });
   const event = (type, data) => res.write(`event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`);
   event('message_start', { message: { ...message, content: [], stop_reason: null, usage: { ...usage, output_tokens: 1 } } });
   content.forEach((block, index) => {
@@ -103,7 +109,7 @@ const server = http.createServer((req, res) => {
       const call = classify(body);
       if (scenario === 'fail500' && call !== 'side') {
         log({ call, model: body.model, status: 500 });
-        res.writeHead(500, { 'content-type': 'application/json', 'request-id': `req_mock_${seq}` });
+        res.writeHead(500, { 'content-type': 'application/json', 'request-id': `req_mock_${process.pid}_${seq}` });
         return res.end(JSON.stringify({ type: 'error', error: { type: 'api_error', message: 'Mock internal server error' } }));
       }
       log({ call, model: body.model, status: 200, usage: USAGE[call] });
