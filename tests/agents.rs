@@ -75,7 +75,9 @@ struct Mock {
 
 impl Mock {
     fn start(script: &str, scenario: &str, tmp: &Path) -> Self {
-        let log = tmp.join(format!("{script}-{scenario}.jsonl"));
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = tmp.join(format!("{script}-{scenario}-{n}.jsonl"));
         let mut child = Command::new("node")
             .arg(dir().join(script))
             .args([scenario, log.to_str().unwrap()])
@@ -1052,4 +1054,182 @@ fn common_files(dir: &Path, out: &mut Vec<PathBuf>) {
         }
     }
     out.sort();
+}
+
+/// (key, model) → (input with the cache, output, cache reads), from
+/// `ccusage codex daily|session` rows: its input excludes the cached part.
+fn ccusage_codex_figures(rows: &[Json], key: &str) -> BTreeSet<(String, String, i64, i64, i64)> {
+    rows.iter()
+        .flat_map(|r| {
+            let k = r[key].as_str().unwrap().to_owned();
+            r["models"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(move |(model, m)| {
+                    let n = |f: &str| m[f].as_i64().unwrap();
+                    (
+                        k.clone(),
+                        model.clone(),
+                        n("inputTokens") + n("cacheReadTokens"),
+                        n("outputTokens"),
+                        n("cacheReadTokens"),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// The rollouts the real Codex 0.169.0 wrote (a run, a run whose first
+/// stream fails and is retried, a run that fails and exports nothing)
+/// imported: one `llm_request` per model call with the mock's tokens, the
+/// failure that only the rollout records as an error, figures per day,
+/// model and session equal to `ccusage codex` on the same files, a second
+/// import storing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_rollouts_import_once_and_equal_ccusage() {
+    install();
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("codex-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let mut counted = 0;
+    for (scenario, retries) in [("ok", 0), ("fail_once", 1), ("fail_once", 0)] {
+        let mock = Mock::start("mock-openai.mjs", scenario, tmp.path());
+        let (_, work) = workplace(tmp.path(), &format!("{scenario}{retries}"));
+        std::fs::write(
+            home.join("config.toml"),
+            format!(
+                "model = \"gpt-5-codex\"\nmodel_provider = \"mock\"\n\n\
+                 [model_providers.mock]\nname = \"mock\"\nbase_url = \"http://127.0.0.1:{}/v1\"\n\
+                 wire_api = \"responses\"\nenv_key = \"OPENAI_API_KEY\"\n\
+                 request_max_retries = {retries}\nstream_max_retries = {retries}\n",
+                mock.port
+            ),
+        )
+        .unwrap();
+        let env = [
+            ("HOME", home.display().to_string()),
+            ("CODEX_HOME", home.display().to_string()),
+            ("OPENAI_API_KEY", "sk-test".to_owned()),
+        ];
+        let args = [
+            "exec",
+            "--skip-git-repo-check",
+            "--dangerously-bypass-approvals-and-sandbox",
+            "run echo hello",
+        ];
+        run(
+            &bin("codex"),
+            &args,
+            &env,
+            &work,
+            retries > 0 || scenario == "ok",
+        )
+        .await;
+        counted += mock.calls().iter().filter(|c| c["status"] == 200).count();
+    }
+    let (_pg, db, svc, _) = service("import_codex", tmp.path()).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+        .args(["import", "--source", "codex", "--endpoint", &svc.endpoint])
+        .arg("--codex-home")
+        .arg(&home)
+        .arg("--price-table")
+        .arg(prices(tmp.path()))
+        .env("HOME", tmp.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::say(&said);
+    assert!(
+        said.contains("codex: 3 files") && said.contains(" 0 rejected"),
+        "{said}"
+    );
+    let requests = common::count(
+        &db,
+        "SELECT count(*) FROM agent_events WHERE event_type = 'llm_request'",
+    )
+    .await;
+    assert_eq!(
+        requests as usize, counted,
+        "one row per model call answered"
+    );
+    // The run that failed exported nothing: its rollout is the only record.
+    let failures = common::strings(
+        &db,
+        "SELECT data->>'message' FROM agent_events WHERE severity = 'error'",
+    )
+    .await;
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        failures[0].contains("mock upstream failure"),
+        "{failures:?}"
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM agent_sessions WHERE agent_id = 'codex'"
+        )
+        .await,
+        3
+    );
+    let prompts = common::count(
+        &db,
+        "SELECT count(*) FROM chat_messages WHERE role = 'user' AND content = 'run echo hello'",
+    )
+    .await;
+    assert_eq!(prompts, 3, "the prompt of each run, no environment context");
+    // Equal to ccusage on the same files.
+    let ccusage = |report: &str| -> Json {
+        let out = Command::new(bin("ccusage"))
+            .args(["codex", report, "--json", "--offline"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", tmp.path())
+            .env("TZ", "UTC")
+            .env("CODEX_HOME", &home)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(
+        stored_figures(&db, "(\"timestamp\" AT TIME ZONE 'UTC')::date::text").await,
+        ccusage_codex_figures(ccusage("daily")["daily"].as_array().unwrap(), "date")
+    );
+    // ccusage names a Codex session by its rollout file; the file's name
+    // ends with the session's id.
+    let by_session: Vec<Json> = ccusage("session")["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            let file = s["sessionFile"].as_str().unwrap().to_owned();
+            s["sessionId"] = file[file.len() - 36..].into();
+            s
+        })
+        .collect();
+    assert_eq!(
+        stored_figures(&db, "session_id::text").await,
+        ccusage_codex_figures(&by_session, "sessionId")
+    );
+    let again = Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+        .args(["import", "--source", "codex", "--endpoint", &svc.endpoint])
+        .arg("--codex-home")
+        .arg(&home)
+        .env("HOME", tmp.path())
+        .output()
+        .unwrap();
+    let again = String::from_utf8_lossy(&again.stdout);
+    assert!(again.contains(" 0 stored"), "{again}");
+    svc.running.shutdown().await.unwrap();
 }

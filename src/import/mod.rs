@@ -11,9 +11,10 @@
 //! ([`crate::ids`]), so importing again stores nothing twice, nor what the
 //! agent's OTLP export brought already. docs/import.md.
 //!
-//! Sources so far: Claude Code ([`claude`]).
+//! Sources so far: Claude Code ([`claude`]) and Codex ([`codex`]).
 
 pub mod claude;
+pub mod codex;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -43,6 +44,13 @@ pub struct ImportConfig {
     /// `~/.claude`, those that exist.
     #[arg(long = "claude-dir", value_name = "DIR")]
     pub claude_dirs: Vec<PathBuf>,
+    /// Codex's home folders (holding `sessions/`); default: `CODEX_HOME`,
+    /// else `~/.codex`, if it exists.
+    #[arg(long = "codex-home", value_name = "DIR")]
+    pub codex_homes: Vec<PathBuf>,
+    /// The agents whose transcripts to read; default: every one found.
+    #[arg(long = "source", value_enum)]
+    pub sources: Vec<Source>,
     /// Price table (this service's format or LiteLLM's list) for the cost of
     /// requests whose transcript line carries none.
     #[arg(long, env = "AGENT_TELEMETRY_PRICE_TABLE")]
@@ -54,6 +62,23 @@ pub struct ImportConfig {
     /// Rows per batch sent.
     #[arg(long, default_value_t = 1000)]
     pub batch_rows: usize,
+}
+
+/// An agent whose transcripts the importer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    #[value(name = "claude-code")]
+    ClaudeCode,
+    Codex,
+}
+
+impl Source {
+    fn agent(self) -> &'static str {
+        match self {
+            Source::ClaudeCode => claude::AGENT,
+            Source::Codex => codex::AGENT,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +107,9 @@ pub struct Session {
     pub cwd: Option<String>,
     pub branch: Option<String>,
     pub version: Option<String>,
+    /// The repository's remote, where the transcript names it (Codex's
+    /// `session_meta.git.repository_url`).
+    pub repository: Option<String>,
 }
 
 impl Session {
@@ -153,7 +181,19 @@ impl Read {
         ts: SystemTime,
         key: &str,
     ) {
-        let id = crate::ids::agent_row(claude::AGENT, "message", key);
+        self.push_message_of(claude::AGENT, session, role, content, ts, key);
+    }
+
+    fn push_message_of(
+        &mut self,
+        agent: &str,
+        session: Uuid,
+        role: &'static str,
+        content: String,
+        ts: SystemTime,
+        key: &str,
+    ) {
+        let id = crate::ids::agent_row(agent, "message", key);
         if self.seen.insert(id) {
             self.messages.push(Said {
                 session,
@@ -190,6 +230,50 @@ fn claude_dirs(cfg: &ImportConfig) -> Vec<PathBuf> {
         .into_iter()
         .filter(|d| d.join("projects").is_dir())
         .collect()
+}
+
+/// Codex's home folders to read.
+fn codex_homes(cfg: &ImportConfig) -> Vec<PathBuf> {
+    if !cfg.codex_homes.is_empty() {
+        return cfg.codex_homes.clone();
+    }
+    let home = std::env::var_os("CODEX_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(".codex")
+        });
+    [home]
+        .into_iter()
+        .filter(|d| d.join("sessions").is_dir())
+        .collect()
+}
+
+/// Reads every Codex rollout under `homes` (`sessions/` and
+/// `archived_sessions/`).
+pub fn read_codex(homes: &[PathBuf], prices: &PriceTable) -> Result<(Read, usize), ImportError> {
+    let mut files = Vec::new();
+    for h in homes {
+        for sub in ["sessions", "archived_sessions"] {
+            jsonl_files(&h.join(sub), &mut files);
+        }
+    }
+    let mut read = Read::default();
+    for f in &files {
+        let text = std::fs::read(f).map_err(|source| ImportError::Read {
+            path: f.clone(),
+            source,
+        })?;
+        codex::read(
+            &f.display().to_string(),
+            &String::from_utf8_lossy(&text),
+            prices,
+            &mut read,
+        );
+    }
+    Ok((read, files.len()))
 }
 
 /// Every `*.jsonl` under `dir`, in a stable order.
@@ -307,9 +391,10 @@ fn developer(cfg: &ImportConfig) -> Option<pb::User> {
     })
 }
 
-/// What one import did.
+/// What one import did, per source.
 #[derive(Debug, Default)]
 pub struct Summary {
+    pub source: &'static str,
     pub files: usize,
     pub lines: u64,
     pub sent: u64,
@@ -328,7 +413,8 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "claude-code: {} files, {} lines; {} rows sent: {} stored, {} already stored, {} spooled, {} rejected; {} sessions; {} lines skipped; {} rows read again (resumed sessions)",
+            "{}: {} files, {} lines; {} rows sent: {} stored, {} already stored, {} spooled, {} rejected; {} sessions; {} lines skipped; {} rows read again (resumed sessions)",
+            self.source,
             self.files,
             self.lines,
             self.sent,
@@ -347,21 +433,66 @@ impl std::fmt::Display for Summary {
     }
 }
 
-pub async fn run(cfg: &ImportConfig) -> Result<Summary, ImportError> {
+/// Every source's summary, one after another.
+pub struct Summaries(pub Vec<Summary>);
+
+impl std::fmt::Display for Summaries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|s| write!(f, "{s}"))
+    }
+}
+
+pub async fn run(cfg: &ImportConfig) -> Result<Summaries, ImportError> {
     let prices = match &cfg.price_table {
         Some(p) => PriceTable::load(p)?,
         None => PriceTable::default(),
     };
-    let dirs = claude_dirs(cfg);
-    let (mut read, files) = read_claude(&dirs, &prices)?;
-    if files == 0 {
-        let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    let wanted = |s: Source| cfg.sources.is_empty() || cfg.sources.contains(&s);
+    let mut found = Vec::new();
+    let mut looked = Vec::new();
+    if wanted(Source::ClaudeCode) {
+        let dirs = claude_dirs(cfg);
+        looked.extend(dirs.iter().map(|d| d.display().to_string()));
+        let (read, files) = read_claude(&dirs, &prices)?;
+        if files > 0 {
+            found.push((Source::ClaudeCode, read, files));
+        }
+    }
+    if wanted(Source::Codex) {
+        let homes = codex_homes(cfg);
+        looked.extend(homes.iter().map(|d| d.display().to_string()));
+        let (read, files) = read_codex(&homes, &prices)?;
+        if files > 0 {
+            found.push((Source::Codex, read, files));
+        }
+    }
+    if found.is_empty() {
         return Err(ImportError::NothingFound(if looked.is_empty() {
-            "no Claude Code folder (~/.claude, ~/.config/claude, CLAUDE_CONFIG_DIR)".into()
+            "no agent's folder (~/.claude, ~/.config/claude, CLAUDE_CONFIG_DIR, ~/.codex, CODEX_HOME)"
+                .into()
         } else {
             looked.join(", ")
         }));
     }
+    let channel = client::connect(&cfg.client, Duration::from_secs(10)).await?;
+    let key = client::bearer(&cfg.client)?;
+    let mut c = TelemetryIngestClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut out = Vec::new();
+    for (source, read, files) in found {
+        out.push(send(cfg, &mut c, &key, source, read, files).await?);
+    }
+    Ok(Summaries(out))
+}
+
+/// Sends what was read of one source: its sessions, events and messages.
+async fn send(
+    cfg: &ImportConfig,
+    c: &mut TelemetryIngestClient<Channel>,
+    key: &Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    source: Source,
+    mut read: Read,
+    files: usize,
+) -> Result<Summary, ImportError> {
     // Each session's project, developer and rows.
     let mut projects = HashMap::new();
     let user = developer(cfg);
@@ -369,10 +500,16 @@ pub async fn run(cfg: &ImportConfig) -> Result<Summary, ImportError> {
         .sessions
         .iter()
         .map(|(id, s)| {
-            let p = cfg.project.clone().unwrap_or_else(|| match &s.cwd {
-                Some(cwd) => project_of(cwd, &mut projects),
-                None => "unattributed".to_owned(),
-            });
+            let p = cfg
+                .project
+                .clone()
+                .unwrap_or_else(|| match (&s.repository, &s.cwd) {
+                    (Some(url), _) => {
+                        crate::privacy::strip_url_userinfo(url).unwrap_or(url.clone())
+                    }
+                    (None, Some(cwd)) => project_of(cwd, &mut projects),
+                    (None, None) => "unattributed".to_owned(),
+                });
             (*id, p)
         })
         .collect();
@@ -387,10 +524,8 @@ pub async fn run(cfg: &ImportConfig) -> Result<Summary, ImportError> {
         e.user.clone_from(&user);
     }
 
-    let channel = client::connect(&cfg.client, Duration::from_secs(10)).await?;
-    let key = client::bearer(&cfg.client)?;
-    let mut c = TelemetryIngestClient::new(channel).max_decoding_message_size(64 << 20);
     let mut summary = Summary {
+        source: source.agent(),
         files,
         lines: read.lines,
         skipped: read.skipped,
@@ -422,7 +557,7 @@ pub async fn run(cfg: &ImportConfig) -> Result<Summary, ImportError> {
     for chunk in agent_sessions.chunks(batch) {
         let ack = c
             .report_sessions(client::authorized(
-                &key,
+                key,
                 pb::SessionReport {
                     chat_sessions: Vec::new(),
                     agent_sessions: chunk.to_vec(),
@@ -442,7 +577,7 @@ pub async fn run(cfg: &ImportConfig) -> Result<Summary, ImportError> {
     let mut sequence = 0;
     for chunk in read.events.chunks(batch) {
         sequence += 1;
-        let ack = send_events(&mut c, &key, sequence, chunk.to_vec()).await?;
+        let ack = send_events(c, key, sequence, chunk.to_vec()).await?;
         count(&mut summary, &ack);
     }
 
@@ -490,7 +625,7 @@ pub async fn run(cfg: &ImportConfig) -> Result<Summary, ImportError> {
             messages: chunk.iter().map(|(m, _)| m.clone()).collect(),
         };
         let ack = c
-            .ingest_chat_messages(client::authorized(&key, request))
+            .ingest_chat_messages(client::authorized(key, request))
             .await
             .map_err(|s| ImportError::Refused(s.message().to_owned()))?
             .into_inner();

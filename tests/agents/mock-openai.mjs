@@ -11,7 +11,8 @@
 //              carrying its output: the text "Done: hello".
 //   fail_once  the first call's stream fails (`response.failed`); Codex
 //              retries (stream_max_retries = 1) and the rest is as "ok".
-// Call n answers with USAGE[n] (failed calls count), which the test
+// Ids are unique to the process, as the API's are. Call n answers with
+// USAGE[n] (failed calls count), which the test
 // asserts exactly; each call is logged as one JSON line: {call, usage, status}.
 import fs from 'node:fs';
 import http from 'node:http';
@@ -41,22 +42,22 @@ function toolCall(tools, id) {
 
 function stream(res, body, n) {
   const model = body.model;
-  const response = (status, output, usage) => ({ id: `resp_mock_${n}`, object: 'response', created_at: Math.floor(Date.now() / 1000), status, model, output, usage: usage ?? null });
+  const response = (status, output, usage) => ({ id: `resp_mock_${process.pid}_${n}`, object: 'response', created_at: Math.floor(Date.now() / 1000), status, model, output, usage: usage ?? null });
   const event = (type, data) => res.write(`event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: seq++, ...data })}\n\n`);
-  res.writeHead(200, { 'content-type': 'text/event-stream', 'x-request-id': `req_mock_${n}` });
+  res.writeHead(200, { 'content-type': 'text/event-stream', 'x-request-id': `req_mock_${process.pid}_${n}` });
   event('response.created', { response: response('in_progress', []) });
   if (scenario === 'fail_once' && n === 0) {
     event('response.failed', { response: { ...response('failed', []), error: { code: 'server_error', message: 'mock upstream failure' } } });
     return res.end();
   }
-  let item = answered(body.input) ? null : toolCall(body.tools, `call_mock_${n}`);
+  let item = answered(body.input) ? null : toolCall(body.tools, `call_mock_${process.pid}_${n}`);
   if (item) {
     event('response.output_item.added', { output_index: 0, item: { ...item, arguments: '' } });
     event('response.function_call_arguments.delta', { item_id: item.id, output_index: 0, delta: item.arguments });
     event('response.function_call_arguments.done', { item_id: item.id, output_index: 0, arguments: item.arguments });
   } else {
     const text = 'Done: hello';
-    item = { type: 'message', id: `msg_mock_${n}`, role: 'assistant', status: 'completed', content: [{ type: 'output_text', text, annotations: [] }] };
+    item = { type: 'message', id: `msg_mock_${process.pid}_${n}`, role: 'assistant', status: 'completed', content: [{ type: 'output_text', text, annotations: [] }] };
     event('response.output_item.added', { output_index: 0, item: { ...item, content: [] } });
     event('response.output_text.delta', { item_id: item.id, output_index: 0, content_index: 0, delta: text });
     event('response.output_text.done', { item_id: item.id, output_index: 0, content_index: 0, text });
