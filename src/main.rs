@@ -55,8 +55,8 @@ enum Command {
     Migrate(config::MigrateConfig),
     /// Stream realistic synthetic events and messages to a running service.
     Loadgen(loadgen::LoadgenConfig),
-    /// Send the agents' local transcripts (Claude Code's, Codex's) to a
-    /// running service: a team's whole history (docs/import.md).
+    /// Send the agents' local transcripts (Claude Code's, Codex's, Gemini
+    /// CLI's) to a running service: a team's whole history (docs/import.md).
     Import(agent_telemetry::import::ImportConfig),
     /// Benchmarks (BENCHMARKS.md).
     #[command(subcommand)]

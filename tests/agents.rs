@@ -1233,3 +1233,129 @@ async fn codex_rollouts_import_once_and_equal_ccusage() {
     assert!(again.contains(" 0 stored"), "{again}");
     svc.running.shutdown().await.unwrap();
 }
+
+/// The chats the real Gemini CLI 0.61.0 wrote (two runs with a tool call,
+/// one refused by the API) imported: one `llm_request` per model call with
+/// the mock's tokens (a message written again once its tool call ends is
+/// read once), the prompt and replies in order, a second import storing
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_chats_import_once() {
+    install();
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("developer");
+    std::fs::create_dir_all(home.join(".gemini")).unwrap();
+    std::fs::write(
+        home.join(".gemini/settings.json"),
+        r#"{"security": {"auth": {"selectedType": "gemini-api-key"}},
+            "privacy": {"usageStatisticsEnabled": false},
+            "general": {"enableAutoUpdate": false, "enableAutoUpdateNotification": false, "maxAttempts": 1}}"#,
+    )
+    .unwrap();
+    let mut calls = 0;
+    for (i, scenario) in ["ok", "ok", "fail400"].iter().enumerate() {
+        let mock = Mock::start("mock-gemini.mjs", scenario, tmp.path());
+        let (_, work) = workplace(tmp.path(), &format!("gemini{i}"));
+        let env = [
+            ("HOME", home.display().to_string()),
+            ("TMPDIR", tmp.path().display().to_string()),
+            (
+                "GOOGLE_GEMINI_BASE_URL",
+                format!("http://127.0.0.1:{}", mock.port),
+            ),
+            ("GEMINI_API_KEY", "test".into()),
+            ("GEMINI_CLI_TRUST_WORKSPACE", "true".into()),
+            ("GEMINI_CLI_NO_RELAUNCH", "true".into()),
+        ];
+        let args = [
+            "-p",
+            "run echo hello",
+            "--approval-mode=yolo",
+            "-m",
+            "gemini-2.5-flash",
+        ];
+        run(&bin("gemini"), &args, &env, &work, *scenario == "ok").await;
+        calls += mock.calls().iter().filter(|c| c["status"] == 200).count();
+    }
+    let (_pg, db, svc, _) = service("import_gemini", tmp.path()).await;
+    let import = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+            .args([
+                "import",
+                "--source",
+                "gemini-cli",
+                "--endpoint",
+                &svc.endpoint,
+            ])
+            .arg("--gemini-dir")
+            .arg(home.join(".gemini"))
+            .arg("--price-table")
+            .arg(prices(tmp.path()))
+            .env("HOME", tmp.path())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        said
+    };
+    let summary = import();
+    common::say(&summary);
+    assert!(
+        summary.contains("gemini-cli: 3 files") && summary.contains(" 0 rejected"),
+        "{summary}"
+    );
+    let rows = db
+        .query(
+            "SELECT input_tokens, output_tokens, cached_tokens, model FROM agent_events
+             WHERE event_type = 'llm_request' ORDER BY \"timestamp\"",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), calls, "one row per model call answered");
+    let figures: BTreeSet<(i64, i64, i64, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    // Thoughts are output the model generated.
+    let flash = || "gemini-2.5-flash".to_owned();
+    assert_eq!(
+        figures,
+        BTreeSet::from([(1111, 66, 333, flash()), (1250, 7, 0, flash())])
+    );
+    let session = common::strings(
+        &db,
+        "SELECT session_id::text FROM agent_events WHERE event_type = 'llm_request' LIMIT 1",
+    )
+    .await;
+    let session = Uuid::parse_str(&session[0]).unwrap();
+    assert_eq!(
+        messages(&db, session).await,
+        [
+            said("user", "run echo hello"),
+            said("assistant", "I will run the command."),
+            said("assistant", "Done: hello"),
+        ]
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM agent_sessions WHERE agent_id = 'gemini-cli'"
+        )
+        .await,
+        3
+    );
+    let tool = common::strings(
+        &db,
+        "SELECT data->>'tool_name' || ' ' || (data->>'success') FROM agent_events WHERE event_type = 'tool_use'",
+    )
+    .await;
+    assert_eq!(tool, ["run_shell_command true", "run_shell_command true"]);
+    let again = import();
+    assert!(again.contains(" 0 stored"), "{again}");
+    svc.running.shutdown().await.unwrap();
+}

@@ -11,10 +11,12 @@
 //! ([`crate::ids`]), so importing again stores nothing twice, nor what the
 //! agent's OTLP export brought already. docs/import.md.
 //!
-//! Sources so far: Claude Code ([`claude`]) and Codex ([`codex`]).
+//! Sources so far: Claude Code ([`claude`]), Codex ([`codex`]) and Gemini
+//! CLI ([`gemini`]).
 
 pub mod claude;
 pub mod codex;
+pub mod gemini;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -48,6 +50,10 @@ pub struct ImportConfig {
     /// else `~/.codex`, if it exists.
     #[arg(long = "codex-home", value_name = "DIR")]
     pub codex_homes: Vec<PathBuf>,
+    /// Gemini CLI's folders (holding `tmp/`); default: `~/.gemini`, if it
+    /// exists.
+    #[arg(long = "gemini-dir", value_name = "DIR")]
+    pub gemini_dirs: Vec<PathBuf>,
     /// The agents whose transcripts to read; default: every one found.
     #[arg(long = "source", value_enum)]
     pub sources: Vec<Source>,
@@ -70,6 +76,8 @@ pub enum Source {
     #[value(name = "claude-code")]
     ClaudeCode,
     Codex,
+    #[value(name = "gemini-cli")]
+    GeminiCli,
 }
 
 impl Source {
@@ -77,6 +85,7 @@ impl Source {
         match self {
             Source::ClaudeCode => claude::AGENT,
             Source::Codex => codex::AGENT,
+            Source::GeminiCli => gemini::AGENT,
         }
     }
 }
@@ -151,7 +160,8 @@ pub struct Read {
     /// Lines skipped, with file and line number (the first few hundred).
     pub problems: Vec<String>,
     pub skipped: u64,
-    /// Rows read again (the same ids): a resumed session repeating lines.
+    /// Rows read again (the same ids): a resumed session repeating lines,
+    /// a streamed reply written a line per block, a message written again.
     pub repeats: u64,
     seen: HashSet<Uuid>,
 }
@@ -274,6 +284,57 @@ pub fn read_codex(homes: &[PathBuf], prices: &PriceTable) -> Result<(Read, usize
         );
     }
     Ok((read, files.len()))
+}
+
+/// Gemini CLI's folders to read.
+fn gemini_dirs(cfg: &ImportConfig) -> Vec<PathBuf> {
+    if !cfg.gemini_dirs.is_empty() {
+        return cfg.gemini_dirs.clone();
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    [home.join(".gemini")]
+        .into_iter()
+        .filter(|d| d.join("tmp").is_dir())
+        .collect()
+}
+
+/// Reads every Gemini CLI chat under `dirs`: `tmp/<project>/chats/*.jsonl`,
+/// with the project's folder from `tmp/<project>/.project_root`.
+pub fn read_gemini(dirs: &[PathBuf], prices: &PriceTable) -> Result<(Read, usize), ImportError> {
+    let mut read = Read::default();
+    let mut count = 0;
+    for d in dirs {
+        let Ok(projects) = std::fs::read_dir(d.join("tmp")) else {
+            continue;
+        };
+        let mut projects: Vec<PathBuf> = projects.flatten().map(|e| e.path()).collect();
+        projects.sort();
+        for project in projects {
+            let cwd = std::fs::read_to_string(project.join(".project_root"))
+                .ok()
+                .map(|s| s.trim().to_owned());
+            let mut files = Vec::new();
+            jsonl_files(&project.join("chats"), &mut files);
+            for f in files {
+                let text = std::fs::read(&f).map_err(|source| ImportError::Read {
+                    path: f.clone(),
+                    source,
+                })?;
+                let text = String::from_utf8_lossy(&text);
+                gemini::read(
+                    &f.display().to_string(),
+                    &text,
+                    cwd.as_deref(),
+                    prices,
+                    &mut read,
+                );
+                count += 1;
+            }
+        }
+    }
+    Ok((read, count))
 }
 
 /// Every `*.jsonl` under `dir`, in a stable order.
@@ -413,7 +474,7 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{}: {} files, {} lines; {} rows sent: {} stored, {} already stored, {} spooled, {} rejected; {} sessions; {} lines skipped; {} rows read again (resumed sessions)",
+            "{}: {} files, {} lines; {} rows sent: {} stored, {} already stored, {} spooled, {} rejected; {} sessions; {} lines skipped; {} rows read again (the same ids)",
             self.source,
             self.files,
             self.lines,
@@ -466,9 +527,17 @@ pub async fn run(cfg: &ImportConfig) -> Result<Summaries, ImportError> {
             found.push((Source::Codex, read, files));
         }
     }
+    if wanted(Source::GeminiCli) {
+        let dirs = gemini_dirs(cfg);
+        looked.extend(dirs.iter().map(|d| d.display().to_string()));
+        let (read, files) = read_gemini(&dirs, &prices)?;
+        if files > 0 {
+            found.push((Source::GeminiCli, read, files));
+        }
+    }
     if found.is_empty() {
         return Err(ImportError::NothingFound(if looked.is_empty() {
-            "no agent's folder (~/.claude, ~/.config/claude, CLAUDE_CONFIG_DIR, ~/.codex, CODEX_HOME)"
+            "no agent's folder (~/.claude, ~/.config/claude, CLAUDE_CONFIG_DIR, ~/.codex, CODEX_HOME, ~/.gemini)"
                 .into()
         } else {
             looked.join(", ")
