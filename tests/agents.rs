@@ -1359,3 +1359,156 @@ async fn gemini_chats_import_once() {
     assert!(again.contains(" 0 stored"), "{again}");
     svc.running.shutdown().await.unwrap();
 }
+
+/// A running `import --follow` beside a transcript being written: the
+/// lines written while it runs are stored within seconds, a line written in
+/// two parts waits for its end, a restart resumes from the state file
+/// without sending a line again, and a transcript written anew (another
+/// inode) is read from its start, its rows recognised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_follow_sends_new_lines_and_resumes_after_a_restart() {
+    install();
+    let tmp = tempfile::tempdir().unwrap();
+    // A real transcript to replay line by line.
+    let home = tmp.path().join("developer");
+    std::fs::create_dir_all(&home).unwrap();
+    let mock = Mock::start("mock-anthropic.mjs", "subagent", tmp.path());
+    let (_, work) = workplace(tmp.path(), "follow");
+    let env = [
+        ("HOME", home.display().to_string()),
+        (
+            "ANTHROPIC_BASE_URL",
+            format!("http://127.0.0.1:{}", mock.port),
+        ),
+        ("ANTHROPIC_API_KEY", "sk-test".into()),
+        ("IS_SANDBOX", "1".into()),
+        ("DISABLE_AUTOUPDATER", "1".into()),
+    ];
+    let args = ["-p", "run echo hello", "--dangerously-skip-permissions"];
+    run(&bin("claude"), &args, &env, &work, true).await;
+    let mut files = Vec::new();
+    common_files(&home.join(".claude/projects"), &mut files);
+    let main = files
+        .iter()
+        .find(|f| !f.to_string_lossy().contains("subagents"))
+        .unwrap();
+    let lines: Vec<String> = std::fs::read_to_string(main)
+        .unwrap()
+        .lines()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let calls_in = |ls: &[String]| {
+        ls.iter()
+            .filter(|l| l.contains("\"type\":\"assistant\"") && l.contains("\"usage\""))
+            .filter_map(|l| serde_json::from_str::<Json>(l).ok())
+            .filter_map(|v| v["requestId"].as_str().map(str::to_owned))
+            .collect::<BTreeSet<_>>()
+            .len() as i64
+    };
+    let half = lines.len() / 2;
+    let followed = tmp.path().join("followed/.claude/projects/p");
+    std::fs::create_dir_all(&followed).unwrap();
+    let transcript = followed.join(main.file_name().unwrap());
+    std::fs::write(&transcript, lines[..half].concat()).unwrap();
+
+    let (_pg, db, svc, _) = service("import_follow", tmp.path()).await;
+    let state = tmp.path().join("state.json");
+    let follow = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+            .args([
+                "import",
+                "--follow",
+                "--source",
+                "claude-code",
+                "--endpoint",
+                &svc.endpoint,
+            ])
+            .arg("--claude-dir")
+            .arg(tmp.path().join("followed/.claude"))
+            .arg("--state")
+            .arg(&state)
+            .env("HOME", tmp.path())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let requests = || async {
+        common::count(
+            &db,
+            "SELECT count(*) FROM agent_events WHERE event_type = 'llm_request'",
+        )
+        .await
+    };
+    let mut child = follow();
+    let first = calls_in(&lines[..half]);
+    common::wait_for(
+        "the first half's calls",
+        Duration::from_secs(20),
+        || async { requests().await == first },
+    )
+    .await;
+    // The rest, the last line in two writes: nothing of it until its end.
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&transcript)
+        .unwrap();
+    let rest = lines[half..].concat();
+    let (a, b) = rest.split_at(rest.len() - 10);
+    f.write_all(a.as_bytes()).unwrap();
+    f.flush().unwrap();
+    let all = calls_in(&lines);
+    common::wait_for(
+        "the lines written while following",
+        Duration::from_secs(20),
+        || async { requests().await >= all - 1 },
+    )
+    .await;
+    f.write_all(b.as_bytes()).unwrap();
+    drop(f);
+    common::wait_for("every call", Duration::from_secs(20), || async {
+        requests().await == all
+    })
+    .await;
+    // Stopped once its position is recorded (stopped between a send and
+    // the record, it would send those rows again, recognised by id).
+    let recorded = || {
+        std::fs::read(&state)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Json>(&b).ok())
+            .and_then(|v| v["files"][transcript.to_str().unwrap()]["lines"].as_u64())
+    };
+    common::wait_for("the position recorded", Duration::from_secs(20), || async {
+        recorded() == Some(lines.len() as u64)
+    })
+    .await;
+    child.kill().await.unwrap();
+
+    // A restart: nothing sent again.
+    let mut child = follow();
+    let stdout = child.stdout.take().unwrap();
+    let mut out = tokio::io::BufReader::new(stdout);
+    let mut said = String::new();
+    let read = async {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        while out.read_line(&mut line).await.unwrap_or(0) > 0 {
+            said.push_str(&line);
+            line.clear();
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), read).await;
+    assert!(said.contains("following"), "{said}");
+    assert!(
+        !said.contains("rows sent"),
+        "a restart sends nothing again: {said}"
+    );
+    // Written anew: read from its start, every row recognised.
+    std::fs::remove_file(&transcript).unwrap();
+    std::fs::write(&transcript, lines.concat()).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(requests().await, all);
+    child.kill().await.unwrap();
+    svc.running.shutdown().await.unwrap();
+}

@@ -53,6 +53,7 @@ pub fn read(
 ) {
     let mut calls: BTreeMap<String, Call> = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
+        out.at = n as u64 + 1;
         if line.trim().is_empty() {
             continue;
         }
@@ -100,9 +101,12 @@ pub fn read(
             _ => user(&v, message, ts, session, &mut calls, out),
         }
     }
-    // Calls whose result is not in the file (the session ended first).
-    for (_, call) in calls {
-        out.push_event(call.event);
+    // Calls whose result is not in the file (the session ended first);
+    // while following, it may still come.
+    if !out.following {
+        for (_, call) in calls {
+            out.push_event(call.event);
+        }
     }
 }
 

@@ -69,6 +69,7 @@ pub fn read(path: &str, text_: &str, prices: &PriceTable, out: &mut Read) {
         calls: BTreeMap::new(),
     };
     for (n, line) in text_.lines().enumerate() {
+        out.at = n as u64 + 1;
         if line.trim().is_empty() {
             continue;
         }
@@ -229,8 +230,10 @@ pub fn read(path: &str, text_: &str, prices: &PriceTable, out: &mut Read) {
             _ => {}
         }
     }
-    for (_, (event, _)) in st.calls {
-        out.push_event(event);
+    if !out.following {
+        for (_, (event, _)) in st.calls {
+            out.push_event(event);
+        }
     }
 }
 

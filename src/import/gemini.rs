@@ -40,6 +40,7 @@ fn time(v: &Json) -> Option<SystemTime> {
 pub fn read(path: &str, text: &str, cwd: Option<&str>, prices: &PriceTable, out: &mut Read) {
     let mut session: Option<Uuid> = None;
     for (n, line) in text.lines().enumerate() {
+        out.at = n as u64 + 1;
         if line.trim().is_empty() {
             continue;
         }

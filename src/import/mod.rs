@@ -16,6 +16,7 @@
 
 pub mod claude;
 pub mod codex;
+pub mod follow;
 pub mod gemini;
 
 use std::{
@@ -68,6 +69,15 @@ pub struct ImportConfig {
     /// Rows per batch sent.
     #[arg(long, default_value_t = 1000)]
     pub batch_rows: usize,
+    /// Keep running: send new lines as the agents write them, and resume
+    /// where it stopped after a restart (docs/import.md, "Following").
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow: where it keeps how far each file was sent; default
+    /// `$XDG_STATE_HOME/agent-telemetry/import-state.json` (else
+    /// `~/.local/state/…`).
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
 }
 
 /// An agent whose transcripts the importer reads.
@@ -105,6 +115,8 @@ pub enum ImportError {
     },
     #[error("the service refused a batch: {0}")]
     Refused(String),
+    #[error("cannot watch the transcripts: {0}")]
+    Follow(String),
 }
 
 /// What a session's lines said about it.
@@ -143,6 +155,8 @@ impl Session {
 
 /// A chat message as read, before its session's project is known.
 pub struct Said {
+    /// The line it was read from.
+    pub line: u64,
     pub session: Uuid,
     pub role: &'static str,
     pub content: String,
@@ -155,6 +169,13 @@ pub struct Said {
 pub struct Read {
     pub lines: u64,
     pub events: Vec<pb::AgentEvent>,
+    /// The line each event was read from (the line that completed it).
+    pub event_lines: Vec<u64>,
+    /// The line being read (set by each reader).
+    pub at: u64,
+    /// Following a file that is still being written: a tool call without
+    /// its result yet is kept for the result, not sent half.
+    pub following: bool,
     pub messages: Vec<Said>,
     pub sessions: BTreeMap<Uuid, Session>,
     /// Lines skipped, with file and line number (the first few hundred).
@@ -178,6 +199,7 @@ impl Read {
         let id = Uuid::parse_str(&e.id).expect("ids are made here");
         if self.seen.insert(id) {
             self.events.push(e);
+            self.event_lines.push(self.at);
         } else {
             self.repeats += 1;
         }
@@ -206,6 +228,7 @@ impl Read {
         let id = crate::ids::agent_row(agent, "message", key);
         if self.seen.insert(id) {
             self.messages.push(Said {
+                line: self.at,
                 session,
                 role,
                 content,
@@ -215,6 +238,22 @@ impl Read {
         } else {
             self.repeats += 1;
         }
+    }
+}
+
+impl Read {
+    /// Keeps only the rows read from lines after `line` (those before were
+    /// sent already).
+    pub fn keep_after(&mut self, line: u64) {
+        let events = std::mem::take(&mut self.events);
+        let lines = std::mem::take(&mut self.event_lines);
+        for (e, l) in events.into_iter().zip(lines) {
+            if l > line {
+                self.events.push(e);
+                self.event_lines.push(l);
+            }
+        }
+        self.messages.retain(|m| m.line > line);
     }
 }
 
@@ -509,6 +548,44 @@ pub async fn run(cfg: &ImportConfig) -> Result<Summaries, ImportError> {
         None => PriceTable::default(),
     };
     let wanted = |s: Source| cfg.sources.is_empty() || cfg.sources.contains(&s);
+    if cfg.follow {
+        let mut roots = Vec::new();
+        if wanted(Source::ClaudeCode) {
+            for d in claude_dirs(cfg) {
+                let projects = d.join("projects");
+                roots.push((
+                    Source::ClaudeCode,
+                    if projects.is_dir() { projects } else { d },
+                ));
+            }
+        }
+        if wanted(Source::Codex) {
+            for h in codex_homes(cfg) {
+                roots.push((Source::Codex, h.join("sessions")));
+                roots.push((Source::Codex, h.join("archived_sessions")));
+            }
+        }
+        if wanted(Source::GeminiCli) {
+            roots.extend(
+                gemini_dirs(cfg)
+                    .into_iter()
+                    .map(|d| (Source::GeminiCli, d.join("tmp"))),
+            );
+        }
+        roots.retain(|(_, r)| r.is_dir());
+        if roots.is_empty() {
+            return Err(ImportError::NothingFound(
+                "no agent's folder to follow (~/.claude, ~/.codex, ~/.gemini, or the flags')"
+                    .into(),
+            ));
+        }
+        let channel = client::connect(&cfg.client, Duration::from_secs(10)).await?;
+        let key = client::bearer(&cfg.client)?;
+        let mut c = TelemetryIngestClient::new(channel).max_decoding_message_size(64 << 20);
+        let state = cfg.state.clone().unwrap_or_else(follow::default_state);
+        follow::run(cfg, &mut c, &key, &prices, roots, &state).await?;
+        return Ok(Summaries(Vec::new()));
+    }
     let mut found = Vec::new();
     let mut looked = Vec::new();
     if wanted(Source::ClaudeCode) {
