@@ -1512,3 +1512,212 @@ async fn import_follow_sends_new_lines_and_resumes_after_a_restart() {
     child.kill().await.unwrap();
     svc.running.shutdown().await.unwrap();
 }
+
+/// A generated Claude Code history of the shapes the real transcripts take
+/// (several projects and days, three models, a session across midnight,
+/// replies streamed as a line per block, sidechain lines in a session and
+/// a subagent's file, a resumed session whose new file repeats earlier
+/// lines, synthetic zero-usage messages, a truncated last line), written as
+/// Claude Code 2.1.328 writes its lines.
+fn generated_claude_history(dir: &Path) -> usize {
+    let models = [
+        "claude-sonnet-4-5-20250929",
+        "claude-opus-4-5-20251101",
+        "claude-haiku-4-5-20251001",
+    ];
+    let mut n = 0u64;
+    let mut calls = 0;
+    let mut line = |session: &str,
+                    ts: &str,
+                    sidechain: bool,
+                    model: &str,
+                    msg: &str,
+                    req: &str,
+                    tokens: [u64; 4]| {
+        n += 1;
+        let [input, output, read, written] = tokens;
+        format!(
+            r#"{{"parentUuid":null,"isSidechain":{sidechain},"type":"assistant","uuid":"00000000-0000-4000-8000-{n:012}","timestamp":"{ts}","requestId":"{req}","message":{{"id":"{msg}","type":"message","role":"assistant","model":"{model}","content":[{{"type":"text","text":"ok {n}"}}],"usage":{{"input_tokens":{input},"output_tokens":{output},"cache_read_input_tokens":{read},"cache_creation_input_tokens":{written},"cache_creation":{{"ephemeral_5m_input_tokens":{written},"ephemeral_1h_input_tokens":0}}}}}},"cwd":"/work/acme/api","sessionId":"{session}","version":"2.1.328","gitBranch":"main"}}"#
+        ) + "\n"
+    };
+    let sessions = [
+        (
+            "acme-api",
+            "11111111-1111-4111-8111-111111111111",
+            "2026-12-01",
+        ),
+        (
+            "acme-web",
+            "22222222-2222-4222-8222-222222222222",
+            "2026-12-02",
+        ),
+        (
+            "acme-web",
+            "33333333-3333-4333-8333-333333333333",
+            "2026-12-03",
+        ),
+    ];
+    let mut resumed = String::new();
+    for (p, (project, session, day)) in sessions.iter().enumerate() {
+        let folder = dir.join("projects").join(format!("-work-{project}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        let mut text = String::new();
+        for i in 0..12 {
+            let model = models[(i + p) % 3];
+            // The last session runs across midnight.
+            let (day, hour) = if p == 2 && i >= 6 {
+                ("2026-12-04", i - 6)
+            } else {
+                (*day, 18 + i / 2)
+            };
+            let ts = format!("{day}T{hour:02}:{:02}:10.000Z", (i * 7) % 60);
+            let (msg, req) = (format!("msg_{p}_{i}"), format!("req_{p}_{i}"));
+            let tokens = [
+                100 + i as u64 * 10,
+                20 + i as u64,
+                1000 * i as u64,
+                if i % 4 == 0 { 500 } else { 0 },
+            ];
+            let l = line(session, &ts, false, model, &msg, &req, tokens);
+            // A reply streamed as two lines: the same message, request and usage.
+            if i % 3 == 0 {
+                text.push_str(&l);
+            }
+            text.push_str(&l);
+            calls += 1;
+            if p == 0 && i < 4 {
+                resumed.push_str(&l);
+            }
+        }
+        // Sidechain lines in the session itself, and a subagent's file.
+        text.push_str(&line(
+            session,
+            &format!("{day}T23:30:00.000Z"),
+            true,
+            models[0],
+            &format!("msg_{p}_side"),
+            &format!("req_{p}_side"),
+            [300, 30, 0, 0],
+        ));
+        calls += 1;
+        let sub = folder.join(session).join("subagents");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(
+            sub.join("agent-a1.jsonl"),
+            line(
+                session,
+                &format!("{day}T23:40:00.000Z"),
+                true,
+                models[1],
+                &format!("msg_{p}_sub"),
+                &format!("req_{p}_sub"),
+                [700, 70, 100, 0],
+            ),
+        )
+        .unwrap();
+        calls += 1;
+        // A synthetic message: no model call.
+        text.push_str(&line(
+            session,
+            &format!("{day}T23:50:00.000Z"),
+            false,
+            "<synthetic>",
+            &format!("msg_{p}_syn"),
+            &format!("req_{p}_syn"),
+            [0, 0, 0, 0],
+        ));
+        if p == 1 {
+            // A crash in the middle of the last line.
+            text.push_str(
+                r#"{"type":"assistant","message":{"id":"msg_cut","usage":{"input_tokens":"#,
+            );
+        }
+        std::fs::write(folder.join(format!("{session}.jsonl")), text).unwrap();
+    }
+    // A resumed session: a new file that repeats the first session's lines.
+    let folder = dir.join("projects/-work-acme-api");
+    resumed.push_str(&line(
+        "44444444-4444-4444-8444-444444444444",
+        "2026-12-05T09:00:00.000Z",
+        false,
+        models[2],
+        "msg_r_1",
+        "req_r_1",
+        [50, 5, 0, 0],
+    ));
+    calls += 1;
+    std::fs::write(
+        folder.join("44444444-4444-4444-8444-444444444444.jsonl"),
+        resumed,
+    )
+    .unwrap();
+    calls
+}
+
+/// ccusage's rows less the synthetic messages it lists as a model of no
+/// tokens (a message Claude Code made itself is no model call here).
+fn without_empty(
+    rows: BTreeSet<(String, String, i64, i64, i64)>,
+) -> BTreeSet<(String, String, i64, i64, i64)> {
+    rows.into_iter()
+        .filter(|(_, _, input, output, read)| (input, output, read) != (&0, &0, &0))
+        .collect()
+}
+
+/// The generated history imported equals ccusage's figures on it, per day
+/// and model and per session and model; every case where the two could
+/// differ is one of the generated shapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_claude_code_history_imports_equal_to_ccusage() {
+    install();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("claude");
+    let calls = generated_claude_history(&dir);
+    let (_pg, db, svc, _) = service("import_generated", tmp.path()).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+        .args([
+            "import",
+            "--source",
+            "claude-code",
+            "--endpoint",
+            &svc.endpoint,
+        ])
+        .arg("--claude-dir")
+        .arg(&dir)
+        .env("HOME", tmp.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::say(&said);
+    assert!(
+        said.contains("1 lines skipped") && said.contains(" 0 rejected"),
+        "{said}"
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM agent_events WHERE event_type = 'llm_request'"
+        )
+        .await as usize,
+        calls
+    );
+    let daily = ccusage("daily", &dir, tmp.path());
+    assert_eq!(
+        stored_figures(&db, "(\"timestamp\" AT TIME ZONE 'UTC')::date::text").await,
+        without_empty(ccusage_figures(daily["daily"].as_array().unwrap(), "date"))
+    );
+    let by_session = ccusage("session", &dir, tmp.path());
+    assert_eq!(
+        stored_figures(&db, "session_id::text").await,
+        without_empty(ccusage_figures(
+            by_session["sessions"].as_array().unwrap(),
+            "sessionId"
+        ))
+    );
+    svc.running.shutdown().await.unwrap();
+}
