@@ -680,6 +680,13 @@ async fn send(
         ..Summary::default()
     };
     let batch = cfg.batch_rows.max(1);
+    let bar = progress(
+        source.agent(),
+        (read.sessions.len() + read.events.len() + read.messages.len()) as u64,
+        files,
+        read.lines,
+        cfg.follow,
+    );
 
     // Agent sessions first: the dashboards' session lists.
     let agent_sessions: Vec<pb::AgentSession> = read
@@ -713,6 +720,7 @@ async fn send(
             .map_err(|s| ImportError::Refused(s.message().to_owned()))?
             .into_inner();
         summary.sessions += u64::from(ack.agent_sessions_stored);
+        bar.inc(chunk.len() as u64);
         for r in ack.rejected {
             summary
                 .problems
@@ -725,6 +733,7 @@ async fn send(
         sequence += 1;
         let ack = send_events(c, key, sequence, chunk.to_vec()).await?;
         count(&mut summary, &ack);
+        bar.inc(ack.received.into());
     }
 
     // Chat messages, with their sessions' workspaces.
@@ -779,8 +788,28 @@ async fn send(
             return Err(ImportError::Refused(ack.error));
         }
         count(&mut summary, &ack);
+        bar.inc(ack.received.into());
     }
+    bar.finish_and_clear();
     Ok(summary)
+}
+
+/// The progress of a long import, on standard error when it is a terminal
+/// (none in a pipe, a log or `--follow`): rows sent of all, their rate and
+/// the time left, the files and lines read.
+fn progress(source: &str, rows: u64, files: usize, lines: u64, follow: bool) -> indicatif::ProgressBar {
+    if follow {
+        return indicatif::ProgressBar::hidden();
+    }
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} rows, {per_sec}, ETA {eta} ({msg})",
+    )
+    .expect("a valid template")
+    .progress_chars("=> ");
+    let bar = indicatif::ProgressBar::new(rows).with_style(style);
+    bar.set_prefix(source.to_owned());
+    bar.set_message(format!("{files} files, {lines} lines read"));
+    bar
 }
 
 async fn send_events(
