@@ -1,7 +1,7 @@
 //! Claude Code's transcripts: `<config dir>/projects/<project>/<session>.jsonl`
 //! and its subagents' `<session>/subagents/agent-<id>.jsonl`, one JSON
 //! object a line, as Claude Code 2.1.328 writes them (read from the files
-//! the real binary wrote in tests/agents.rs). Lines of many types sit
+//! the real binary wrote in tests/import.rs). Lines of many types sit
 //! beside the conversation (attachments, request snapshots, queue
 //! operations, `cost-state`); what counts:
 //! - `assistant` lines with `message.usage`: one model call per
@@ -315,7 +315,7 @@ fn user(
 mod tests {
     use super::*;
 
-    /// Lines shaped as Claude Code 2.1.328 writes them (tests/agents.rs
+    /// Lines shaped as Claude Code 2.1.328 writes them (tests/import.rs
     /// reads the real ones): a prompt, a reply streamed as two lines of
     /// one message (a text block, then a tool use), the tool's result, a
     /// line of another type, and the final reply.

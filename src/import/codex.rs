@@ -1,7 +1,7 @@
 //! Codex's rollouts: `<CODEX_HOME>/sessions/YYYY/MM/DD/rollout-*.jsonl` (and
 //! `archived_sessions/`), one JSON object a line (`{timestamp, type,
 //! payload}`), as Codex 0.169.0 writes them (read from the files the real
-//! binary wrote in tests/agents.rs):
+//! binary wrote in tests/import.rs):
 //! - `session_meta`: the session's id (the conversation id its OTLP export
 //!   names), `cwd`, `cli_version`, `git.repository_url` and `git.branch`;
 //! - `turn_context`: the model of the turns that follow;

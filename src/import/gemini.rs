@@ -1,6 +1,6 @@
 //! Gemini CLI's chats: `<~/.gemini>/tmp/<project>/chats/session-*.jsonl`,
 //! as Gemini CLI 0.61.0 writes them (read from the files the real binary
-//! wrote in tests/agents.rs): a header line (`sessionId`, `startTime`,
+//! wrote in tests/import.rs): a header line (`sessionId`, `startTime`,
 //! `kind`), then messages (`{id, timestamp, type: "user"|"gemini", content,
 //! tokens, model, toolCalls}`) and `$set` patches. A message is appended
 //! again under the same id once its tool calls' results arrive, and a

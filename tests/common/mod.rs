@@ -3,6 +3,7 @@
 //! real service started on 127.0.0.1:0 against that database.
 #![allow(dead_code)]
 
+pub mod agents;
 pub mod aggregates;
 pub mod delivery;
 pub mod grafana;

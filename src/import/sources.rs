@@ -1,0 +1,188 @@
+//! Where each agent keeps its transcripts, and reading them all: the
+//! folders (flags, the agents' environment variables, their defaults) and
+//! the files in them, handed to each agent's reader.
+
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use super::{ImportConfig, ImportError, Read, claude, codex, gemini};
+use crate::price::PriceTable;
+
+/// Claude Code's configuration folders to read.
+pub(super) fn claude_dirs(cfg: &ImportConfig) -> Vec<PathBuf> {
+    if !cfg.claude_dirs.is_empty() {
+        return cfg.claude_dirs.clone();
+    }
+    if let Some(v) = std::env::var_os("CLAUDE_CONFIG_DIR") {
+        return v
+            .to_string_lossy()
+            .split(',')
+            .map(|d| PathBuf::from(d.trim()))
+            .collect();
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let xdg = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".config"));
+    [xdg.join("claude"), home.join(".claude")]
+        .into_iter()
+        .filter(|d| d.join("projects").is_dir())
+        .collect()
+}
+
+/// Codex's home folders to read.
+pub(super) fn codex_homes(cfg: &ImportConfig) -> Vec<PathBuf> {
+    if !cfg.codex_homes.is_empty() {
+        return cfg.codex_homes.clone();
+    }
+    let home = std::env::var_os("CODEX_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(".codex")
+        });
+    [home]
+        .into_iter()
+        .filter(|d| d.join("sessions").is_dir())
+        .collect()
+}
+
+/// Reads every Codex rollout under `homes` (`sessions/` and
+/// `archived_sessions/`).
+pub fn read_codex(homes: &[PathBuf], prices: &PriceTable) -> Result<(Read, usize), ImportError> {
+    let mut files = Vec::new();
+    for h in homes {
+        for sub in ["sessions", "archived_sessions"] {
+            jsonl_files(&h.join(sub), &mut files);
+        }
+    }
+    let mut read = Read::default();
+    for f in &files {
+        let text = std::fs::read(f).map_err(|source| ImportError::Read {
+            path: f.clone(),
+            source,
+        })?;
+        codex::read(
+            &f.display().to_string(),
+            &String::from_utf8_lossy(&text),
+            prices,
+            &mut read,
+        );
+    }
+    Ok((read, files.len()))
+}
+
+/// Gemini CLI's folders to read.
+pub(super) fn gemini_dirs(cfg: &ImportConfig) -> Vec<PathBuf> {
+    if !cfg.gemini_dirs.is_empty() {
+        return cfg.gemini_dirs.clone();
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    [home.join(".gemini")]
+        .into_iter()
+        .filter(|d| d.join("tmp").is_dir())
+        .collect()
+}
+
+/// Reads every Gemini CLI chat under `dirs`: `tmp/<project>/chats/*.jsonl`,
+/// with the project's folder from `tmp/<project>/.project_root`.
+pub fn read_gemini(dirs: &[PathBuf], prices: &PriceTable) -> Result<(Read, usize), ImportError> {
+    let mut read = Read::default();
+    let mut count = 0;
+    for d in dirs {
+        let Ok(projects) = std::fs::read_dir(d.join("tmp")) else {
+            continue;
+        };
+        let mut projects: Vec<PathBuf> = projects.flatten().map(|e| e.path()).collect();
+        projects.sort();
+        for project in projects {
+            let cwd = std::fs::read_to_string(project.join(".project_root"))
+                .ok()
+                .map(|s| s.trim().to_owned());
+            let mut files = Vec::new();
+            jsonl_files(&project.join("chats"), &mut files);
+            for f in files {
+                let text = std::fs::read(&f).map_err(|source| ImportError::Read {
+                    path: f.clone(),
+                    source,
+                })?;
+                let text = String::from_utf8_lossy(&text);
+                gemini::read(
+                    &f.display().to_string(),
+                    &text,
+                    cwd.as_deref(),
+                    prices,
+                    &mut read,
+                );
+                count += 1;
+            }
+        }
+    }
+    Ok((read, count))
+}
+
+/// Every `*.jsonl` under `dir`, in a stable order.
+pub(super) fn jsonl_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            jsonl_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "jsonl") {
+            out.push(p);
+        }
+    }
+}
+
+/// The session a transcript's path names: `<session>.jsonl`, or
+/// `<session>/subagents/agent-<id>.jsonl` for a subagent.
+pub(super) fn session_of_path(p: &Path) -> Option<Uuid> {
+    let parent = p.parent()?;
+    let name = if parent.file_name().is_some_and(|n| n == "subagents") {
+        parent.parent()?.file_name()?.to_string_lossy().into_owned()
+    } else {
+        p.file_stem()?.to_string_lossy().into_owned()
+    };
+    Uuid::parse_str(&name).ok()
+}
+
+/// Reads every Claude Code transcript under `dirs`.
+pub fn read_claude(dirs: &[PathBuf], prices: &PriceTable) -> Result<(Read, usize), ImportError> {
+    let mut files = Vec::new();
+    for d in dirs {
+        // A folder holding `projects/`, or the projects folder itself.
+        let projects = if d.join("projects").is_dir() {
+            d.join("projects")
+        } else {
+            d.clone()
+        };
+        jsonl_files(&projects, &mut files);
+    }
+    let mut read = Read::default();
+    for f in &files {
+        let text = std::fs::read(f).map_err(|source| ImportError::Read {
+            path: f.clone(),
+            source,
+        })?;
+        // A file cut inside a character still has its other lines.
+        let text = String::from_utf8_lossy(&text);
+        claude::read(
+            &f.display().to_string(),
+            &text,
+            session_of_path(f),
+            prices,
+            &mut read,
+        );
+    }
+    Ok((read, files.len()))
+}
