@@ -53,17 +53,8 @@ pub fn read(
 ) {
     let mut calls: BTreeMap<String, Call> = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
-        out.at = n as u64 + 1;
-        if line.trim().is_empty() {
+        let Some(v) = out.line(path, n, line) else {
             continue;
-        }
-        out.lines += 1;
-        let v: Json = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(e) => {
-                out.problem(format!("{path}:{}: not a JSON line ({e})", n + 1));
-                continue;
-            }
         };
         let kind = v.get("type").and_then(Json::as_str).unwrap_or_default();
         if kind != "assistant" && kind != "user" {

@@ -69,17 +69,8 @@ pub fn read(path: &str, text_: &str, prices: &PriceTable, out: &mut Read) {
         calls: BTreeMap::new(),
     };
     for (n, line) in text_.lines().enumerate() {
-        out.at = n as u64 + 1;
-        if line.trim().is_empty() {
+        let Some(v) = out.line(path, n, line) else {
             continue;
-        }
-        out.lines += 1;
-        let v: Json = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(e) => {
-                out.problem(format!("{path}:{}: not a JSON line ({e})", n + 1));
-                continue;
-            }
         };
         let Some(ts) = v
             .get("timestamp")

@@ -40,17 +40,8 @@ fn time(v: &Json) -> Option<SystemTime> {
 pub fn read(path: &str, text: &str, cwd: Option<&str>, prices: &PriceTable, out: &mut Read) {
     let mut session: Option<Uuid> = None;
     for (n, line) in text.lines().enumerate() {
-        out.at = n as u64 + 1;
-        if line.trim().is_empty() {
+        let Some(v) = out.line(path, n, line) else {
             continue;
-        }
-        out.lines += 1;
-        let v: Json = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(e) => {
-                out.problem(format!("{path}:{}: not a JSON line ({e})", n + 1));
-                continue;
-            }
         };
         if let Some(id) = v.get("sessionId").and_then(Json::as_str) {
             let s = ids::session(AGENT, id);

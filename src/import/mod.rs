@@ -248,6 +248,24 @@ impl Read {
 }
 
 impl Read {
+    /// Line `n` (from 0) of `path` as JSON, counted; one that is not JSON
+    /// (a line cut by a crash) is reported by file and line and skipped,
+    /// and a blank one is no line.
+    pub fn line(&mut self, path: &str, n: usize, line: &str) -> Option<Json> {
+        self.at = n as u64 + 1;
+        if line.trim().is_empty() {
+            return None;
+        }
+        self.lines += 1;
+        match serde_json::from_str(line) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.problem(format!("{path}:{}: not a JSON line ({e})", n + 1));
+                None
+            }
+        }
+    }
+
     /// Keeps only the rows read from lines after `line` (those before were
     /// sent already).
     pub fn keep_after(&mut self, line: u64) {

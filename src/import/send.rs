@@ -2,7 +2,7 @@
 //! agent sessions, events and chat messages in batches over the native
 //! gRPC API, counting what the service stored, recognised and refused.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use serde_json::json;
 use tonic::transport::Channel;
@@ -218,48 +218,49 @@ pub(super) async fn send(
         bar.inc(ack.received.into());
     }
 
-    // Chat messages, with their sessions' workspaces.
+    // Chat messages, with their sessions' workspaces (each made once).
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let chat_sessions: HashMap<Uuid, pb::ChatSession> = read
+        .sessions
+        .iter()
+        .map(|(id, s)| {
+            let project = project_of_session(&id.to_string());
+            (*id, chat_session(*id, s, &project, &user, &host))
+        })
+        .collect();
     let mut order: HashMap<Uuid, i32> = HashMap::new();
     read.messages.sort_by_key(|m| (m.session, m.ts));
-    let messages: Vec<(pb::ChatMessage, pb::ChatSession)> = read
+    let messages: Vec<(Uuid, pb::ChatMessage)> = read
         .messages
         .iter()
         .map(|m| {
             let n = order.entry(m.session).or_insert(0);
             *n += 1;
-            let s = read.sessions.get(&m.session).cloned().unwrap_or_default();
-            (
-                pb::ChatMessage {
-                    id: m.id.to_string(),
-                    session_id: m.session.to_string(),
-                    role: m.role.into(),
-                    content: m.content.clone(),
-                    timestamp: Some(crate::time::to_timestamp(m.ts)),
-                    sequence: *n,
-                    metadata_json: r#"{"source":"import"}"#.into(),
-                    search_content: None,
-                },
-                chat_session(
-                    m.session,
-                    &s,
-                    &project_of_session(&m.session.to_string()),
-                    &user,
-                ),
-            )
+            let message = pb::ChatMessage {
+                id: m.id.to_string(),
+                session_id: m.session.to_string(),
+                role: m.role.into(),
+                content: m.content.clone(),
+                timestamp: Some(crate::time::to_timestamp(m.ts)),
+                sequence: *n,
+                metadata_json: r#"{"source":"import"}"#.into(),
+                search_content: None,
+            };
+            (m.session, message)
         })
         .collect();
     for chunk in messages.chunks(batch) {
         sequence += 1;
-        let mut sessions: BTreeMap<String, pb::ChatSession> = BTreeMap::new();
-        for (_, s) in chunk {
-            sessions
-                .entry(s.session_id.clone())
-                .or_insert_with(|| s.clone());
-        }
+        let sessions: BTreeSet<Uuid> = chunk.iter().map(|(s, _)| *s).collect();
         let request = pb::ChatMessageBatch {
             sequence,
-            sessions: sessions.into_values().collect(),
-            messages: chunk.iter().map(|(m, _)| m.clone()).collect(),
+            sessions: sessions
+                .iter()
+                .filter_map(|s| chat_sessions.get(s).cloned())
+                .collect(),
+            messages: chunk.iter().map(|(_, m)| m.clone()).collect(),
         };
         let ack = c
             .ingest_chat_messages(client::authorized(key, request))
@@ -338,10 +339,13 @@ fn count(summary: &mut Summary, ack: &pb::BatchAck) {
 
 /// The chat session of an imported conversation: its workspace is the
 /// folder it ran in, on this machine.
-fn chat_session(id: Uuid, s: &Session, project: &str, user: &Option<pb::User>) -> pb::ChatSession {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
+fn chat_session(
+    id: Uuid,
+    s: &Session,
+    project: &str,
+    user: &Option<pb::User>,
+    host: &str,
+) -> pb::ChatSession {
     let cwd = s.cwd.clone().unwrap_or_default();
     pb::ChatSession {
         session_id: id.to_string(),
@@ -361,9 +365,9 @@ fn chat_session(id: Uuid, s: &Session, project: &str, user: &Option<pb::User>) -
                 machine_id: if host.is_empty() {
                     "unknown".into()
                 } else {
-                    host.clone()
+                    host.to_owned()
                 },
-                hostname: host,
+                hostname: host.to_owned(),
                 username: std::env::var("USER").unwrap_or_default(),
                 os_type: std::env::consts::OS.into(),
                 os_version: None,

@@ -63,16 +63,8 @@ pub fn read_codex(homes: &[PathBuf], prices: &PriceTable) -> Result<(Read, usize
     }
     let mut read = Read::default();
     for f in &files {
-        let text = std::fs::read(f).map_err(|source| ImportError::Read {
-            path: f.clone(),
-            source,
-        })?;
-        codex::read(
-            &f.display().to_string(),
-            &String::from_utf8_lossy(&text),
-            prices,
-            &mut read,
-        );
+        let text = text_of(f)?;
+        codex::read(&f.display().to_string(), &text, prices, &mut read);
     }
     Ok((read, files.len()))
 }
@@ -109,11 +101,7 @@ pub fn read_gemini(dirs: &[PathBuf], prices: &PriceTable) -> Result<(Read, usize
             let mut files = Vec::new();
             jsonl_files(&project.join("chats"), &mut files);
             for f in files {
-                let text = std::fs::read(&f).map_err(|source| ImportError::Read {
-                    path: f.clone(),
-                    source,
-                })?;
-                let text = String::from_utf8_lossy(&text);
+                let text = text_of(&f)?;
                 gemini::read(
                     &f.display().to_string(),
                     &text,
@@ -126,6 +114,17 @@ pub fn read_gemini(dirs: &[PathBuf], prices: &PriceTable) -> Result<(Read, usize
         }
     }
     Ok((read, count))
+}
+
+/// A transcript's text; a file cut inside a character still has its other
+/// lines.
+pub(super) fn text_of(f: &Path) -> Result<String, ImportError> {
+    std::fs::read(f)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .map_err(|source| ImportError::Read {
+            path: f.to_owned(),
+            source,
+        })
 }
 
 /// Every `*.jsonl` under `dir`, in a stable order.
@@ -170,12 +169,7 @@ pub fn read_claude(dirs: &[PathBuf], prices: &PriceTable) -> Result<(Read, usize
     }
     let mut read = Read::default();
     for f in &files {
-        let text = std::fs::read(f).map_err(|source| ImportError::Read {
-            path: f.clone(),
-            source,
-        })?;
-        // A file cut inside a character still has its other lines.
-        let text = String::from_utf8_lossy(&text);
+        let text = text_of(f)?;
         claude::read(
             &f.display().to_string(),
             &text,
