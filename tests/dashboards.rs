@@ -10,7 +10,7 @@ mod common;
 use agent_telemetry::bench::grafana::is_db;
 use common::grafana::{Grafana, dashboards};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use agent_telemetry::{
     config::{ServeConfig, TimescaleMode},
@@ -132,6 +132,7 @@ async fn every_query_returns_rows(conn: &str, mut cfg: ServeConfig, label: &str)
     assert!(queries >= 25, "only {queries} SQL queries found");
     session_drill_down_shows_the_picked_session(&db, label).await;
     productivity_totals_are_the_raw_rows(&db, label).await;
+    usage_windows_are_the_raw_requests(&db, label).await;
     drop(db);
 
     let out = common::cli(
@@ -303,6 +304,64 @@ async fn productivity_totals_are_the_raw_rows(db: &Client, label: &str) {
     common::say(&format!(
         "dashboards ({label}): productivity totals as the raw rows: {}",
         t.join(" | ")
+    ));
+}
+
+/// The Developers dashboard's 5-hour usage windows against the raw
+/// requests, windowed here as the agents' plans meter them: a developer's
+/// window starts at their first request after the last window ended,
+/// floored to the hour, and lasts five hours.
+async fn usage_windows_are_the_raw_requests(db: &Client, label: &str) {
+    let days = 30;
+    let shown: BTreeSet<(String, i64, i64)> =
+        common::grafana::panel(db, "developers.json", "Usage windows (5-hour blocks)", days)
+            .await
+            .into_iter()
+            .map(|r| (r[0].clone(), r[3].parse().unwrap(), r[4].parse().unwrap()))
+            .collect();
+    let requests = db
+        .query(
+            &format!(
+                "SELECT coalesce(u.display_name, u.key, '(no developer)'), e.user_id,
+                        extract(epoch FROM e.\"timestamp\")::float8,
+                        extract(epoch FROM date_trunc('hour', e.\"timestamp\"))::float8,
+                        coalesce(e.input_tokens, 0) + coalesce(e.output_tokens, 0),
+                        extract(epoch FROM now() - INTERVAL '{days} days')::float8
+                 FROM agent_events e LEFT JOIN users u ON u.id = e.user_id
+                 WHERE e.model IS NOT NULL
+                   AND e.\"timestamp\" >= now() - INTERVAL '{days} days' - INTERVAL '5 hours'
+                 ORDER BY e.user_id NULLS FIRST, e.\"timestamp\""
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    // (developer, user id, start, last request, requests, tokens)
+    let mut windows: Vec<(String, Option<i32>, f64, f64, i64, i64)> = Vec::new();
+    let mut since = 0.0;
+    for r in &requests {
+        let (who, id, at, hour, tokens): (String, Option<i32>, f64, f64, i64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        since = r.get(5);
+        match windows.last_mut() {
+            Some(w) if w.1 == id && at < w.2 + 5.0 * 3600.0 => {
+                w.3 = at;
+                w.4 += 1;
+                w.5 += tokens;
+            }
+            _ => windows.push((who, id, hour, at, 1, tokens)),
+        }
+    }
+    let direct: BTreeSet<(String, i64, i64)> = windows
+        .into_iter()
+        .filter(|w| w.3 >= since)
+        .map(|w| (w.0, w.4, w.5))
+        .collect();
+    assert!(!direct.is_empty(), "the fill has requests");
+    assert_eq!(shown, direct, "usage windows against the raw requests");
+    common::say(&format!(
+        "dashboards ({label}): {} usage windows as the raw requests",
+        shown.len()
     ));
 }
 
