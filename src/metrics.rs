@@ -436,8 +436,9 @@ pub fn zero_redactions<'a>(kinds: impl Iterator<Item = &'a str>) {
     }
 }
 
-pub fn redacted(table: &'static str, hits: &crate::intake::redact::Hits) {
-    for (kind, n) in hits.iter() {
+/// Redacted spans of one table, per kind (intake's `Hits`).
+pub fn redacted<'a>(table: &'static str, hits: impl Iterator<Item = (&'a str, u64)>) {
+    for (kind, n) in hits {
         counter!(REDACTIONS, "table" => table, "kind" => kind.to_owned()).increment(n);
     }
 }
@@ -448,18 +449,20 @@ pub fn url_userinfo_stripped(table: &'static str, n: u64) {
     counter!(REDACTIONS, "table" => table, "kind" => crate::privacy::URL_USERINFO).increment(n);
 }
 
-/// Every mode at 0 for both tables, with `--content-policy`.
-pub fn zero_content_policy() {
+/// Every mode that changes content at 0 for both tables, with
+/// `--content-policy` (the policy's labels).
+pub fn zero_content_policy(modes: &[&'static str]) {
     for t in ["agent_events", "chat_messages"] {
-        for mode in crate::intake::policy::Mode::CHANGING_LABELS {
+        for &mode in modes {
             counter!(CONTENT_POLICY, "table" => t, "mode" => mode).absolute(0);
         }
     }
     counter!(CONTENT_POLICY_UNRESOLVED, "table" => "chat_messages").absolute(0);
 }
 
-pub fn content_policy(table: &'static str, changes: &crate::intake::policy::Changes) {
-    for (mode, n) in changes.iter() {
+/// Rows the content policy changed, per mode (intake's `Changes`).
+pub fn content_policy(table: &'static str, changes: impl Iterator<Item = (&'static str, u64)>) {
+    for (mode, n) in changes {
         counter!(CONTENT_POLICY, "table" => table, "mode" => mode).increment(n);
     }
 }

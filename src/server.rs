@@ -149,7 +149,7 @@ pub async fn start(cfg: ServeConfig, drain: CancellationToken) -> Result<Running
                 metrics::zero_redactions(r.kinds());
             }
             if content_policy.is_some() {
-                metrics::zero_content_policy();
+                metrics::zero_content_policy(&crate::intake::policy::Mode::CHANGING_LABELS);
             }
             tracing::info!("{}", crate::api::probes::describe(local));
             Some(crate::api::probes::serve(listener, handle, drain.clone()))

@@ -70,6 +70,17 @@ pub fn from_unix_us(us: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(us.max(0) as u64)
 }
 
+/// A duration as PostgreSQL interval text, in the largest whole unit.
+pub fn pg_interval(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        _ if s > 0 && s.is_multiple_of(86_400) => format!("{} days", s / 86_400),
+        _ if s > 0 && s.is_multiple_of(3_600) => format!("{} hours", s / 3_600),
+        _ if s > 0 && s.is_multiple_of(60) => format!("{} minutes", s / 60),
+        _ => format!("{}.{:06} seconds", s, d.subsec_micros()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -172,10 +172,7 @@ pub async fn apply(
     let done: String = tx
         .query_one(
             "SELECT agent_telemetry_set_layout($1, $2::text::interval)",
-            &[
-                &layout.as_str(),
-                &crate::db::migrate::pg_interval(key_window),
-            ],
+            &[&layout.as_str(), &crate::time::pg_interval(key_window)],
         )
         .await?
         .get(0);

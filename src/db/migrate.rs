@@ -14,13 +14,16 @@
 //! the second one finds nothing left to do. A file whose first line is
 //! `-- agent-telemetry: no-transaction` runs outside a transaction.
 
-use std::{fmt, time::Duration};
+use std::fmt;
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
-use crate::config::{StorageConfig, TimescaleMode};
+use crate::{
+    config::{StorageConfig, TimescaleMode},
+    time::pg_interval,
+};
 
 include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
 
@@ -290,8 +293,7 @@ async fn finish(client: &mut Client, report: Report) -> Result<Report, MigrateEr
     Ok(report)
 }
 
-/// The role `sql/0006_reader_role.sql` creates for dashboards.
-pub const READER_ROLE: &str = "agent_telemetry_reader";
+pub use super::readers::READER_ROLE;
 
 /// Gives the reader role LOGIN and `password`. ALTER ROLE takes no bind
 /// parameters: the server quotes the literal itself (`format('%L')`).
@@ -434,17 +436,6 @@ async fn apply_policies(
             action: r.get(2),
         })
         .collect())
-}
-
-/// A duration as PostgreSQL interval text, in the largest whole unit.
-pub fn pg_interval(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        _ if s > 0 && s.is_multiple_of(86_400) => format!("{} days", s / 86_400),
-        _ if s > 0 && s.is_multiple_of(3_600) => format!("{} hours", s / 3_600),
-        _ if s > 0 && s.is_multiple_of(60) => format!("{} minutes", s / 60),
-        _ => format!("{}.{:06} seconds", s, d.subsec_micros()),
-    }
 }
 
 fn version_of(name: &str) -> Result<i32, MigrateError> {

@@ -33,7 +33,10 @@ use std::fmt;
 use serde_json::json;
 use tokio_postgres::{Client, GenericClient};
 
-use crate::db::{error::describe, migrate::READER_ROLE};
+use crate::db::error::describe;
+
+/// The role `sql/0006_reader_role.sql` creates for dashboards.
+pub const READER_ROLE: &str = "agent_telemetry_reader";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadersError {

@@ -321,7 +321,7 @@ impl Intake {
                 changed.push(*i);
             }
         }
-        metrics::redacted(R::TABLE.name(), &scan.hits);
+        metrics::redacted(R::TABLE.name(), scan.hits.iter());
         changed
     }
 
@@ -401,7 +401,7 @@ impl Intake {
                 changed.push(*i);
             }
         }
-        metrics::content_policy(R::TABLE.name(), &changes);
+        metrics::content_policy(R::TABLE.name(), changes.iter());
         if !store {
             metrics::content_policy_unresolved(unresolved);
         }
@@ -422,7 +422,7 @@ impl Intake {
                 redactor.chat_session(s, &mut scan);
             }
         }
-        metrics::redacted("chat_sessions", &scan.hits);
+        metrics::redacted("chat_sessions", scan.hits.iter());
     }
 
     fn buffer(&self, table: Table) -> &TableBuffer {

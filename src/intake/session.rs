@@ -123,7 +123,7 @@ impl Intake {
                 redactor.agent_session(s, &mut scan);
             }
         }
-        crate::metrics::redacted("agent_sessions", &scan.hits);
+        crate::metrics::redacted("agent_sessions", scan.hits.iter());
         let rows = report.chat_sessions.len() + report.agent_sessions.len();
         if rows > self.limits.max_batch_rows {
             return Err(IngestError::TooManySessions {

@@ -9,12 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::StorageConfig,
-    db::{
-        error::{describe, describe_pool},
-        migrate::pg_interval,
-    },
+    db::error::{describe, describe_pool},
     metrics,
     row::Table,
+    time::pg_interval,
 };
 
 /// Arbitrary, fixed: one instance at a time runs a retention round.
