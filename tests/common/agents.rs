@@ -34,7 +34,7 @@ pub fn install() {
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {
         let bin = dir().join("node_modules/.bin");
-        if ["claude", "codex", "gemini"]
+        if ["claude", "codex", "gemini", "ccusage"]
             .iter()
             .all(|b| bin.join(b).exists())
         {
