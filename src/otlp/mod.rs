@@ -442,17 +442,22 @@ impl OtlpIntake {
                 .collect();
             problems.message_ack(&ack, &locators)?;
         }
-        self.sessions(&items, scope).await;
+        let (reports, ids) = self.sessions(&items);
+        let (intake, scope) = (self.intake.clone(), scope.clone());
+        let record = record_sessions(intake, reports, ids, scope);
+        if self.intake.spool.is_some() {
+            // The spool's promise: an answer that does not wait for the
+            // database, which these upserts need.
+            tokio::spawn(record);
+        } else {
+            record.await;
+        }
         problems.outcome(items.len())
     }
 
-    /// The agent sessions of an export's records, and the counts of the
-    /// chat sessions it added messages to. Each export of a session
-    /// upserts it again (its start only moves earlier, its end later), so
-    /// one that fails here (the database away while the spool takes the
-    /// rows) is made good by the session's next export; it costs the
-    /// export nothing.
-    async fn sessions(&self, items: &[Item], scope: &Scope) {
+    /// The agent sessions of an export's records (as reports to upsert),
+    /// and the sessions whose chat sessions to count again.
+    fn sessions(&self, items: &[Item]) -> (Vec<pb::SessionReport>, Vec<Uuid>) {
         let mut sessions: BTreeMap<Uuid, pb::AgentSession> = BTreeMap::new();
         for item in items.iter().filter(|i| i.mapped.session_named) {
             let e = &item.mapped.event;
@@ -484,28 +489,43 @@ impl OtlpIntake {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        for chunk in sessions
+        let reports = sessions
             .into_values()
             .collect::<Vec<_>>()
             .chunks(self.intake.limits.max_batch_rows.max(1))
-        {
-            let report = pb::SessionReport {
+            .map(|chunk| pb::SessionReport {
                 chat_sessions: Vec::new(),
                 agent_sessions: chunk.to_vec(),
-            };
-            match self.intake.report_sessions(&report, scope).await {
-                Ok(out) if !out.agent_sessions_rejected.is_empty() => {
-                    tracing::warn!(rejected = ?out.agent_sessions_rejected, "OTLP: agent sessions not stored");
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "OTLP: agent sessions not stored now; the session's next export stores them");
-                }
+            })
+            .collect();
+        (reports, ids)
+    }
+}
+
+/// Upserts an export's agent sessions and counts its chat sessions again.
+/// Each export of a session does it again (its start only moves earlier,
+/// its end later), so one that fails here (the database away while the
+/// spool takes the rows) is made good by the session's next export; it
+/// costs the export nothing.
+async fn record_sessions(
+    intake: Arc<Intake>,
+    reports: Vec<pb::SessionReport>,
+    ids: Vec<Uuid>,
+    scope: Scope,
+) {
+    for report in reports {
+        match intake.report_sessions(&report, &scope).await {
+            Ok(out) if !out.agent_sessions_rejected.is_empty() => {
+                tracing::warn!(rejected = ?out.agent_sessions_rejected, "OTLP: agent sessions not stored");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "OTLP: agent sessions not stored now; the session's next export stores them");
             }
         }
-        if let Err(e) = self.intake.recount_chat_sessions(&ids).await {
-            tracing::warn!(error = %e, "OTLP: chat sessions not counted now; the session's next export counts them");
-        }
+    }
+    if let Err(e) = intake.recount_chat_sessions(&ids).await {
+        tracing::warn!(error = %e, "OTLP: chat sessions not counted now; the session's next export counts them");
     }
 }
 
