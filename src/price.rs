@@ -255,6 +255,17 @@ impl PriceTable {
         }
     }
 
+    /// [`Self::estimate`], saying once ([`Self::report_missing`]) when a
+    /// table that has prices lacks the model: no price is never a cost of 0
+    /// nobody notices.
+    pub fn priced(&self, model: &str, tokens: Tokens) -> Option<f64> {
+        let cost = self.estimate(model, tokens);
+        if cost.is_none() && !self.is_empty() {
+            self.report_missing(model);
+        }
+        cost
+    }
+
     /// Estimated cost in USD. `input` includes `cached` and `written` (the
     /// one definition used throughout, docs/otlp.md): the tokens read from
     /// the cache and those written to it are parts of the input.

@@ -169,16 +169,13 @@ fn assistant(
                 Some(usd)
             }
             None => {
-                let usd = prices.estimate(model, tokens);
+                let usd = prices.priced(model, tokens);
                 data["cost_source"] = if usd.is_some() {
                     "estimated"
                 } else {
                     "unpriced"
                 }
                 .into();
-                if usd.is_none() && !prices.is_empty() {
-                    prices.report_missing(model);
-                }
                 usd
             }
         };

@@ -254,10 +254,7 @@ fn request(
         cached,
         written: 0,
     };
-    let cost = prices.estimate(&model, tokens);
-    if cost.is_none() && !prices.is_empty() {
-        prices.report_missing(&model);
-    }
+    let cost = prices.priced(&model, tokens);
     let data = json!({
         "reasoning_output_tokens": int(usage, "reasoning_output_tokens"),
         "cost_source": if cost.is_some() { "estimated" } else { "unpriced" },

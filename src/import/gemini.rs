@@ -117,10 +117,7 @@ fn message(path: &str, line: usize, m: &Json, session: Uuid, prices: &PriceTable
                     cached,
                     written: 0,
                 };
-                let cost = prices.estimate(&model, tokens);
-                if cost.is_none() && !prices.is_empty() {
-                    prices.report_missing(&model);
-                }
+                let cost = prices.priced(&model, tokens);
                 out.push_event(pb::AgentEvent {
                     id: ids::agent_row(AGENT, "request", &key).to_string(),
                     timestamp: Some(crate::time::to_timestamp(ts)),
