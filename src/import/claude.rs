@@ -20,7 +20,7 @@ use std::{collections::BTreeMap, time::SystemTime};
 use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
-use super::{Read, Session};
+use super::{Origin, Read, Session};
 use crate::ids;
 use crate::{
     pb,
@@ -145,6 +145,13 @@ fn assistant(
         }
     }
     let version = text(line, "version").unwrap_or_default();
+    let context = context.to_string();
+    let origin = Origin {
+        agent: AGENT,
+        session,
+        version: &version,
+        context: &context,
+    };
     if let (Some(model), Some(usage)) = (&model, message.get("usage")) {
         let message_id = text(message, "id").unwrap_or_default();
         let request_id = text(line, "requestId").unwrap_or_default();
@@ -188,22 +195,7 @@ fn assistant(
             .cloned()
             .or_else(|| text(line, "uuid"))
             .unwrap_or_default();
-        out.push_event(pb::AgentEvent {
-            id: ids::agent_row(AGENT, "request", &key).to_string(),
-            timestamp: Some(crate::time::to_timestamp(ts)),
-            event_type: "llm_request".into(),
-            agent_id: AGENT.into(),
-            agent_version: version.clone(),
-            session_id: session.to_string(),
-            context_json: context.to_string(),
-            data_json: data.to_string(),
-            input_tokens: Some(tokens.input),
-            output_tokens: Some(output),
-            cached_tokens: Some(read),
-            cost_usd: cost,
-            model: Some(model.clone()),
-            ..Default::default()
-        });
+        out.push_event(origin.request(&key, ts, model, (tokens, cost), data));
     }
     let blocks = message
         .get("content")
@@ -233,17 +225,7 @@ fn assistant(
                 }
                 calls.entry(id.clone()).or_insert(Call {
                     started: ts,
-                    event: pb::AgentEvent {
-                        id: ids::agent_row(AGENT, "tool", &id).to_string(),
-                        timestamp: Some(crate::time::to_timestamp(ts)),
-                        event_type: "tool_use".into(),
-                        agent_id: AGENT.into(),
-                        agent_version: version.clone(),
-                        session_id: session.to_string(),
-                        context_json: context.to_string(),
-                        data_json: data.to_string(),
-                        ..Default::default()
-                    },
+                    event: origin.event("tool", &id, "tool_use", ts, &data),
                 });
             }
             _ => {}

@@ -20,7 +20,7 @@ use std::{collections::BTreeMap, time::SystemTime};
 use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
-use super::{Read, Session};
+use super::{Origin, Read, Session};
 use crate::{
     ids, pb,
     price::{PriceTable, Tokens},
@@ -46,6 +46,9 @@ fn text(v: &Json, key: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The context of every row read from a rollout.
+const CONTEXT: &str = r#"{"source":"import"}"#;
+
 /// What one rollout file is reading through.
 struct State {
     session: Option<Uuid>,
@@ -55,6 +58,17 @@ struct State {
     total: Option<i64>,
     /// Function calls waiting for their output, by call id.
     calls: BTreeMap<String, (pb::AgentEvent, SystemTime)>,
+}
+
+impl State {
+    fn origin(&self, session: Uuid) -> Origin<'_> {
+        Origin {
+            agent: AGENT,
+            session,
+            version: &self.version,
+            context: CONTEXT,
+        }
+    }
 }
 
 pub fn read(path: &str, text_: &str, prices: &PriceTable, out: &mut Read) {
@@ -140,18 +154,12 @@ pub fn read(path: &str, text_: &str, prices: &PriceTable, out: &mut Read) {
             ("event_msg", "task_complete") => {
                 if let Some(message) = p.pointer("/error/message").and_then(Json::as_str) {
                     let turn = text(p, "turn_id").unwrap_or_else(|| (n + 1).to_string());
+                    let data = json!({ "message": message, "turn_id": turn });
+                    let key = format!("{session}\0{turn}");
                     out.push_event(pb::AgentEvent {
-                        id: ids::agent_row(AGENT, "error", &format!("{session}\0{turn}"))
-                            .to_string(),
-                        timestamp: Some(crate::time::to_timestamp(ts)),
-                        event_type: "error_encountered".into(),
-                        agent_id: AGENT.into(),
-                        agent_version: st.version.clone(),
-                        session_id: session.to_string(),
-                        context_json: r#"{"source":"import"}"#.into(),
-                        data_json: json!({ "message": message, "turn_id": turn }).to_string(),
                         severity: pb::Severity::Error as i32,
-                        ..Default::default()
+                        ..st.origin(session)
+                            .event("error", &key, "error_encountered", ts, &data)
                     });
                 }
             }
@@ -184,20 +192,11 @@ pub fn read(path: &str, text_: &str, prices: &PriceTable, out: &mut Read) {
                     continue;
                 };
                 let name = text(p, "name").unwrap_or_else(|| ptype.to_owned());
-                st.calls.entry(call.clone()).or_insert((
-                    pb::AgentEvent {
-                        id: ids::agent_row(AGENT, "tool", &call).to_string(),
-                        timestamp: Some(crate::time::to_timestamp(ts)),
-                        event_type: "tool_use".into(),
-                        agent_id: AGENT.into(),
-                        agent_version: st.version.clone(),
-                        session_id: session.to_string(),
-                        context_json: r#"{"source":"import"}"#.into(),
-                        data_json: json!({ "tool_name": name, "call_id": call }).to_string(),
-                        ..Default::default()
-                    },
-                    ts,
-                ));
+                let data = json!({ "tool_name": name, "call_id": call });
+                let event = st
+                    .origin(session)
+                    .event("tool", &call, "tool_use", ts, &data);
+                st.calls.entry(call).or_insert((event, ts));
             }
             ("response_item", "function_call_output" | "custom_tool_call_output") => {
                 let Some(call) = text(p, "call_id") else {
@@ -255,26 +254,11 @@ fn request(
         written: 0,
     };
     let cost = prices.priced(&model, tokens);
-    let data = json!({
-        "reasoning_output_tokens": int(usage, "reasoning_output_tokens"),
-        "cost_source": if cost.is_some() { "estimated" } else { "unpriced" },
-    });
-    out.push_event(pb::AgentEvent {
-        id: ids::agent_row(AGENT, "request", key).to_string(),
-        timestamp: Some(crate::time::to_timestamp(ts)),
-        event_type: "llm_request".into(),
-        agent_id: AGENT.into(),
-        agent_version: st.version.clone(),
-        session_id: session.to_string(),
-        context_json: r#"{"source":"import"}"#.into(),
-        data_json: data.to_string(),
-        input_tokens: Some(input),
-        output_tokens: Some(output),
-        cached_tokens: Some(cached),
-        cost_usd: cost,
-        model: Some(model),
-        ..Default::default()
-    });
+    let data = json!({ "reasoning_output_tokens": int(usage, "reasoning_output_tokens") });
+    out.push_event(
+        st.origin(session)
+            .request(key, ts, &model, (tokens, cost), data),
+    );
 }
 
 #[cfg(test)]

@@ -19,13 +19,23 @@ use std::time::SystemTime;
 use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
-use super::{Read, Session};
+use super::{Origin, Read, Session};
 use crate::{
     ids, pb,
     price::{PriceTable, Tokens},
 };
 
 pub const AGENT: &str = "gemini-cli";
+
+/// The rows of a session: Gemini CLI's chats name no version of it.
+fn origin(session: Uuid) -> Origin<'static> {
+    Origin {
+        agent: AGENT,
+        session,
+        version: "",
+        context: r#"{"source":"import"}"#,
+    }
+}
 
 fn int(v: &Json, key: &str) -> i64 {
     v.get(key).and_then(Json::as_i64).unwrap_or(0).max(0)
@@ -118,26 +128,9 @@ fn message(path: &str, line: usize, m: &Json, session: Uuid, prices: &PriceTable
                     written: 0,
                 };
                 let cost = prices.priced(&model, tokens);
-                out.push_event(pb::AgentEvent {
-                    id: ids::agent_row(AGENT, "request", &key).to_string(),
-                    timestamp: Some(crate::time::to_timestamp(ts)),
-                    event_type: "llm_request".into(),
-                    agent_id: AGENT.into(),
-                    session_id: session.to_string(),
-                    context_json: r#"{"source":"import"}"#.into(),
-                    data_json: json!({
-                        "thoughts_tokens": int(t, "thoughts"),
-                        "tool_tokens": int(t, "tool"),
-                        "cost_source": if cost.is_some() { "estimated" } else { "unpriced" },
-                    })
-                    .to_string(),
-                    input_tokens: Some(input),
-                    output_tokens: Some(output),
-                    cached_tokens: Some(cached),
-                    cost_usd: cost,
-                    model: Some(model),
-                    ..Default::default()
-                });
+                let data =
+                    json!({ "thoughts_tokens": int(t, "thoughts"), "tool_tokens": int(t, "tool") });
+                out.push_event(origin(session).request(&key, ts, &model, (tokens, cost), data));
             }
             if let Some(reply) = m
                 .get("content")
@@ -179,17 +172,11 @@ fn tool(call: &Json, session: Uuid, asked: SystemTime, out: &mut Read) {
         data["path"] = path.into();
     }
     let ended = time(call);
+    let key = format!("{session}\0{id}");
     out.push_event(pb::AgentEvent {
-        id: ids::agent_row(AGENT, "tool", &format!("{session}\0{id}")).to_string(),
-        timestamp: Some(crate::time::to_timestamp(asked)),
-        event_type: "tool_use".into(),
-        agent_id: AGENT.into(),
-        session_id: session.to_string(),
-        context_json: r#"{"source":"import"}"#.into(),
-        data_json: data.to_string(),
         duration_ms: ended
             .and_then(|e| e.duration_since(asked).ok())
             .map(|d| d.as_millis() as i64),
-        ..Default::default()
+        ..origin(session).event("tool", &key, "tool_use", asked, &data)
     });
 }

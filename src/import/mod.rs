@@ -23,7 +23,7 @@ mod sources;
 
 pub use send::Summary;
 use send::send;
-use sources::{claude_dirs, codex_homes, gemini_dirs, jsonl_files, session_of_path};
+use sources::{jsonl_files, session_of_path};
 pub use sources::{read_claude, read_codex, read_gemini};
 
 use std::{
@@ -156,6 +156,68 @@ impl Session {
         }
         self.branch = get("gitBranch").or(self.branch.take());
         self.version = get("version").or(self.version.take());
+    }
+}
+
+/// What every row a reader makes of one session shares: its agent,
+/// session, the agent's version and the rows' context.
+pub struct Origin<'a> {
+    pub agent: &'static str,
+    pub session: Uuid,
+    pub version: &'a str,
+    pub context: &'a str,
+}
+
+impl Origin<'_> {
+    /// An event whose id derives from the agent's own `key` for `kind`
+    /// ([`crate::ids`]).
+    pub fn event(
+        &self,
+        kind: &str,
+        key: &str,
+        event_type: &str,
+        ts: SystemTime,
+        data: &Json,
+    ) -> pb::AgentEvent {
+        pb::AgentEvent {
+            id: crate::ids::agent_row(self.agent, kind, key).to_string(),
+            timestamp: Some(crate::time::to_timestamp(ts)),
+            event_type: event_type.into(),
+            agent_id: self.agent.into(),
+            agent_version: self.version.into(),
+            session_id: self.session.to_string(),
+            context_json: self.context.into(),
+            data_json: data.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// One model call, keyed by the agent's id of it: tokens as everywhere
+    /// here (input includes the cache) and the cost, with its source.
+    pub fn request(
+        &self,
+        key: &str,
+        ts: SystemTime,
+        model: &str,
+        (tokens, cost): (crate::price::Tokens, Option<f64>),
+        mut data: Json,
+    ) -> pb::AgentEvent {
+        if data.get("cost_source").is_none() {
+            data["cost_source"] = if cost.is_some() {
+                "estimated"
+            } else {
+                "unpriced"
+            }
+            .into();
+        }
+        pb::AgentEvent {
+            input_tokens: Some(tokens.input),
+            output_tokens: Some(tokens.output),
+            cached_tokens: Some(tokens.cached),
+            cost_usd: cost,
+            model: Some(model.to_owned()),
+            ..self.event("request", key, "llm_request", ts, &data)
+        }
     }
 }
 
@@ -295,32 +357,20 @@ pub async fn run(cfg: &ImportConfig) -> Result<Summaries, ImportError> {
         Some(p) => PriceTable::load(p)?,
         None => PriceTable::default(),
     };
-    let wanted = |s: Source| cfg.sources.is_empty() || cfg.sources.contains(&s);
+    let sources: Vec<Source> = [Source::ClaudeCode, Source::Codex, Source::GeminiCli]
+        .into_iter()
+        .filter(|s| cfg.sources.is_empty() || cfg.sources.contains(s))
+        .collect();
     if cfg.follow {
-        let mut roots = Vec::new();
-        if wanted(Source::ClaudeCode) {
-            for d in claude_dirs(cfg) {
-                let projects = d.join("projects");
-                roots.push((
-                    Source::ClaudeCode,
-                    if projects.is_dir() { projects } else { d },
-                ));
-            }
-        }
-        if wanted(Source::Codex) {
-            for h in codex_homes(cfg) {
-                roots.push((Source::Codex, h.join("sessions")));
-                roots.push((Source::Codex, h.join("archived_sessions")));
-            }
-        }
-        if wanted(Source::GeminiCli) {
-            roots.extend(
-                gemini_dirs(cfg)
+        let roots: follow::Roots = sources
+            .iter()
+            .flat_map(|&s| {
+                sources::watched(s, &sources::folders(cfg, s))
                     .into_iter()
-                    .map(|d| (Source::GeminiCli, d.join("tmp"))),
-            );
-        }
-        roots.retain(|(_, r)| r.is_dir());
+                    .map(move |r| (s, r))
+            })
+            .filter(|(_, r)| r.is_dir())
+            .collect();
         if roots.is_empty() {
             return Err(ImportError::NothingFound(
                 "no agent's folder to follow (~/.claude, ~/.codex, ~/.gemini, or the flags')"
@@ -336,28 +386,12 @@ pub async fn run(cfg: &ImportConfig) -> Result<Summaries, ImportError> {
     }
     let mut found = Vec::new();
     let mut looked = Vec::new();
-    if wanted(Source::ClaudeCode) {
-        let dirs = claude_dirs(cfg);
+    for source in sources {
+        let dirs = sources::folders(cfg, source);
         looked.extend(dirs.iter().map(|d| d.display().to_string()));
-        let (read, files) = read_claude(&dirs, &prices)?;
+        let (read, files) = sources::read(source, &dirs, &prices)?;
         if files > 0 {
-            found.push((Source::ClaudeCode, read, files));
-        }
-    }
-    if wanted(Source::Codex) {
-        let homes = codex_homes(cfg);
-        looked.extend(homes.iter().map(|d| d.display().to_string()));
-        let (read, files) = read_codex(&homes, &prices)?;
-        if files > 0 {
-            found.push((Source::Codex, read, files));
-        }
-    }
-    if wanted(Source::GeminiCli) {
-        let dirs = gemini_dirs(cfg);
-        looked.extend(dirs.iter().map(|d| d.display().to_string()));
-        let (read, files) = read_gemini(&dirs, &prices)?;
-        if files > 0 {
-            found.push((Source::GeminiCli, read, files));
+            found.push((source, read, files));
         }
     }
     if found.is_empty() {

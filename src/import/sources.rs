@@ -6,11 +6,53 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use super::{ImportConfig, ImportError, Read, claude, codex, gemini};
+use super::{ImportConfig, ImportError, Read, Source, claude, codex, gemini};
 use crate::price::PriceTable;
 
+/// The folders of `source`'s transcripts: the flags', else the agent's
+/// environment variable's, else its default.
+pub(super) fn folders(cfg: &ImportConfig, source: Source) -> Vec<PathBuf> {
+    match source {
+        Source::ClaudeCode => claude_dirs(cfg),
+        Source::Codex => codex_homes(cfg),
+        Source::GeminiCli => gemini_dirs(cfg),
+    }
+}
+
+/// Every transcript of `source` under `dirs`, read.
+pub(super) fn read(
+    source: Source,
+    dirs: &[PathBuf],
+    prices: &PriceTable,
+) -> Result<(Read, usize), ImportError> {
+    match source {
+        Source::ClaudeCode => read_claude(dirs, prices),
+        Source::Codex => read_codex(dirs, prices),
+        Source::GeminiCli => read_gemini(dirs, prices),
+    }
+}
+
+/// The folders `--follow` watches for `source` under `dirs`: those its
+/// reader reads.
+pub(super) fn watched(source: Source, dirs: &[PathBuf]) -> Vec<PathBuf> {
+    dirs.iter()
+        .flat_map(|d| match source {
+            Source::ClaudeCode => {
+                let projects = d.join("projects");
+                vec![if projects.is_dir() {
+                    projects
+                } else {
+                    d.clone()
+                }]
+            }
+            Source::Codex => vec![d.join("sessions"), d.join("archived_sessions")],
+            Source::GeminiCli => vec![d.join("tmp")],
+        })
+        .collect()
+}
+
 /// Claude Code's configuration folders to read.
-pub(super) fn claude_dirs(cfg: &ImportConfig) -> Vec<PathBuf> {
+fn claude_dirs(cfg: &ImportConfig) -> Vec<PathBuf> {
     if !cfg.claude_dirs.is_empty() {
         return cfg.claude_dirs.clone();
     }
@@ -34,7 +76,7 @@ pub(super) fn claude_dirs(cfg: &ImportConfig) -> Vec<PathBuf> {
 }
 
 /// Codex's home folders to read.
-pub(super) fn codex_homes(cfg: &ImportConfig) -> Vec<PathBuf> {
+fn codex_homes(cfg: &ImportConfig) -> Vec<PathBuf> {
     if !cfg.codex_homes.is_empty() {
         return cfg.codex_homes.clone();
     }
@@ -70,7 +112,7 @@ pub fn read_codex(homes: &[PathBuf], prices: &PriceTable) -> Result<(Read, usize
 }
 
 /// Gemini CLI's folders to read.
-pub(super) fn gemini_dirs(cfg: &ImportConfig) -> Vec<PathBuf> {
+fn gemini_dirs(cfg: &ImportConfig) -> Vec<PathBuf> {
     if !cfg.gemini_dirs.is_empty() {
         return cfg.gemini_dirs.clone();
     }
