@@ -81,6 +81,21 @@ pub fn pg_interval(d: Duration) -> String {
     }
 }
 
+/// Where a chat message stands in its session, for senders whose agent
+/// numbers nothing: its number (`position`) where the agent gives one,
+/// else seconds since 2020 (an i32 holds twice them until 2054), so that a
+/// session's messages sort in the order they were said whichever process,
+/// chunk or run sends them. Twice the position, so that a reply made in
+/// the same moment as its prompt (its index added) comes after it.
+pub fn message_sequence(position: Option<i64>, ts: SystemTime) -> i32 {
+    const SINCE: u64 = 1_577_836_800; // 2020-01-01T00:00:00Z
+    let position = position.unwrap_or_else(|| {
+        let secs = ts.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        secs.saturating_sub(SINCE) as i64
+    });
+    i32::try_from(position.max(0).saturating_mul(2)).unwrap_or(i32::MAX - 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -604,6 +604,10 @@ async fn a_generated_claude_code_history_imports_equal_to_ccusage() {
             "claude-code",
             "--endpoint",
             &svc.endpoint,
+            // Small batches: the history is read and sent in several
+            // chunks, with sessions widening from one to the next.
+            "--batch-rows",
+            "5",
         ])
         .arg("--claude-dir")
         .arg(&dir)
@@ -628,6 +632,17 @@ async fn a_generated_claude_code_history_imports_equal_to_ccusage() {
         )
         .await as usize,
         calls
+    );
+    // Every session once, spanning all its lines' rows.
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM agent_sessions s WHERE s.start_time <= \
+             (SELECT min(\"timestamp\") FROM agent_events e WHERE e.session_id = s.id) \
+             AND s.end_time >= (SELECT max(\"timestamp\") FROM agent_events e WHERE e.session_id = s.id)"
+        )
+        .await,
+        common::count(&db, "SELECT count(DISTINCT session_id) FROM agent_events").await
     );
     let daily = ccusage("daily", &dir, tmp.path());
     assert_eq!(

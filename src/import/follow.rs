@@ -19,12 +19,10 @@ use std::{
     time::Duration,
 };
 
+use super::{ImportError, Read, Sender, Source, sources};
+use crate::price::PriceTable;
 use notify::{RecursiveMode, Watcher};
 use serde::{Deserialize, Serialize};
-use tonic::transport::Channel;
-
-use super::{ImportConfig, ImportError, Read, Source, claude, codex, gemini, send};
-use crate::{pb::telemetry_ingest_client::TelemetryIngestClient, price::PriceTable};
 
 /// How long changes are gathered before they are read: an agent writes a
 /// reply as several lines in a moment.
@@ -98,9 +96,7 @@ fn source_of(roots: &Roots, file: &Path) -> Option<Source> {
 /// Sends what `file` holds past its position; returns a line to print
 /// when something was sent.
 async fn catch_up(
-    cfg: &ImportConfig,
-    c: &mut TelemetryIngestClient<Channel>,
-    key: &Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    sender: &mut Sender<'_>,
     prices: &PriceTable,
     roots: &Roots,
     state: &mut State,
@@ -137,29 +133,13 @@ async fn catch_up(
         following: true,
         ..Read::default()
     };
-    let name = file.display().to_string();
-    match source {
-        Source::ClaudeCode => claude::read(
-            &name,
-            &text,
-            super::session_of_path(file),
-            prices,
-            &mut read,
-        ),
-        Source::Codex => codex::read(&name, &text, prices, &mut read),
-        Source::GeminiCli => {
-            let cwd = file
-                .parent()
-                .and_then(Path::parent)
-                .and_then(|p| std::fs::read_to_string(p.join(".project_root")).ok())
-                .map(|s| s.trim().to_owned());
-            gemini::read(&name, &text, cwd.as_deref(), prices, &mut read)
-        }
-    }
+    sources::read_text(source, file, &text, prices, &mut read);
     read.keep_after(at.lines);
     // Problems of lines sent before were reported then.
     let new_lines = lines - at.lines;
-    let summary = send(cfg, c, key, source, read, 1).await?;
+    sender.start(source, 1, 0);
+    sender.send(read.drain()).await?;
+    let summary = sender.finish(&read);
     state.files.insert(
         file.to_owned(),
         Position {
@@ -185,16 +165,14 @@ async fn catch_up(
 fn all_files(roots: &Roots) -> BTreeSet<PathBuf> {
     let mut out = Vec::new();
     for (_, root) in roots {
-        super::jsonl_files(root, &mut out);
+        sources::jsonl_files(root, &mut out);
     }
     out.into_iter().collect()
 }
 
 /// Follows the roots until the process is stopped (or `stop` resolves).
-pub async fn run(
-    cfg: &ImportConfig,
-    c: &mut TelemetryIngestClient<Channel>,
-    key: &Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+pub(super) async fn run(
+    sender: &mut Sender<'_>,
     prices: &PriceTable,
     roots: Roots,
     state_path: &Path,
@@ -224,7 +202,7 @@ pub async fn run(
             if file.extension().is_none_or(|e| e != "jsonl") {
                 continue;
             }
-            let sent = catch_up(cfg, c, key, prices, &roots, &mut state, &file).await?;
+            let sent = catch_up(sender, prices, &roots, &mut state, &file).await?;
             // At once: the rows are stored, and a restart must not send
             // them again.
             state.save(state_path)?;

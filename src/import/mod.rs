@@ -21,15 +21,13 @@ pub mod gemini;
 mod send;
 mod sources;
 
+use send::Sender;
 pub use send::Summary;
-use send::send;
-use sources::{jsonl_files, session_of_path};
-pub use sources::{read_claude, read_codex, read_gemini};
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use clap::Args;
@@ -37,9 +35,9 @@ use serde_json::Value as Json;
 use uuid::Uuid;
 
 use crate::{
-    client::{self, ClientError},
+    client::ClientError,
     config::ClientConfig,
-    pb::{self, telemetry_ingest_client::TelemetryIngestClient},
+    pb,
     price::{PriceError, PriceTable},
 };
 
@@ -123,10 +121,12 @@ pub enum ImportError {
     Refused(String),
     #[error("cannot watch the transcripts: {0}")]
     Follow(String),
+    #[error("the transcript reader stopped: {0}")]
+    Reader(String),
 }
 
 /// What a session's lines said about it.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Session {
     pub agent: &'static str,
     pub start: Option<SystemTime>,
@@ -253,6 +253,23 @@ pub struct Read {
     /// a streamed reply written a line per block, a message written again.
     pub repeats: u64,
     seen: HashSet<Uuid>,
+    /// Each session as last handed on by [`Read::drain`].
+    announced: HashMap<Uuid, Session>,
+}
+
+/// Rows read and not yet sent, with the sessions they need.
+#[derive(Default)]
+pub struct Chunk {
+    pub events: Vec<pb::AgentEvent>,
+    pub messages: Vec<Said>,
+    /// The sessions first seen, or seen to change, since the last chunk
+    /// (their start and end widen as more lines are read; the service's
+    /// upsert only widens them too).
+    pub sessions: BTreeMap<Uuid, Session>,
+    /// Bytes of transcripts read until this chunk, of all.
+    pub bytes: u64,
+    /// Files read until this chunk.
+    pub files: usize,
 }
 
 impl Read {
@@ -328,6 +345,30 @@ impl Read {
         }
     }
 
+    /// The rows read since the last call, and the sessions new or changed
+    /// since then: what can be sent now.
+    pub fn drain(&mut self) -> Chunk {
+        self.event_lines.clear();
+        let mut sessions = BTreeMap::new();
+        for (id, s) in &self.sessions {
+            if self.announced.get(id) != Some(s) {
+                self.announced.insert(*id, s.clone());
+                sessions.insert(*id, s.clone());
+            }
+        }
+        Chunk {
+            events: std::mem::take(&mut self.events),
+            messages: std::mem::take(&mut self.messages),
+            sessions,
+            ..Chunk::default()
+        }
+    }
+
+    /// Rows read and not yet drained.
+    pub fn pending(&self) -> usize {
+        self.events.len() + self.messages.len()
+    }
+
     /// Keeps only the rows read from lines after `line` (those before were
     /// sent already).
     pub fn keep_after(&mut self, line: u64) {
@@ -377,21 +418,19 @@ pub async fn run(cfg: &ImportConfig) -> Result<Summaries, ImportError> {
                     .into(),
             ));
         }
-        let channel = client::connect(&cfg.client, Duration::from_secs(10)).await?;
-        let key = client::bearer(&cfg.client)?;
-        let mut c = TelemetryIngestClient::new(channel).max_decoding_message_size(64 << 20);
+        let mut sender = Sender::connect(cfg).await?;
         let state = cfg.state.clone().unwrap_or_else(follow::default_state);
-        follow::run(cfg, &mut c, &key, &prices, roots, &state).await?;
+        follow::run(&mut sender, &prices, roots, &state).await?;
         return Ok(Summaries(Vec::new()));
     }
-    let mut found = Vec::new();
     let mut looked = Vec::new();
+    let mut found = Vec::new();
     for source in sources {
         let dirs = sources::folders(cfg, source);
         looked.extend(dirs.iter().map(|d| d.display().to_string()));
-        let (read, files) = sources::read(source, &dirs, &prices)?;
-        if files > 0 {
-            found.push((source, read, files));
+        let files = sources::files(source, &dirs);
+        if !files.is_empty() {
+            found.push((source, files));
         }
     }
     if found.is_empty() {
@@ -402,12 +441,65 @@ pub async fn run(cfg: &ImportConfig) -> Result<Summaries, ImportError> {
             looked.join(", ")
         }));
     }
-    let channel = client::connect(&cfg.client, Duration::from_secs(10)).await?;
-    let key = client::bearer(&cfg.client)?;
-    let mut c = TelemetryIngestClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut sender = Sender::connect(cfg).await?;
+    let prices = std::sync::Arc::new(prices);
     let mut out = Vec::new();
-    for (source, read, files) in found {
-        out.push(send(cfg, &mut c, &key, source, read, files).await?);
+    for (source, files) in found {
+        out.push(import(&mut sender, source, files, prices.clone()).await?);
     }
     Ok(Summaries(out))
+}
+
+/// Reads one source's files on a thread of their own and sends what they
+/// hold as it is read: a chunk of rows is on the wire while the next is
+/// read, and memory holds a few chunks whatever the history's size.
+async fn import(
+    sender: &mut Sender<'_>,
+    source: Source,
+    files: Vec<PathBuf>,
+    prices: std::sync::Arc<PriceTable>,
+) -> Result<Summary, ImportError> {
+    let total: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let count = files.len();
+    sender.start(source, count, total);
+    let chunk_rows = sender.chunk_rows();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(2);
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut read = Read::default();
+        let mut bytes = 0;
+        for (i, f) in files.iter().enumerate() {
+            let text = sources::text_of(f)?;
+            bytes += text.len() as u64;
+            sources::read_text(source, f, &text, &prices, &mut read);
+            if read.pending() >= chunk_rows || i + 1 == files.len() {
+                let chunk = Chunk {
+                    bytes,
+                    files: i + 1,
+                    ..read.drain()
+                };
+                if tx.blocking_send(chunk).is_err() {
+                    // The sender stopped on an error of its own.
+                    break;
+                }
+            }
+        }
+        Ok::<_, ImportError>(read)
+    });
+    let mut sent = Ok(());
+    while let Some(chunk) = rx.recv().await {
+        if let Err(e) = sender.send(chunk).await {
+            sent = Err(e);
+            break;
+        }
+    }
+    drop(rx);
+    let read = reader
+        .await
+        .map_err(|e| ImportError::Reader(e.to_string()))??;
+    sent?;
+    Ok(sender.finish(&read))
 }

@@ -1,6 +1,7 @@
-//! Sending what was read: each session's project and developer, then the
-//! agent sessions, events and chat messages in batches over the native
-//! gRPC API, counting what the service stored, recognised and refused.
+//! Sending what was read, chunk by chunk: each session's project and
+//! developer, then the agent sessions, events and chat messages in batches
+//! over the native gRPC API, several at once, counting what the service
+//! stored, recognised and refused.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -8,7 +9,9 @@ use serde_json::json;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use super::{ImportConfig, ImportError, Read, Session, Source};
+use futures_util::StreamExt;
+
+use super::{Chunk, ImportConfig, ImportError, Read, Said, Session, Source};
 use crate::{
     client,
     pb::{self, telemetry_ingest_client::TelemetryIngestClient},
@@ -112,213 +115,258 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// Sends what was read of one source: its sessions, events and messages.
-pub(super) async fn send(
-    cfg: &ImportConfig,
-    c: &mut TelemetryIngestClient<Channel>,
-    key: &Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
-    source: Source,
-    mut read: Read,
-    files: usize,
-) -> Result<Summary, ImportError> {
-    // Each session's project, developer and rows.
-    let mut projects = HashMap::new();
-    let user = developer(cfg);
-    let project: HashMap<Uuid, String> = read
-        .sessions
-        .iter()
-        .map(|(id, s)| {
-            let p = cfg
-                .project
-                .clone()
-                .unwrap_or_else(|| match (&s.repository, &s.cwd) {
-                    (Some(url), _) => {
-                        crate::privacy::strip_url_userinfo(url).unwrap_or(url.clone())
-                    }
-                    (None, Some(cwd)) => project_of(cwd, &mut projects),
-                    (None, None) => "unattributed".to_owned(),
-                });
-            (*id, p)
+/// How many batches are on the wire at once: as loadgen's streams, so
+/// that the service's flushes overlap with the next batches' decoding.
+const IN_FLIGHT: usize = 4;
+
+type Key = Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>;
+
+/// Sends chunks of rows to the service: each session's project,
+/// developer and workspace once, then its rows in batches, several at once.
+pub(crate) struct Sender<'a> {
+    cfg: &'a ImportConfig,
+    c: TelemetryIngestClient<Channel>,
+    key: Key,
+    user: Option<pb::User>,
+    host: String,
+    /// Each session's project and chat session, once its lines named them.
+    projects: HashMap<Uuid, String>,
+    chats: HashMap<Uuid, pb::ChatSession>,
+    /// Each folder's project (`git remote` once per folder).
+    folders: HashMap<String, String>,
+    sequence: u64,
+    summary: Summary,
+    bar: indicatif::ProgressBar,
+    started: std::time::Instant,
+}
+
+impl<'a> Sender<'a> {
+    pub(crate) async fn connect(cfg: &'a ImportConfig) -> Result<Self, ImportError> {
+        let channel = client::connect(&cfg.client, std::time::Duration::from_secs(10)).await?;
+        Ok(Sender {
+            cfg,
+            key: client::bearer(&cfg.client)?,
+            c: TelemetryIngestClient::new(channel).max_decoding_message_size(64 << 20),
+            user: developer(cfg),
+            host: std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default(),
+            projects: HashMap::new(),
+            chats: HashMap::new(),
+            folders: HashMap::new(),
+            sequence: 0,
+            summary: Summary::default(),
+            bar: indicatif::ProgressBar::hidden(),
+            started: std::time::Instant::now(),
         })
-        .collect();
-    let project_of_session = |s: &str| {
-        Uuid::parse_str(s)
-            .ok()
-            .and_then(|id| project.get(&id).cloned())
-            .unwrap_or_else(|| "unattributed".to_owned())
-    };
-    for e in &mut read.events {
-        e.project = project_of_session(&e.session_id);
-        e.user.clone_from(&user);
     }
 
-    let mut summary = Summary {
-        source: source.agent(),
-        files,
-        lines: read.lines,
-        skipped: read.skipped,
-        repeats: read.repeats,
-        problems: read.problems.clone(),
-        ..Summary::default()
-    };
-    let batch = cfg.batch_rows.max(1);
-    let bar = progress(
-        source.agent(),
-        (read.sessions.len() + read.events.len() + read.messages.len()) as u64,
-        files,
-        read.lines,
-        cfg.follow,
-    );
+    /// Rows read before they are sent: enough for every batch in flight
+    /// twice over.
+    pub(crate) fn chunk_rows(&self) -> usize {
+        self.cfg.batch_rows.max(1) * IN_FLIGHT * 2
+    }
 
-    // Agent sessions first: the dashboards' session lists.
-    let agent_sessions: Vec<pb::AgentSession> = read
-        .sessions
-        .iter()
-        .map(|(id, s)| pb::AgentSession {
-            id: id.to_string(),
-            agent_id: s.agent.into(),
-            agent_version: s.version.clone().unwrap_or_default(),
-            project: project.get(id).cloned().unwrap_or_default(),
-            start_time: s.start.map(crate::time::to_timestamp),
-            end_time: s.end.map(crate::time::to_timestamp),
-            context_json: json!({
-                "source": "import", "cwd": s.cwd, "git_branch": s.branch
-            })
-            .to_string(),
-            user: user.clone(),
-            ..Default::default()
-        })
-        .collect();
-    for chunk in agent_sessions.chunks(batch) {
-        let ack = c
-            .report_sessions(client::authorized(
-                key,
-                pb::SessionReport {
-                    chat_sessions: Vec::new(),
-                    agent_sessions: chunk.to_vec(),
-                },
-            ))
-            .await
-            .map_err(|s| ImportError::Refused(s.message().to_owned()))?
-            .into_inner();
-        summary.sessions += u64::from(ack.agent_sessions_stored);
-        bar.inc(chunk.len() as u64);
-        for r in ack.rejected {
-            summary
-                .problems
-                .push(format!("agent session: {}: {}", r.field, r.reason));
+    /// A new source's summary, and its progress over `bytes` of transcripts.
+    pub(crate) fn start(&mut self, source: Source, files: usize, bytes: u64) {
+        self.summary = Summary {
+            source: source.agent(),
+            files,
+            ..Summary::default()
+        };
+        self.started = std::time::Instant::now();
+        self.bar = progress(source.agent(), bytes, self.cfg.follow);
+    }
+
+    /// The source's summary, with what its reader counted.
+    pub(crate) fn finish(&mut self, read: &Read) -> Summary {
+        self.bar.finish_and_clear();
+        let mut summary = std::mem::take(&mut self.summary);
+        summary.lines = read.lines;
+        summary.skipped = read.skipped;
+        summary.repeats = read.repeats;
+        let rejected = std::mem::take(&mut summary.problems);
+        summary.problems = read.problems.iter().cloned().chain(rejected).collect();
+        summary
+    }
+
+    /// The project of a session: the flag's, else its repository's remote,
+    /// else its folder's.
+    fn project(&mut self, s: &Session) -> String {
+        if let Some(p) = &self.cfg.project {
+            return p.clone();
+        }
+        match (&s.repository, &s.cwd) {
+            (Some(url), _) => crate::privacy::strip_url_userinfo(url).unwrap_or(url.clone()),
+            (None, Some(cwd)) => project_of(cwd, &mut self.folders),
+            (None, None) => "unattributed".to_owned(),
         }
     }
 
-    let mut sequence = 0;
-    for chunk in read.events.chunks(batch) {
-        sequence += 1;
-        let ack = send_events(c, key, sequence, chunk.to_vec()).await?;
-        count(&mut summary, &ack);
-        bar.inc(ack.received.into());
-    }
+    /// Sends a chunk: its new or widened sessions, then its events and
+    /// messages, [`IN_FLIGHT`] batches at a time.
+    pub(crate) async fn send(&mut self, chunk: Chunk) -> Result<(), ImportError> {
+        let Chunk {
+            mut events,
+            mut messages,
+            sessions,
+            bytes,
+            files,
+        } = chunk;
+        let mut agent_sessions = Vec::with_capacity(sessions.len());
+        for (id, s) in &sessions {
+            let project = self.project(s);
+            self.chats
+                .insert(*id, chat_session(*id, s, &project, &self.user, &self.host));
+            agent_sessions.push(pb::AgentSession {
+                id: id.to_string(),
+                agent_id: s.agent.into(),
+                agent_version: s.version.clone().unwrap_or_default(),
+                project: project.clone(),
+                start_time: s.start.map(crate::time::to_timestamp),
+                end_time: s.end.map(crate::time::to_timestamp),
+                context_json: json!({
+                    "source": "import", "cwd": s.cwd, "git_branch": s.branch
+                })
+                .to_string(),
+                user: self.user.clone(),
+                ..Default::default()
+            });
+            if self.projects.insert(*id, project).is_none() {
+                self.summary.sessions += 1;
+            }
+        }
+        // Sessions first: the dashboards' session lists.
+        for batch in agent_sessions.chunks(self.cfg.batch_rows.max(1)) {
+            let ack = self
+                .c
+                .report_sessions(client::authorized(
+                    &self.key,
+                    pb::SessionReport {
+                        chat_sessions: Vec::new(),
+                        agent_sessions: batch.to_vec(),
+                    },
+                ))
+                .await
+                .map_err(|s| ImportError::Refused(s.message().to_owned()))?
+                .into_inner();
+            for r in ack.rejected {
+                self.summary
+                    .problems
+                    .push(format!("agent session: {}: {}", r.field, r.reason));
+            }
+        }
 
-    // Chat messages, with their sessions' workspaces (each made once).
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    let chat_sessions: HashMap<Uuid, pb::ChatSession> = read
-        .sessions
-        .iter()
-        .map(|(id, s)| {
-            let project = project_of_session(&id.to_string());
-            (*id, chat_session(*id, s, &project, &user, &host))
-        })
-        .collect();
-    let mut order: HashMap<Uuid, i32> = HashMap::new();
-    read.messages.sort_by_key(|m| (m.session, m.ts));
-    let messages: Vec<(Uuid, pb::ChatMessage)> = read
-        .messages
-        .iter()
-        .map(|m| {
-            let n = order.entry(m.session).or_insert(0);
-            *n += 1;
-            let message = pb::ChatMessage {
-                id: m.id.to_string(),
-                session_id: m.session.to_string(),
-                role: m.role.into(),
-                content: m.content.clone(),
-                timestamp: Some(crate::time::to_timestamp(m.ts)),
-                sequence: *n,
-                metadata_json: r#"{"source":"import"}"#.into(),
-                search_content: None,
-            };
-            (m.session, message)
-        })
-        .collect();
-    for chunk in messages.chunks(batch) {
-        sequence += 1;
-        let sessions: BTreeSet<Uuid> = chunk.iter().map(|(s, _)| *s).collect();
-        let request = pb::ChatMessageBatch {
-            sequence,
-            sessions: sessions
-                .iter()
-                .filter_map(|s| chat_sessions.get(s).cloned())
-                .collect(),
-            messages: chunk.iter().map(|(_, m)| m.clone()).collect(),
+        let project_of_session = |s: &str| {
+            Uuid::parse_str(s)
+                .ok()
+                .and_then(|id| self.projects.get(&id).cloned())
+                .unwrap_or_else(|| "unattributed".to_owned())
         };
-        let ack = c
-            .ingest_chat_messages(client::authorized(key, request))
-            .await
-            .map_err(|s| ImportError::Refused(s.message().to_owned()))?
-            .into_inner();
+        for e in &mut events {
+            e.project = project_of_session(&e.session_id);
+            e.user.clone_from(&self.user);
+        }
+        messages.sort_by_key(|m| (m.session, m.ts));
+        let batch = self.cfg.batch_rows.max(1);
+        let mut requests = Vec::new();
+        for rows in events.chunks(batch) {
+            self.sequence += 1;
+            requests.push(Batch::Events(pb::AgentEventBatch {
+                sequence: self.sequence,
+                events: rows.to_vec(),
+            }));
+        }
+        for rows in messages.chunks(batch) {
+            self.sequence += 1;
+            let sessions: BTreeSet<Uuid> = rows.iter().map(|m| m.session).collect();
+            requests.push(Batch::Messages(pb::ChatMessageBatch {
+                sequence: self.sequence,
+                sessions: sessions
+                    .iter()
+                    .filter_map(|s| self.chats.get(s).cloned())
+                    .collect(),
+                messages: rows.iter().map(message).collect(),
+            }));
+        }
+        let mut acks = futures_util::stream::iter(requests.into_iter().map(|b| {
+            let mut c = self.c.clone();
+            let key = self.key.clone();
+            async move { b.send(&mut c, &key).await }
+        }))
+        .buffer_unordered(IN_FLIGHT);
+        while let Some(ack) = acks.next().await {
+            count(&mut self.summary, &ack?);
+        }
+        self.bar.set_position(bytes);
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        self.bar.set_message(format!(
+            "{files}/{} files, {} rows sent, {:.0} rows/s",
+            self.summary.files,
+            self.summary.sent,
+            self.summary.sent as f64 / secs
+        ));
+        Ok(())
+    }
+}
+
+/// A chat message on the wire. Its place in the session is its time, as
+/// for the agents' OTLP messages ([`crate::time::message_sequence`]): the
+/// same whatever chunk, run or machine sends it.
+fn message(m: &Said) -> pb::ChatMessage {
+    pb::ChatMessage {
+        id: m.id.to_string(),
+        session_id: m.session.to_string(),
+        role: m.role.into(),
+        content: m.content.clone(),
+        timestamp: Some(crate::time::to_timestamp(m.ts)),
+        sequence: crate::time::message_sequence(None, m.ts)
+            .saturating_add(i32::from(m.role == "assistant")),
+        metadata_json: r#"{"source":"import"}"#.into(),
+        search_content: None,
+    }
+}
+
+/// One request to the service.
+enum Batch {
+    Events(pb::AgentEventBatch),
+    Messages(pb::ChatMessageBatch),
+}
+
+impl Batch {
+    async fn send(
+        self,
+        c: &mut TelemetryIngestClient<Channel>,
+        key: &Key,
+    ) -> Result<pb::BatchAck, ImportError> {
+        let ack = match self {
+            Batch::Events(b) => c.ingest_agent_events(client::authorized(key, b)).await,
+            Batch::Messages(b) => c.ingest_chat_messages(client::authorized(key, b)).await,
+        }
+        .map_err(|s| ImportError::Refused(s.message().to_owned()))?
+        .into_inner();
         if !ack.error.is_empty() {
             return Err(ImportError::Refused(ack.error));
         }
-        count(&mut summary, &ack);
-        bar.inc(ack.received.into());
+        Ok(ack)
     }
-    bar.finish_and_clear();
-    Ok(summary)
 }
 
 /// The progress of a long import, on standard error when it is a terminal
-/// (none in a pipe, a log or `--follow`): rows sent of all, their rate and
-/// the time left, the files and lines read.
-fn progress(
-    source: &str,
-    rows: u64,
-    files: usize,
-    lines: u64,
-    follow: bool,
-) -> indicatif::ProgressBar {
+/// (none in a pipe, a log or `--follow`): bytes of transcripts read of
+/// all, the time left, the files read and rows sent and their rate.
+fn progress(source: &str, bytes: u64, follow: bool) -> indicatif::ProgressBar {
     if follow {
         return indicatif::ProgressBar::hidden();
     }
     let style = indicatif::ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {pos}/{len} rows, {per_sec}, ETA {eta} ({msg})",
+        "{prefix} [{bar:30}] {bytes}/{total_bytes}, ETA {eta} ({msg})",
     )
     .expect("a valid template")
     .progress_chars("=> ");
-    let bar = indicatif::ProgressBar::new(rows).with_style(style);
+    let bar = indicatif::ProgressBar::new(bytes).with_style(style);
     bar.set_prefix(source.to_owned());
-    bar.set_message(format!("{files} files, {lines} lines read"));
     bar
-}
-
-async fn send_events(
-    c: &mut TelemetryIngestClient<Channel>,
-    key: &Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
-    sequence: u64,
-    events: Vec<pb::AgentEvent>,
-) -> Result<pb::BatchAck, ImportError> {
-    let ack = c
-        .ingest_agent_events(client::authorized(
-            key,
-            pb::AgentEventBatch { sequence, events },
-        ))
-        .await
-        .map_err(|s| ImportError::Refused(s.message().to_owned()))?
-        .into_inner();
-    if !ack.error.is_empty() {
-        return Err(ImportError::Refused(ack.error));
-    }
-    Ok(ack)
 }
 
 fn count(summary: &mut Summary, ack: &pb::BatchAck) {

@@ -19,16 +19,52 @@ pub(super) fn folders(cfg: &ImportConfig, source: Source) -> Vec<PathBuf> {
     }
 }
 
-/// Every transcript of `source` under `dirs`, read.
-pub(super) fn read(
+/// Every transcript of `source` under `dirs`, in a stable order.
+pub(super) fn files(source: Source, dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for root in watched(source, dirs) {
+        match source {
+            // Only `tmp/<project>/chats/*.jsonl`: the other folders there
+            // hold the agent's own logs and checkpoints.
+            Source::GeminiCli => {
+                let Ok(projects) = std::fs::read_dir(&root) else {
+                    continue;
+                };
+                let mut projects: Vec<PathBuf> = projects.flatten().map(|e| e.path()).collect();
+                projects.sort();
+                for p in projects {
+                    jsonl_files(&p.join("chats"), &mut files);
+                }
+            }
+            _ => jsonl_files(&root, &mut files),
+        }
+    }
+    files
+}
+
+/// Reads `text`, the lines of `path` (all of them, or its complete lines
+/// while it is being written), into `read` with `source`'s reader.
+pub(super) fn read_text(
     source: Source,
-    dirs: &[PathBuf],
+    path: &Path,
+    text: &str,
     prices: &PriceTable,
-) -> Result<(Read, usize), ImportError> {
+    read: &mut Read,
+) {
+    let name = path.display().to_string();
     match source {
-        Source::ClaudeCode => read_claude(dirs, prices),
-        Source::Codex => read_codex(dirs, prices),
-        Source::GeminiCli => read_gemini(dirs, prices),
+        Source::ClaudeCode => claude::read(&name, text, session_of_path(path), prices, read),
+        Source::Codex => codex::read(&name, text, prices, read),
+        Source::GeminiCli => {
+            // `tmp/<project>/chats/<file>`: the project's folder names
+            // where it ran in `.project_root`.
+            let cwd = path
+                .parent()
+                .and_then(Path::parent)
+                .and_then(|p| std::fs::read_to_string(p.join(".project_root")).ok())
+                .map(|s| s.trim().to_owned());
+            gemini::read(&name, text, cwd.as_deref(), prices, read)
+        }
     }
 }
 
@@ -94,23 +130,6 @@ fn codex_homes(cfg: &ImportConfig) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Reads every Codex rollout under `homes` (`sessions/` and
-/// `archived_sessions/`).
-pub fn read_codex(homes: &[PathBuf], prices: &PriceTable) -> Result<(Read, usize), ImportError> {
-    let mut files = Vec::new();
-    for h in homes {
-        for sub in ["sessions", "archived_sessions"] {
-            jsonl_files(&h.join(sub), &mut files);
-        }
-    }
-    let mut read = Read::default();
-    for f in &files {
-        let text = text_of(f)?;
-        codex::read(&f.display().to_string(), &text, prices, &mut read);
-    }
-    Ok((read, files.len()))
-}
-
 /// Gemini CLI's folders to read.
 fn gemini_dirs(cfg: &ImportConfig) -> Vec<PathBuf> {
     if !cfg.gemini_dirs.is_empty() {
@@ -123,39 +142,6 @@ fn gemini_dirs(cfg: &ImportConfig) -> Vec<PathBuf> {
         .into_iter()
         .filter(|d| d.join("tmp").is_dir())
         .collect()
-}
-
-/// Reads every Gemini CLI chat under `dirs`: `tmp/<project>/chats/*.jsonl`,
-/// with the project's folder from `tmp/<project>/.project_root`.
-pub fn read_gemini(dirs: &[PathBuf], prices: &PriceTable) -> Result<(Read, usize), ImportError> {
-    let mut read = Read::default();
-    let mut count = 0;
-    for d in dirs {
-        let Ok(projects) = std::fs::read_dir(d.join("tmp")) else {
-            continue;
-        };
-        let mut projects: Vec<PathBuf> = projects.flatten().map(|e| e.path()).collect();
-        projects.sort();
-        for project in projects {
-            let cwd = std::fs::read_to_string(project.join(".project_root"))
-                .ok()
-                .map(|s| s.trim().to_owned());
-            let mut files = Vec::new();
-            jsonl_files(&project.join("chats"), &mut files);
-            for f in files {
-                let text = text_of(&f)?;
-                gemini::read(
-                    &f.display().to_string(),
-                    &text,
-                    cwd.as_deref(),
-                    prices,
-                    &mut read,
-                );
-                count += 1;
-            }
-        }
-    }
-    Ok((read, count))
 }
 
 /// A transcript's text; a file cut inside a character still has its other
@@ -195,30 +181,4 @@ pub(super) fn session_of_path(p: &Path) -> Option<Uuid> {
         p.file_stem()?.to_string_lossy().into_owned()
     };
     Uuid::parse_str(&name).ok()
-}
-
-/// Reads every Claude Code transcript under `dirs`.
-pub fn read_claude(dirs: &[PathBuf], prices: &PriceTable) -> Result<(Read, usize), ImportError> {
-    let mut files = Vec::new();
-    for d in dirs {
-        // A folder holding `projects/`, or the projects folder itself.
-        let projects = if d.join("projects").is_dir() {
-            d.join("projects")
-        } else {
-            d.clone()
-        };
-        jsonl_files(&projects, &mut files);
-    }
-    let mut read = Read::default();
-    for f in &files {
-        let text = text_of(f)?;
-        claude::read(
-            &f.display().to_string(),
-            &text,
-            session_of_path(f),
-            prices,
-            &mut read,
-        );
-    }
-    Ok((read, files.len()))
 }

@@ -254,21 +254,11 @@ fn agent_version(agent: &Agent, resource: &[KeyValue], attrs: &[KeyValue]) -> St
         .unwrap_or_default()
 }
 
-/// Where a record's chat messages stand in their session. Claude Code
-/// numbers its events (`event.sequence`); the others do not, and their
-/// messages follow one another in time: seconds since 2020 (an i32 holds
-/// them until 2088), so that a session's messages sort in the order they
-/// were said. The reply of a record comes after its prompt (the index
-/// within the record is added to twice the position).
+/// Where a record's chat messages stand in their session: Claude Code
+/// numbers its events (`event.sequence`), the others follow their time
+/// ([`crate::time::message_sequence`]).
 fn message_sequence(attrs: &[KeyValue], ts: SystemTime) -> i32 {
-    const SINCE: u64 = 1_577_836_800; // 2020-01-01T00:00:00Z
-    let position = int(attrs, &["event.sequence"]).unwrap_or_else(|| {
-        let secs = ts
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        secs.saturating_sub(SINCE) as i64
-    });
-    i32::try_from(position.max(0).saturating_mul(2)).unwrap_or(i32::MAX - 1)
+    crate::time::message_sequence(int(attrs, &["event.sequence"]), ts)
 }
 
 /// The installation a record comes from, where the agent names one:
