@@ -153,6 +153,12 @@ async fn main() -> ExitCode {
                 .map(|report| println!("{report}"))
                 .map_err(Into::into)
         }
+        Command::Bench(agent_telemetry::bench::BenchCommand::Import(cfg)) => {
+            agent_telemetry::bench::import::run(&cfg)
+                .await
+                .map(|report| println!("{report}"))
+                .map_err(Into::into)
+        }
         Command::Bench(agent_telemetry::bench::BenchCommand::Dashboards(cfg)) => {
             agent_telemetry::bench::queries::run(&cfg)
                 .await

@@ -10,6 +10,7 @@
 pub mod cases;
 pub mod dataset;
 pub mod grafana;
+pub mod import;
 pub mod queries;
 pub mod report;
 
@@ -34,6 +35,9 @@ pub enum BenchCommand {
     Compare(Box<CompareConfig>),
     /// Time every dashboard query, on one database or two side by side.
     Dashboards(Box<queries::DashboardsConfig>),
+    /// The transcript import against the service's own rate, and what
+    /// `import --follow` costs while idle and how soon it sends a line.
+    Import(Box<import::ImportBenchConfig>),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -233,17 +237,7 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
         timescaledb: cfg.timescaledb,
         ..serve.storage.clone()
     };
-    let database = db::open::open_database(&cfg.database).await?;
-    let (admin, bench) = match &database.embedded {
-        Some(cluster) => (
-            cluster.conn_string("postgres"),
-            cluster.conn_string(&cfg.bench_database),
-        ),
-        None => (
-            database.conn.clone(),
-            with_dbname(&database.conn, &cfg.bench_database)?,
-        ),
-    };
+    let (database, admin, bench) = scratch(&cfg.database, &cfg.bench_database).await?;
     let (psql, exe) = tools(cfg)?;
 
     eprintln!("generating {} events", cfg.events);
@@ -287,20 +281,7 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
             results,
         });
     }
-    // Leave the server as we found it.
-    let admin_client = db::connect(&admin).await?;
-    admin_client
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            db::quote_ident(&cfg.bench_database)
-        ))
-        .await?;
-    drop(admin_client);
-    // Only a cluster this run started: a service may be using it.
-    database
-        .release()
-        .await
-        .map_err(|e| BenchError::Open(e.into()))?;
+    leave(database, &admin, &cfg.bench_database).await?;
     let machine = machine.ok_or_else(|| BenchError::Settings("no case was run".into()))?;
     let command: Vec<String> = std::env::args().collect();
     let limits = report::Limits {
@@ -313,6 +294,43 @@ pub async fn run(cfg: &CompareConfig) -> Result<String, BenchError> {
         &sections,
         &limits,
     ))
+}
+
+/// The server to measure (`DATABASE_URL`, else the embedded one) and the
+/// connection strings of its admin database and of the scratch database
+/// `name` the runs use.
+pub(crate) async fn scratch(
+    database: &DatabaseConfig,
+    name: &str,
+) -> Result<(db::open::Database, String, String), BenchError> {
+    let database = db::open::open_database(database).await?;
+    let (admin, bench) = match &database.embedded {
+        Some(cluster) => (cluster.conn_string("postgres"), cluster.conn_string(name)),
+        None => (database.conn.clone(), with_dbname(&database.conn, name)?),
+    };
+    Ok((database, admin, bench))
+}
+
+/// Leaves the server as it was found: the scratch database dropped, and
+/// an embedded cluster this run started stopped.
+pub(crate) async fn leave(
+    database: db::open::Database,
+    admin: &str,
+    name: &str,
+) -> Result<(), BenchError> {
+    let admin_client = db::connect(admin).await?;
+    admin_client
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            db::quote_ident(name)
+        ))
+        .await?;
+    drop(admin_client);
+    // Only a cluster this run started: a service may be using it.
+    database
+        .release()
+        .await
+        .map_err(|e| BenchError::Open(e.into()))
 }
 
 /// Every case on one layout, each `--runs` times.
@@ -448,7 +466,7 @@ fn serve_config(cfg: &CompareConfig) -> Result<ServeConfig, BenchError> {
 }
 
 /// Drops and re-creates the scratch database, then migrates it.
-async fn fresh_database(
+pub(crate) async fn fresh_database(
     admin: &str,
     bench: &str,
     name: &str,

@@ -200,7 +200,7 @@ pub fn render(machine: &Machine, command: &str, sections: &[Section], limits: &L
     out
 }
 
-fn header(out: &mut String, machine: &Machine) {
+pub fn header(out: &mut String, machine: &Machine) {
     let _ = writeln!(
         out,
         "machine: {} cores ({}), {:.1} GiB memory; PostgreSQL {}; TimescaleDB {}; {}; service build: {}",

@@ -139,7 +139,7 @@ async fn catch_up(
     let new_lines = lines - at.lines;
     sender.start(source, 1, 0);
     sender.send(read.drain()).await?;
-    let summary = sender.finish(&read);
+    let summary = sender.finish(&read).await?;
     state.files.insert(
         file.to_owned(),
         Position {
@@ -180,7 +180,13 @@ pub(super) async fn run(
     let mut state = State::load(state_path);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
+        // Reading a file is an event too (inotify's open and close): only
+        // what changes a file's lines wakes the loop, or reading what
+        // changed would wake it again, forever.
+        if let Some(event) = event
+            .ok()
+            .filter(|e| !e.kind.is_access() && !e.kind.is_other())
+        {
             for p in event.paths {
                 let _ = tx.send(p);
             }
@@ -197,20 +203,27 @@ pub(super) async fn run(
     let mut pending = all_files(&roots);
     // Positions of files no longer there are forgotten.
     state.files.retain(|p, _| p.exists());
+    let mut saved = std::time::Instant::now();
     loop {
         for file in std::mem::take(&mut pending) {
             if file.extension().is_none_or(|e| e != "jsonl") {
                 continue;
             }
             let sent = catch_up(sender, prices, &roots, &mut state, &file).await?;
-            // At once: the rows are stored, and a restart must not send
-            // them again.
-            state.save(state_path)?;
+            // Soon: a restart should not send these rows again. At most
+            // once a second, as a catch-up over thousands of files would
+            // write the whole state once per file (what a crash in
+            // between sends again is recognised by id, and stored once).
+            if saved.elapsed() >= Duration::from_secs(1) {
+                state.save(state_path)?;
+                saved = std::time::Instant::now();
+            }
             if let Some(line) = sent {
                 println!("{line}");
             }
         }
         state.save(state_path)?;
+        saved = std::time::Instant::now();
         // Wait for a change, then gather the others of the same moment.
         let Some(first) = rx.recv().await else {
             return Ok(());

@@ -501,5 +501,5 @@ async fn import(
         .await
         .map_err(|e| ImportError::Reader(e.to_string()))??;
     sent?;
-    Ok(sender.finish(&read))
+    sender.finish(&read).await
 }

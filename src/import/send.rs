@@ -9,8 +9,6 @@ use serde_json::json;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use futures_util::StreamExt;
-
 use super::{Chunk, ImportConfig, ImportError, Read, Said, Session, Source};
 use crate::{
     client,
@@ -115,9 +113,10 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// How many batches are on the wire at once: as loadgen's streams, so
-/// that the service's flushes overlap with the next batches' decoding.
-const IN_FLIGHT: usize = 4;
+/// How many batches are on the wire at once: enough for the service to
+/// gather full flushes (`--flush-rows`, 10,000 rows) while the next ones
+/// arrive; with a few, each batch became a COPY of its own.
+const IN_FLIGHT: usize = 16;
 
 type Key = Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>;
 
@@ -135,6 +134,9 @@ pub(crate) struct Sender<'a> {
     /// Each folder's project (`git remote` once per folder).
     folders: HashMap<String, String>,
     sequence: u64,
+    /// Batches sent and not yet acknowledged, each its own task so that
+    /// they progress while the next chunk is read.
+    inflight: tokio::task::JoinSet<Result<Acked, ImportError>>,
     summary: Summary,
     bar: indicatif::ProgressBar,
     started: std::time::Instant,
@@ -155,6 +157,7 @@ impl<'a> Sender<'a> {
             chats: HashMap::new(),
             folders: HashMap::new(),
             sequence: 0,
+            inflight: tokio::task::JoinSet::new(),
             summary: Summary::default(),
             bar: indicatif::ProgressBar::hidden(),
             started: std::time::Instant::now(),
@@ -178,8 +181,12 @@ impl<'a> Sender<'a> {
         self.bar = progress(source.agent(), bytes, self.cfg.follow);
     }
 
-    /// The source's summary, with what its reader counted.
-    pub(crate) fn finish(&mut self, read: &Read) -> Summary {
+    /// The source's summary once every batch is acknowledged, with what its
+    /// reader counted.
+    pub(crate) async fn finish(&mut self, read: &Read) -> Result<Summary, ImportError> {
+        while !self.inflight.is_empty() {
+            self.acked().await?;
+        }
         self.bar.finish_and_clear();
         let mut summary = std::mem::take(&mut self.summary);
         summary.lines = read.lines;
@@ -187,7 +194,36 @@ impl<'a> Sender<'a> {
         summary.repeats = read.repeats;
         let rejected = std::mem::take(&mut summary.problems);
         summary.problems = read.problems.iter().cloned().chain(rejected).collect();
-        summary
+        Ok(summary)
+    }
+
+    /// Waits for the next acknowledgement and counts it.
+    async fn acked(&mut self) -> Result<(), ImportError> {
+        if let Some(done) = self.inflight.join_next().await {
+            match done.map_err(|e| ImportError::Refused(format!("a send failed: {e}")))?? {
+                Acked::Rows(ack) => count(&mut self.summary, &ack),
+                Acked::Sessions(ack) => {
+                    for r in ack.rejected {
+                        self.summary
+                            .problems
+                            .push(format!("agent session: {}: {}", r.field, r.reason));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a batch on the wire once fewer than [`IN_FLIGHT`] are.
+    async fn submit(&mut self, batch: Batch) -> Result<(), ImportError> {
+        while self.inflight.len() >= IN_FLIGHT {
+            self.acked().await?;
+        }
+        let mut c = self.c.clone();
+        let key = self.key.clone();
+        self.inflight
+            .spawn(async move { batch.send(&mut c, &key).await });
+        Ok(())
     }
 
     /// The project of a session: the flag's, else its repository's remote,
@@ -204,7 +240,8 @@ impl<'a> Sender<'a> {
     }
 
     /// Sends a chunk: its new or widened sessions, then its events and
-    /// messages, [`IN_FLIGHT`] batches at a time.
+    /// messages, [`IN_FLIGHT`] batches at a time (the last ones may still be
+    /// in flight on return: [`Self::finish`] waits for them).
     pub(crate) async fn send(&mut self, chunk: Chunk) -> Result<(), ImportError> {
         let Chunk {
             mut events,
@@ -236,27 +273,15 @@ impl<'a> Sender<'a> {
                 self.summary.sessions += 1;
             }
         }
-        // Sessions first: the dashboards' session lists.
+        // Sessions in flight with the rows: an upsert only widens a
+        // session, so their order does not matter.
         for batch in agent_sessions.chunks(self.cfg.batch_rows.max(1)) {
-            let ack = self
-                .c
-                .report_sessions(client::authorized(
-                    &self.key,
-                    pb::SessionReport {
-                        chat_sessions: Vec::new(),
-                        agent_sessions: batch.to_vec(),
-                    },
-                ))
-                .await
-                .map_err(|s| ImportError::Refused(s.message().to_owned()))?
-                .into_inner();
-            for r in ack.rejected {
-                self.summary
-                    .problems
-                    .push(format!("agent session: {}: {}", r.field, r.reason));
-            }
+            self.submit(Batch::Sessions(pb::SessionReport {
+                chat_sessions: Vec::new(),
+                agent_sessions: batch.to_vec(),
+            }))
+            .await?;
         }
-
         let project_of_session = |s: &str| {
             Uuid::parse_str(s)
                 .ok()
@@ -269,34 +294,26 @@ impl<'a> Sender<'a> {
         }
         messages.sort_by_key(|m| (m.session, m.ts));
         let batch = self.cfg.batch_rows.max(1);
-        let mut requests = Vec::new();
         for rows in events.chunks(batch) {
             self.sequence += 1;
-            requests.push(Batch::Events(pb::AgentEventBatch {
+            let b = Batch::Events(pb::AgentEventBatch {
                 sequence: self.sequence,
                 events: rows.to_vec(),
-            }));
+            });
+            self.submit(b).await?;
         }
         for rows in messages.chunks(batch) {
             self.sequence += 1;
             let sessions: BTreeSet<Uuid> = rows.iter().map(|m| m.session).collect();
-            requests.push(Batch::Messages(pb::ChatMessageBatch {
+            let b = Batch::Messages(pb::ChatMessageBatch {
                 sequence: self.sequence,
                 sessions: sessions
                     .iter()
                     .filter_map(|s| self.chats.get(s).cloned())
                     .collect(),
                 messages: rows.iter().map(message).collect(),
-            }));
-        }
-        let mut acks = futures_util::stream::iter(requests.into_iter().map(|b| {
-            let mut c = self.c.clone();
-            let key = self.key.clone();
-            async move { b.send(&mut c, &key).await }
-        }))
-        .buffer_unordered(IN_FLIGHT);
-        while let Some(ack) = acks.next().await {
-            count(&mut self.summary, &ack?);
+            });
+            self.submit(b).await?;
         }
         self.bar.set_position(bytes);
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
@@ -329,8 +346,15 @@ fn message(m: &Said) -> pb::ChatMessage {
 
 /// One request to the service.
 enum Batch {
+    Sessions(pb::SessionReport),
     Events(pb::AgentEventBatch),
     Messages(pb::ChatMessageBatch),
+}
+
+/// Its answer.
+enum Acked {
+    Sessions(pb::SessionReportAck),
+    Rows(pb::BatchAck),
 }
 
 impl Batch {
@@ -338,17 +362,22 @@ impl Batch {
         self,
         c: &mut TelemetryIngestClient<Channel>,
         key: &Key,
-    ) -> Result<pb::BatchAck, ImportError> {
+    ) -> Result<Acked, ImportError> {
+        let refused = |s: tonic::Status| ImportError::Refused(s.message().to_owned());
         let ack = match self {
+            Batch::Sessions(b) => {
+                let ack = c.report_sessions(client::authorized(key, b)).await;
+                return Ok(Acked::Sessions(ack.map_err(refused)?.into_inner()));
+            }
             Batch::Events(b) => c.ingest_agent_events(client::authorized(key, b)).await,
             Batch::Messages(b) => c.ingest_chat_messages(client::authorized(key, b)).await,
         }
-        .map_err(|s| ImportError::Refused(s.message().to_owned()))?
+        .map_err(refused)?
         .into_inner();
         if !ack.error.is_empty() {
             return Err(ImportError::Refused(ack.error));
         }
-        Ok(ack)
+        Ok(Acked::Rows(ack))
     }
 }
 
