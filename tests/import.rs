@@ -659,3 +659,102 @@ async fn a_generated_claude_code_history_imports_equal_to_ccusage() {
     );
     svc.running.shutdown().await.unwrap();
 }
+
+/// Copilot CLI's sessions, as its 1.0.102 binary wrote them
+/// (tests/fixtures/copilot-cli-1.0.102): every usage record one request
+/// with its tokens, a subagent's under its parent's session, tools with
+/// their success, prompts and replies in order, each session an agent
+/// session; a second import stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copilot_cli_sessions_import_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/copilot-cli-1.0.102"
+    );
+    let (_pg, db, svc, _) = service("import_copilot", tmp.path()).await;
+    let import = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+            .args([
+                "import",
+                "--source",
+                "copilot-cli",
+                "--endpoint",
+                &svc.endpoint,
+            ])
+            .args(["--copilot-home", home])
+            .env("HOME", tmp.path())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        said
+    };
+    let summary = import();
+    common::say(&summary);
+    assert!(
+        summary.contains("copilot-cli: 4 files") && summary.contains(" 0 rejected"),
+        "{summary}"
+    );
+    // The mock's figures: (input incl. cache, cached, output) per call.
+    assert_eq!(
+        common::strings(
+            &db,
+            "SELECT string_agg(input_tokens || '/' || cached_tokens || '/' || output_tokens, ' ' ORDER BY \"timestamp\")
+             FROM agent_events WHERE event_type = 'llm_request' AND agent_id = 'copilot-cli'
+             GROUP BY session_id ORDER BY session_id",
+        )
+        .await,
+        // Sessions in id order: the Anthropic provider's, the failed
+        // tool's, the resumed one's and the subagent's.
+        [
+            "2311/2000/40",
+            "1001/601/51 1002/602/52",
+            "1001/601/51 1002/602/52 1003/603/53 1004/604/54",
+            "1001/601/51 1002/602/52 1003/603/53 1004/604/54",
+        ]
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM agent_events WHERE event_type = 'llm_request' AND context->>'agent_id' IS NOT NULL"
+        )
+        .await,
+        2,
+        "the subagent's calls"
+    );
+    let resumed = Uuid::parse_str("b764ecca-3419-4990-8e1b-453f7ee8c55f").unwrap();
+    assert_eq!(
+        messages(&db, resumed).await,
+        [
+            said("user", "Create hello.txt then edit it"),
+            said("assistant", "Done: created and edited hello.txt."),
+            said("user", "Say done again"),
+            said("assistant", "Done: created and edited hello.txt."),
+        ]
+    );
+    assert_eq!(
+        common::strings(
+            &db,
+            "SELECT data->>'tool_name' || ' ' || (data->>'success') FROM agent_events
+             WHERE event_type = 'tool_use' AND session_id = 'b6ffce14-eb73-4235-affb-69ae5a6c54d2'",
+        )
+        .await,
+        ["edit false"]
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM agent_sessions WHERE agent_id = 'copilot-cli' AND agent_version = '1.0.102'"
+        )
+        .await,
+        4
+    );
+    let again = import();
+    assert!(again.contains(" 0 stored"), "{again}");
+    svc.running.shutdown().await.unwrap();
+}

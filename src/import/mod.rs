@@ -11,11 +11,12 @@
 //! ([`crate::ids`]), so importing again stores nothing twice, nor what the
 //! agent's OTLP export brought already. docs/import.md.
 //!
-//! Sources so far: Claude Code ([`claude`]), Codex ([`codex`]) and Gemini
-//! CLI ([`gemini`]).
+//! Sources: Claude Code ([`claude`]), Codex ([`codex`]), Gemini CLI
+//! ([`gemini`]) and Copilot CLI ([`copilot`]).
 
 pub mod claude;
 pub mod codex;
+pub mod copilot;
 pub mod follow;
 pub mod gemini;
 mod send;
@@ -59,6 +60,10 @@ pub struct ImportConfig {
     /// exists.
     #[arg(long = "gemini-dir", value_name = "DIR")]
     pub gemini_dirs: Vec<PathBuf>,
+    /// Copilot CLI's home folders (holding `session-state/`); default:
+    /// `COPILOT_HOME`, else `~/.copilot`, if it exists.
+    #[arg(long = "copilot-home", value_name = "DIR")]
+    pub copilot_homes: Vec<PathBuf>,
     /// The agents whose transcripts to read; default: every one found.
     #[arg(long = "source", value_enum)]
     pub sources: Vec<Source>,
@@ -92,6 +97,8 @@ pub enum Source {
     Codex,
     #[value(name = "gemini-cli")]
     GeminiCli,
+    #[value(name = "copilot-cli")]
+    CopilotCli,
 }
 
 impl Source {
@@ -100,6 +107,7 @@ impl Source {
             Source::ClaudeCode => claude::AGENT,
             Source::Codex => codex::AGENT,
             Source::GeminiCli => gemini::AGENT,
+            Source::CopilotCli => copilot::AGENT,
         }
     }
 }
@@ -398,10 +406,15 @@ pub async fn run(cfg: &ImportConfig) -> Result<Summaries, ImportError> {
         Some(p) => PriceTable::load(p)?,
         None => PriceTable::default(),
     };
-    let sources: Vec<Source> = [Source::ClaudeCode, Source::Codex, Source::GeminiCli]
-        .into_iter()
-        .filter(|s| cfg.sources.is_empty() || cfg.sources.contains(s))
-        .collect();
+    let sources: Vec<Source> = [
+        Source::ClaudeCode,
+        Source::Codex,
+        Source::GeminiCli,
+        Source::CopilotCli,
+    ]
+    .into_iter()
+    .filter(|s| cfg.sources.is_empty() || cfg.sources.contains(s))
+    .collect();
     if cfg.follow {
         let roots: follow::Roots = sources
             .iter()
@@ -414,7 +427,7 @@ pub async fn run(cfg: &ImportConfig) -> Result<Summaries, ImportError> {
             .collect();
         if roots.is_empty() {
             return Err(ImportError::NothingFound(
-                "no agent's folder to follow (~/.claude, ~/.codex, ~/.gemini, or the flags')"
+                "no agent's folder to follow (~/.claude, ~/.codex, ~/.gemini, ~/.copilot, or the flags')"
                     .into(),
             ));
         }
@@ -435,7 +448,7 @@ pub async fn run(cfg: &ImportConfig) -> Result<Summaries, ImportError> {
     }
     if found.is_empty() {
         return Err(ImportError::NothingFound(if looked.is_empty() {
-            "no agent's folder (~/.claude, ~/.config/claude, CLAUDE_CONFIG_DIR, ~/.codex, CODEX_HOME, ~/.gemini)"
+            "no agent's folder (~/.claude, ~/.config/claude, CLAUDE_CONFIG_DIR, ~/.codex, CODEX_HOME, ~/.gemini, ~/.copilot, COPILOT_HOME)"
                 .into()
         } else {
             looked.join(", ")

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use super::{ImportConfig, ImportError, Read, Source, claude, codex, gemini};
+use super::{ImportConfig, ImportError, Read, Source, claude, codex, copilot, gemini};
 use crate::price::PriceTable;
 
 /// The folders of `source`'s transcripts: the flags', else the agent's
@@ -14,8 +14,14 @@ use crate::price::PriceTable;
 pub(super) fn folders(cfg: &ImportConfig, source: Source) -> Vec<PathBuf> {
     match source {
         Source::ClaudeCode => claude_dirs(cfg),
-        Source::Codex => codex_homes(cfg),
+        Source::Codex => home_of(&cfg.codex_homes, "CODEX_HOME", ".codex", "sessions"),
         Source::GeminiCli => gemini_dirs(cfg),
+        Source::CopilotCli => home_of(
+            &cfg.copilot_homes,
+            "COPILOT_HOME",
+            ".copilot",
+            "session-state",
+        ),
     }
 }
 
@@ -35,6 +41,15 @@ pub(super) fn files(source: Source, dirs: &[PathBuf]) -> Vec<PathBuf> {
                 for p in projects {
                     jsonl_files(&p.join("chats"), &mut files);
                 }
+            }
+            // Only `session-state/<session>/events.jsonl`.
+            Source::CopilotCli => {
+                let mut all = Vec::new();
+                jsonl_files(&root, &mut all);
+                files.extend(
+                    all.into_iter()
+                        .filter(|f| f.file_name().is_some_and(|n| n == "events.jsonl")),
+                );
             }
             _ => jsonl_files(&root, &mut files),
         }
@@ -65,6 +80,14 @@ pub(super) fn read_text(
                 .map(|s| s.trim().to_owned());
             gemini::read(&name, text, cwd.as_deref(), prices, read)
         }
+        Source::CopilotCli => {
+            // `session-state/<session>/events.jsonl`.
+            let session = path
+                .parent()
+                .and_then(Path::file_name)
+                .and_then(|n| Uuid::parse_str(&n.to_string_lossy()).ok());
+            copilot::read(&name, text, session, prices, read)
+        }
     }
 }
 
@@ -83,6 +106,7 @@ pub(super) fn watched(source: Source, dirs: &[PathBuf]) -> Vec<PathBuf> {
             }
             Source::Codex => vec![d.join("sessions"), d.join("archived_sessions")],
             Source::GeminiCli => vec![d.join("tmp")],
+            Source::CopilotCli => vec![d.join("session-state")],
         })
         .collect()
 }
@@ -111,22 +135,21 @@ fn claude_dirs(cfg: &ImportConfig) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Codex's home folders to read.
-fn codex_homes(cfg: &ImportConfig) -> Vec<PathBuf> {
-    if !cfg.codex_homes.is_empty() {
-        return cfg.codex_homes.clone();
+/// An agent's home folders: the flag's, else its environment variable's,
+/// else `~/<default>`; those holding `sub`.
+fn home_of(flag: &[PathBuf], var: &str, default: &str, sub: &str) -> Vec<PathBuf> {
+    if !flag.is_empty() {
+        return flag.to_vec();
     }
-    let home = std::env::var_os("CODEX_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default()
-                .join(".codex")
-        });
+    let home = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(default)
+    });
     [home]
         .into_iter()
-        .filter(|d| d.join("sessions").is_dir())
+        .filter(|d| d.join(sub).is_dir())
         .collect()
 }
 
