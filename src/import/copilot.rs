@@ -93,10 +93,8 @@ pub fn read(
             continue;
         };
         let kind = v.get("type").and_then(Json::as_str).unwrap_or_default();
-        if kind == "session.start" {
-            if let Some(id) = text(&v, "/data/sessionId") {
-                st.session = ids::session(AGENT, &id);
-            }
+        if let (true, Some(id)) = (kind == "session.start", text(&v, "/data/sessionId")) {
+            st.session = ids::session(AGENT, &id);
         }
         if st.session.is_nil() {
             out.problem(format!("{path}:{}: an event naming no session", n + 1));
