@@ -88,8 +88,20 @@ async fn claude_code_transcripts_import_once_and_equal_ccusage() {
     common::say(&said);
     assert!(said.contains("1 lines skipped"), "{said}");
     assert!(
-        said.contains(" 4 already stored") && said.contains(" 0 rejected"),
-        "the exported run's two calls, its prompt and reply: {said}"
+        said.contains(" 5 already stored") && said.contains(" 0 rejected"),
+        "the exported run's two calls, its tool call, its prompt and reply: {said}"
+    );
+    // A tool call exported (`tool_result`) and imported (`tool_use`) is one
+    // row: both are keyed by its `tool_use_id`.
+    assert_eq!(
+        common::strings(
+            &db,
+            "SELECT count(*) || ' ' || count(DISTINCT data->>'tool_use_id') FROM agent_events
+             WHERE event_type = 'tool_use'",
+        )
+        .await,
+        ["3 3"],
+        "the first run's echo, the second's Task call and its subagent's echo: once each"
     );
     assert!(
         said.contains(".jsonl:") && said.contains("not a JSON line"),

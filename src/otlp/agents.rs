@@ -193,9 +193,12 @@ pub(super) fn claude(name: &str, a: &[KeyValue]) -> Found {
             error: true,
             ..Found::default()
         },
+        // Keyed by the call's `tool_use_id`, as the transcript's
+        // `tool_use` block: exported and imported, one row.
         "claude_code.tool_result" => Found {
             event_type: Some(kind::TOOL_USE),
             duration_ms: int(a, &["duration_ms"]),
+            row_key: text(a, &["tool_use_id"]).map(|k| ("tool", k)),
             ..tool(a, &["tool_name"])
         },
         "claude_code.tool_decision" => Found {
