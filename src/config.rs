@@ -596,6 +596,14 @@ pub struct StorageConfig {
     #[arg(long, env = "AGENT_TELEMETRY_LATE_REFRESH_EVERY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub late_refresh_every: Duration,
 
+    /// A late hour is refreshed once no late row has landed in it for this
+    /// long (or once it has waited ten times this since first noted): a
+    /// backfill re-materialises each bucket once, when it is done with it,
+    /// not at every round while its rows keep coming. Until then the
+    /// bucket's materialised figures lack the rows (docs/schema.md).
+    #[arg(long, env = "AGENT_TELEMETRY_LATE_SETTLE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub late_settle: Duration,
+
     /// Plain PostgreSQL only: how often the service deletes rows past their
     /// retention window (TimescaleDB does this with its own jobs).
     #[arg(long, env = "AGENT_TELEMETRY_RETENTION_EVERY", default_value = "1h", value_parser = humantime::parse_duration)]

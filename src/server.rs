@@ -262,6 +262,7 @@ impl Pipeline {
                 pool.clone(),
                 cfg.storage.late_refresh_every,
                 cfg.storage.late_after,
+                cfg.storage.late_settle,
             );
             (Some(late), Some(task))
         } else {

@@ -14,14 +14,21 @@
 //! not refresh the same hours N times over, and hours noted just before a
 //! crash are refreshed by whichever instance runs next.
 //!
-//! A round (every `--late-refresh-every`) merges the recorded hours into
-//! ranges (neighbours closer than [`MERGE_GAP_HOURS`] join, so a day of
-//! scattered replays is one refresh, not dozens), refreshes the hourly
-//! aggregate over each hour-aligned range, then the daily ones (which read
-//! it) over the range widened to whole days, and deletes the hours it
+//! A round (every `--late-refresh-every`) takes the recorded hours that
+//! have settled ([`ready`]: no late row noted in them for `--late-settle`,
+//! or waiting ten times that since first noted), so that a backfill
+//! re-materialises each bucket once, when it is done with it, and not at
+//! every round while its rows keep landing. It merges them into ranges
+//! (neighbours closer than [`MERGE_GAP_HOURS`] join, so a day of scattered
+//! replays is one refresh, not dozens) and refreshes them a day at a time
+//! ([`pieces`]): the hourly aggregate over the day's hours, then the daily
+//! ones (which read it) over the whole day; after each day it pauses as
+//! long as the day took, so the refreshes hold the database at most half
+//! the time and ingest goes on beside them. It deletes the hours it
 //! refreshed unless they were noted again after it read them. A failed
 //! refresh leaves its hours for the next round. When every sender is gone
-//! (shutdown, after the last flush) one final round runs.
+//! (shutdown, after the last flush) one final round refreshes every
+//! recorded hour, settled or not, without pauses.
 //!
 //! Not covered: hours a flush wrote but could not record because the
 //! database went away between the COPY and the note, and the process then
@@ -86,7 +93,13 @@ impl LateRefresher {
     /// its last round has run.
     /// `late_after` is intake's `--late-after`: rows younger than it are
     /// not noted, so no refresh may reach buckets they can still land in.
-    pub fn spawn(pool: Pool, every: Duration, late_after: Duration) -> (Self, JoinHandle<()>) {
+    /// `settle` is `--late-settle` ([`ready`]).
+    pub fn spawn(
+        pool: Pool,
+        every: Duration,
+        late_after: Duration,
+        settle: Duration,
+    ) -> (Self, JoinHandle<()>) {
         metrics::zero_refreshes(
             Table::ALL
                 .into_iter()
@@ -96,7 +109,7 @@ impl LateRefresher {
         let late_after_us = late_after.as_micros() as i64;
         (
             Self { tx },
-            tokio::spawn(run(pool, rx, every, late_after_us)),
+            tokio::spawn(run(pool, rx, every, late_after_us, settle)),
         )
     }
 
@@ -120,6 +133,7 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<(Table, Vec<i64>)>,
     every: Duration,
     late_after_us: i64,
+    settle: Duration,
 ) {
     // Hours noted here but not yet recorded in `late_hours`.
     let mut unsaved: [BTreeSet<i64>; 2] = Default::default();
@@ -138,12 +152,13 @@ async fn run(
                 None => open = false,
             },
             _ = tokio::time::sleep_until(next_round) => {
-                round(&pool, &mut unsaved, late_after_us).await;
+                round(&pool, &mut unsaved, late_after_us, Some(settle)).await;
                 next_round = Instant::now() + every;
             }
         }
     }
-    round(&pool, &mut unsaved, late_after_us).await;
+    // The last round: every recorded hour, settled or not.
+    round(&pool, &mut unsaved, late_after_us, None).await;
     let lost: usize = unsaved.iter().map(BTreeSet::len).sum();
     if lost > 0 {
         tracing::warn!(
@@ -192,8 +207,14 @@ async fn save(pool: &Pool, unsaved: &mut [BTreeSet<i64>; 2]) -> DbResult<()> {
 }
 
 /// Records what is unsaved, then, if no other instance is running a round,
-/// refreshes every recorded range. What fails stays recorded.
-async fn round(pool: &Pool, unsaved: &mut [BTreeSet<i64>; 2], late_after_us: i64) {
+/// refreshes the recorded hours that are [`ready`] after `settle` (all of
+/// them when None: the last round). What fails stays recorded.
+async fn round(
+    pool: &Pool,
+    unsaved: &mut [BTreeSet<i64>; 2],
+    late_after_us: i64,
+    settle: Option<Duration>,
+) {
     if let Err(e) = save(pool, unsaved).await {
         tracing::warn!(error = %e, "cannot record late hours yet; retrying next round");
         metrics::db_error("late_refresh");
@@ -206,8 +227,9 @@ async fn round(pool: &Pool, unsaved: &mut [BTreeSet<i64>; 2], late_after_us: i64
             return;
         }
     };
-    let work =
-        async |client: &tokio_postgres::Client| refresh_recorded(client, late_after_us).await;
+    let work = async |client: &tokio_postgres::Client| {
+        refresh_recorded(client, late_after_us, settle).await
+    };
     match super::exclusively(&client, REFRESH_LOCK, work).await {
         Ok(Some(Ok(()))) | Ok(None) => {} // done, or another instance is on it
         Ok(Some(Err(e))) => {
@@ -221,7 +243,11 @@ async fn round(pool: &Pool, unsaved: &mut [BTreeSet<i64>; 2], late_after_us: i64
     }
 }
 
-async fn refresh_recorded(client: &tokio_postgres::Client, late_after_us: i64) -> DbResult<()> {
+async fn refresh_recorded(
+    client: &tokio_postgres::Client,
+    late_after_us: i64,
+    settle: Option<Duration>,
+) -> DbResult<()> {
     // Taken before the read: an hour noted after this may hold rows the
     // refreshes below do not see, so its row must survive the delete. It is
     // also the database's "now" that bounds every refresh (see [`clamp`]).
@@ -229,22 +255,32 @@ async fn refresh_recorded(client: &tokio_postgres::Client, late_after_us: i64) -
     let settled = hour_of(system_time_to_pg_us(read_at) - late_after_us);
     let mut pending = 0;
     for table in Table::ALL {
-        let hours: BTreeSet<i64> = client
+        let recorded = client
             .query(
-                "SELECT (extract(epoch FROM hour) / 3600)::bigint FROM late_hours WHERE table_name = $1",
+                "SELECT (extract(epoch FROM hour) / 3600)::bigint, noted_at, first_noted_at
+                 FROM late_hours WHERE table_name = $1",
                 &[&table.name()],
             )
-            .await?
+            .await?;
+        let hours: BTreeSet<i64> = recorded
             .iter()
+            .filter(|r| settle.is_none_or(|s| ready(r.get(1), r.get(2), read_at, s)))
             .map(|r| r.get::<_, i64>(0) - PG_EPOCH_UNIX_HOURS)
             .collect();
         let mut done = Vec::new();
-        for range in merge(&hours) {
-            if refresh(client, table, range.clone(), settled).await {
-                done.extend(hours.range(range).map(|h| h + PG_EPOCH_UNIX_HOURS));
+        let days: Vec<std::ops::Range<i64>> = merge(&hours).into_iter().flat_map(pieces).collect();
+        for (i, day) in days.iter().enumerate() {
+            let began = Instant::now();
+            if refresh(client, table, day.clone(), settled).await {
+                done.extend(hours.range(day.clone()).map(|h| h + PG_EPOCH_UNIX_HOURS));
+            }
+            // Half the time at most, while ingest goes on: the last round
+            // (shutdown) does not wait.
+            if settle.is_some() && i + 1 < days.len() {
+                tokio::time::sleep(began.elapsed()).await;
             }
         }
-        pending += hours.len() - done.len();
+        pending += recorded.len() - done.len();
         client
             .execute(
                 "DELETE FROM late_hours WHERE table_name = $1
@@ -256,6 +292,36 @@ async fn refresh_recorded(client: &tokio_postgres::Client, late_after_us: i64) -
     }
     metrics::late_pending(pending);
     Ok(())
+}
+
+/// Whether a late hour, last noted at `noted` and first at `first`, is due
+/// for its refresh at `now`: no late row noted in it for `settle` (a
+/// backfill is done with it), or waiting ten times that since first noted
+/// (an hour a steady trickle of late rows keeps noting is refreshed all the
+/// same).
+pub fn ready(
+    noted: std::time::SystemTime,
+    first: std::time::SystemTime,
+    now: std::time::SystemTime,
+    settle: Duration,
+) -> bool {
+    let waited = |since: std::time::SystemTime| now.duration_since(since).unwrap_or_default();
+    waited(noted) >= settle || waited(first) >= settle * 10
+}
+
+/// An hour range cut at day boundaries: each piece is refreshed on its own
+/// (the hourly aggregate over its hours, the daily ones over its day), so
+/// one refresh statement's cost is a day's rows whatever the range.
+pub fn pieces(range: std::ops::Range<i64>) -> Vec<std::ops::Range<i64>> {
+    let mut out = Vec::new();
+    let mut at = range.start;
+    while at < range.end {
+        let day_end = (at.div_euclid(24) + 1) * 24;
+        let end = day_end.min(range.end);
+        out.push(at..end);
+        at = end;
+    }
+    out
 }
 
 /// Sorted hours → half-open hour ranges, joining gaps up to [`MERGE_GAP_HOURS`].
@@ -364,6 +430,28 @@ mod tests {
         assert_eq!(clamp(48..51, 24, 50), None);
         assert_eq!(clamp(40..51, 24, 50), Some(24..48));
         assert_eq!(clamp(50..51, 1, 50), None);
+    }
+
+    #[test]
+    fn ranges_are_refreshed_a_day_at_a_time() {
+        assert_eq!(pieces(10..12), vec![10..12]);
+        assert_eq!(pieces(20..50), vec![20..24, 24..48, 48..50]);
+        assert_eq!(pieces(-3..2), vec![-3..0, 0..2]);
+        assert!(pieces(5..5).is_empty());
+    }
+
+    #[test]
+    fn an_hour_waits_until_its_rows_stop_or_it_has_waited_long() {
+        use std::time::{Duration as D, UNIX_EPOCH};
+        let at = |s: u64| UNIX_EPOCH + D::from_secs(s);
+        let settle = D::from_secs(60);
+        // Noted 30 s ago: rows are still landing.
+        assert!(!ready(at(970), at(900), at(1000), settle));
+        // Quiet for a minute: due.
+        assert!(ready(at(940), at(900), at(1000), settle));
+        // Noted a moment ago, but first noted ten settle periods ago.
+        assert!(ready(at(999), at(400), at(1000), settle));
+        assert!(!ready(at(999), at(401), at(1000), settle));
     }
 
     #[test]
