@@ -46,6 +46,12 @@ pub struct ImportBenchConfig {
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub spread: Duration,
 
+    /// Events loadgen stores over the same `--spread` before the import:
+    /// the import's rows are then late rows into a table that holds a
+    /// history already (0: an empty table).
+    #[arg(long, default_value_t = 0)]
+    pub history_events: u64,
+
     /// Transcripts `import --follow` watches in the follow cases.
     #[arg(long, default_value_t = 1000)]
     pub follow_files: usize,
@@ -86,6 +92,8 @@ struct Imported {
     messages: i64,
     elapsed: Duration,
     peak_rss: Option<u64>,
+    /// Events in the table before the import.
+    history: i64,
     /// CPU seconds of the import process, and of the service meanwhile.
     cpu: f64,
     service_cpu: f64,
@@ -149,10 +157,31 @@ pub async fn run(cfg: &ImportBenchConfig) -> Result<String, BenchError> {
     let report = fresh().await?;
     let client = db::connect(&bench).await?;
     let machine = Machine::describe(&client, report.mode.to_string()).await?;
+    let service = start("import").await?;
+    if cfg.history_events > 0 {
+        eprintln!(
+            "history: {} events over the last {:?}",
+            cfg.history_events, cfg.spread
+        );
+        let load = LoadgenConfig {
+            client: crate::config::ClientConfig::at(service.endpoint.clone()),
+            events: cfg.history_events,
+            messages: 0,
+            spread: Some(cfg.spread),
+            seed: 77,
+            quiet: true,
+            ..LoadgenConfig::default()
+        };
+        crate::loadgen::run(&load).await?;
+    }
+    let history: i64 = client
+        .query_one("SELECT count(*) FROM agent_events", &[])
+        .await?
+        .get(0);
     let _ = client.batch_execute("CHECKPOINT").await;
     eprintln!("importing {} files", made.files);
-    let service = start("import").await?;
     let cpu_before = children_cpu();
+    let service_cpu_before = service.pid().map_or(0.0, cpu_seconds);
     let began = Instant::now();
     let out = tokio::process::Command::new(&exe)
         .args(["import", "--source", "claude-code", "--endpoint"])
@@ -166,10 +195,12 @@ pub async fn run(cfg: &ImportBenchConfig) -> Result<String, BenchError> {
         .map_err(|e| BenchError::Io("import".into(), e))?;
     let elapsed = began.elapsed();
     let cpu = children_cpu() - cpu_before;
-    let service_cpu = service.pid().map_or(0.0, cpu_seconds);
+    let service_cpu = service.pid().map_or(0.0, cpu_seconds) - service_cpu_before;
     let peak_rss = service.peak_rss();
-    service.stop().await?;
+    // The import's failure first: a service stopped with its batches
+    // still in flight fails too, and says less.
     if !out.status.success() {
+        let _ = service.stop().await;
         return Err(BenchError::Case(format!(
             "import failed ({}): {}{}",
             out.status,
@@ -177,16 +208,18 @@ pub async fn run(cfg: &ImportBenchConfig) -> Result<String, BenchError> {
             String::from_utf8_lossy(&out.stderr)
         )));
     }
+    service.stop().await?;
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     let count = |sql: &'static str| {
         let client = &client;
         async move { client.query_one(sql, &[]).await.map(|r| r.get::<_, i64>(0)) }
     };
     let imported = Imported {
-        events: count("SELECT count(*) FROM agent_events").await?,
+        events: count("SELECT count(*) FROM agent_events").await? - history,
         messages: count("SELECT count(*) FROM chat_messages").await?,
         elapsed,
         peak_rss,
+        history,
         cpu,
         service_cpu,
     };
@@ -404,6 +437,7 @@ fn render(
         "`{command}`\n\n{head}\
          | | figure |\n|---|---:|\n\
          | transcript tree | {} MiB, {} files, {} lines |\n\
+         | events in the table before the import | {} |\n\
          | import: rows stored | {} ({} events, {} chat messages) |\n\
          | import: time, rate | {:.1} s, {} rows/s |\n\
          | CPU during the import: importer, service | {:.1} s, {:.1} s |\n\
@@ -417,6 +451,7 @@ fn render(
         made.bytes >> 20,
         made.files,
         thousands(made.lines as f64),
+        thousands(imported.history as f64),
         thousands((imported.events + imported.messages) as f64),
         thousands(imported.events as f64),
         thousands(imported.messages as f64),

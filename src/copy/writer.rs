@@ -704,14 +704,10 @@ async fn stored_keys(
     lookup: Lookup,
 ) -> Result<HashMap<Uuid, Vec<i64>>, CopyError> {
     let keyed = table.name();
-    let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
     let matching = match lookup {
         Lookup::ByIndex => "id = ANY($1)",
         Lookup::ByScan => "id IN (SELECT unnest($1::uuid[]))",
     };
-    let (from, to) = keys
-        .iter()
-        .fold((i64::MAX, i64::MIN), |(a, b), k| (a.min(k.1), b.max(k.1)));
     // Prepared once per connection: planning `= ANY` of a fresh 10,000-id
     // array each time costs more than the lookups (about 20 ms measured),
     // and a custom plan for so many ids turns to a scan of the chunk.
@@ -720,24 +716,53 @@ async fn stored_keys(
             "SELECT id, \"timestamp\" FROM {keyed} WHERE {matching} AND \"timestamp\" BETWEEN $2 AND $3"
         ))
         .await?;
-    let found = client
-        .query(
-            &statement,
-            &[
-                &ids,
-                &pg_us_to_system_time(from.saturating_sub(margin_us)),
-                &pg_us_to_system_time(to.saturating_add(margin_us)),
-            ],
-        )
-        .await?;
-    let mut stored: HashMap<Uuid, Vec<i64>> = HashMap::with_capacity(found.len());
-    for row in &found {
-        stored
-            .entry(row.get(0))
-            .or_default()
-            .push(system_time_to_pg_us(row.get(1)));
+    let mut stored: HashMap<Uuid, Vec<i64>> = HashMap::new();
+    for cluster in time_clusters(keys, margin_us) {
+        let ids: Vec<Uuid> = cluster.iter().map(|k| k.0).collect();
+        let (from, to) = (cluster[0].1, cluster[cluster.len() - 1].1);
+        let found = client
+            .query(
+                &statement,
+                &[
+                    &ids,
+                    &pg_us_to_system_time(from.saturating_sub(margin_us)),
+                    &pg_us_to_system_time(to.saturating_add(margin_us)),
+                ],
+            )
+            .await?;
+        for row in &found {
+            stored
+                .entry(row.get(0))
+                .or_default()
+                .push(system_time_to_pg_us(row.get(1)));
+        }
     }
     Ok(stored)
+}
+
+/// The keys in time order, cut where two neighbours are further apart than
+/// the ranges either side would scan (twice the margin, plus an hour for
+/// the cost of one more query): each cluster is looked up over its own
+/// range. The rows of a backfill come session by session, a few hours
+/// each, on days far apart; looked up over one range from the first to the
+/// last, a flush scanned every day between (measured on 6M events over 30
+/// days, 10,000 ids: 932 ms over the whole month, 18–43 ms within six
+/// hours, and 256 ms as 50 one-hour sessions on random days against 585 ms
+/// over their whole range). Rows spread evenly over the month make one
+/// cluster, as before.
+fn time_clusters(keys: &[(Uuid, i64)], margin_us: i64) -> Vec<Vec<(Uuid, i64)>> {
+    const HOUR_US: i64 = 3_600_000_000;
+    let mut sorted = keys.to_vec();
+    sorted.sort_unstable_by_key(|k| k.1);
+    let gap = margin_us.saturating_mul(2).saturating_add(HOUR_US);
+    let mut clusters: Vec<Vec<(Uuid, i64)>> = Vec::new();
+    for k in sorted {
+        match clusters.last_mut() {
+            Some(c) if k.1 - c[c.len() - 1].1 <= gap => c.push(k),
+            _ => clusters.push(vec![k]),
+        }
+    }
+    clusters
 }
 
 /// What the table holds of one row's id.
@@ -1147,6 +1172,30 @@ fn split(set: Vec<Segment>, mut at: usize) -> (Vec<Segment>, Vec<Segment>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_far_apart_in_time_are_looked_up_apart() {
+        const H: i64 = 3_600_000_000;
+        let id = |n: u128| Uuid::from_u128(n);
+        let keys = [
+            (id(1), 100 * H),
+            (id(2), 2 * H),
+            (id(3), 101 * H),
+            (id(4), 2 * H + 5),
+            (id(5), 5 * H + 10),
+        ];
+        // Margin 1 h: neighbours more than 3 h apart start a new cluster.
+        let clusters = time_clusters(&keys, H);
+        let ids: Vec<Vec<u128>> = clusters
+            .iter()
+            .map(|c| c.iter().map(|k| k.0.as_u128()).collect())
+            .collect();
+        assert_eq!(ids, vec![vec![2, 4], vec![5], vec![1, 3]]);
+        // Evenly spread keys: one range, as before.
+        let even: Vec<(Uuid, i64)> = (0..100).map(|n| (id(n), n as i64 * H)).collect();
+        assert_eq!(time_clusters(&even, H).len(), 1);
+        assert!(time_clusters(&[], H).is_empty());
+    }
 
     #[test]
     fn only_keeps_the_selected_rows_as_runs() {

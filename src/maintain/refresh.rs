@@ -27,8 +27,10 @@
 //! the time and ingest goes on beside them. It deletes the hours it
 //! refreshed unless they were noted again after it read them. A failed
 //! refresh leaves its hours for the next round. When every sender is gone
-//! (shutdown, after the last flush) one final round refreshes every
-//! recorded hour, settled or not, without pauses.
+//! (shutdown, after the last flush) one final round records what is
+//! unsaved and refreshes the settled hours without pauses; the others stay
+//! recorded for the next instance's rounds (refreshing a backfill's month
+//! at shutdown would outlast `--shutdown-timeout`).
 //!
 //! Not covered: hours a flush wrote but could not record because the
 //! database went away between the COPY and the note, and the process then
@@ -152,13 +154,13 @@ async fn run(
                 None => open = false,
             },
             _ = tokio::time::sleep_until(next_round) => {
-                round(&pool, &mut unsaved, late_after_us, Some(settle)).await;
+                round(&pool, &mut unsaved, late_after_us, settle, true).await;
                 next_round = Instant::now() + every;
             }
         }
     }
-    // The last round: every recorded hour, settled or not.
-    round(&pool, &mut unsaved, late_after_us, None).await;
+    // The last round: what has settled, without pauses.
+    round(&pool, &mut unsaved, late_after_us, settle, false).await;
     let lost: usize = unsaved.iter().map(BTreeSet::len).sum();
     if lost > 0 {
         tracing::warn!(
@@ -207,13 +209,14 @@ async fn save(pool: &Pool, unsaved: &mut [BTreeSet<i64>; 2]) -> DbResult<()> {
 }
 
 /// Records what is unsaved, then, if no other instance is running a round,
-/// refreshes the recorded hours that are [`ready`] after `settle` (all of
-/// them when None: the last round). What fails stays recorded.
+/// refreshes the recorded hours that are [`ready`] after `settle`, pausing
+/// after each day when `pause`. What fails or waits stays recorded.
 async fn round(
     pool: &Pool,
     unsaved: &mut [BTreeSet<i64>; 2],
     late_after_us: i64,
-    settle: Option<Duration>,
+    settle: Duration,
+    pause: bool,
 ) {
     if let Err(e) = save(pool, unsaved).await {
         tracing::warn!(error = %e, "cannot record late hours yet; retrying next round");
@@ -228,7 +231,7 @@ async fn round(
         }
     };
     let work = async |client: &tokio_postgres::Client| {
-        refresh_recorded(client, late_after_us, settle).await
+        refresh_recorded(client, late_after_us, settle, pause).await
     };
     match super::exclusively(&client, REFRESH_LOCK, work).await {
         Ok(Some(Ok(()))) | Ok(None) => {} // done, or another instance is on it
@@ -246,7 +249,8 @@ async fn round(
 async fn refresh_recorded(
     client: &tokio_postgres::Client,
     late_after_us: i64,
-    settle: Option<Duration>,
+    settle: Duration,
+    pause: bool,
 ) -> DbResult<()> {
     // Taken before the read: an hour noted after this may hold rows the
     // refreshes below do not see, so its row must survive the delete. It is
@@ -264,7 +268,7 @@ async fn refresh_recorded(
             .await?;
         let hours: BTreeSet<i64> = recorded
             .iter()
-            .filter(|r| settle.is_none_or(|s| ready(r.get(1), r.get(2), read_at, s)))
+            .filter(|r| ready(r.get(1), r.get(2), read_at, settle))
             .map(|r| r.get::<_, i64>(0) - PG_EPOCH_UNIX_HOURS)
             .collect();
         let mut done = Vec::new();
@@ -276,7 +280,7 @@ async fn refresh_recorded(
             }
             // Half the time at most, while ingest goes on: the last round
             // (shutdown) does not wait.
-            if settle.is_some() && i + 1 < days.len() {
+            if pause && i + 1 < days.len() {
                 tokio::time::sleep(began.elapsed()).await;
             }
         }
