@@ -97,13 +97,14 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "0020_key_users.sql",
             "0021_settings.sql",
             "timescaledb/0022_productivity_daily.sql",
-            "0023_usage_blocks.sql"
+            "0023_usage_blocks.sql",
+            "0024_late_hours_first_noted.sql"
         ]
     );
     assert_eq!(first.policies_changed().count(), 24, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 23);
+    assert_eq!(second.already, 24);
     assert_eq!(
         second.policies_changed().count(),
         0,
@@ -977,7 +978,8 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "0020_key_users.sql",
             "0021_settings.sql",
             "plain/0022_productivity_daily.sql",
-            "0023_usage_blocks.sql"
+            "0023_usage_blocks.sql",
+            "0024_late_hours_first_noted.sql"
         ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());
