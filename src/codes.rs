@@ -105,9 +105,32 @@ impl ErrorKind {
     }
 }
 
+/// For a client: how long to wait before resending what the service
+/// answered with `code`, read from the table; None when resending cannot
+/// help.
+pub fn retry_after(code: Code) -> Option<Duration> {
+    ErrorKind::ALL
+        .iter()
+        .map(|k| k.codes())
+        .find(|c| c.grpc == code && c.retryable)
+        .and_then(|c| c.retry_after)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_resends_only_what_the_table_calls_retryable() {
+        assert_eq!(retry_after(Code::Unavailable), Some(Duration::from_secs(5)));
+        assert_eq!(
+            retry_after(Code::ResourceExhausted),
+            Some(Duration::from_secs(2))
+        );
+        for never in [Code::InvalidArgument, Code::Internal, Code::Unauthenticated] {
+            assert_eq!(retry_after(never), None, "{never:?}");
+        }
+    }
 
     #[test]
     fn docs_api_lists_the_table_as_it_is() {

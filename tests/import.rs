@@ -770,3 +770,71 @@ async fn copilot_cli_sessions_import_once() {
     assert!(again.contains(" 0 stored"), "{again}");
     svc.running.shutdown().await.unwrap();
 }
+
+/// The service's database goes down in the middle of an import: what the
+/// service cannot store it answers "resend later", the import waits and
+/// resends, and once the database is back every row is stored, once, and
+/// equal to the generated history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_waits_out_the_services_database_outage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("claude");
+    let calls = generated_claude_history(&dir);
+    let (pg, conn, svc) = common::service_with("import_outage", |c| {
+        c.pipeline.copy_retry_timeout = Duration::from_secs(1);
+    })
+    .await;
+    pg.cluster.stop().expect("stop PostgreSQL");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+        .args([
+            "import",
+            "--source",
+            "claude-code",
+            "--endpoint",
+            &svc.endpoint,
+        ])
+        .args(["--batch-rows", "5"])
+        .arg("--claude-dir")
+        .arg(&dir)
+        .env("HOME", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pg.cluster.start().expect("start PostgreSQL");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::say(&said);
+    assert!(said.contains(" 0 rejected"), "{said}");
+    assert!(
+        !said.contains(" 0 batches resent"),
+        "the outage made the service ask for resends: {said}"
+    );
+    let db = common::db(&conn).await;
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) FROM agent_events WHERE event_type = 'llm_request'"
+        )
+        .await as usize,
+        calls
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT count(*) - count(DISTINCT id) FROM agent_events"
+        )
+        .await,
+        0
+    );
+    svc.running.shutdown().await.unwrap();
+}

@@ -85,6 +85,9 @@ pub struct Summary {
     pub skipped: u64,
     pub repeats: u64,
     pub sessions: u64,
+    /// Batches sent again because the service asked (busy, or its
+    /// database down).
+    pub resent: u64,
     /// The first reasons of skipped lines and rejected rows.
     pub problems: Vec<String>,
 }
@@ -93,7 +96,7 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{}: {} files, {} lines; {} rows sent: {} stored, {} already stored, {} spooled, {} rejected; {} sessions; {} lines skipped; {} rows read again (the same ids)",
+            "{}: {} files, {} lines; {} rows sent: {} stored, {} already stored, {} spooled, {} rejected; {} sessions; {} lines skipped; {} rows read again (the same ids); {} batches resent when the service asked",
             self.source,
             self.files,
             self.lines,
@@ -104,7 +107,8 @@ impl std::fmt::Display for Summary {
             self.rejected,
             self.sessions,
             self.skipped,
-            self.repeats
+            self.repeats,
+            self.resent
         )?;
         for p in self.problems.iter().take(10) {
             writeln!(f, "  {p}")?;
@@ -136,7 +140,7 @@ pub(crate) struct Sender<'a> {
     sequence: u64,
     /// Batches sent and not yet acknowledged, each its own task so that
     /// they progress while the next chunk is read.
-    inflight: tokio::task::JoinSet<Result<Acked, ImportError>>,
+    inflight: tokio::task::JoinSet<Result<(Acked, u32), ImportError>>,
     summary: Summary,
     bar: indicatif::ProgressBar,
     started: std::time::Instant,
@@ -200,7 +204,10 @@ impl<'a> Sender<'a> {
     /// Waits for the next acknowledgement and counts it.
     async fn acked(&mut self) -> Result<(), ImportError> {
         if let Some(done) = self.inflight.join_next().await {
-            match done.map_err(|e| ImportError::Refused(format!("a send failed: {e}")))?? {
+            let (acked, resent) =
+                done.map_err(|e| ImportError::Refused(format!("a send failed: {e}")))??;
+            self.summary.resent += u64::from(resent);
+            match acked {
                 Acked::Rows(ack) => count(&mut self.summary, &ack),
                 Acked::Sessions(ack) => {
                     for r in ack.rejected {
@@ -345,6 +352,7 @@ fn message(m: &Said) -> pb::ChatMessage {
 }
 
 /// One request to the service.
+#[derive(Clone)]
 enum Batch {
     Sessions(pb::SessionReport),
     Events(pb::AgentEventBatch),
@@ -357,13 +365,50 @@ enum Acked {
     Rows(pb::BatchAck),
 }
 
+/// How long a batch is resent while the service asks for it (a full
+/// buffer, a database that is down): an outage of the service's database
+/// does not end an import of years of history.
+const RESEND_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
 impl Batch {
+    /// Sends the batch; resends it while the service answers that it can
+    /// take it later (the table of `crate::codes`, or an ack whose error is
+    /// `retryable`), waiting as it says and longer each time. The answer,
+    /// and how many times it was resent.
     async fn send(
         self,
         c: &mut TelemetryIngestClient<Channel>,
         key: &Key,
-    ) -> Result<Acked, ImportError> {
-        let refused = |s: tonic::Status| ImportError::Refused(s.message().to_owned());
+    ) -> Result<(Acked, u32), ImportError> {
+        let started = std::time::Instant::now();
+        let mut wait = std::time::Duration::from_millis(500);
+        let mut resent = 0;
+        loop {
+            let later = match self.clone().once(c, key).await {
+                Ok(acked) => return Ok((acked, resent)),
+                Err((e, None)) => return Err(e),
+                Err((e, Some(_))) if started.elapsed() >= RESEND_FOR => return Err(e),
+                Err((_, Some(after))) => after,
+            };
+            tokio::time::sleep(later.max(wait)).await;
+            wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            resent += 1;
+        }
+    }
+
+    /// One send: the answer, or the error and when to send again (None:
+    /// never).
+    async fn once(
+        self,
+        c: &mut TelemetryIngestClient<Channel>,
+        key: &Key,
+    ) -> Result<Acked, (ImportError, Option<std::time::Duration>)> {
+        let refused = |s: tonic::Status| {
+            (
+                ImportError::Refused(format!("{:?}: {}", s.code(), s.message())),
+                crate::codes::retry_after(s.code()),
+            )
+        };
         let ack = match self {
             Batch::Sessions(b) => {
                 let ack = c.report_sessions(client::authorized(key, b)).await;
@@ -375,7 +420,8 @@ impl Batch {
         .map_err(refused)?
         .into_inner();
         if !ack.error.is_empty() {
-            return Err(ImportError::Refused(ack.error));
+            let after = ack.retryable.then_some(std::time::Duration::from_secs(1));
+            return Err((ImportError::Refused(ack.error), after));
         }
         Ok(Acked::Rows(ack))
     }
