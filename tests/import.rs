@@ -270,23 +270,7 @@ async fn codex_rollouts_import_once_and_equal_ccusage() {
     .await;
     assert_eq!(prompts, 3, "the prompt of each run, no environment context");
     // Equal to ccusage on the same files.
-    let ccusage = |report: &str| -> Json {
-        let out = Command::new(bin("ccusage"))
-            .args(["codex", report, "--json", "--offline"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", tmp.path())
-            .env("TZ", "UTC")
-            .env("CODEX_HOME", &home)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let ccusage = |report: &str| ccusage_of("codex", report, ("CODEX_HOME", &home), tmp.path());
     assert_eq!(
         stored_figures(&db, "(\"timestamp\" AT TIME ZONE 'UTC')::date::text").await,
         ccusage_codex_figures(ccusage("daily")["daily"].as_array().unwrap(), "date")
@@ -441,6 +425,27 @@ async fn gemini_chats_import_once() {
     )
     .await;
     assert_eq!(tool, ["run_shell_command true", "run_shell_command true"]);
+    // Equal to ccusage on the same chats, per day and per session.
+    let gemini_dir = home.join(".gemini");
+    let ccusage = |report: &str| {
+        ccusage_of(
+            "gemini",
+            report,
+            ("GEMINI_DATA_DIR", &gemini_dir),
+            tmp.path(),
+        )
+    };
+    assert_eq!(
+        stored_totals(&db, "(\"timestamp\" AT TIME ZONE 'UTC')::date::text").await,
+        ccusage_gemini_figures(ccusage("daily")["daily"].as_array().unwrap(), "date")
+    );
+    assert_eq!(
+        stored_totals(&db, "session_id::text").await,
+        ccusage_gemini_figures(
+            ccusage("session")["sessions"].as_array().unwrap(),
+            "sessionId"
+        )
+    );
     let again = import();
     assert!(again.contains(" 0 stored"), "{again}");
     svc.running.shutdown().await.unwrap();

@@ -12,7 +12,7 @@
 //! `wire_api = "responses"`.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::BufRead,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -333,21 +333,62 @@ pub async fn event_types(db: &Client, session: Uuid) -> Vec<String> {
 /// ccusage's JSON (`ccusage claude daily|session --json --offline`) on the
 /// transcripts in `claude_dir`, dates in UTC.
 pub fn ccusage(report: &str, claude_dir: &Path, tmp: &Path) -> Json {
+    ccusage_of("claude", report, ("CLAUDE_CONFIG_DIR", claude_dir), tmp)
+}
+
+/// ccusage's JSON (`ccusage <agent> daily|session --json --offline`) with
+/// the agent's folder in `var`, dates in UTC, nothing else from the
+/// environment.
+pub fn ccusage_of(agent: &str, report: &str, (var, dir): (&str, &Path), tmp: &Path) -> Json {
     let out = Command::new(bin("ccusage"))
-        .args(["claude", report, "--json", "--offline"])
+        .args([agent, report, "--json", "--offline"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", tmp)
         .env("TZ", "UTC")
-        .env("CLAUDE_CONFIG_DIR", claude_dir)
+        .env(var, dir)
         .output()
         .expect("run ccusage");
     assert!(
         out.status.success(),
-        "ccusage {report}: {}",
+        "ccusage {agent} {report}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// key → (input with the cache, output with the thoughts, cache reads),
+/// from `ccusage gemini daily|session` rows: its input excludes the
+/// cached part, and its output the thoughts, which it counts in
+/// `totalTokens` only (Gemini bills thoughts as output, and this service
+/// counts them so on both edges: docs/import.md).
+pub fn ccusage_gemini_figures(rows: &[Json], key: &str) -> BTreeSet<(String, i64, i64, i64)> {
+    rows.iter()
+        .map(|r| {
+            let n = |f: &str| r[f].as_i64().unwrap();
+            let input = n("inputTokens") + n("cacheCreationTokens") + n("cacheReadTokens");
+            (
+                r[key].as_str().unwrap().to_owned(),
+                input,
+                n("totalTokens") - input,
+                n("cacheReadTokens"),
+            )
+        })
+        .filter(|(_, input, output, _)| input + output > 0)
+        .collect()
+}
+
+/// key → (input, output, cache reads) of the stored requests, all models.
+pub async fn stored_totals(db: &Client, key: &str) -> BTreeSet<(String, i64, i64, i64)> {
+    let mut by_key: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
+    for (k, _, i, o, c) in stored_figures(db, key).await {
+        let t = by_key.entry(k).or_default();
+        *t = (t.0 + i, t.1 + o, t.2 + c);
+    }
+    by_key
+        .into_iter()
+        .map(|(k, (i, o, c))| (k, i, o, c))
+        .collect()
 }
 
 /// (key, model) → (input with the cache, output, cache reads), from
