@@ -8,11 +8,7 @@
 
 mod common;
 
-use std::{
-    collections::BTreeSet,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeSet, path::Path, process::Stdio, time::Duration};
 
 use common::agents::*;
 use serde_json::Value as Json;
@@ -215,20 +211,13 @@ async fn codex_rollouts_import_once_and_equal_ccusage() {
         counted += mock.calls().iter().filter(|c| c["status"] == 200).count();
     }
     let (_pg, db, svc, _) = service("import_codex", tmp.path()).await;
-    let out = Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
-        .args(["import", "--source", "codex", "--endpoint", &svc.endpoint])
-        .arg("--codex-home")
-        .arg(&home)
-        .arg("--price-table")
-        .arg(prices(tmp.path()))
-        .env("HOME", tmp.path())
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let price_table = prices(tmp.path());
+    let said = import_source(
+        &svc.endpoint,
+        "codex",
+        ("--codex-home", &home),
+        &["--price-table", price_table.to_str().unwrap()],
+        tmp.path(),
     );
     common::say(&said);
     assert!(
@@ -292,14 +281,13 @@ async fn codex_rollouts_import_once_and_equal_ccusage() {
         stored_figures(&db, "session_id::text").await,
         ccusage_codex_figures(&by_session, "sessionId")
     );
-    let again = Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
-        .args(["import", "--source", "codex", "--endpoint", &svc.endpoint])
-        .arg("--codex-home")
-        .arg(&home)
-        .env("HOME", tmp.path())
-        .output()
-        .unwrap();
-    let again = String::from_utf8_lossy(&again.stdout);
+    let again = import_source(
+        &svc.endpoint,
+        "codex",
+        ("--codex-home", &home),
+        &[],
+        tmp.path(),
+    );
     assert!(again.contains(" 0 stored"), "{again}");
     svc.running.shutdown().await.unwrap();
 }
@@ -348,29 +336,15 @@ async fn gemini_chats_import_once() {
         calls += mock.calls().iter().filter(|c| c["status"] == 200).count();
     }
     let (_pg, db, svc, _) = service("import_gemini", tmp.path()).await;
+    let price_table = prices(tmp.path());
     let import = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
-            .args([
-                "import",
-                "--source",
-                "gemini-cli",
-                "--endpoint",
-                &svc.endpoint,
-            ])
-            .arg("--gemini-dir")
-            .arg(home.join(".gemini"))
-            .arg("--price-table")
-            .arg(prices(tmp.path()))
-            .env("HOME", tmp.path())
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{said}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        said
+        import_source(
+            &svc.endpoint,
+            "gemini-cli",
+            ("--gemini-dir", &home.join(".gemini")),
+            &["--price-table", price_table.to_str().unwrap()],
+            tmp.path(),
+        )
     };
     let summary = import();
     common::say(&summary);
@@ -614,28 +588,14 @@ async fn a_generated_claude_code_history_imports_equal_to_ccusage() {
     let dir = tmp.path().join("claude");
     let calls = generated_claude_history(&dir);
     let (_pg, db, svc, _) = service("import_generated", tmp.path()).await;
-    let out = Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
-        .args([
-            "import",
-            "--source",
-            "claude-code",
-            "--endpoint",
-            &svc.endpoint,
-            // Small batches: the history is read and sent in several
-            // chunks, with sessions widening from one to the next.
-            "--batch-rows",
-            "5",
-        ])
-        .arg("--claude-dir")
-        .arg(&dir)
-        .env("HOME", tmp.path())
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
+    // Small batches: the history is read and sent in several chunks, with
+    // sessions widening from one to the next.
+    let said = import_source(
+        &svc.endpoint,
+        "claude-code",
+        ("--claude-dir", &dir),
+        &["--batch-rows", "5"],
+        tmp.path(),
     );
     common::say(&said);
     assert!(
@@ -691,25 +651,13 @@ async fn copilot_cli_sessions_import_once() {
     );
     let (_pg, db, svc, _) = service("import_copilot", tmp.path()).await;
     let import = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
-            .args([
-                "import",
-                "--source",
-                "copilot-cli",
-                "--endpoint",
-                &svc.endpoint,
-            ])
-            .args(["--copilot-home", home])
-            .env("HOME", tmp.path())
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{said}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        said
+        import_source(
+            &svc.endpoint,
+            "copilot-cli",
+            ("--copilot-home", Path::new(home)),
+            &[],
+            tmp.path(),
+        )
     };
     let summary = import();
     common::say(&summary);

@@ -20,7 +20,7 @@ use std::{collections::BTreeMap, time::SystemTime};
 use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
-use super::{Origin, Read, Session};
+use super::{Origin, Read, Session, int, text};
 use crate::ids;
 use crate::{
     pb,
@@ -110,17 +110,6 @@ fn block_key(line: &str, i: usize) -> String {
     } else {
         format!("{line}\0{i}")
     }
-}
-
-fn text(v: &Json, key: &str) -> Option<String> {
-    v.get(key)
-        .and_then(Json::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-}
-
-fn int(v: &Json, key: &str) -> i64 {
-    v.get(key).and_then(Json::as_i64).unwrap_or(0).max(0)
 }
 
 fn assistant(

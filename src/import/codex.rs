@@ -20,7 +20,7 @@ use std::{collections::BTreeMap, time::SystemTime};
 use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
-use super::{Origin, Read, Session};
+use super::{Origin, Read, Session, int, text};
 use crate::{
     ids, pb,
     price::{PriceTable, Tokens},
@@ -34,17 +34,6 @@ const CONTEXT_PREFIXES: &[&str] = &[
     "<user_instructions>",
     "<permissions",
 ];
-
-fn int(v: &Json, key: &str) -> i64 {
-    v.get(key).and_then(Json::as_i64).unwrap_or(0).max(0)
-}
-
-fn text(v: &Json, key: &str) -> Option<String> {
-    v.get(key)
-        .and_then(Json::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-}
 
 /// The context of every row read from a rollout.
 const CONTEXT: &str = r#"{"source":"import"}"#;

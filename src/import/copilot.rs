@@ -27,7 +27,7 @@ use std::{collections::BTreeMap, time::SystemTime};
 use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
-use super::{Origin, Read, Session};
+use super::{Origin, Read, Session, int, text};
 use crate::{
     ids, pb,
     price::{PriceTable, Tokens},
@@ -35,17 +35,6 @@ use crate::{
 
 /// The agent id of rows from Copilot CLI's sessions.
 pub const AGENT: &str = "copilot-cli";
-
-fn text(v: &Json, pointer: &str) -> Option<String> {
-    v.pointer(pointer)
-        .and_then(Json::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-}
-
-fn int(v: &Json, key: &str) -> i64 {
-    v.get(key).and_then(Json::as_i64).unwrap_or(0).max(0)
-}
 
 /// One file's state while it is read.
 struct State {

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
-use super::{Origin, Read, Session};
+use super::{Origin, Read, Session, int};
 use crate::{
     ids, pb,
     price::{PriceTable, Tokens},
@@ -35,10 +35,6 @@ fn origin(session: Uuid) -> Origin<'static> {
         version: "",
         context: r#"{"source":"import"}"#,
     }
-}
-
-fn int(v: &Json, key: &str) -> i64 {
-    v.get(key).and_then(Json::as_i64).unwrap_or(0).max(0)
 }
 
 fn time(v: &Json) -> Option<SystemTime> {

@@ -133,6 +133,28 @@ pub enum ImportError {
     Reader(String),
 }
 
+/// A field's text where it is a non-empty string: `key` names a field of
+/// `v`, or, starting with `/`, a path into it (a JSON pointer).
+pub(crate) fn text(v: &Json, key: &str) -> Option<String> {
+    field(v, key)
+        .and_then(Json::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// A field's count (as [`text`] finds it); 0 when absent or negative.
+pub(crate) fn int(v: &Json, key: &str) -> i64 {
+    field(v, key).and_then(Json::as_i64).unwrap_or(0).max(0)
+}
+
+fn field<'a>(v: &'a Json, key: &str) -> Option<&'a Json> {
+    if key.starts_with('/') {
+        v.pointer(key)
+    } else {
+        v.get(key)
+    }
+}
+
 /// What a session's lines said about it.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Session {

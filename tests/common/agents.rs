@@ -430,6 +430,33 @@ pub async fn stored_figures(db: &Client, key: &str) -> BTreeSet<(String, String,
     .collect()
 }
 
+/// `agent-telemetry import --source <source>` of the folder `dir` (passed
+/// as `flag`), with `args` besides and HOME at `tmp`: its standard output,
+/// once it has succeeded.
+pub fn import_source(
+    endpoint: &str,
+    source: &str,
+    (flag, dir): (&str, &Path),
+    args: &[&str],
+    tmp: &Path,
+) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
+        .args(["import", "--source", source, "--endpoint", endpoint])
+        .arg(flag)
+        .arg(dir)
+        .args(args)
+        .env("HOME", tmp)
+        .output()
+        .expect("run agent-telemetry import");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said
+}
+
 pub fn import(claude_dir: &Path, endpoint: &str, tmp: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_agent-telemetry"))
         .args(["import", "--endpoint", endpoint, "--project", "acme/agents"])

@@ -225,6 +225,31 @@ impl Writer<'_> {
     }
 }
 
+/// The `k`th session: its project's folder (one of 50, made), and a writer
+/// for its lines.
+fn session_file<'a>(
+    dir: &Path,
+    k: usize,
+    rng: &'a mut Rng,
+) -> std::io::Result<(PathBuf, Writer<'a>)> {
+    let project = k % 50;
+    let folder = dir
+        .join("projects")
+        .join(format!("-work-team-repo-{project}"));
+    std::fs::create_dir_all(&folder)?;
+    let w = Writer {
+        session: rng.uuid(),
+        rng,
+        cwd: format!("/work/team/repo-{project}"),
+        model: MODELS[k % 3],
+        out: Vec::new(),
+        lines: 0,
+        requests: 0,
+        n: 0,
+    };
+    Ok((folder, w))
+}
+
 /// Bytes per session file: about 40 turns, a long session's worth.
 const FILE_BYTES: usize = 400 << 10;
 /// Time between turns.
@@ -255,30 +280,14 @@ pub fn generate(
         lines: 0,
     };
     for k in 0..files {
-        let project = k % 50;
-        let cwd = format!("/work/team/repo-{project}");
-        let folder = dir
-            .join("projects")
-            .join(format!("-work-team-repo-{project}"));
-        std::fs::create_dir_all(&folder)?;
-        let session = rng.uuid();
-        let mut w = Writer {
-            rng: &mut rng,
-            session,
-            cwd,
-            model: MODELS[k % 3],
-            out: Vec::with_capacity(FILE_BYTES + (16 << 10)),
-            lines: 0,
-            requests: 0,
-            n: 0,
-        };
+        let (folder, mut w) = session_file(dir, k, &mut rng)?;
         let start = now - spread + room.mul_f64(k as f64 / files as f64);
         let mut ts = start;
         while w.out.len() < FILE_BYTES && w.n < turns_max as u64 {
             w.turn(ts, true);
             ts += TURN;
         }
-        std::fs::write(folder.join(format!("{session}.jsonl")), &w.out)?;
+        std::fs::write(folder.join(format!("{}.jsonl", w.session)), &w.out)?;
         made.bytes += w.out.len() as u64;
         made.lines += w.lines;
     }
@@ -291,32 +300,16 @@ pub fn small_tree(dir: &Path, n: usize, now: SystemTime) -> std::io::Result<Vec<
     let mut rng = Rng(0x5eed_1234_abcd_0002);
     let mut files = Vec::with_capacity(n);
     for k in 0..n {
-        let project = k % 50;
-        let cwd = format!("/work/team/repo-{project}");
-        let folder = dir
-            .join("projects")
-            .join(format!("-work-team-repo-{project}"));
-        std::fs::create_dir_all(&folder)?;
-        let session = rng.uuid();
-        let mut w = Writer {
-            rng: &mut rng,
-            session,
-            cwd: cwd.clone(),
-            model: MODELS[k % 3],
-            out: Vec::new(),
-            lines: 0,
-            requests: 0,
-            n: 0,
-        };
+        let (folder, mut w) = session_file(dir, k, &mut rng)?;
         for t in 0..3u32 {
             w.turn(now - Duration::from_secs(300) + TURN * t, false);
         }
-        let path = folder.join(format!("{session}.jsonl"));
+        let path = folder.join(format!("{}.jsonl", w.session));
         std::fs::write(&path, &w.out)?;
         files.push(File {
             path,
-            session,
-            cwd,
+            session: w.session,
+            cwd: w.cwd,
             requests: w.requests,
         });
     }
