@@ -107,21 +107,14 @@ impl Imported {
 
 /// Runs the cases and returns the report (markdown).
 pub async fn run(cfg: &ImportBenchConfig) -> Result<String, BenchError> {
-    let serve = ServeConfig::parse(
-        // History older than the default window is still taken.
-        [
-            "--max-past".to_owned(),
-            format!("{}s", cfg.spread.as_secs() + 86_400),
-        ]
-        .into_iter()
-        .chain(cfg.serve_args.iter().cloned()),
-    )
-    .map_err(|e| BenchError::Settings(format!("--serve-arg: {e}")))?;
+    // History as old as the spread (and a day more) is still taken.
     let mut serve_args = vec![
         "--max-past".to_owned(),
         format!("{}s", cfg.spread.as_secs() + 86_400),
     ];
     serve_args.extend(cfg.serve_args.iter().cloned());
+    let serve = ServeConfig::parse(serve_args.iter().cloned())
+        .map_err(|e| BenchError::Settings(format!("--serve-arg: {e}")))?;
     let storage = StorageConfig {
         timescaledb: cfg.timescaledb,
         ..serve.storage.clone()

@@ -19,10 +19,11 @@ use std::{
     time::Duration,
 };
 
-use super::{ImportError, Read, Sender, Source, sources};
-use crate::price::PriceTable;
 use notify::{RecursiveMode, Watcher};
 use serde::{Deserialize, Serialize};
+
+use super::{ImportError, Read, Sender, Source, sources};
+use crate::price::PriceTable;
 
 /// How long changes are gathered before they are read: an agent writes a
 /// reply as several lines in a moment.

@@ -491,14 +491,10 @@ pub async fn run(cfg: &ImportConfig) -> Result<Summaries, ImportError> {
 async fn import(
     sender: &mut Sender<'_>,
     source: Source,
-    files: Vec<PathBuf>,
+    files: Vec<(PathBuf, u64)>,
     prices: std::sync::Arc<PriceTable>,
 ) -> Result<Summary, ImportError> {
-    let total: u64 = files
-        .iter()
-        .filter_map(|f| std::fs::metadata(f).ok())
-        .map(|m| m.len())
-        .sum();
+    let total: u64 = files.iter().map(|(_, len)| len).sum();
     let count = files.len();
     sender.start(source, count, total);
     let chunk_rows = sender.chunk_rows();
@@ -506,7 +502,7 @@ async fn import(
     let reader = tokio::task::spawn_blocking(move || {
         let mut read = Read::default();
         let mut bytes = 0;
-        for (i, f) in files.iter().enumerate() {
+        for (i, (f, _)) in files.iter().enumerate() {
             let text = sources::text_of(f)?;
             bytes += text.len() as u64;
             sources::read_text(source, f, &text, &prices, &mut read);

@@ -30,13 +30,18 @@ pub(super) fn folders(cfg: &ImportConfig, source: Source) -> Vec<PathBuf> {
 /// happened reaches the service as flushes of rows close in time, which
 /// its look-ups of stored ids and its refreshes of late hours cover with
 /// short ranges (docs/import.md, "How fast").
-pub(super) fn files(source: Source, dirs: &[PathBuf]) -> Vec<PathBuf> {
-    let mut files = listed(source, dirs);
-    files.sort_by_cached_key(|f| {
-        let written = std::fs::metadata(f).and_then(|m| m.modified()).ok();
-        (written, f.clone())
-    });
-    files
+/// Each with its size in bytes.
+pub(super) fn files(source: Source, dirs: &[PathBuf]) -> Vec<(PathBuf, u64)> {
+    let mut files: Vec<(Option<std::time::SystemTime>, PathBuf, u64)> = listed(source, dirs)
+        .into_iter()
+        .map(|f| {
+            let meta = std::fs::metadata(&f).ok();
+            let written = meta.as_ref().and_then(|m| m.modified().ok());
+            (written, f, meta.map_or(0, |m| m.len()))
+        })
+        .collect();
+    files.sort();
+    files.into_iter().map(|(_, f, len)| (f, len)).collect()
 }
 
 /// Every transcript of `source` under `dirs`, in path order.
