@@ -618,6 +618,10 @@ impl StorageConfig {
         let hour = Duration::from_secs(3_600);
         let rules = [
             (
+                self.late_settle <= hour,
+                "--late-settle must be at most 1h: a late hour waits up to ten times it for its refresh, and its materialised figures lack its late rows until then",
+            ),
+            (
                 self.chunk_interval >= Duration::from_secs(60),
                 "--chunk-interval must be at least 1 minute",
             ),
@@ -780,6 +784,16 @@ mod size_tests {
         assert_eq!(d.pipeline.buffer_bytes, 128 << 20);
         assert_eq!(d.limits.max_text_bytes, 4096);
         assert_eq!(d.spool.spool_max_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn late_settle_is_taken_up_to_an_hour() {
+        let mut s = ServeConfig::defaults().storage;
+        let max_past = ServeConfig::defaults().limits.max_past;
+        s.late_settle = Duration::from_secs(3600);
+        assert_eq!(s.check(max_past), Ok(()));
+        s.late_settle = Duration::from_secs(3601);
+        assert!(s.check(max_past).unwrap_err().contains("--late-settle"));
     }
 }
 

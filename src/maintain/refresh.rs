@@ -310,7 +310,7 @@ pub fn ready(
     settle: Duration,
 ) -> bool {
     let waited = |since: std::time::SystemTime| now.duration_since(since).unwrap_or_default();
-    waited(noted) >= settle || waited(first) >= settle * 10
+    waited(noted) >= settle || waited(first) >= settle.saturating_mul(10)
 }
 
 /// An hour range cut at day boundaries: each piece is refreshed on its own
