@@ -123,6 +123,15 @@ impl Table {
         }
     }
 
+    /// Columnstore: the key table of rows past the key window (same
+    /// file, same shape).
+    pub fn key_archive_name(self) -> &'static str {
+        match self {
+            Table::AgentEvents => "agent_event_key_archive",
+            Table::ChatMessages => "chat_message_key_archive",
+        }
+    }
+
     /// The columns a row is copied into, in the order the encoder writes
     /// them, each with the proto field its value comes from: the one
     /// definition of the row layout. The COPY column list, the field count

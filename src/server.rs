@@ -24,7 +24,7 @@ use crate::{
     auth::Authenticator,
     buffer::{TableBuffer, batcher},
     config::{ServeConfig, SpoolConfig},
-    copy::writer::CopyWriter,
+    copy::writer::{CopyWriter, KeyWindows},
     db::{
         self, DbError,
         dims::Dimensions,
@@ -253,7 +253,10 @@ impl Pipeline {
             cfg.pipeline.copy_retry_timeout,
             cfg.pipeline.id_conflict_window,
             layout,
-            cfg.storage.key_window,
+            KeyWindows {
+                recent: cfg.storage.key_window,
+                archive: cfg.limits.max_past,
+            },
             give_up.clone(),
             cfg.metrics_max_projects,
         ));

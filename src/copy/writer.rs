@@ -164,9 +164,8 @@ pub struct CopyWriter {
     conflict_window_us: i64,
     /// Where resends are found and how rows are written (module docs).
     layout: Layout,
-    /// Columnstore: `--key-window` in µs. A row older than this may have
-    /// had its key pruned, so its id is looked for in the stored rows too.
-    key_window_us: i64,
+    /// Columnstore: which key table holds a row's key (`layout.sql`).
+    key_windows: KeyWindows,
     /// Cancelled when the shutdown deadline has passed: stop retrying.
     give_up: CancellationToken,
     /// The `project` label of the per-project figures.
@@ -247,7 +246,7 @@ impl CopyWriter {
         retry_timeout: Duration,
         conflict_window: Duration,
         layout: Layout,
-        key_window: Duration,
+        key_windows: KeyWindows,
         give_up: CancellationToken,
         max_project_labels: usize,
     ) -> Self {
@@ -256,7 +255,7 @@ impl CopyWriter {
             retry_timeout,
             conflict_window_us: conflict_window.as_micros() as i64,
             layout,
-            key_window_us: i64::try_from(key_window.as_micros()).unwrap_or(i64::MAX),
+            key_windows,
             give_up,
             labels: ProjectLabels {
                 max: max_project_labels,
@@ -540,17 +539,15 @@ impl CopyWriter {
     ) -> Result<Copied, CopyError> {
         let client = self.pool.get().await?;
         let layout = self.layout;
-        let past = PastKeyWindow {
-            before_us: system_time_to_pg_us(std::time::SystemTime::now())
-                .saturating_sub(self.key_window_us),
-            margin_us: self.conflict_window_us,
-        };
+        let past = self
+            .key_windows
+            .at(std::time::SystemTime::now(), self.conflict_window_us);
         if layout == Layout::Columnstore && keys_of(pieces, set).iter().any(|k| past.holds(k)) {
-            // The key of a row stored before may be pruned already, so its
-            // COPY would not fail: look first.
+            // The key of a row stored before may be in the archive, where
+            // this COPY's keys would not meet it: look first.
             return resolve_by_id(&client, table, pieces, set, None, past).await;
         }
-        match copy_rows(&client, table, layout, pieces, set).await {
+        match copy_rows(&client, table, layout, pieces, set, &past).await {
             Ok(()) => Ok(Copied::All),
             Err(e) if e.is_unique_violation() && layout == Layout::Columnstore => {
                 resolve_by_id(&client, table, pieces, set, Some(e), past).await
@@ -568,7 +565,7 @@ impl CopyWriter {
                 if fresh.is_empty() {
                     return Ok(Copied::PerRow(vec![Fate::Duplicate; stored.len()]));
                 }
-                match copy_rows(&client, table, layout, pieces, &fresh).await {
+                match copy_rows(&client, table, layout, pieces, &fresh, &past).await {
                     Ok(()) => Ok(Copied::PerRow(stored.into_iter().map(fate).collect())),
                     Err(e) if e.is_unique_violation() => {
                         copy_deduplicated(&client, table, pieces, set).await
@@ -584,15 +581,17 @@ impl CopyWriter {
 /// One COPY of the rows of `set`, committed when this returns Ok.
 /// - rowstore: straight into the table, in autocommit; its primary key
 ///   refuses a stored row (unique_violation).
-/// - columnstore: in one transaction, the rows' keys into the key table
-///   (which refuses a stored key) and the rows, with direct compress, into
-///   the table's compressed chunks.
+/// - columnstore: in one transaction, the rows' keys into the key tables
+///   (which refuse a stored key; a row past the key window's into the
+///   archive) and the rows, with direct compress, into the table's
+///   compressed chunks.
 async fn copy_rows(
     client: &Object,
     table: Table,
     layout: Layout,
     pieces: &[Piece],
     set: &[Segment],
+    past: &PastKeyWindow,
 ) -> Result<(), CopyError> {
     let copy = format!(
         "COPY {} ({}) FROM STDIN (FORMAT binary)",
@@ -612,7 +611,15 @@ async fn copy_rows(
         // "Where the columnstore service's CPU goes").
         let mut keys = keys_of(pieces, set);
         keys.sort_unstable();
-        send_key_copy(client, table, &keys).await?;
+        let (archived, recent): (Vec<_>, Vec<_>) = keys.into_iter().partition(|k| past.archived(k));
+        for (into, keys) in [
+            (table.keys_name(), recent),
+            (table.key_archive_name(), archived),
+        ] {
+            if !keys.is_empty() {
+                send_key_copy(client, into, &keys).await?;
+            }
+        }
         send_copy(client, &copy, pieces, set).await?;
         client.batch_execute("COMMIT").await?;
         Ok(())
@@ -626,10 +633,10 @@ async fn copy_rows(
     result
 }
 
-/// The keys of a flush into the key table: two binary fields a row.
+/// The keys of a flush into a key table: two binary fields a row.
 async fn send_key_copy(
     client: &Object,
-    table: Table,
+    into: &str,
     keys: &[(Uuid, i64)],
 ) -> Result<u64, CopyError> {
     let mut buf = bytes::BytesMut::with_capacity(HEADER.len() + keys.len() * 38 + 2);
@@ -644,8 +651,7 @@ async fn send_key_copy(
     buf.extend_from_slice(TRAILER);
     let sink = client
         .copy_in::<_, Bytes>(&format!(
-            "COPY {} (id, \"timestamp\") FROM STDIN (FORMAT binary)",
-            table.keys_name()
+            "COPY {into} (id, \"timestamp\") FROM STDIN (FORMAT binary)"
         ))
         .await?;
     futures_util::pin_mut!(sink);
@@ -929,36 +935,77 @@ fn reject_conflict(
     ));
 }
 
-/// Columnstore: which rows are past the key window, whose keys the key
-/// tables may no longer hold.
+/// Columnstore: how long, by a row's timestamp, each key table holds its
+/// key (`sql/timescaledb/layout.sql`): the recent keys `--key-window`, the
+/// archive `--max-past` (each with an hour's margin in the database, for
+/// the clocks' difference).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyWindows {
+    pub recent: Duration,
+    pub archive: Duration,
+}
+
+impl KeyWindows {
+    /// The windows as seen `now`; `margin_us` is `--id-conflict-window`.
+    fn at(&self, now: std::time::SystemTime, margin_us: i64) -> PastKeyWindow {
+        let now = system_time_to_pg_us(now);
+        let ago =
+            |d: Duration| now.saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        PastKeyWindow {
+            before_us: ago(self.recent),
+            archive_before_us: ago(self.archive),
+            margin_us,
+        }
+    }
+}
+
+/// Columnstore: which rows are past the key window, whose keys are (or
+/// go) in the archive, and which are past the archive's window too.
 #[derive(Clone, Copy)]
 struct PastKeyWindow {
-    /// Rows with timestamps before this (µs) are past it.
+    /// Rows with timestamps before this (µs) are past the key window.
     before_us: i64,
-    /// How far around such rows' times their ids are looked for in the
-    /// stored rows: `--id-conflict-window`.
+    /// ... and before this, past the archive's (a spool replayed after a
+    /// long outage): their ids are looked for in the stored rows.
+    archive_before_us: i64,
+    /// How far around a row's time a stored id with another timestamp is
+    /// a conflict: `--id-conflict-window`.
     margin_us: i64,
 }
 
 impl PastKeyWindow {
+    /// Its id needs a look-up before the COPY: past the key window, or so
+    /// close to it that an archived key of the same id with a time within
+    /// the conflict window may exist.
     fn holds(&self, key: &(Uuid, i64)) -> bool {
+        key.1 < self.before_us.saturating_add(self.margin_us)
+    }
+
+    /// Its key goes to the archive.
+    fn archived(&self, key: &(Uuid, i64)) -> bool {
         key.1 < self.before_us
+    }
+
+    /// Its key may be gone from the archive too.
+    fn beyond_archive(&self, key: &(Uuid, i64)) -> bool {
+        key.1 < self.archive_before_us
     }
 }
 
 /// The columnstore's resend path, after its COPY met a stored id
 /// (`first`), or before any COPY when rows of `set` are past the key
-/// window. The ids of `set` are looked up in the key table (its primary
-/// key, one probe per id, whatever their time; not before the first COPY,
-/// which fails on a key the table holds), and those of rows past the key
-/// window also in the wide table's rows around their times (their keys
-/// may be pruned; the rows are there until retention). A row whose
-/// key is stored is a duplicate, one whose id is stored with another
-/// timestamp a conflict, and so is a later row of the flush that repeats
-/// an earlier one's id with another time (with the same time, a
-/// duplicate). The rest are COPYed, keys included, in one transaction as
-/// always: the key table's unique index still settles two flushes racing
-/// to store one id, past the window too.
+/// window. The ids are looked up in both key tables' primary keys (one
+/// probe per id, whatever the rows' time or the table's size): after a
+/// COPY met a key, all of them; before any COPY, those of rows past the
+/// key window, whose stored keys may be in the archive, where a COPY into
+/// the recent keys would not meet them (and the other way round). Rows
+/// past the archive's window too are looked for in the wide table's rows
+/// around their times. A row whose key is stored is a duplicate, one whose
+/// id is stored with another timestamp a conflict, and so is a later row
+/// of the flush that repeats an earlier one's id with another time (with
+/// the same time, a duplicate). The rest are COPYed, keys included, in one
+/// transaction as always: the key tables' unique indexes still settle two
+/// flushes racing to store one id.
 async fn resolve_by_id(
     client: &Object,
     table: Table,
@@ -969,8 +1016,9 @@ async fn resolve_by_id(
 ) -> Result<Copied, CopyError> {
     let keys = keys_of(pieces, set);
     let mut fates: Vec<Option<Fate>> = vec![None; keys.len()];
-    // Before any COPY, only the stored rows are looked in: a key the key
-    // table holds makes the COPY fail, and the next round looks there.
+    // Before any COPY, only the ids of rows past the key window are looked
+    // up: a key the recent key table holds makes the COPY fail, and the
+    // next round looks up all.
     let mut in_keys = first.is_some();
     let mut last = first;
     // Per row: the earlier row of the flush whose fate decides its own.
@@ -985,11 +1033,14 @@ async fn resolve_by_id(
             .map(|&n| keys[n])
             .filter(|k| past.holds(k))
             .collect();
-        // The key tables' retention job deletes under this lock, taken
-        // exclusively: held from the look-up in the rows to the COPY's
-        // commit, it keeps a key another flush commits meanwhile from being
-        // deleted before this flush's key COPY meets it.
-        let locked = !old.is_empty();
+        // The key tables' retention job moves keys to the archive (and
+        // deletes them there) under this lock, taken exclusively: held from
+        // the look-up to the COPY's commit, it keeps a key another flush
+        // commits meanwhile from leaving the table this flush's key COPY
+        // goes to before that COPY meets it.
+        // Only a key past the window proper can move; one in the band
+        // before it (within the conflict window) stays where its COPY goes.
+        let locked = old.iter().any(|k| past.archived(k));
         if locked {
             metrics::rows_past_key_window(table, old.len() as u64);
             client
@@ -998,14 +1049,16 @@ async fn resolve_by_id(
         }
         let round: Result<Option<CopyError>, CopyError> = async {
             let mut stored: HashMap<Uuid, Vec<i64>> = HashMap::with_capacity(open.len());
-            if in_keys {
-                let ids: Vec<Uuid> = open.iter().map(|&n| keys[n].0).collect();
-                let statement = client
-                    .prepare_cached(&format!(
-                        "SELECT id, \"timestamp\" FROM {} WHERE id = ANY($1)",
-                        table.keys_name()
-                    ))
-                    .await?;
+            let ids: Vec<Uuid> = if in_keys {
+                open.iter().map(|&n| keys[n].0).collect()
+            } else {
+                old.iter().map(|k| k.0).collect()
+            };
+            if !ids.is_empty() {
+                // Prepared once per connection: a generic plan probes the
+                // primary key once per id (planning a 10,000-id array each
+                // time costs more than the probes).
+                let statement = client.prepare_cached(&key_lookup(table)).await?;
                 for row in client.query(&statement, &[&ids]).await? {
                     stored
                         .entry(row.get(0))
@@ -1013,8 +1066,14 @@ async fn resolve_by_id(
                         .push(system_time_to_pg_us(row.get(1)));
                 }
             }
-            if locked {
-                let rows = stored_keys(client, table, &old, past.margin_us, Lookup::ByScan).await?;
+            let beyond: Vec<(Uuid, i64)> = old
+                .iter()
+                .copied()
+                .filter(|k| past.beyond_archive(k))
+                .collect();
+            if !beyond.is_empty() {
+                let rows =
+                    stored_keys(client, table, &beyond, past.margin_us, Lookup::ByScan).await?;
                 for (id, times) in rows {
                     stored.entry(id).or_default().extend(times);
                 }
@@ -1041,7 +1100,7 @@ async fn resolve_by_id(
             if fresh.is_empty() {
                 return Ok(None);
             }
-            match copy_rows(client, table, Layout::Columnstore, pieces, &fresh).await {
+            match copy_rows(client, table, Layout::Columnstore, pieces, &fresh, &past).await {
                 Ok(()) => {
                     for (f, r) in fates.iter_mut().zip(&repeats) {
                         if f.is_none() && r.is_none() {
@@ -1073,6 +1132,17 @@ async fn resolve_by_id(
         return Err(last.expect("an unsettled round met a unique_violation"));
     }
     Ok(Copied::PerRow(fates.into_iter().flatten().collect()))
+}
+
+/// The look-up of ids (`$1`, a uuid array) in both key tables: one probe
+/// of each primary key per id. Public for the test that keeps it so.
+pub fn key_lookup(table: Table) -> String {
+    format!(
+        "SELECT id, \"timestamp\" FROM {} WHERE id = ANY($1) \
+         UNION ALL SELECT id, \"timestamp\" FROM {} WHERE id = ANY($1)",
+        table.keys_name(),
+        table.key_archive_name()
+    )
 }
 
 /// The fates of rows that repeat an earlier row's id in one flush, from

@@ -119,12 +119,14 @@ pub async fn recorded(client: &Client) -> Result<Option<Layout>, tokio_postgres:
 
 /// Decides the layout (TimescaleDB mode), switches to it if it is not the
 /// recorded one, and records it. `version` is TimescaleDB's; `key_window`
-/// how long key rows are kept.
+/// how long the recent key tables keep a key, `archive_window` the
+/// archives (the longest asked for yet: it only grows).
 pub async fn apply(
     client: &mut Client,
     wanted: StorageLayout,
     version: &str,
     key_window: Duration,
+    archive_window: Duration,
 ) -> Result<Chosen, LayoutError> {
     let supported = supports_direct_compress(version);
     let was = recorded(client).await?;
@@ -171,8 +173,12 @@ pub async fn apply(
     let tx = client.transaction().await?;
     let done: String = tx
         .query_one(
-            "SELECT agent_telemetry_set_layout($1, $2::text::interval)",
-            &[&layout.as_str(), &crate::time::pg_interval(key_window)],
+            "SELECT agent_telemetry_set_layout($1, $2::text::interval, $3::text::interval)",
+            &[
+                &layout.as_str(),
+                &crate::time::pg_interval(key_window),
+                &crate::time::pg_interval(archive_window),
+            ],
         )
         .await?
         .get(0);

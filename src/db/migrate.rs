@@ -14,7 +14,7 @@
 //! the second one finds nothing left to do. A file whose first line is
 //! `-- agent-telemetry: no-transaction` runs outside a transaction.
 
-use std::fmt;
+use std::{fmt, time::Duration};
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -130,13 +130,24 @@ impl Report {
 }
 
 /// Applies pending migrations and makes the policies and the reader
-/// password match `storage`: what `serve` and `migrate` do.
-pub async fn run(client: &mut Client, storage: &StorageConfig) -> Result<Report, MigrateError> {
+/// password match `storage`: what `serve` and `migrate` do. `max_past`, the
+/// oldest row ingest accepts, is how long the key archives keep a key.
+pub async fn run(
+    client: &mut Client,
+    storage: &StorageConfig,
+    max_past: Duration,
+) -> Result<Report, MigrateError> {
     let mut report = locked(client, storage, true).await?;
     if let Mode::TimescaleDb { version } = &report.mode {
-        let key_window = storage.key_window + crate::db::layout::KEY_MARGIN;
-        let chosen =
-            crate::db::layout::apply(client, storage.storage_layout, version, key_window).await?;
+        let margin = crate::db::layout::KEY_MARGIN;
+        let chosen = crate::db::layout::apply(
+            client,
+            storage.storage_layout,
+            version,
+            storage.key_window + margin,
+            max_past + margin,
+        )
+        .await?;
         if let Some(done) = &chosen.switched {
             tracing::info!(layout = %chosen.layout, done, "storage layout switched");
         }

@@ -124,7 +124,7 @@ pub async fn run_migrations(
     // One connection, closed before the pool opens: some servers (the test
     // suite's PGlite) take one client at a time.
     let mut client = super::connect(conn).await?;
-    Ok(migrate::run(&mut client, storage).await?)
+    Ok(migrate::run(&mut client, storage, max_past).await?)
 }
 
 /// Applies pending migrations only, the policies and the reader role left
