@@ -9,7 +9,8 @@
 # has the figures.
 #   cargo build --release && benches/late_rows.sh 50700
 # SIZES overrides the table sizes (events, ascending; default
-# "10000000 50000000").
+# "10000000 50000000"); SERVE_ARGS adds flags to serve (e.g.
+# "--late-refresh-every 1day" to see what the late-data refreshes cost).
 set -euo pipefail
 port=${1:-50700}
 sizes=${SIZES:-"10000000 50000000"}
@@ -17,7 +18,7 @@ bin=${AGENT_TELEMETRY:-target/release/agent-telemetry}
 dir=$(mktemp -d)
 chmod 755 "$dir"
 log="$dir/serve.log"
-"$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" \
+"$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" ${SERVE_ARGS:-} \
     --metrics-listen "127.0.0.1:$((port + 1000))" \
     --otlp-grpc-listen off --otlp-http-listen off \
     --max-past 100days >"$log" 2>&1 &
@@ -40,8 +41,7 @@ measure() {
     sql "SELECT 'sizes (MB): agent_events ' || hypertable_size('agent_events') / 1000000
             || ', chat_messages ' || hypertable_size('chat_messages') / 1000000
             || ', agent_event_keys ' || pg_total_relation_size('agent_event_keys') / 1000000
-            || ', agent_event_key_archive ' || pg_total_relation_size('agent_event_key_archive') / 1000000
-            || ', keys in the archive ' || (SELECT count(*) FROM agent_event_key_archive)"
+            || coalesce(', agent_event_key_archive ' || pg_total_relation_size(to_regclass('agent_event_key_archive')) / 1000000, '')"
     grep VmHWM "/proc/$svc/status" | sed 's/^/service peak RSS: /'
 }
 measure

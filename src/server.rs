@@ -24,7 +24,7 @@ use crate::{
     auth::Authenticator,
     buffer::{TableBuffer, batcher},
     config::{ServeConfig, SpoolConfig},
-    copy::writer::{CopyWriter, KeyWindows},
+    copy::{keys::KeyWindows, writer::CopyWriter},
     db::{
         self, DbError,
         dims::Dimensions,

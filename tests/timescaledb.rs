@@ -1343,8 +1343,7 @@ async fn the_key_lookup_reads_a_few_pages_per_id(db: &Client) {
     )
     .await
     .unwrap();
-    let lookup =
-        agent_telemetry::copy::writer::key_lookup(agent_telemetry::row::Table::AgentEvents);
+    let lookup = agent_telemetry::copy::keys::key_lookup(agent_telemetry::row::Table::AgentEvents);
     db.batch_execute(&format!(
         "SET plan_cache_mode = force_generic_plan; PREPARE lookup(uuid[]) AS {lookup}"
     ))

@@ -9,7 +9,9 @@
 //! COPY.
 
 pub mod encode;
+pub mod keys;
 mod recent;
+mod statements;
 pub mod writer;
 
 use std::ops::Range;
