@@ -4,9 +4,10 @@
 //! format out (one buffer per batch, no per-row allocation); intake calls it
 //! (stage 2) and hands the bytes on as a [`Piece`]. [`writer`] does the IO:
 //! one `COPY … FROM STDIN (FORMAT binary)` per flush, committed before any
-//! piece of it is resolved; [`recent`] remembers the keys it committed
-//! lately and is copying now, so that a client's resend costs no failed
-//! COPY.
+//! piece of it is resolved, with the statements of [`statements`];
+//! [`keys`] finds which rows are stored already (resends, reused ids);
+//! [`recent`] remembers the keys it committed lately and is copying now, so
+//! that a client's resend costs no failed COPY.
 
 pub mod encode;
 pub mod keys;
