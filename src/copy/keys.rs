@@ -409,6 +409,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_rows_age_picks_its_key_table_and_its_look_up() {
+        const H: i64 = 3_600_000_000;
+        let now = std::time::SystemTime::now();
+        let now_us = system_time_to_pg_us(now);
+        let windows = KeyWindows {
+            recent: Duration::from_secs(48 * 3_600),
+            archive: Duration::from_secs(90 * 24 * 3_600),
+        };
+        let past = windows.at(now, H);
+        const M: i64 = H / 60;
+        let key = |minutes_ago: i64| (Uuid::nil(), now_us - minutes_ago * M);
+        // (minutes ago, looked up first, key archived, looked for in the rows)
+        for (ago, holds, archived, beyond) in [
+            (60, false, false, false),
+            (46 * 60 + 59, false, false, false),
+            (47 * 60 + 1, true, false, false), // within the conflict window of the edge
+            (48 * 60 + 1, true, true, false),
+            (90 * 24 * 60 - 1, true, true, false),
+            (90 * 24 * 60 + 1, true, true, true), // a spool replayed after 90 days
+        ] {
+            let k = key(ago);
+            assert_eq!(
+                (past.holds(&k), past.archived(&k), past.beyond_archive(&k)),
+                (holds, archived, beyond),
+                "{ago} min ago"
+            );
+        }
+    }
+
+    #[test]
     fn keys_far_apart_in_time_are_looked_up_apart() {
         const H: i64 = 3_600_000_000;
         let id = |n: u128| Uuid::from_u128(n);
