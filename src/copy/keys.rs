@@ -269,9 +269,10 @@ pub(super) async fn resolve_by_id(
         // goes to before that COPY meets it.
         // Only a key past the window proper can move; one in the band
         // before it (within the conflict window) stays where its COPY goes.
-        let locked = old.iter().any(|k| past.archived(k));
+        let archived = old.iter().filter(|k| past.archived(k)).count();
+        let locked = archived > 0;
         if locked {
-            metrics::rows_past_key_window(table, old.len() as u64);
+            metrics::rows_past_key_window(table, archived as u64);
             client
                 .execute("SELECT pg_advisory_lock_shared($1)", &[&KEY_PRUNE_LOCK])
                 .await?;
