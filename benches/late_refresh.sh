@@ -11,6 +11,7 @@ settle=${1:?--late-settle, e.g. 60s or 0}
 port=${2:-50600}
 bin=${AGENT_TELEMETRY:-target/release/agent-telemetry}
 dir=$(mktemp -d)
+chmod 755 "$dir" # the embedded cluster runs as postgres when we are root
 log="$dir/serve.log"
 "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" \
     --metrics-listen "127.0.0.1:$((port + 1000))" \
