@@ -14,6 +14,15 @@ use common::agents::*;
 use serde_json::Value as Json;
 use uuid::Uuid;
 
+/// The `llm_request` rows stored.
+async fn llm_requests(db: &tokio_postgres::Client) -> i64 {
+    common::count(
+        db,
+        "SELECT count(*) FROM agent_events WHERE event_type = 'llm_request'",
+    )
+    .await
+}
+
 /// The transcripts the real Claude Code 2.1.328 wrote (a run with a tool
 /// call that also exported OTLP to the service, a run with a subagent, and
 /// a line cut short as by a crash) imported: one `llm_request` per model
@@ -73,11 +82,7 @@ async fn claude_code_transcripts_import_once_and_equal_ccusage() {
     text.push_str("{\"type\":\"assistant\",\"message\":{\"id\":\"msg_cut");
     std::fs::write(first, text).unwrap();
 
-    let exported = common::count(
-        &db,
-        "SELECT count(*) FROM agent_events WHERE event_type = 'llm_request'",
-    )
-    .await;
+    let exported = llm_requests(&db).await;
     assert_eq!(exported, 2, "the first run's calls, over OTLP");
     let endpoint = svc.endpoint.clone();
     let said = import(&claude_dir, &endpoint, tmp.path());
@@ -103,11 +108,7 @@ async fn claude_code_transcripts_import_once_and_equal_ccusage() {
         said.contains(".jsonl:") && said.contains("not a JSON line"),
         "{said}"
     );
-    let requests = common::count(
-        &db,
-        "SELECT count(*) FROM agent_events WHERE event_type = 'llm_request'",
-    )
-    .await;
+    let requests = llm_requests(&db).await;
     assert_eq!(
         requests as usize, calls,
         "one row per model call the mock answered"
@@ -151,14 +152,7 @@ async fn claude_code_transcripts_import_once_and_equal_ccusage() {
     // Again: nothing new.
     let again = import(&claude_dir, &endpoint, tmp.path());
     assert!(again.contains(" 0 stored"), "{again}");
-    assert_eq!(
-        common::count(
-            &db,
-            "SELECT count(*) FROM agent_events WHERE event_type = 'llm_request'"
-        )
-        .await as usize,
-        calls
-    );
+    assert_eq!(llm_requests(&db).await as usize, calls);
     svc.running.shutdown().await.unwrap();
 }
 
@@ -224,11 +218,7 @@ async fn codex_rollouts_import_once_and_equal_ccusage() {
         said.contains("codex: 3 files") && said.contains(" 0 rejected"),
         "{said}"
     );
-    let requests = common::count(
-        &db,
-        "SELECT count(*) FROM agent_events WHERE event_type = 'llm_request'",
-    )
-    .await;
+    let requests = llm_requests(&db).await;
     assert_eq!(
         requests as usize, counted,
         "one row per model call answered"
@@ -498,13 +488,7 @@ async fn import_follow_sends_new_lines_and_resumes_after_a_restart() {
             .spawn()
             .unwrap()
     };
-    let requests = || async {
-        common::count(
-            &db,
-            "SELECT count(*) FROM agent_events WHERE event_type = 'llm_request'",
-        )
-        .await
-    };
+    let requests = || async { llm_requests(&db).await };
     let mut child = follow();
     let first = calls_in(&lines[..half]);
     common::wait_for(
@@ -602,14 +586,7 @@ async fn a_generated_claude_code_history_imports_equal_to_ccusage() {
         said.contains("1 lines skipped") && said.contains(" 0 rejected"),
         "{said}"
     );
-    assert_eq!(
-        common::count(
-            &db,
-            "SELECT count(*) FROM agent_events WHERE event_type = 'llm_request'"
-        )
-        .await as usize,
-        calls
-    );
+    assert_eq!(llm_requests(&db).await as usize, calls);
     // Every session once, spanning all its lines' rows.
     assert_eq!(
         common::count(
@@ -773,14 +750,7 @@ async fn an_import_waits_out_the_services_database_outage() {
         "the outage made the service ask for resends: {said}"
     );
     let db = common::db(&conn).await;
-    assert_eq!(
-        common::count(
-            &db,
-            "SELECT count(*) FROM agent_events WHERE event_type = 'llm_request'"
-        )
-        .await as usize,
-        calls
-    );
+    assert_eq!(llm_requests(&db).await as usize, calls);
     assert_eq!(
         common::count(
             &db,
