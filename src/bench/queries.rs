@@ -1,8 +1,9 @@
 //! `bench dashboards`: every SQL query of the provisioned dashboards, as
 //! Grafana sends it (variables on "All", the last `--range`), timed on one
 //! database, or on two side by side (`--against`: the other storage layout
-//! over the same events). Each query runs once to warm the cache, then
-//! `--runs` times; the median is reported.
+//! over the same events), or on several (the same shape at growing sizes,
+//! with each size's growth over the one before). Each query runs once to
+//! warm the cache, then `--runs` times; the median is reported.
 
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
@@ -21,10 +22,12 @@ pub struct DashboardsConfig {
     #[command(flatten)]
     pub database: DatabaseConfig,
 
-    /// A second database (connection string) to time the same queries on,
-    /// side by side: the same events in the other storage layout.
+    /// Further databases (connection strings) to time the same queries on,
+    /// side by side: the same events in the other storage layout (one:
+    /// a ratio column), or the same shape at larger sizes (several: each
+    /// column's growth over the one before).
     #[arg(long)]
-    pub against: Option<String>,
+    pub against: Vec<String>,
 
     /// Timed runs per query (after one warm-up run).
     #[arg(long, default_value_t = 5)]
@@ -50,7 +53,7 @@ pub async fn run(cfg: &DashboardsConfig) -> Result<String, BenchError> {
     let dashboards = grafana::dashboards(&cfg.dir).map_err(BenchError::Case)?;
     let db = crate::db::open::open_database(&cfg.database).await?;
     let mut conns = vec![db.conn.clone()];
-    conns.extend(cfg.against.clone());
+    conns.extend(cfg.against.iter().cloned());
     let now = std::time::SystemTime::now();
     let fmt = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
     let (from, to) = (fmt(now - cfg.range), fmt(now + Duration::from_secs(60)));
@@ -110,32 +113,28 @@ pub async fn run(cfg: &DashboardsConfig) -> Result<String, BenchError> {
         humantime::format_duration(cfg.range),
         cfg.runs.max(1)
     );
-    let ratio = labels.len() == 2;
+    let extra = Extra::of(labels.len());
     let _ = writeln!(
         out,
         "| query | rows (first) | {}{} |",
         labels.join(" | "),
-        if ratio { " | ratio" } else { "" }
+        extra.headings()
     );
     let _ = writeln!(
         out,
         "|---|---:|{}{}",
         "---:|".repeat(labels.len()),
-        if ratio { "---:|" } else { "" }
+        "---:|".repeat(extra.columns())
     );
     for t in &table {
         let cells: Vec<String> = t.ms.iter().map(|m| format!("{m:.1}")).collect();
-        let r = match t.ms.as_slice() {
-            [a, b] if ratio && *b > 0.0 => format!(" | {:.2}", a / b),
-            _ if ratio => " | —".to_owned(),
-            _ => String::new(),
-        };
         let _ = writeln!(
             out,
-            "| {} | {} | {}{r} |",
+            "| {} | {} | {}{} |",
             t.what,
             t.rows,
-            cells.join(" | ")
+            cells.join(" | "),
+            extra.cells(&t.ms)
         );
     }
     let totals: Vec<String> = (0..labels.len())
@@ -151,9 +150,58 @@ pub async fn run(cfg: &DashboardsConfig) -> Result<String, BenchError> {
         "| all {} queries | | {} |{}",
         table.len(),
         totals.join(" | "),
-        if ratio { " |" } else { "" }
+        " |".repeat(extra.columns())
     );
     Ok(out)
+}
+
+/// The columns after the times: none for one database, the first's time
+/// over the second's for two (two layouts of the same events), each
+/// database's time over the one before for more (one shape, growing sizes).
+enum Extra {
+    None,
+    Ratio,
+    Growth(usize),
+}
+
+impl Extra {
+    fn of(databases: usize) -> Self {
+        match databases {
+            0 | 1 => Self::None,
+            2 => Self::Ratio,
+            n => Self::Growth(n - 1),
+        }
+    }
+
+    fn columns(&self) -> usize {
+        match self {
+            Self::None => 0,
+            Self::Ratio => 1,
+            Self::Growth(n) => *n,
+        }
+    }
+
+    fn headings(&self) -> String {
+        match self {
+            Self::None => String::new(),
+            Self::Ratio => " | ratio".to_owned(),
+            Self::Growth(n) => (1..=*n)
+                .map(|k| format!(" | growth {}→{}", k, k + 1))
+                .collect(),
+        }
+    }
+
+    fn cells(&self, ms: &[f64]) -> String {
+        let over = |a: Option<&f64>, b: Option<&f64>| match (a, b) {
+            (Some(a), Some(b)) if *b > 0.0 => format!(" | {:.2}", a / b),
+            _ => " | —".to_owned(),
+        };
+        match self {
+            Self::None => String::new(),
+            Self::Ratio => over(ms.first(), ms.get(1)),
+            Self::Growth(n) => (1..=*n).map(|k| over(ms.get(k), ms.get(k - 1))).collect(),
+        }
+    }
 }
 
 /// "columnstore, 1,000,000 events" for a column heading.
