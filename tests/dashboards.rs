@@ -53,8 +53,37 @@ async fn fill(cfg: ServeConfig, conn: &str) {
     .await
     .expect("loadgen");
     assert_eq!(summary.rows_stored, 7_500, "{summary}");
+    let mut client = common::client(&svc.endpoint).await;
+    let ack = common::ingest(&mut client, 1, session_across_midnight()).await;
+    assert_eq!(ack.stored, 2, "{ack:?}");
+    drop(client);
     svc.running.shutdown().await.unwrap();
     report_agent_sessions(cfg, conn).await;
+}
+
+/// Two LLM calls of one session, a minute before and a minute after
+/// yesterday's midnight (UTC): a session the daily rollups see on two days,
+/// which a count of sessions over the range must count once.
+fn session_across_midnight() -> Vec<pb::AgentEvent> {
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let midnight_age = now_s.rem_euclid(86_400) + 86_400;
+    let session = uuid::Uuid::new_v4().to_string();
+    [midnight_age + 60, midnight_age - 60]
+        .into_iter()
+        .map(|age| pb::AgentEvent {
+            event_type: "llm_request".into(),
+            session_id: session.clone(),
+            model: Some("claude-sonnet-4-5".into()),
+            input_tokens: Some(1_000),
+            output_tokens: Some(100),
+            cost_usd: Some(0.25),
+            user: Some(loadgen::r#gen::developer(3)),
+            ..common::event("org1/service-1", age)
+        })
+        .collect()
 }
 
 /// Each generated session reported as an editor extension reports it at
@@ -133,6 +162,7 @@ async fn every_query_returns_rows(conn: &str, mut cfg: ServeConfig, label: &str)
     session_drill_down_shows_the_picked_session(&db, label).await;
     productivity_totals_are_the_raw_rows(&db, label).await;
     usage_windows_are_the_raw_requests(&db, label).await;
+    sessions_are_counted_once(&db, label).await;
     drop(db);
 
     let out = common::cli(
@@ -310,7 +340,8 @@ async fn productivity_totals_are_the_raw_rows(db: &Client, label: &str) {
 /// The Developers dashboard's 5-hour usage windows against the raw
 /// requests, windowed here as the agents' plans meter them: a developer's
 /// window starts at their first request after the last window ended,
-/// floored to the hour, and lasts five hours.
+/// floored to the hour, and lasts five hours; the first window is seen
+/// from the hour five hours before the range.
 async fn usage_windows_are_the_raw_requests(db: &Client, label: &str) {
     let days = 30;
     let shown: BTreeSet<(String, i64, i64)> =
@@ -329,7 +360,7 @@ async fn usage_windows_are_the_raw_requests(db: &Client, label: &str) {
                         extract(epoch FROM now() - INTERVAL '{days} days')::float8
                  FROM agent_events e LEFT JOIN users u ON u.id = e.user_id
                  WHERE e.model IS NOT NULL
-                   AND e.\"timestamp\" >= now() - INTERVAL '{days} days' - INTERVAL '5 hours'
+                   AND e.\"timestamp\" >= date_trunc('hour', now() - INTERVAL '{days} days' - INTERVAL '5 hours')
                  ORDER BY e.user_id NULLS FIRST, e.\"timestamp\""
             ),
             &[],
@@ -362,6 +393,61 @@ async fn usage_windows_are_the_raw_requests(db: &Client, label: &str) {
     common::say(&format!(
         "dashboards ({label}): {} usage windows as the raw requests",
         shown.len()
+    ));
+}
+
+/// Sessions over the range, per developer, are the raw rows' distinct
+/// sessions (the session across midnight counted once, not once a day),
+/// and the most expensive sessions' costs are their raw LLM calls' costs.
+async fn sessions_are_counted_once(db: &Client, label: &str) {
+    let per_developer: BTreeSet<(String, String)> =
+        common::grafana::panel(db, "developers.json", "Per developer", 30)
+            .await
+            .into_iter()
+            .map(|r| (r[0].clone(), r[1].clone()))
+            .collect();
+    let raw: BTreeSet<(String, String)> = rows(
+        db,
+        "SELECT coalesce(u.display_name, u.key, '(no developer)'), count(DISTINCT e.session_id)::text
+         FROM agent_events e LEFT JOIN users u ON u.id = e.user_id GROUP BY 1",
+        "sessions per developer from the raw rows",
+    )
+    .await
+    .into_iter()
+    .map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap()))
+    .collect();
+    assert_eq!(per_developer, raw, "Per developer: sessions");
+    let costly = common::grafana::panel(db, "llm-cost.json", "Most expensive sessions", 30).await;
+    assert!(!costly.is_empty());
+    for r in &costly {
+        let raw = rows(
+            db,
+            &format!(
+                "SELECT round(sum(cost_usd), 4)::text, count(*)::text FROM agent_events
+                 WHERE session_id = '{}' AND model IS NOT NULL",
+                r[0]
+            ),
+            "a session's calls from the raw rows",
+        )
+        .await
+        .remove(0);
+        assert_eq!(
+            (Some(r[4].clone()), Some(r[3].clone())),
+            (raw[0].clone(), raw[1].clone()),
+            "Most expensive sessions: cost and requests of {r:?}"
+        );
+    }
+    let across = rows(
+        db,
+        "SELECT session_id::text FROM agent_events WHERE cost_usd = 0.25 GROUP BY 1
+         HAVING count(DISTINCT date_trunc('day', \"timestamp\")) = 2",
+        "the session across midnight",
+    )
+    .await;
+    assert_eq!(across.len(), 1, "the fill has a session across midnight");
+    common::say(&format!(
+        "dashboards ({label}): sessions per developer and the {} most expensive sessions as the raw rows, a session across midnight counted once",
+        costly.len()
     ));
 }
 

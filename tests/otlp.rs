@@ -1015,23 +1015,6 @@ async fn each_id_once(db: &Client, at: &str) {
 /// its organisation), the Gemini CLI user (in Globex) and a third one.
 fn native_work(age_s: i64) -> Vec<agent_telemetry::pb::AgentEvent> {
     use agent_telemetry::pb;
-    // Each session within one UTC day: developer_daily counts a session
-    // per day, so one across midnight counts on both days of a week's sum
-    // (docs/schema.md, "Per-developer and per-organisation figures"; an
-    // exact count over days needs a session/day rollup, not built yet).
-    // Run just after midnight, the sessions move to the day before.
-    const SPAN_S: i64 = 50 * 12;
-    let now_s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let newest = now_s - age_s;
-    let into_day = newest.rem_euclid(86_400);
-    let age_s = if into_day < SPAN_S {
-        age_s + into_day + 1
-    } else {
-        age_s
-    };
     let who = [
         (CLAUDE_ACCOUNT, "Ada", CLAUDE_ORG, "acme/api"),
         ("dev@example.com", "Bob", "globex", "globex/shop"),

@@ -98,13 +98,16 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "0021_settings.sql",
             "timescaledb/0022_productivity_daily.sql",
             "0023_usage_blocks.sql",
-            "0024_late_hours_first_noted.sql"
+            "0024_late_hours_first_noted.sql",
+            "timescaledb/0025_session_daily.sql",
+            "timescaledb/0026_developer_requests_hourly.sql",
+            "0027_usage_blocks_from_hours.sql"
         ]
     );
-    assert_eq!(first.policies_changed().count(), 24, "{:?}", first.policies);
+    assert_eq!(first.policies_changed().count(), 28, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 24);
+    assert_eq!(second.already, 27);
     assert_eq!(
         second.policies_changed().count(),
         0,
@@ -197,13 +200,15 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "chat_activity_hourly false",
             "developer_daily false",
             "developer_models_daily false",
+            "developer_requests_hourly false",
             "developer_tools_daily false",
             "file_activity_daily false",
             "llm_usage_daily false",
             "productivity_daily false",
+            "session_daily false",
             "tool_usage_daily false"
         ],
-        "all ten aggregates, real-time"
+        "all twelve aggregates, real-time"
     );
     assert_eq!(
         strings(
@@ -297,6 +302,7 @@ async fn a_changed_setting_alters_only_its_policy(tsdb: TsDb) {
             "chunk_interval chat_messages changed",
             "refresh agent_events_hourly changed",
             "refresh chat_activity_hourly changed",
+            "refresh developer_requests_hourly changed",
             "retention agent_events changed",
         ]
     );
@@ -325,8 +331,8 @@ async fn a_changed_setting_alters_only_its_policy(tsdb: TsDb) {
     let kept = before.iter().filter(|j| after.contains(j)).count();
     assert_eq!(
         kept,
-        before.len() - 3,
-        "only the three changed jobs were replaced"
+        before.len() - 4,
+        "only the four changed jobs were replaced"
     );
     drop(db);
 
@@ -990,7 +996,10 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "0021_settings.sql",
             "plain/0022_productivity_daily.sql",
             "0023_usage_blocks.sql",
-            "0024_late_hours_first_noted.sql"
+            "0024_late_hours_first_noted.sql",
+            "plain/0025_session_daily.sql",
+            "plain/0026_developer_requests_hourly.sql",
+            "0027_usage_blocks_from_hours.sql"
         ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());
@@ -1008,10 +1017,12 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "chat_activity_hourly",
             "developer_daily",
             "developer_models_daily",
+            "developer_requests_hourly",
             "developer_tools_daily",
             "file_activity_daily",
             "llm_usage_daily",
             "productivity_daily",
+            "session_daily",
             "team_daily",
             "tool_usage_daily"
         ]

@@ -83,7 +83,9 @@ BEGIN
                      ('retention',   'developer_daily',      'drop_after', 'aggregates_retention'),
                      ('retention',   'developer_models_daily', 'drop_after', 'aggregates_retention'),
                      ('retention',   'developer_tools_daily', 'drop_after', 'aggregates_retention'),
-                     ('retention',   'productivity_daily',   'drop_after', 'aggregates_retention'))
+                     ('retention',   'productivity_daily',   'drop_after', 'aggregates_retention'),
+                     ('retention',   'session_daily',        'drop_after', 'aggregates_retention'),
+                     ('retention',   'developer_requests_hourly', 'drop_after', 'aggregates_retention'))
              AS v(kind, r, k, s)
     LOOP
         relation := rel;
@@ -105,6 +107,7 @@ BEGIN
         SELECT r, settings -> k
         FROM (VALUES ('agent_events_hourly', 'hourly'),
                      ('chat_activity_hourly', 'hourly'),
+                     ('developer_requests_hourly', 'hourly'),
                      ('agent_events_daily', 'daily'),
                      ('llm_usage_daily', 'daily'),
                      ('tool_usage_daily', 'daily'),
@@ -112,7 +115,8 @@ BEGIN
                      ('developer_daily', 'daily'),
                      ('developer_models_daily', 'daily'),
                      ('developer_tools_daily', 'daily'),
-                     ('productivity_daily', 'daily')) AS v(r, k)
+                     ('productivity_daily', 'daily'),
+                     ('session_daily', 'daily')) AS v(r, k)
     LOOP
         policy := 'refresh';
         relation := rel;

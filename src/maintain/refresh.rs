@@ -67,6 +67,8 @@ fn aggregates(table: Table) -> &'static [(&'static str, i64)] {
             ("developer_models_daily", 24),
             ("developer_tools_daily", 24),
             ("productivity_daily", 24),
+            ("session_daily", 24),
+            ("developer_requests_hourly", 1),
         ],
         Table::ChatMessages => &[("chat_activity_hourly", 1)],
     }

@@ -161,6 +161,32 @@ pub fn direct_aggregates() -> Vec<(&'static str, &'static str, String)> {
             ),
         ),
         (
+            "session_daily",
+            "bucket, session_id, user_id, project_id, agent_id, model, events, input_tokens,
+             output_tokens, cached_tokens, cost_usd, errors, first_event, last_event",
+            events(
+                "1 day",
+                "",
+                "session_id, user_id, project_id, agent_id, model",
+                "count(*), sum(input_tokens), sum(output_tokens), sum(cached_tokens), sum(cost_usd),
+                 count(*) FILTER (WHERE severity IN ('error', 'critical')
+                                    OR event_type = 'error_encountered'),
+                 min(\"timestamp\"), max(\"timestamp\")",
+            ),
+        ),
+        (
+            "developer_requests_hourly",
+            "bucket, user_id, project_id, requests, input_tokens, output_tokens, cached_tokens,
+             cost_usd, first_request, last_request",
+            events(
+                "1 hour",
+                "WHERE model IS NOT NULL",
+                "user_id, project_id",
+                "count(*), sum(input_tokens), sum(output_tokens), sum(cached_tokens), sum(cost_usd),
+                 min(\"timestamp\"), max(\"timestamp\")",
+            ),
+        ),
+        (
             "team_daily",
             "bucket, organization_id, developers, sessions, events, llm_requests, input_tokens,
              output_tokens, cached_tokens, cost_usd, tool_calls, tool_errors, files_modified,
@@ -251,7 +277,7 @@ pub fn is_hourly(view: &str) -> bool {
     view.ends_with("_hourly")
 }
 
-pub const VIEWS_IN_REFRESH_ORDER: [&str; 10] = [
+pub const VIEWS_IN_REFRESH_ORDER: [&str; 12] = [
     "agent_events_hourly",
     "agent_events_daily",
     "llm_usage_daily",
@@ -261,6 +287,8 @@ pub const VIEWS_IN_REFRESH_ORDER: [&str; 10] = [
     "developer_models_daily",
     "developer_tools_daily",
     "productivity_daily",
+    "session_daily",
+    "developer_requests_hourly",
     "chat_activity_hourly",
 ];
 
