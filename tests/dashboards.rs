@@ -192,6 +192,17 @@ async fn every_query_returns_rows(conn: &str, mut cfg: ServeConfig, label: &str)
     )
     .await
     .remove(0);
+    // Dashboards' short queries are not JIT-compiled (sql/0028).
+    let no_jit = common::strings(
+        &db,
+        "SELECT DISTINCT r.rolname::text FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole,
+                unnest(s.setconfig) c
+         WHERE c = 'jit=off' AND r.rolname IN ('agent_telemetry_reader', 'grafana_org1')
+           AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+         ORDER BY 1",
+    )
+    .await;
+    assert_eq!(no_jit, ["agent_telemetry_reader", "grafana_org1"]);
     db.batch_execute(&format!("SET ROLE grafana_org1; SET search_path = {path}"))
         .await
         .unwrap();

@@ -101,13 +101,14 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "0024_late_hours_first_noted.sql",
             "timescaledb/0025_session_daily.sql",
             "timescaledb/0026_developer_requests_hourly.sql",
-            "0027_usage_blocks_from_hours.sql"
+            "0027_usage_blocks_from_hours.sql",
+            "0028_readers_without_jit.sql"
         ]
     );
     assert_eq!(first.policies_changed().count(), 28, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 27);
+    assert_eq!(second.already, 28);
     assert_eq!(
         second.policies_changed().count(),
         0,
@@ -999,7 +1000,8 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "0024_late_hours_first_noted.sql",
             "plain/0025_session_daily.sql",
             "plain/0026_developer_requests_hourly.sql",
-            "0027_usage_blocks_from_hours.sql"
+            "0027_usage_blocks_from_hours.sql",
+            "0028_readers_without_jit.sql"
         ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());

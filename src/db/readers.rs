@@ -348,11 +348,13 @@ async fn build(tx: &impl GenericClient, org: i32) -> Result<usize, ReadersError>
         .collect();
     for role in &roles {
         // The service's schema: USAGE only, for its functions and types;
-        // its tables stay unreadable (no SELECT on them).
+        // its tables stay unreadable (no SELECT on them). No JIT, as for
+        // agent_telemetry_reader (sql/0028_readers_without_jit.sql).
         sql.push_str(&format!(
             "GRANT USAGE ON SCHEMA {s} TO {r}; GRANT USAGE ON SCHEMA {b} TO {r};
              GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {r};
-             ALTER ROLE {r} SET search_path = {s}, {b};\n",
+             ALTER ROLE {r} SET search_path = {s}, {b};
+             ALTER ROLE {r} SET jit = off;\n",
             s = ident(&schema),
             r = ident(role),
         ));
