@@ -1,5 +1,6 @@
 //! `bench dashboards`: every SQL query of the provisioned dashboards, as
-//! Grafana sends it (variables on "All", the last `--range`), timed on one
+//! Grafana sends it (variables on "All", the last `--range`, as the reader
+//! role with the settings it logs in with), timed on one
 //! database, or on two side by side (`--against`: the other storage layout
 //! over the same events), or on several (the same shape at growing sizes,
 //! with each size's growth over the one before). Each query runs once to
@@ -62,6 +63,7 @@ pub async fn run(cfg: &DashboardsConfig) -> Result<String, BenchError> {
     for (n, conn) in conns.iter().enumerate() {
         let client = crate::db::connect(conn).await?;
         labels.push(describe(&client).await?);
+        as_grafana(&client).await?;
         let mut i = 0;
         for (file, dash) in &dashboards {
             let mut g = Grafana {
@@ -217,6 +219,31 @@ async fn describe(client: &Client) -> Result<String, BenchError> {
         "{layout}, {} events",
         report::thousands(events as f64)
     ))
+}
+
+/// Makes the session what Grafana's is: the reader role, with the settings
+/// that role logs in with (sql/0028: no JIT).
+async fn as_grafana(client: &Client) -> Result<(), BenchError> {
+    let role = crate::db::readers::READER_ROLE;
+    let settings = client
+        .query(
+            "SELECT split_part(c, '=', 1), substr(c, strpos(c, '=') + 1)
+             FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole, unnest(s.setconfig) c
+             WHERE r.rolname = $1
+               AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            &[&role],
+        )
+        .await?;
+    for s in &settings {
+        let (name, value): (String, String) = (s.get(0), s.get(1));
+        client
+            .execute("SELECT set_config($1, $2, false)", &[&name, &value])
+            .await?;
+    }
+    client
+        .batch_execute(&format!("SET ROLE {role}"))
+        .await
+        .map_err(BenchError::from)
 }
 
 async fn rows(client: &Client, sql: &str) -> Result<Vec<Vec<String>>, BenchError> {
