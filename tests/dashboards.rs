@@ -163,6 +163,7 @@ async fn every_query_returns_rows(conn: &str, mut cfg: ServeConfig, label: &str)
     productivity_totals_are_the_raw_rows(&db, label).await;
     usage_windows_are_the_raw_requests(&db, label).await;
     sessions_are_counted_once(&db, label).await;
+    hourly_panels_count_every_event_either_way(&db, label).await;
     drop(db);
 
     let out = common::cli(
@@ -459,6 +460,61 @@ async fn sessions_are_counted_once(db: &Client, label: &str) {
     common::say(&format!(
         "dashboards ({label}): sessions per developer and the {} most expensive sessions as the raw rows, a session across midnight counted once",
         costly.len()
+    ));
+}
+
+/// The Agent activity dashboard's hourly panels read the rollup over every
+/// project when every project is selected and the per-project one when some
+/// are: either way, their events are the raw rows'.
+async fn hourly_panels_count_every_event_either_way(db: &Client, label: &str) {
+    let events = |table: Vec<Vec<String>>| -> i64 {
+        table.iter().map(|r| r[2].parse::<i64>().unwrap()).sum()
+    };
+    let raw = |filter: &str| {
+        let sql = format!("SELECT count(*)::text FROM agent_events {filter}");
+        async move {
+            rows(db, &sql, "events from the raw rows").await[0][0]
+                .clone()
+                .unwrap()
+        }
+    };
+    let all = events(
+        common::grafana::panel(db, "agent-activity.json", "Events per hour by type", 30).await,
+    );
+    assert_eq!(
+        all.to_string(),
+        raw("").await,
+        "every project (the rollup over every project)"
+    );
+    let some: Vec<String> = rows(
+        db,
+        "SELECT id::text FROM projects ORDER BY id OFFSET 1",
+        "projects",
+    )
+    .await
+    .into_iter()
+    .map(|r| r[0].clone().unwrap())
+    .collect();
+    assert!(!some.is_empty());
+    let picked = [("project", some.clone())];
+    let part = events(
+        common::grafana::panel_with(
+            db,
+            "agent-activity.json",
+            "Events per hour by type",
+            30,
+            &picked,
+        )
+        .await,
+    );
+    assert_eq!(
+        part.to_string(),
+        raw(&format!("WHERE project_id IN ({})", some.join(", "))).await,
+        "all projects but one (the per-project rollup)"
+    );
+    assert!(0 < part && part < all, "{part} of {all}");
+    common::say(&format!(
+        "dashboards ({label}): events per hour, every project and all but one, as the raw rows: {all}, {part}"
     ));
 }
 

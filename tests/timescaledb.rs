@@ -102,13 +102,14 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "timescaledb/0025_session_daily.sql",
             "timescaledb/0026_developer_requests_hourly.sql",
             "0027_usage_blocks_from_hours.sql",
-            "0028_readers_without_jit.sql"
+            "0028_readers_without_jit.sql",
+            "timescaledb/0029_agent_events_hourly_by_agent.sql"
         ]
     );
-    assert_eq!(first.policies_changed().count(), 28, "{:?}", first.policies);
+    assert_eq!(first.policies_changed().count(), 30, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 28);
+    assert_eq!(second.already, 29);
     assert_eq!(
         second.policies_changed().count(),
         0,
@@ -198,6 +199,7 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
         [
             "agent_events_daily false",
             "agent_events_hourly false",
+            "agent_events_hourly_by_agent false",
             "chat_activity_hourly false",
             "developer_daily false",
             "developer_models_daily false",
@@ -209,7 +211,7 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "session_daily false",
             "tool_usage_daily false"
         ],
-        "all twelve aggregates, real-time"
+        "all thirteen aggregates, real-time"
     );
     assert_eq!(
         strings(
@@ -302,6 +304,7 @@ async fn a_changed_setting_alters_only_its_policy(tsdb: TsDb) {
             "chunk_interval agent_events changed",
             "chunk_interval chat_messages changed",
             "refresh agent_events_hourly changed",
+            "refresh agent_events_hourly_by_agent changed",
             "refresh chat_activity_hourly changed",
             "refresh developer_requests_hourly changed",
             "retention agent_events changed",
@@ -332,8 +335,8 @@ async fn a_changed_setting_alters_only_its_policy(tsdb: TsDb) {
     let kept = before.iter().filter(|j| after.contains(j)).count();
     assert_eq!(
         kept,
-        before.len() - 4,
-        "only the four changed jobs were replaced"
+        before.len() - 5,
+        "only the five changed jobs were replaced"
     );
     drop(db);
 
@@ -1001,7 +1004,8 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "plain/0025_session_daily.sql",
             "plain/0026_developer_requests_hourly.sql",
             "0027_usage_blocks_from_hours.sql",
-            "0028_readers_without_jit.sql"
+            "0028_readers_without_jit.sql",
+            "plain/0029_agent_events_hourly_by_agent.sql"
         ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());
@@ -1015,6 +1019,7 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
         [
             "agent_events_daily",
             "agent_events_hourly",
+            "agent_events_hourly_by_agent",
             "agent_session_results",
             "chat_activity_hourly",
             "developer_daily",

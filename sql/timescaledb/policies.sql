@@ -85,7 +85,8 @@ BEGIN
                      ('retention',   'developer_tools_daily', 'drop_after', 'aggregates_retention'),
                      ('retention',   'productivity_daily',   'drop_after', 'aggregates_retention'),
                      ('retention',   'session_daily',        'drop_after', 'aggregates_retention'),
-                     ('retention',   'developer_requests_hourly', 'drop_after', 'aggregates_retention'))
+                     ('retention',   'developer_requests_hourly', 'drop_after', 'aggregates_retention'),
+                     ('retention',   'agent_events_hourly_by_agent', 'drop_after', 'aggregates_retention'))
              AS v(kind, r, k, s)
     LOOP
         relation := rel;
@@ -106,6 +107,7 @@ BEGIN
     FOR rel, refresh IN
         SELECT r, settings -> k
         FROM (VALUES ('agent_events_hourly', 'hourly'),
+                     ('agent_events_hourly_by_agent', 'hourly'),
                      ('chat_activity_hourly', 'hourly'),
                      ('developer_requests_hourly', 'hourly'),
                      ('agent_events_daily', 'daily'),

@@ -13,7 +13,9 @@
 //!   `machines`: those that worked on its projects;
 //! - a relation with `organization_id` (projects, `team_daily`, …): that
 //!   column; one with `project_id` (every hypertable and aggregate): the
-//!   organisation's projects.
+//!   organisation's projects;
+//! - a rollup over every project ([`OVER_EVERY_PROJECT`]): the rollup it
+//!   sums, as the organisation reads it, summed the same way.
 //!
 //! The role has USAGE on that schema and SELECT on its views only; its
 //! `search_path` puts the schema before the service's, so the provisioned
@@ -34,6 +36,16 @@ use serde_json::json;
 use tokio_postgres::{Client, GenericClient};
 
 use crate::db::error::describe;
+
+/// Rollups kept over every project (no `project_id`), and how an
+/// organisation reads each: the finer rollup it is built on, read through
+/// the organisation's own view of it, summed to the same columns.
+const OVER_EVERY_PROJECT: &[(&str, &str)] = &[(
+    "agent_events_hourly_by_agent",
+    "SELECT bucket, agent_id, event_type, sum(event_count)::bigint AS event_count,
+            sum(error_count)::bigint AS error_count
+     FROM {org}.agent_events_hourly GROUP BY 1, 2, 3",
+)];
 
 /// The role `sql/0006_reader_role.sql` creates for dashboards.
 pub const READER_ROLE: &str = "agent_telemetry_reader";
@@ -310,10 +322,15 @@ async fn build(tx: &impl GenericClient, org: i32) -> Result<usize, ReadersError>
         "DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s};\n",
         s = ident(&schema)
     );
+    let mut summed = Vec::new();
     for row in &relations {
         let name: String = row.get(0);
         let columns: Vec<String> = row.get(1);
         let has = |c: &str| columns.iter().any(|x| x == c);
+        if let Some((_, body)) = OVER_EVERY_PROJECT.iter().find(|(n, _)| *n == name) {
+            summed.push((name, body));
+            continue;
+        }
         let filter = match name.as_str() {
             "organizations" => format!("id = {org}"),
             "users" => format!(
@@ -335,6 +352,15 @@ async fn build(tx: &impl GenericClient, org: i32) -> Result<usize, ReadersError>
             "CREATE VIEW {s}.{n} WITH (security_barrier) AS SELECT {list} FROM {b}.{n} WHERE {filter};\n",
             s = ident(&schema),
             n = ident(&name),
+        ));
+    }
+    // After the views they read.
+    for (name, body) in summed {
+        sql.push_str(&format!(
+            "CREATE VIEW {s}.{n} WITH (security_barrier) AS {body};\n",
+            s = ident(&schema),
+            n = ident(&name),
+            body = body.replace("{org}", &ident(&schema)),
         ));
     }
     let roles: Vec<String> = tx

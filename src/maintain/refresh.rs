@@ -59,6 +59,7 @@ fn aggregates(table: Table) -> &'static [(&'static str, i64)] {
     match table {
         Table::AgentEvents => &[
             ("agent_events_hourly", 1),
+            ("agent_events_hourly_by_agent", 1),
             ("agent_events_daily", 24),
             ("llm_usage_daily", 24),
             ("tool_usage_daily", 24),

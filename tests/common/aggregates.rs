@@ -52,6 +52,16 @@ pub fn direct_aggregates() -> Vec<(&'static str, &'static str, String)> {
             ),
         ),
         (
+            "agent_events_hourly_by_agent",
+            "bucket, agent_id, event_type, event_count, error_count",
+            events(
+                "1 hour",
+                "",
+                "agent_id, event_type",
+                "count(*), count(*) FILTER (WHERE severity = 'error')",
+            ),
+        ),
+        (
             "agent_events_daily",
             "bucket, project_id, agent_id, event_type, event_count, error_count, duration_count,
              duration_ms_sum, duration_ms_max, input_tokens, output_tokens, cached_tokens,
@@ -265,10 +275,17 @@ pub async fn assert_aggregates_match(db: &Client, filter: impl Fn(&str) -> Strin
             ),
         )
         .await;
-        assert_eq!(
-            diff, 0,
-            "{view} differs from the raw rows in {diff} rows ({cond})"
-        );
+        if diff != 0 {
+            let rows = super::grafana::text_rows(
+                db,
+                &format!(
+                    "(SELECT 'aggregate' AS side, * FROM ({mine} EXCEPT ALL {direct}) a LIMIT 10)
+                     UNION ALL (SELECT 'raw rows', * FROM ({direct} EXCEPT ALL {mine}) r LIMIT 10)"
+                ),
+            )
+            .await;
+            panic!("{view} differs from the raw rows in {diff} rows ({cond}): {rows:?}");
+        }
     }
 }
 
@@ -277,8 +294,9 @@ pub fn is_hourly(view: &str) -> bool {
     view.ends_with("_hourly")
 }
 
-pub const VIEWS_IN_REFRESH_ORDER: [&str; 12] = [
+pub const VIEWS_IN_REFRESH_ORDER: [&str; 13] = [
     "agent_events_hourly",
+    "agent_events_hourly_by_agent",
     "agent_events_daily",
     "llm_usage_daily",
     "tool_usage_daily",
