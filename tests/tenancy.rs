@@ -84,6 +84,12 @@ async fn rows_of(db: &Client, org: &str) -> Vec<(String, i64)> {
             "organization_members" | "team_daily" => format!(
                 "SELECT count(*) FROM {rel} t JOIN organizations o ON o.id = t.organization_id WHERE o.key = '{org}'"
             ),
+            // A rollup over every project: the organisation's hours,
+            // agents and event types (src/db/readers.rs).
+            "agent_events_hourly_by_agent" => format!(
+                "SELECT count(*) FROM (SELECT DISTINCT bucket, agent_id, event_type
+                 FROM agent_events_hourly WHERE project_id IN ({projects})) t"
+            ),
             _ => format!("SELECT count(*) FROM {rel} WHERE project_id IN ({projects})"),
         };
         out.push((rel, common::count(db, &sql).await));
