@@ -164,6 +164,7 @@ async fn every_query_returns_rows(conn: &str, mut cfg: ServeConfig, label: &str)
     usage_windows_are_the_raw_requests(&db, label).await;
     sessions_are_counted_once(&db, label).await;
     hourly_panels_count_every_event_either_way(&db, label).await;
+    agent_sessions_are_the_views_rows(&db, label).await;
     drop(db);
 
     let out = common::cli(
@@ -515,6 +516,33 @@ async fn hourly_panels_count_every_event_either_way(db: &Client, label: &str) {
     assert!(0 < part && part < all, "{part} of {all}");
     common::say(&format!(
         "dashboards ({label}): events per hour, every project and all but one, as the raw rows: {all}, {part}"
+    ));
+}
+
+/// agent_session_results_since (what "Agent sessions" reads, bounded for
+/// the planner) holds the view's rows: all of them from the beginning of
+/// time, and the fill's sessions from the range's start less a day.
+async fn agent_sessions_are_the_views_rows(db: &Client, label: &str) {
+    let differ = |since: &str| {
+        let sql = format!(
+            "SELECT count(*)::text FROM ((SELECT * FROM agent_session_results
+                 EXCEPT ALL SELECT * FROM agent_session_results_since({since}))
+              UNION ALL (SELECT * FROM agent_session_results_since({since})
+                 EXCEPT ALL SELECT * FROM agent_session_results)) d"
+        );
+        async move {
+            rows(db, &sql, "the view against the function").await[0][0]
+                .clone()
+                .unwrap()
+        }
+    };
+    assert_eq!(differ("'-infinity'").await, "0");
+    assert_eq!(differ("now() - INTERVAL '31 days'").await, "0");
+    let shown = common::grafana::panel(db, "developers.json", "Agent sessions", 30).await;
+    assert!(!shown.is_empty());
+    common::say(&format!(
+        "dashboards ({label}): Agent sessions: {} sessions, the view's rows",
+        shown.len()
     ));
 }
 

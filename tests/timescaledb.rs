@@ -103,13 +103,14 @@ async fn migrate_builds_hypertables_aggregates_and_policies_once(tsdb: TsDb) {
             "timescaledb/0026_developer_requests_hourly.sql",
             "0027_usage_blocks_from_hours.sql",
             "0028_readers_without_jit.sql",
-            "timescaledb/0029_agent_events_hourly_by_agent.sql"
+            "timescaledb/0029_agent_events_hourly_by_agent.sql",
+            "0030_agent_session_results_since.sql"
         ]
     );
     assert_eq!(first.policies_changed().count(), 30, "{:?}", first.policies);
     let second = migrate(&tsdb.conn, &storage()).await;
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, 29);
+    assert_eq!(second.already, 30);
     assert_eq!(
         second.policies_changed().count(),
         0,
@@ -1005,7 +1006,8 @@ async fn plain_postgres_gets_the_same_relations_as_views() {
             "plain/0026_developer_requests_hourly.sql",
             "0027_usage_blocks_from_hours.sql",
             "0028_readers_without_jit.sql",
-            "plain/0029_agent_events_hourly_by_agent.sql"
+            "plain/0029_agent_events_hourly_by_agent.sql",
+            "0030_agent_session_results_since.sql"
         ]
     );
     assert!(migrate(&conn, &plain_storage()).await.applied.is_empty());
