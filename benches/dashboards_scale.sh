@@ -64,6 +64,7 @@ load() {
     "$bin" loadgen --endpoint "http://127.0.0.1:$port" --projects 50 --quiet --seed 7 \
         --events "$events" --messages $((events / 10)) --spread 30days |
         grep rows/s | sed "s/^/$db: /"
+    grep VmHWM "/proc/$svc/status" | sed "s/^/$db: service peak RSS: /"
     kill -TERM $svc
     wait $svc || true
 }
