@@ -14,8 +14,8 @@
 //! - a relation with `organization_id` (projects, `team_daily`, …): that
 //!   column; one with `project_id` (every hypertable and aggregate): the
 //!   organisation's projects;
-//! - a rollup over every project ([`OVER_EVERY_PROJECT`]): the rollup it
-//!   sums, as the organisation reads it, summed the same way.
+//! - a rollup over every project ([`OVER_EVERY_PROJECT`]): the per-project
+//!   rollup of the same figures, as the organisation reads it, summed.
 //!
 //! The role has USAGE on that schema and SELECT on its views only; its
 //! `search_path` puts the schema before the service's, so the provisioned
@@ -38,8 +38,9 @@ use tokio_postgres::{Client, GenericClient};
 use crate::db::error::describe;
 
 /// Rollups kept over every project (no `project_id`), and how an
-/// organisation reads each: the finer rollup it is built on, read through
-/// the organisation's own view of it, summed to the same columns.
+/// organisation reads each: the per-project rollup of the same figures,
+/// read through the organisation's own view of it, summed to the same
+/// columns.
 const OVER_EVERY_PROJECT: &[(&str, &str)] = &[(
     "agent_events_hourly_by_agent",
     "SELECT bucket, agent_id, event_type, sum(event_count)::bigint AS event_count,
